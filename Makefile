@@ -1,0 +1,38 @@
+# The two commands: `make run` and `make test`. Both build the virtual environment first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8080
+# Development secret for `make run` only; production sets HUB_JWT_SECRET itself.
+DEV_SECRET := dev-secret-change-me-0123456789abcdef
+
+.PHONY: venv run test lint check-services migrate clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+check-services: venv
+	@$(BIN)/python -m hub check
+
+migrate: venv
+	$(BIN)/python -m hub migrate
+
+run: venv check-services migrate
+	@HUB_JWT_SECRET=$${HUB_JWT_SECRET:-$(DEV_SECRET)} HUB_DEV_MODE=$${HUB_DEV_MODE:-1} \
+	  HOST=$(HOST) PORT=$(PORT) $(BIN)/python -m hub run-local --host $(HOST) --port $(PORT)
+
+test: venv
+	$(BIN)/python -m pytest
+
+lint: venv
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache
