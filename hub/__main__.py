@@ -1,0 +1,139 @@
+"""``python -m hub serve|migrate|token|check|run-local``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+
+from hub.settings import Settings, SettingsError
+
+DEV_TOKEN_HINT = "python -m hub token USER_ID --name NAME --role streamer"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hub", description="The streaming hub.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run one web worker")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    local = sub.add_parser("run-local", help="run a web worker and a flusher together (make run)")
+    local.add_argument("--host", default="127.0.0.1")
+    local.add_argument("--port", type=int, default=8080)
+    sub.add_parser("migrate", help="create the database and apply sql/*.sql")
+    sub.add_parser("check", help="check that Redis and MySQL are reachable")
+    token = sub.add_parser("token", help="print a development token")
+    token.add_argument("user_id")
+    token.add_argument("--name")
+    token.add_argument("--role", action="append", default=[], dest="roles")
+    token.add_argument("--ttl", type=int, default=24 * 3600)
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=os.environ.get("HUB_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    commands = {"serve": _serve, "run-local": _run_local, "migrate": _migrate,
+                "check": _check, "token": _token}
+    return commands[args.command](settings, args)
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from hub.app import StartupError, create_app
+
+    def listening(_: str) -> None:
+        print(f"✅ Hub worker listening on http://{args.host}:{args.port} "
+              f"(Socket.IO namespace /streaming, REST /api/v1/streaming)", flush=True)
+
+    try:
+        web.run_app(create_app(settings), host=args.host, port=args.port, print=listening,
+                    access_log=None, handle_signals=True, shutdown_timeout=5)
+    except StartupError as exc:
+        print(f"❌ {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_local(settings: Settings, args: argparse.Namespace) -> int:
+    """The web worker in this process and a flusher beside it; both stop together."""
+    flusher = subprocess.Popen([sys.executable, "-m", "workers.flusher"])
+    print(f"✅ Flusher started (pid {flusher.pid})", flush=True)
+    if settings.jwt_secret:
+        print(f"🔑 Development token: {DEV_TOKEN_HINT} (HUB_JWT_SECRET={settings.jwt_secret})",
+              flush=True)
+    try:
+        return _serve(settings, args)
+    finally:
+        flusher.send_signal(signal.SIGTERM)
+        try:
+            flusher.wait(10)
+        except subprocess.TimeoutExpired:
+            flusher.kill()
+
+
+def _migrate(settings: Settings, _: argparse.Namespace) -> int:
+    import pymysql
+
+    from hub.app import redacted
+    from hub.db import migrate
+
+    try:
+        applied = migrate(settings.mysql)
+    except pymysql.MySQLError as exc:
+        print(f"❌ MySQL at {redacted(settings.mysql.url)}: {exc}", file=sys.stderr)
+        return 1
+    print(f"✅ Schema of {settings.mysql.database} up to date"
+          + (f" (applied {', '.join(applied)})" if applied else ""))
+    return 0
+
+
+def _check(settings: Settings, _: argparse.Namespace) -> int:
+    import pymysql
+    import redis
+
+    from hub.app import redacted
+
+    ok = True
+    try:
+        redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3).ping()
+        print(f"✅ Redis reachable at {redacted(settings.redis_url)}")
+    except redis.RedisError as exc:
+        ok = False
+        print(f"❌ Redis is not reachable at {redacted(settings.redis_url)}: {exc}\n"
+              "   start it (redis-server --daemonize yes --port 6379) or set REDIS_URL",
+              file=sys.stderr)
+    m = settings.mysql
+    try:
+        pymysql.connect(host=m.host, port=m.port, user=m.user, password=m.password,
+                        connect_timeout=3).close()
+        print(f"✅ MySQL reachable at {redacted(m.url)}")
+    except pymysql.MySQLError as exc:
+        ok = False
+        print(f"❌ MySQL is not reachable at {redacted(m.url)}: {exc}\n"
+              "   start MariaDB (start-stop-daemon --start --oknodo --background "
+              "--exec /usr/sbin/mariadbd) or set MYSQL_URL", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def _token(settings: Settings, args: argparse.Namespace) -> int:
+    from hub.auth import mint
+    from hub.errors import HubError
+
+    try:
+        print(mint(settings, args.user_id, args.name, args.roles, args.ttl))
+    except HubError as exc:
+        print(exc.message, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

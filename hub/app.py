@@ -1,0 +1,219 @@
+"""The web worker: one factory, ``create_app(settings)``, used by ``serve`` and the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+import socketio
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from redis.exceptions import RedisError
+
+from hub import rest
+from hub.auth import Verifier
+from hub.codec import json_module, uuid7
+from hub.db import History, create_pool
+from hub.keys import NAMESPACE, Keys
+from hub.presence import Presence
+from hub.service import Hub
+from hub.settings import Settings
+from hub.sockets import HubRedisManager, StreamingNamespace
+
+log = logging.getLogger(__name__)
+
+CONNECTIONS = Gauge("hub_connections", "Socket.IO connections on this worker")
+WATCHING = Gauge("hub_watching", "Connections on this worker that watch a stream")
+
+
+class StartupError(RuntimeError):
+    """A backing service is unreachable at start; the message says which and what to do."""
+
+
+@dataclass
+class Runtime:
+    """What a worker holds while it runs; built at start, closed at exit."""
+
+    worker_id: str = field(default_factory=uuid7)
+    hub: Hub | None = None
+    presence: Presence | None = None
+    redis: aioredis.Redis | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def require_hub(self) -> Hub:
+        if self.hub is None:
+            raise RuntimeError("the worker is not started")
+        return self.hub
+
+    def require_presence(self) -> Presence:
+        if self.presence is None:
+            raise RuntimeError("the worker is not started")
+        return self.presence
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
+SIO = web.AppKey("sio", socketio.AsyncServer)
+
+
+def say(line: str) -> None:
+    """Start-up lines for the operator's console."""
+    print(line, file=sys.stdout, flush=True)
+
+
+def redacted(url: str) -> str:
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    if parsed.password:
+        return url.replace(f":{parsed.password}@", ":***@")
+    return url
+
+
+def create_app(settings: Settings) -> web.Application:
+    runtime = Runtime()
+    keys = Keys(settings.redis_prefix)
+    app = web.Application(
+        client_max_size=settings.max_payload,
+        middlewares=[rest.cors(settings), rest.errors],
+    )
+    app[rest.SETTINGS] = settings
+    app[rest.VERIFIER] = Verifier(settings)
+    app[RUNTIME] = runtime
+    app[rest.HUB] = runtime.require_hub
+
+    holder: list[StreamingNamespace] = []
+
+    async def close_room(room: str) -> None:
+        await holder[0].stream_closed(room)
+
+    manager = HubRedisManager(settings.redis_url, channel=keys.channel, on_close_room=close_room,
+                              redis_options={"health_check_interval": 10})
+    sio = socketio.AsyncServer(
+        async_mode="aiohttp",
+        client_manager=manager,
+        json=json_module,
+        cors_allowed_origins=list(settings.cors_origins) or None,
+        max_http_buffer_size=settings.max_payload,
+        async_handlers=False,
+        logger=False,
+        engineio_logger=False,
+    )
+    sio.attach(app, socketio_path="socket.io")
+    app[SIO] = sio
+    holder.append(StreamingNamespace(sio, settings, app[rest.VERIFIER], runtime.require_hub,
+                                     runtime.require_presence))
+    rest.setup_routes(app)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.cleanup_ctx.append(_resources)
+    return app
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    settings, runtime, sio = app[rest.SETTINGS], app[RUNTIME], app[SIO]
+    client = aioredis.from_url(settings.redis_url, decode_responses=True,
+                               socket_connect_timeout=5, health_check_interval=10)
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        await client.aclose()
+        raise StartupError(
+            f"Redis is not reachable at {redacted(settings.redis_url)} ({exc}); start redis-server "
+            "or set REDIS_URL") from exc
+    say(f"✅ Redis connected at {redacted(settings.redis_url)} (prefix {settings.redis_prefix!r})")
+    try:
+        pool = await create_pool(settings.mysql)
+    except Exception as exc:
+        await client.aclose()
+        raise StartupError(
+            f"MySQL is not reachable at {redacted(settings.mysql.url)} ({exc}); start MariaDB, "
+            "run `python -m hub migrate`, or set MYSQL_URL") from exc
+    say(f"✅ MySQL connected at {redacted(settings.mysql.url)}")
+    from hub.state import State
+
+    state = State(client, settings)
+    presence = Presence(state)
+    runtime.redis, runtime.presence = client, presence
+    runtime.hub = Hub(settings, state, History(pool), presence)
+    namespace = _namespace(sio)
+    presence.on_stream_gone = namespace.stream_gone
+    sio.manager_initialized = True
+    sio.manager.initialize()
+    say(f"✅ Socket.IO streaming initialized on {NAMESPACE}")
+    say(f"✅ Streaming routes loaded at {rest.PREFIX}")
+    runtime.tasks = [
+        asyncio.create_task(presence.refresh_loop(settings.presence_refresh)),
+        asyncio.create_task(presence.reap_loop(settings.reap_interval)),
+    ]
+    try:
+        yield
+    finally:
+        for task in runtime.tasks:
+            task.cancel()
+        listener = getattr(sio.manager, "thread", None)
+        if listener is not None:
+            listener.cancel()
+        await asyncio.gather(*runtime.tasks, *([listener] if listener else []),
+                             return_exceptions=True)
+        await _leave_all(runtime)
+        pool.close()
+        await pool.wait_closed()
+        await client.aclose()
+        with contextlib.suppress(Exception):
+            if sio.manager.redis is not None:
+                await sio.manager.redis.aclose()
+
+
+def _namespace(sio: socketio.AsyncServer) -> StreamingNamespace:
+    handler = sio.handlers[NAMESPACE]["connect"]
+    namespace = handler.__self__
+    assert isinstance(namespace, StreamingNamespace)
+    return namespace
+
+
+async def _leave_all(runtime: Runtime) -> None:
+    """On a clean exit this worker's viewers leave at once instead of waiting for the sweep."""
+    if runtime.hub is None or runtime.presence is None:
+        return
+    for conn in list(runtime.presence.conns.values()):
+        with contextlib.suppress(Exception):
+            await runtime.hub.disconnect(conn)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return rest.json_response({"success": True, "status": "up"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    runtime, sio = request.app[RUNTIME], request.app[SIO]
+    checks: dict[str, str] = {}
+    try:
+        assert runtime.redis is not None
+        await asyncio.wait_for(runtime.redis.ping(), 2)
+        checks["redis"] = "up"
+    except Exception:
+        checks["redis"] = "down"
+    try:
+        hub = runtime.require_hub()
+        await asyncio.wait_for(hub.history.ping(), 2)
+        checks["mysql"] = "up"
+    except Exception:
+        checks["mysql"] = "down"
+    pubsub = getattr(sio.manager, "pubsub", None)
+    checks["pubsub"] = "up" if pubsub is not None and pubsub.subscribed else "down"
+    ready = all(v == "up" for v in checks.values())
+    return rest.json_response({"success": ready, "checks": checks}, 200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    if runtime.presence is not None:
+        CONNECTIONS.set(len(runtime.presence.conns))
+        WATCHING.set(sum(len(s) for s in runtime.presence.rooms.values()))
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,103 @@
+"""JSON, time and id helpers shared by the hub and the workers."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+
+class OrjsonModule:
+    """A ``json``-compatible module for python-socketio and engine.io, backed by orjson.
+
+    python-socketio passes ``separators``; orjson always writes the compact form.
+    """
+
+    JSONDecodeError = orjson.JSONDecodeError
+
+    @staticmethod
+    def dumps(obj: Any, **_: Any) -> str:
+        return orjson.dumps(obj).decode()
+
+    @staticmethod
+    def loads(data: str | bytes, **_: Any) -> Any:
+        return orjson.loads(data)
+
+
+json_module = OrjsonModule()
+
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj)
+
+
+def loads(data: str | bytes) -> Any:
+    return orjson.loads(data)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def iso_ms(ms: int | None) -> str | None:
+    """ISO 8601 UTC with milliseconds and a ``Z``, or None."""
+    if ms is None:
+        return None
+    dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def parse_iso(value: str) -> int:
+    """ISO 8601 to epoch milliseconds; naive times are taken as UTC."""
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    dt = datetime.fromisoformat(text)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+_lock = threading.Lock()
+_last = [0, 0]
+
+
+def uuid7() -> str:
+    """A time-ordered UUID (RFC 9562 version 7).
+
+    Ids sort by creation time, so ``before``/``after`` paging compares ids, in Redis and
+    in MySQL alike. Within one millisecond a counter keeps one process's ids increasing.
+    """
+    with _lock:
+        ms = now_ms()
+        if ms <= _last[0]:
+            ms = _last[0]
+            _last[1] += 1
+            if _last[1] > 0xFFF:
+                ms += 1
+                _last[1] = 0
+        else:
+            _last[1] = int.from_bytes(os.urandom(2), "big") & 0x3FF
+        _last[0] = ms
+        counter = _last[1]
+    rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    value = (ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand
+    return str(uuid.UUID(int=value))
+
+
+def uuid7_ms(value: str) -> int:
+    return uuid.UUID(value).int >> 80
+
+
+def is_uuid(value: object) -> bool:
+    if not isinstance(value, str) or len(value) != 36:
+        return False
+    try:
+        return str(uuid.UUID(value)) == value.lower()
+    except ValueError:
+        return False

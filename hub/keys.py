@@ -1,0 +1,91 @@
+"""Every Redis key and channel name the hub uses, built in one place.
+
+The README's key list is written from this module; ``redis-cli`` users read it there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+NAMESPACE = "/streaming"
+OUTBOX_GROUP = "flushers"
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str
+
+    # -- global ---------------------------------------------------------------
+    @property
+    def channel(self) -> str:
+        """Pub/sub channel carrying every Socket.IO broadcast between workers."""
+        return f"{self.prefix}socketio"
+
+    @property
+    def outbox(self) -> str:
+        """Redis Stream of records waiting for the flusher (consumer group ``flushers``)."""
+        return f"{self.prefix}outbox"
+
+    @property
+    def outbox_dead(self) -> str:
+        """Records the flusher could not decode, kept for an operator to read."""
+        return f"{self.prefix}outbox:dead"
+
+    @property
+    def live(self) -> str:
+        """Sorted set of LIVE stream ids scored by viewer count."""
+        return f"{self.prefix}live"
+
+    def live_category(self, category: str) -> str:
+        return f"{self.prefix}live:cat:{category}"
+
+    @property
+    def reap_lock(self) -> str:
+        """Short lock so that one worker at a time sweeps expired viewers."""
+        return f"{self.prefix}reap:lock"
+
+    @property
+    def workers(self) -> str:
+        """Sorted set of worker ids scored by the expiry of their heartbeat (ms)."""
+        return f"{self.prefix}workers"
+
+    # -- per stream -----------------------------------------------------------
+    def stream(self, stream_id: str) -> str:
+        """Hash: the stream record and its live counters (money in integer cents)."""
+        return f"{self.prefix}stream:{stream_id}"
+
+    def conns(self, stream_id: str) -> str:
+        """Sorted set of connections watching, ``session|joined_ms|viewer``, scored by expiry (ms)."""
+        return f"{self.prefix}stream:{stream_id}:conns"
+
+    def viewers(self, stream_id: str) -> str:
+        """Hash viewer -> number of connections; HLEN is the viewer count."""
+        return f"{self.prefix}stream:{stream_id}:viewers"
+
+    def unique(self, stream_id: str) -> str:
+        """Set of every viewer seen since the stream went live."""
+        return f"{self.prefix}stream:{stream_id}:unique"
+
+    def recent(self, stream_id: str) -> str:
+        """List of the newest chat messages (JSON), oldest first."""
+        return f"{self.prefix}stream:{stream_id}:recent"
+
+    # -- per user -------------------------------------------------------------
+    def streamer_live(self, user_id: str) -> str:
+        """String: the id of this streamer's LIVE stream, if any."""
+        return f"{self.prefix}user:{user_id}:live"
+
+    def streamer_streams(self, user_id: str) -> str:
+        """Sorted set of this streamer's stream ids still held in Redis, by creation time."""
+        return f"{self.prefix}user:{user_id}:streams"
+
+    def chat_rate(self, user_id: str) -> str:
+        """GCRA state (theoretical arrival time, ms) of the user's chat rate."""
+        return f"{self.prefix}rate:chat:{user_id}"
+
+    def tip_rate(self, user_id: str) -> str:
+        return f"{self.prefix}rate:tip:{user_id}"
+
+    def tip_idempotency(self, user_id: str, client_tip_id: str) -> str:
+        """String: the ack of the first tip sent with this ``client_tip_id``."""
+        return f"{self.prefix}tipid:{user_id}:{client_tip_id}"

@@ -1,0 +1,122 @@
+-- Shared by every script (prepended when the scripts are loaded).
+-- Conventions: a script returns {'ok', ...} or {'err', code, retry_after_ms?}.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function hash_table(flat)
+  local t = {}
+  for i = 1, #flat, 2 do t[flat[i]] = flat[i + 1] end
+  return t
+end
+
+-- A Socket.IO broadcast in python-socketio's pub/sub message format. host_id 'redis'
+-- matches no worker, so every worker (the sender's included) delivers it to its sockets.
+local function emit(channel, namespace, event, data, room, skip_sid)
+  redis.call('PUBLISH', channel, cjson.encode({
+    method = 'emit', event = event, data = {data}, binary = false,
+    namespace = namespace, room = room, skip_sid = skip_sid or cjson.null,
+    callback = cjson.null, host_id = 'redis'}))
+end
+
+local function outbox(key, kind, json)
+  redis.call('XADD', key, '*', 't', kind, 'd', json)
+end
+
+-- The whole stream row, as the flusher upserts it (absolute figures, with a version).
+local function stream_record(prefix, stream_id)
+  local t = hash_table(redis.call('HGETALL', prefix .. 'stream:' .. stream_id))
+  t['unique_viewers'] = redis.call('SCARD', prefix .. 'stream:' .. stream_id .. ':unique')
+  return cjson.encode(t)
+end
+
+local function bump(skey, now)
+  redis.call('HINCRBY', skey, 'version', 1)
+  redis.call('HSET', skey, 'updated_at', now)
+end
+
+local function set_live_score(prefix, stream_id, count)
+  local skey = prefix .. 'stream:' .. stream_id
+  if redis.call('HGET', skey, 'status') ~= 'LIVE' then return end
+  redis.call('ZADD', prefix .. 'live', count, stream_id)
+  local category = redis.call('HGET', skey, 'category')
+  if category and category ~= '' then
+    redis.call('ZADD', prefix .. 'live:cat:' .. category, count, stream_id)
+  end
+end
+
+-- member = session_id|joined_ms|viewer ; viewer = u:<user id> or a:<socket id>
+local function split_member(member)
+  local session, joined, viewer = string.match(member, '^([^|]*)|([^|]*)|(.*)$')
+  return session, tonumber(joined), viewer
+end
+
+local function viewer_user(viewer)
+  if string.sub(viewer, 1, 2) == 'u:' then return string.sub(viewer, 3) end
+  return nil
+end
+
+local function session_record(prefix, stream_id, member, left)
+  local session, joined, viewer = split_member(member)
+  local user = viewer_user(viewer)
+  outbox(prefix .. 'outbox', 'session', cjson.encode({
+    session_id = session, stream_id = stream_id, user_id = user or cjson.null,
+    joined_at = joined, left_at = left,
+    watch_seconds = math.max(0, math.floor((left - joined) / 1000))}))
+end
+
+-- A connection stops watching: its viewer leaves when it was the viewer's last one.
+local function drop_conn(prefix, channel, namespace, stream_id, member, now)
+  local base = prefix .. 'stream:' .. stream_id
+  local _, _, viewer = split_member(member)
+  session_record(prefix, stream_id, member, now)
+  local left = redis.call('HINCRBY', base .. ':viewers', viewer, -1)
+  if left > 0 then return redis.call('HLEN', base .. ':viewers') end
+  redis.call('HDEL', base .. ':viewers', viewer)
+  local count = redis.call('HLEN', base .. ':viewers')
+  set_live_score(prefix, stream_id, count)
+  emit(channel, namespace, 'viewer_left',
+    {stream_id = stream_id, viewer_count = count, user_id = viewer_user(viewer) or cjson.null},
+    stream_id)
+  return count
+end
+
+-- A connection starts watching: its viewer joins when it is the viewer's first one.
+local function add_conn(prefix, channel, namespace, stream_id, member, expiry, sid, username)
+  local base = prefix .. 'stream:' .. stream_id
+  local _, _, viewer = split_member(member)
+  redis.call('ZADD', base .. ':conns', expiry, member)
+  local n = redis.call('HINCRBY', base .. ':viewers', viewer, 1)
+  local count = redis.call('HLEN', base .. ':viewers')
+  if n > 1 then return count end
+  redis.call('SADD', base .. ':unique', viewer)
+  local peak = tonumber(redis.call('HGET', base, 'peak_viewers') or '0')
+  if count > peak then redis.call('HSET', base, 'peak_viewers', count) end
+  set_live_score(prefix, stream_id, count)
+  local user = viewer_user(viewer)
+  emit(channel, namespace, 'viewer_joined',
+    {stream_id = stream_id, viewer_count = count, user_id = user or cjson.null,
+     username = (user and username ~= '') and username or cjson.null},
+    stream_id, sid)
+  return count
+end
+
+local function live_check(skey)
+  local status = redis.call('HGET', skey, 'status')
+  if not status then return {'err', 'not_found'} end
+  if status ~= 'LIVE' then return {'err', 'stream_not_live'} end
+  return nil
+end
+
+-- GCRA: `limit` events per `period_ms`, as a burst then one every period/limit.
+local function rate_check(key, limit, period_ms, now)
+  local interval = period_ms / limit
+  local tat = tonumber(redis.call('GET', key) or '0')
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  local allow_at = new_tat - period_ms
+  if allow_at > now then return {'err', 'rate_limited', math.ceil(allow_at - now)} end
+  redis.call('SET', key, math.floor(new_tat), 'PX', math.ceil(new_tat - now) + 1)
+  return nil
+end

@@ -1,0 +1,16 @@
+-- KEYS: stream hash, conns, recent list
+-- ARGV: prefix, channel, namespace, stream_id, member, ttl_ms, sid, username
+-- Returns {'ok', viewer count, stream hash (flat), recent messages}.
+local prefix, channel, namespace, stream_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local member, ttl, sid, username = ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8]
+local bad = live_check(KEYS[1])
+if bad then return bad end
+local expiry = now_ms() + ttl
+local count
+if redis.call('ZSCORE', KEYS[2], member) then
+  redis.call('ZADD', KEYS[2], expiry, member)
+  count = redis.call('HLEN', KEYS[1] .. ':viewers')
+else
+  count = add_conn(prefix, channel, namespace, stream_id, member, expiry, sid, username)
+end
+return {'ok', count, redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[3], 0, -1)}

@@ -1,0 +1,28 @@
+-- One accepted tip: idempotency, checks, money counters (cents), the TIP chat message,
+-- outbox records and both broadcasts together.
+-- KEYS: stream hash, rate key, idempotency key, recent list, outbox, channel
+-- ARGV: rate limit, rate period ms, recent size, amount cents, fee cents, idempotency ttl s,
+--       ack json, tip json, message json, tip pub/sub json, message pub/sub json, has idempotency key
+local bad = live_check(KEYS[1])
+if bad then return bad end
+if ARGV[12] == '1' then
+  local first = redis.call('GET', KEYS[3])
+  if first then return {'dup', first} end
+end
+local now = now_ms()
+bad = rate_check(KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]), now)
+if bad then return bad end
+if ARGV[12] == '1' then
+  redis.call('SET', KEYS[3], ARGV[7], 'EX', tonumber(ARGV[6]))
+end
+redis.call('HINCRBY', KEYS[1], 'tip_count', 1)
+redis.call('HINCRBY', KEYS[1], 'tips_cents', tonumber(ARGV[4]))
+redis.call('HINCRBY', KEYS[1], 'fees_cents', tonumber(ARGV[5]))
+redis.call('HINCRBY', KEYS[1], 'message_count', 1)
+redis.call('RPUSH', KEYS[4], ARGV[9])
+redis.call('LTRIM', KEYS[4], -tonumber(ARGV[3]), -1)
+redis.call('XADD', KEYS[5], '*', 't', 'tip', 'd', ARGV[8])
+redis.call('XADD', KEYS[5], '*', 't', 'message', 'd', ARGV[9])
+redis.call('PUBLISH', KEYS[6], ARGV[10])
+redis.call('PUBLISH', KEYS[6], ARGV[11])
+return {'ok'}

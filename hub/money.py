@@ -1,0 +1,30 @@
+"""Exact money: Decimal on the edges, integer cents in Redis counters."""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal
+
+import orjson
+
+CENT = Decimal("0.01")
+
+
+def to_cents(amount: Decimal) -> int:
+    return int((amount * 100).to_integral_exact())
+
+
+def from_cents(cents: int) -> Decimal:
+    return (Decimal(cents) / 100).quantize(CENT)
+
+
+def fee_cents(amount_cents: int, rate: Decimal) -> int:
+    """The platform fee on an amount, rounded half-up to the cent."""
+    return int((Decimal(amount_cents) * rate).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def money_json(cents: int | None) -> orjson.Fragment | None:
+    """An amount for the wire: a JSON number written from the exact decimal text (``10.50``),
+    never through a binary float."""
+    if cents is None:
+        return None
+    return orjson.Fragment(str(from_cents(cents)).encode())

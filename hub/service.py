@@ -1,0 +1,262 @@
+"""One function per action of the contract: checks, then one state change, then the answer."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from hub import records
+from hub.auth import Identity
+from hub.codec import dumps, iso_ms, loads, now_ms, uuid7, uuid7_ms
+from hub.db import History
+from hub.errors import HubError
+from hub.keys import NAMESPACE
+from hub.money import fee_cents, from_cents, money_json
+from hub.payloads import Chat, CreateStream, Join, Tip
+from hub.presence import Conn, Presence
+from hub.settings import Settings
+from hub.state import State
+
+log = logging.getLogger(__name__)
+
+RECENT_ON_JOIN = 50
+
+
+def pubsub_emit(event: str, data_json: bytes, room: str) -> bytes:
+    """A broadcast in python-socketio's pub/sub format around an already encoded payload.
+
+    host_id ``redis`` matches no worker, so every worker, the sender's included, delivers it.
+    """
+    head = b'{"method":"emit","event":' + dumps(event) + b',"data":['
+    tail = (b'],"binary":false,"namespace":' + dumps(NAMESPACE) + b',"room":' + dumps(room)
+            + b',"skip_sid":null,"callback":null,"host_id":"redis"}')
+    return head + data_json + tail
+
+
+class Hub:
+    def __init__(self, settings: Settings, state: State, history: History, presence: Presence):
+        self.settings = settings
+        self.state = state
+        self.history = history
+        self.presence = presence
+
+    # -- watching -----------------------------------------------------------------
+    async def join(self, conn: Conn, payload: Join) -> dict[str, Any]:
+        if conn.stream_id == payload.stream_id and conn.member is not None:
+            member = conn.member  # joining again: same presence, no viewer events
+        else:
+            if conn.stream_id is not None:
+                await self.leave(conn)
+            member = f"{uuid7()}|{now_ms()}|{conn.viewer}"
+        count, h, recent = await self.state.join(payload.stream_id, member, conn.sid, conn.username)
+        self.presence.watch(conn, payload.stream_id, h["streamer_id"], member)
+        messages = _sorted_messages(recent)
+        if payload.last_message_id:
+            messages = [m for m in messages if m["message_id"] > payload.last_message_id]
+        else:
+            messages = messages[-RECENT_ON_JOIN:]
+        return {
+            "success": True,
+            "stream": records.stream_from_hash(h, count),
+            "viewer_count": count,
+            "recent_messages": messages,
+        }
+
+    async def leave(self, conn: Conn) -> dict[str, Any]:
+        stream_id, member = conn.stream_id, conn.member
+        self.presence.unwatch(conn)
+        if stream_id is not None and member is not None:
+            await self.state.leave(stream_id, member)
+        return {"success": True, "stream_id": stream_id}
+
+    # -- chat and tips ------------------------------------------------------------
+    def _speaker(self, conn: Conn, stream_id: str) -> Identity:
+        identity = conn.identity
+        if identity is None:
+            raise HubError("unauthorized", "Sign in to chat or tip.")
+        if identity.expires_at and identity.expires_at + self.settings.jwt_leeway < time.time():
+            raise HubError("unauthorized", "The token has expired.")
+        if conn.stream_id != stream_id:
+            raise HubError("not_joined")
+        return identity
+
+    async def chat(self, conn: Conn, payload: Chat) -> dict[str, Any]:
+        identity = self._speaker(conn, payload.stream_id)
+        message_id = uuid7()
+        message = {
+            "message_id": message_id,
+            "stream_id": payload.stream_id,
+            "user_id": identity.user_id,
+            "username": identity.name,
+            "message": payload.message,
+            "message_type": payload.message_type,
+            "tip_amount": None,
+            "created_at": iso_ms(uuid7_ms(message_id)),
+        }
+        encoded = dumps(message)
+        await self.state.chat(payload.stream_id, identity.user_id, encoded,
+                              pubsub_emit("chat_message", encoded, payload.stream_id))
+        return {"success": True, "message": message}
+
+    async def tip(self, conn: Conn, payload: Tip) -> dict[str, Any]:
+        identity = self._speaker(conn, payload.stream_id)
+        streamer = conn.streamer_id or ""
+        if identity.user_id == streamer:
+            raise HubError("forbidden", "You cannot tip your own stream.")
+        if payload.to_user_id is not None and payload.to_user_id != streamer:
+            raise HubError("invalid", "'to_user_id' must be the stream's streamer.")
+        fee = fee_cents(payload.amount_cents, self.settings.platform_fee)
+        tip_id, message_id = uuid7(), uuid7()
+        created = iso_ms(uuid7_ms(tip_id))
+        amount = money_json(payload.amount_cents)
+        received = {
+            "tip_id": tip_id, "stream_id": payload.stream_id,
+            "from_user": identity.user_id, "from_username": identity.name,
+            "to_user": streamer, "amount": amount, "platform_fee": money_json(fee),
+            "currency": payload.currency, "message": payload.message, "created_at": created,
+        }
+        text = payload.message or f"Tipped {from_cents(payload.amount_cents)} {payload.currency}"
+        message = {
+            "message_id": message_id, "stream_id": payload.stream_id,
+            "user_id": identity.user_id, "username": identity.name, "message": text,
+            "message_type": "TIP", "tip_amount": amount, "created_at": created,
+        }
+        record = {
+            "tip_id": tip_id, "stream_id": payload.stream_id, "from_user_id": identity.user_id,
+            "to_user_id": streamer, "amount_cents": payload.amount_cents, "fee_cents": fee,
+            "currency": payload.currency, "message": payload.message,
+            "client_tip_id": payload.client_tip_id, "created_at": created,
+        }
+        ack = {"success": True, "tip": received, "message_id": message_id}
+        received_json, message_json = dumps(received), dumps(message)
+        first = await self.state.tip(
+            payload.stream_id, identity.user_id, payload.client_tip_id, payload.amount_cents,
+            fee, dumps(ack), dumps(record), message_json,
+            pubsub_emit("tip_received", received_json, payload.stream_id),
+            pubsub_emit("chat_message", message_json, payload.stream_id),
+        )
+        if first is not None:
+            return dict(loads(first), duplicate=True)
+        return ack
+
+    # -- streams ------------------------------------------------------------------
+    async def create_stream(self, identity: Identity, payload: CreateStream) -> dict[str, Any]:
+        if not identity.is_streamer:
+            raise HubError("forbidden", "Only streamers may create streams.")
+        stream_id, now = uuid7(), now_ms()
+        status = "SCHEDULED" if payload.scheduled_at else "LIVE"
+        fields = {
+            "stream_id": stream_id, "streamer_id": identity.user_id,
+            "streamer_name": identity.name, "title": payload.title,
+            "description": payload.description, "thumbnail_url": payload.thumbnail_url or "",
+            "status": status, "category": payload.category, "is_recording": "0",
+            "recording_url": "", "scheduled_at": str(payload.scheduled_at or ""),
+            "started_at": str(now) if status == "LIVE" else "", "ended_at": "",
+            "duration_seconds": "", "peak_viewers": "0", "message_count": "0",
+            "tip_count": "0", "tips_cents": "0", "fees_cents": "0",
+            "created_at": str(now), "updated_at": str(now),
+        }
+        try:
+            await self.state.create_stream(fields)
+        except HubError as exc:
+            if exc.code == "conflict":
+                raise HubError("conflict", "You already have a live stream.") from exc
+            raise
+        return records.stream_from_hash(fields, 0)
+
+    async def _owned(self, identity: Identity, stream_id: str) -> dict[str, str]:
+        found = await self.state.stream(stream_id)
+        if found is None:
+            if await self.history.stream(stream_id) is not None:
+                raise HubError("conflict", "The stream has ended.")
+            raise HubError("not_found")
+        h = found[0]
+        if h["streamer_id"] != identity.user_id and not identity.is_admin:
+            raise HubError("forbidden", "Only the stream's streamer or an admin may do this.")
+        return h
+
+    async def start_stream(self, identity: Identity, stream_id: str) -> dict[str, Any]:
+        h = await self._owned(identity, stream_id)
+        await self.state.start_stream(stream_id, h["streamer_id"])
+        return await self.get_stream(stream_id)
+
+    async def end_stream(self, identity: Identity, stream_id: str) -> dict[str, Any]:
+        h = await self._owned(identity, stream_id)
+        try:
+            await self.state.end_stream(stream_id, h["streamer_id"])
+        except HubError as exc:
+            if exc.code == "conflict":
+                raise HubError("conflict", "The stream is not live.") from exc
+            raise
+        stream = await self.get_stream(stream_id)
+        stats = await self.stats(stream_id)
+        return dict(stream, **{k: v for k, v in stats.items() if k not in stream})
+
+    async def get_stream(self, stream_id: str) -> dict[str, Any]:
+        found = await self.state.stream(stream_id)
+        if found is not None:
+            return records.stream_from_hash(found[0], found[1])
+        row = await self.history.stream(stream_id)
+        if row is None:
+            raise HubError("not_found")
+        return records.stream_from_row(row)
+
+    async def stats(self, stream_id: str) -> dict[str, Any]:
+        found = await self.state.stream(stream_id)
+        if found is not None:
+            h, count, unique = found
+            return records.stats_from_hash(h, count, unique, now_ms())
+        row = await self.history.stream(stream_id)
+        if row is None:
+            raise HubError("not_found")
+        return records.stats_from_row(row)
+
+    async def live(self, category: str | None, limit: int, offset: int) -> list[dict[str, Any]]:
+        ids = await self.state.live_ids(category, offset, limit)
+        pairs = await self.state.streams(ids)
+        return [records.stream_from_hash(h, count) for h, count in pairs if h["status"] == "LIVE"]
+
+    async def user_streams(self, user_id: str, status: str | None, limit: int) -> list[dict[str, Any]]:
+        """Streams held in Redis (the newest, maybe not flushed yet) merged with MySQL's."""
+        ids = await self.state.streamer_stream_ids(user_id)
+        pairs = await self.state.streams(ids)
+        held = {h["stream_id"] for h, _ in pairs}
+        await self.state.forget_streamer_streams(user_id, [i for i in ids if i not in held])
+        merged = {h["stream_id"]: records.stream_from_hash(h, count) for h, count in pairs}
+        for row in await self.history.streamer_streams(user_id, status, limit):
+            merged.setdefault(row["stream_id"], records.stream_from_row(row))
+        streams = [s for s in merged.values() if status is None or s["status"] == status]
+        streams.sort(key=lambda s: s["created_at"] or "", reverse=True)
+        return streams[:limit]
+
+    async def chat_history(self, stream_id: str, before: str | None, limit: int) -> list[dict[str, Any]]:
+        """The newest ``limit`` messages older than ``before``, oldest first: the recent buffer
+        in Redis first, then MySQL for what the buffer no longer holds."""
+        buffered, total = await self.state.recent(stream_id)
+        if total < 0:
+            if await self.history.stream(stream_id) is None:
+                raise HubError("not_found")
+            rows = await self.history.messages_before(stream_id, before, limit)
+            return [records.message_from_row(r) for r in reversed(rows)]
+        messages = _sorted_messages(buffered)
+        if before:
+            messages = [m for m in messages if m["message_id"] < before]
+        page = messages[-limit:]
+        if len(page) < limit and total > len(buffered):
+            oldest = page[0]["message_id"] if page else before
+            rows = await self.history.messages_before(stream_id, oldest, limit - len(page))
+            page = [records.message_from_row(r) for r in reversed(rows)] + page
+        return page
+
+    # -- connections --------------------------------------------------------------
+    async def disconnect(self, conn: Conn) -> None:
+        if conn.stream_id is not None:
+            await self.leave(conn)
+
+
+def _sorted_messages(items: list[str]) -> list[dict[str, Any]]:
+    """Recent-buffer entries by id (ids are time-ordered UUIDs)."""
+    messages = [loads(item) for item in items]
+    messages.sort(key=lambda m: m["message_id"])
+    return messages

@@ -1,0 +1,198 @@
+"""One settings object, built once from the environment at start and passed down.
+
+Nothing else in the hub or the workers reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from urllib.parse import unquote, urlparse
+
+
+class SettingsError(ValueError):
+    """A bad configuration value; the message is one line naming the variable."""
+
+
+@dataclass(frozen=True)
+class MySQLSettings:
+    host: str
+    port: int
+    user: str
+    password: str
+    database: str
+    url: str
+
+    @classmethod
+    def from_url(cls, url: str) -> MySQLSettings:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("mysql", "mariadb") or not parsed.hostname:
+            raise SettingsError(f"MYSQL_URL: expected mysql://user[:password]@host[:port]/db, got {url!r}")
+        database = parsed.path.lstrip("/")
+        if not database or not database.replace("_", "").isalnum():
+            raise SettingsError(f"MYSQL_URL: database name must be letters, digits and _, got {database!r}")
+        try:
+            port = parsed.port or 3306
+        except ValueError as exc:
+            raise SettingsError(f"MYSQL_URL: bad port in {url!r}") from exc
+        return cls(
+            host=parsed.hostname,
+            port=port,
+            user=unquote(parsed.username or "root"),
+            password=unquote(parsed.password or ""),
+            database=database,
+            url=url,
+        )
+
+    def with_database(self, database: str) -> MySQLSettings:
+        url = self.url.rsplit("/", 1)[0] + "/" + database
+        return MySQLSettings.from_url(url)
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    mysql: MySQLSettings = field(
+        default_factory=lambda: MySQLSettings.from_url("mysql://root@127.0.0.1:3306/hub")
+    )
+    redis_prefix: str = "hub:"
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_leeway: int = 10
+    cors_origins: tuple[str, ...] = ()
+    platform_fee: Decimal = Decimal("0.05")
+    tip_min: Decimal = Decimal("1.00")
+    tip_max: Decimal = Decimal("10000.00")
+    currency: str = "USD"
+    chat_rate: int = 20
+    chat_period: int = 30
+    tip_rate: int = 10
+    tip_period: int = 10
+    presence_ttl: float = 15.0
+    presence_refresh: float = 5.0
+    reap_interval: float = 2.0
+    recent_size: int = 200
+    max_payload: int = 16 * 1024
+    ended_retention: int = 24 * 3600
+    tip_idempotency_ttl: int = 7 * 24 * 3600
+    flush_batch: int = 500
+    flush_claim_idle_ms: int = 30_000
+    dev_mode: bool = False
+
+    @property
+    def jwt_algorithms(self) -> list[str]:
+        if self.jwt_public_key:
+            return ["RS256", "ES256"]
+        return ["HS256"]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        default = cls()
+        redis_url = env.get("REDIS_URL", default.redis_url)
+        if urlparse(redis_url).scheme not in ("redis", "rediss", "unix"):
+            raise SettingsError(f"REDIS_URL: expected redis://host:port/db, got {redis_url!r}")
+        mysql = MySQLSettings.from_url(env.get("MYSQL_URL", default.mysql.url))
+        settings = cls(
+            redis_url=redis_url,
+            mysql=mysql,
+            redis_prefix=env.get("HUB_REDIS_PREFIX", default.redis_prefix),
+            jwt_secret=env.get("HUB_JWT_SECRET") or None,
+            jwt_public_key=_read_key(env.get("HUB_JWT_PUBLIC_KEY")),
+            jwt_audience=env.get("HUB_JWT_AUDIENCE") or None,
+            jwt_issuer=env.get("HUB_JWT_ISSUER") or None,
+            jwt_leeway=_int(env, "HUB_JWT_LEEWAY", default.jwt_leeway, 0, 300),
+            cors_origins=tuple(o.strip() for o in env.get("HUB_CORS_ORIGINS", "").split(",") if o.strip()),
+            platform_fee=_decimal(env, "HUB_PLATFORM_FEE", default.platform_fee, Decimal(0), Decimal(1)),
+            tip_min=_decimal(env, "HUB_TIP_MIN", default.tip_min, Decimal("0.01"), Decimal("9999999999.99")),
+            tip_max=_decimal(env, "HUB_TIP_MAX", default.tip_max, Decimal("0.01"), Decimal("9999999999.99")),
+            currency=env.get("HUB_CURRENCY", default.currency).strip().upper(),
+            chat_rate=_int(env, "HUB_CHAT_RATE", default.chat_rate, 1, 100_000),
+            chat_period=_int(env, "HUB_CHAT_PERIOD", default.chat_period, 1, 86_400),
+            tip_rate=_int(env, "HUB_TIP_RATE", default.tip_rate, 1, 100_000),
+            tip_period=_int(env, "HUB_TIP_PERIOD", default.tip_period, 1, 86_400),
+            presence_ttl=_float(env, "HUB_PRESENCE_TTL", default.presence_ttl, 1.0, 25.0),
+            presence_refresh=_float(env, "HUB_PRESENCE_REFRESH", default.presence_refresh, 0.2, 10.0),
+            reap_interval=_float(env, "HUB_REAP_INTERVAL", default.reap_interval, 0.2, 5.0),
+            recent_size=_int(env, "HUB_RECENT_SIZE", default.recent_size, 50, 10_000),
+            max_payload=_int(env, "HUB_MAX_PAYLOAD", default.max_payload, 1024, 16 * 1024 * 1024),
+            ended_retention=_int(env, "HUB_ENDED_RETENTION", default.ended_retention, 60, 30 * 86_400),
+            flush_batch=_int(env, "HUB_FLUSH_BATCH", default.flush_batch, 1, 10_000),
+            flush_claim_idle_ms=_int(
+                env, "HUB_FLUSH_CLAIM_IDLE_MS", default.flush_claim_idle_ms, 100, 3_600_000
+            ),
+            dev_mode=env.get("HUB_DEV_MODE", "") in ("1", "true", "yes"),
+        )
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if len(self.currency) != 3 or not self.currency.isalpha():
+            raise SettingsError(f"HUB_CURRENCY: expected a 3-letter code, got {self.currency!r}")
+        if self.tip_min > self.tip_max:
+            raise SettingsError("HUB_TIP_MIN: must not exceed HUB_TIP_MAX")
+        if self.platform_fee > 0 and self.tip_min * self.platform_fee < Decimal("0.005"):
+            raise SettingsError(
+                "HUB_TIP_MIN: too small for HUB_PLATFORM_FEE, the fee on the minimum tip would round to zero"
+            )
+        if self.presence_refresh * 2 > self.presence_ttl:
+            raise SettingsError("HUB_PRESENCE_REFRESH: must be at most half of HUB_PRESENCE_TTL")
+        if self.jwt_secret is not None and len(self.jwt_secret.encode()) < 32:
+            raise SettingsError("HUB_JWT_SECRET: must be at least 32 bytes (HS256 needs a key that long)")
+        if any(o == "*" for o in self.cors_origins):
+            raise SettingsError("HUB_CORS_ORIGINS: list the allowed origins; '*' is not accepted")
+
+
+def _read_key(value: str | None) -> str | None:
+    if not value:
+        return None
+    if value.lstrip().startswith("-----BEGIN"):
+        return value
+    try:
+        with open(value, encoding="ascii") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise SettingsError(f"HUB_JWT_PUBLIC_KEY: not a PEM key nor a readable file: {value!r}") from exc
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}: expected a whole number, got {raw!r}") from exc
+    if not low <= value <= high:
+        raise SettingsError(f"{name}: must be between {low} and {high}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}: expected a number of seconds, got {raw!r}") from exc
+    if not low <= value <= high:
+        raise SettingsError(f"{name}: must be between {low} and {high}, got {value}")
+    return value
+
+
+def _decimal(env: Mapping[str, str], name: str, default: Decimal, low: Decimal, high: Decimal) -> Decimal:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = Decimal(raw.strip())
+    except InvalidOperation as exc:
+        raise SettingsError(f"{name}: expected a decimal number, got {raw!r}") from exc
+    if not value.is_finite() or not low <= value <= high:
+        raise SettingsError(f"{name}: must be between {low} and {high}, got {raw!r}")
+    return value

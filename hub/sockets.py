@@ -1,0 +1,147 @@
+"""Socket.IO namespace ``/streaming``: event -> parse -> service -> ack.
+
+Handlers stay thin; every refusal is a HubError turned into an error ack and an ``error``
+event to that socket alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import socketio
+from redis.exceptions import RedisError
+
+from hub import payloads
+from hub.auth import Verifier, bearer
+from hub.errors import HubError
+from hub.keys import NAMESPACE
+from hub.presence import Conn, Presence
+from hub.service import Hub
+from hub.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Action = Callable[[Conn, Any], Awaitable[dict[str, Any]]]
+
+
+class HubRedisManager(socketio.AsyncRedisManager):
+    """python-socketio's Redis manager, told when a room is closed from any worker, so the
+    worker can drop its own record of who watches that stream."""
+
+    def __init__(self, *args: Any, on_close_room: Callable[[str], Awaitable[None]], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._on_close_room = on_close_room
+
+    async def _handle_close_room(self, message: dict[str, Any]) -> None:
+        await super()._handle_close_room(message)
+        room = message.get("room")
+        if isinstance(room, str):
+            await self._on_close_room(room)
+
+
+class StreamingNamespace:
+    """Wires the namespace's events to the hub service."""
+
+    def __init__(self, sio: socketio.AsyncServer, settings: Settings, verifier: Verifier,
+                 hub: Callable[[], Hub], presence: Callable[[], Presence]) -> None:
+        self.sio = sio
+        self.settings = settings
+        self.verifier = verifier
+        self._hub = hub
+        self._presence = presence
+        sio.on("connect", self.connect, namespace=NAMESPACE)
+        sio.on("disconnect", self.disconnect, namespace=NAMESPACE)
+        actions: dict[str, Action] = {
+            "join_stream": self.join,
+            "leave_stream": self.leave,
+            "send_message": self.chat,
+            "send_tip": self.tip,
+        }
+        for event, action in actions.items():
+            sio.on(event, self._handler(event, action), namespace=NAMESPACE)
+
+    async def connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        token = auth.get("token") if isinstance(auth, dict) else None
+        token = token or bearer(environ.get("HTTP_AUTHORIZATION"))
+        identity = None
+        if token is not None:
+            try:
+                identity = self.verifier.verify(token)
+            except HubError as exc:
+                raise socketio.exceptions.ConnectionRefusedError(exc.code, exc.body()) from exc
+        self._presence().add(Conn(sid, identity))
+
+    async def disconnect(self, sid: str, *_: Any) -> None:
+        conn = self._presence().remove(sid)
+        if conn is None:
+            return
+        try:
+            await self._hub().disconnect(conn)
+        except (HubError, RedisError, OSError) as exc:
+            # The sweep removes this connection's presence once its expiry passes.
+            log.warning("leave on disconnect failed for %s: %s", sid, exc)
+
+    def _handler(self, event: str, action: Action) -> Callable[..., Awaitable[dict[str, Any]]]:
+        async def handle(sid: str, *args: Any) -> dict[str, Any]:
+            conn = self._presence().conns.get(sid)
+            try:
+                if conn is None:
+                    raise HubError("unauthorized", "Not connected.")
+                return await action(conn, args[0] if len(args) == 1 else list(args) or None)
+            except HubError as exc:
+                return await self._refuse(sid, event, exc)
+            except (RedisError, OSError) as exc:
+                log.warning("%s failed: %s", event, exc)
+                return await self._refuse(sid, event, HubError("unavailable"))
+            except Exception:
+                log.exception("%s failed", event)
+                return await self._refuse(sid, event, HubError("unavailable", "Internal error."))
+
+        return handle
+
+    async def _refuse(self, sid: str, event: str, exc: HubError) -> dict[str, Any]:
+        body = exc.body()
+        await self.sio.emit("error", dict(body, event=event), to=sid, namespace=NAMESPACE,
+                            ignore_queue=True)
+        return {"success": False, "error": body}
+
+    # -- actions ------------------------------------------------------------------
+    async def join(self, conn: Conn, data: Any) -> dict[str, Any]:
+        payload = payloads.Join.parse(data)
+        hub = self._hub()
+        if conn.stream_id is not None and conn.stream_id != payload.stream_id:
+            await self.sio.leave_room(conn.sid, conn.stream_id, namespace=NAMESPACE)
+        # In the room before presence is written, so no broadcast after the join is missed.
+        await self.sio.enter_room(conn.sid, payload.stream_id, namespace=NAMESPACE)
+        try:
+            joined = await hub.join(conn, payload)
+        except BaseException:
+            if conn.stream_id != payload.stream_id:
+                await self.sio.leave_room(conn.sid, payload.stream_id, namespace=NAMESPACE)
+            raise
+        await self.sio.emit("joined_stream", joined, to=conn.sid, namespace=NAMESPACE,
+                            ignore_queue=True)
+        return joined
+
+    async def leave(self, conn: Conn, _: Any) -> dict[str, Any]:
+        if conn.stream_id is not None:
+            await self.sio.leave_room(conn.sid, conn.stream_id, namespace=NAMESPACE)
+        return await self._hub().leave(conn)
+
+    async def chat(self, conn: Conn, data: Any) -> dict[str, Any]:
+        return await self._hub().chat(conn, payloads.Chat.parse(data))
+
+    async def tip(self, conn: Conn, data: Any) -> dict[str, Any]:
+        return await self._hub().tip(conn, payloads.Tip.parse(data, self.settings))
+
+    # -- room housekeeping --------------------------------------------------------
+    async def stream_closed(self, stream_id: str) -> None:
+        """The stream ended (from any worker): local watchers watch nothing now."""
+        self._presence().forget_stream(stream_id)
+
+    async def stream_gone(self, stream_id: str, conns: list[Conn]) -> None:
+        """The refresh found the stream no longer live: take its watchers out of the room."""
+        for conn in conns:
+            await self.sio.leave_room(conn.sid, stream_id, namespace=NAMESPACE)

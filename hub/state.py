@@ -1,0 +1,177 @@
+"""Live state in Redis: each state change is one Lua script, so it is one round trip and
+atomic with its outbox record and its broadcast."""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+from hub.errors import HubError
+from hub.keys import NAMESPACE, Keys
+from hub.settings import Settings
+
+SCRIPTS = ("join", "leave", "refresh", "reap", "chat", "tip", "create", "start", "end")
+
+
+def _load_scripts(client: aioredis.Redis) -> dict[str, AsyncScript]:
+    folder = resources.files("hub") / "lua"
+    common = (folder / "common.lua").read_text()
+    return {
+        name: client.register_script(common + "\n" + (folder / f"{name}.lua").read_text())
+        for name in SCRIPTS
+    }
+
+
+def _result(reply: list[Any]) -> list[Any]:
+    """A script's reply, or the HubError it stands for."""
+    status = reply[0]
+    if status == "err":
+        retry_ms = int(reply[2]) if len(reply) > 2 else None
+        raise HubError(str(reply[1]), retry_after=None if retry_ms is None else retry_ms / 1000)
+    return reply
+
+
+class State:
+    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+        self.redis = client
+        self.settings = settings
+        self.keys = Keys(settings.redis_prefix)
+        self._scripts = _load_scripts(client)
+        self._base = [self.keys.prefix, self.keys.channel, NAMESPACE]
+
+    async def _run(self, name: str, keys: list[str], args: list[Any]) -> list[Any]:
+        return _result(await self._scripts[name](keys=keys, args=args))
+
+    # -- streams ------------------------------------------------------------------
+    async def create_stream(self, fields: dict[str, str]) -> None:
+        k, sid, user = self.keys, fields["stream_id"], fields["streamer_id"]
+        flat = [x for pair in fields.items() for x in pair]
+        await self._run(
+            "create",
+            [k.stream(sid), k.streamer_live(user), k.streamer_streams(user)],
+            [k.prefix, sid, fields["status"], fields["created_at"], *flat],
+        )
+
+    async def start_stream(self, stream_id: str, streamer_id: str) -> None:
+        k = self.keys
+        await self._run("start", [k.stream(stream_id), k.streamer_live(streamer_id)],
+                        [k.prefix, stream_id])
+
+    async def end_stream(self, stream_id: str, streamer_id: str) -> int:
+        k = self.keys
+        reply = await self._run(
+            "end",
+            [k.stream(stream_id), k.streamer_live(streamer_id)],
+            [*self._base, stream_id, self.settings.ended_retention],
+        )
+        return int(reply[1])
+
+    async def stream(self, stream_id: str) -> tuple[dict[str, str], int, int] | None:
+        """The stream hash, its viewer count and its unique viewers, or None."""
+        k = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(k.stream(stream_id))
+            pipe.hlen(k.viewers(stream_id))
+            pipe.scard(k.unique(stream_id))
+            h, count, unique = await pipe.execute()
+        if not h:
+            return None
+        return h, count, unique
+
+    async def streams(self, ids: list[str]) -> list[tuple[dict[str, str], int]]:
+        if not ids:
+            return []
+        k = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid in ids:
+                pipe.hgetall(k.stream(sid))
+                pipe.hlen(k.viewers(sid))
+            replies = await pipe.execute()
+        pairs = zip(replies[::2], replies[1::2], strict=True)
+        return [(h, count) for h, count in pairs if h]
+
+    async def live_ids(self, category: str | None, offset: int, limit: int) -> list[str]:
+        key = self.keys.live_category(category) if category else self.keys.live
+        return list(await self.redis.zrevrange(key, offset, offset + limit - 1))
+
+    async def streamer_stream_ids(self, user_id: str) -> list[str]:
+        return list(await self.redis.zrevrange(self.keys.streamer_streams(user_id), 0, -1))
+
+    async def forget_streamer_streams(self, user_id: str, ids: list[str]) -> None:
+        if ids:
+            await self.redis.zrem(self.keys.streamer_streams(user_id), *ids)
+
+    async def recent(self, stream_id: str) -> tuple[list[str], int]:
+        """The recent buffer (JSON texts) and the stream's message count (-1: no live state)."""
+        k = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lrange(k.recent(stream_id), 0, -1)
+            pipe.hget(k.stream(stream_id), "message_count")
+            items, count = await pipe.execute()
+        return items, -1 if count is None else int(count)
+
+    # -- presence -----------------------------------------------------------------
+    async def join(
+        self, stream_id: str, member: str, sid: str, username: str
+    ) -> tuple[int, dict[str, str], list[str]]:
+        """Start watching; returns the viewer count, the stream hash and the recent buffer."""
+        k = self.keys
+        reply = await self._run(
+            "join",
+            [k.stream(stream_id), k.conns(stream_id), k.recent(stream_id)],
+            [*self._base, stream_id, member, self._ttl_ms, sid, username],
+        )
+        flat = reply[2]
+        return int(reply[1]), dict(zip(flat[::2], flat[1::2], strict=True)), reply[3]
+
+    async def leave(self, stream_id: str, member: str) -> None:
+        await self._run("leave", [self.keys.conns(stream_id)], [*self._base, stream_id, member])
+
+    async def refresh(self, stream_id: str, members: list[tuple[str, str, str]]) -> int:
+        """Extend these connections' expiry; returns how many had to be re-asserted."""
+        k = self.keys
+        flat = [x for triple in members for x in triple]
+        reply = await self._run(
+            "refresh",
+            [k.stream(stream_id), k.conns(stream_id)],
+            [*self._base, stream_id, self._ttl_ms, *flat],
+        )
+        return int(reply[1])
+
+    async def reap(self) -> int:
+        reply = await self._run("reap", [self.keys.live], [*self._base, 1000])
+        return int(reply[1])
+
+    @property
+    def _ttl_ms(self) -> int:
+        return int(self.settings.presence_ttl * 1000)
+
+    # -- chat and tips ------------------------------------------------------------
+    async def chat(self, stream_id: str, user_id: str, message_json: bytes, pub_json: bytes) -> None:
+        k, s = self.keys, self.settings
+        await self._run(
+            "chat",
+            [k.stream(stream_id), k.chat_rate(user_id), k.recent(stream_id), k.outbox, k.channel],
+            [s.chat_rate, s.chat_period * 1000, s.recent_size, message_json, pub_json],
+        )
+
+    async def tip(
+        self, stream_id: str, user_id: str, client_tip_id: str | None, amount_cents: int,
+        fee_cents: int, ack_json: bytes, tip_json: bytes, message_json: bytes,
+        pub_tip: bytes, pub_message: bytes,
+    ) -> bytes | None:
+        """Apply a tip; returns the first ack when this ``client_tip_id`` was seen before."""
+        k, s = self.keys, self.settings
+        idem = k.tip_idempotency(user_id, client_tip_id or "-")
+        reply = await self._run(
+            "tip",
+            [k.stream(stream_id), k.tip_rate(user_id), idem, k.recent(stream_id), k.outbox,
+             k.channel],
+            [s.tip_rate, s.tip_period * 1000, s.recent_size, amount_cents, fee_cents,
+             s.tip_idempotency_ttl, ack_json, tip_json, message_json, pub_tip, pub_message,
+             "1" if client_tip_id else "0"],
+        )
+        return reply[1] if reply[0] == "dup" else None

@@ -1,0 +1,233 @@
+"""The flusher: outbox batch -> MySQL in one transaction -> acknowledge and delete.
+
+Entries are read with a consumer group. They are acknowledged and deleted only after the
+transaction commits, so a flusher that dies mid-batch leaves them pending, and the next
+flusher claims them once they have been idle for ``HUB_FLUSH_CLAIM_IDLE_MS``. Writes are
+idempotent, so a batch written twice is written once.
+
+``python -m workers.flusher [--burst]``; ``--burst`` stops when the outbox is empty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+import pymysql
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from hub.db import create_pool
+from hub.keys import OUTBOX_GROUP, Keys
+from hub.settings import Settings, SettingsError
+from workers.store import BadRecord, Batch, Store
+
+log = logging.getLogger("workers.flusher")
+
+Entry = tuple[str, dict[str, str]]
+BACKOFF_MAX = 10.0
+
+
+class Flusher:
+    def __init__(self, settings: Settings, client: aioredis.Redis, store: Store,
+                 consumer: str | None = None) -> None:
+        self.settings = settings
+        self.redis = client
+        self.store = store
+        self.keys = Keys(settings.redis_prefix)
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.written = 0
+        self._stopping = asyncio.Event()
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(self.keys.outbox, OUTBOX_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def read(self, block_ms: int | None) -> list[Entry]:
+        """Entries left pending by a flusher that died, else new ones."""
+        claimed = await self.redis.xautoclaim(
+            self.keys.outbox, OUTBOX_GROUP, self.consumer,
+            min_idle_time=self.settings.flush_claim_idle_ms, start_id="0-0",
+            count=self.settings.flush_batch)
+        entries: list[Entry] = claimed[1]
+        gone: list[str] = claimed[2] if len(claimed) > 2 else []
+        if gone:  # deleted while still pending: nothing left to write
+            await self.redis.xack(self.keys.outbox, OUTBOX_GROUP, *gone)
+        if entries:
+            return entries
+        reply = await self.redis.xreadgroup(
+            OUTBOX_GROUP, self.consumer, {self.keys.outbox: ">"},
+            count=self.settings.flush_batch, block=block_ms)
+        return reply[0][1] if reply else []
+
+    async def step(self, block_ms: int | None = 1000) -> int:
+        """One batch: read, write, acknowledge. Returns how many entries were settled."""
+        entries = await self.read(block_ms)
+        if not entries:
+            return 0
+        batch, bad = self._fold(entries)
+        try:
+            await self._write(batch)
+        except pymysql.MySQLError as exc:
+            log.error("MySQL refused a batch of %d (%s); writing its entries one by one",
+                      len(entries), exc)
+            bad = await self._write_each(entries)
+        await self._settle([eid for eid, _ in entries], bad)
+        self.written += len(batch)
+        return len(entries)
+
+    async def _write_each(self, entries: list[Entry]) -> list[Entry]:
+        """Isolate the entries MySQL refuses (they go to the dead-letter stream)."""
+        bad: list[Entry] = []
+        for entry in entries:
+            batch, refused = self._fold([entry])
+            try:
+                await self._write(batch)
+            except pymysql.MySQLError as exc:
+                log.error("outbox entry %s refused by MySQL (%s); moved to %s",
+                          entry[0], exc, self.keys.outbox_dead)
+                refused = [entry]
+            bad.extend(refused)
+        return bad
+
+    def _fold(self, entries: list[Entry]) -> tuple[Batch, list[Entry]]:
+        batch, bad = Batch(), []
+        for entry_id, fields in entries:
+            try:
+                batch.add(fields.get("t", ""), fields.get("d", ""))
+            except BadRecord as exc:
+                log.error("outbox entry %s cannot be written (%s); moved to %s",
+                          entry_id, exc, self.keys.outbox_dead)
+                bad.append((entry_id, fields))
+        return batch, bad
+
+    async def _write(self, batch: Batch) -> None:
+        """Write until it commits: MySQL being down is waited out with capped backoff."""
+        delay = 0.5
+        while True:
+            try:
+                if len(batch):
+                    await self.store.write(batch)
+                return
+            except (pymysql.err.OperationalError, pymysql.err.InterfaceError, OSError) as exc:
+                if isinstance(exc, pymysql.err.OperationalError) and _refusal(exc):
+                    raise
+                log.warning("MySQL write failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+
+    async def _settle(self, ids: list[str], bad: list[Entry]) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for entry_id, fields in bad:
+                pipe.xadd(self.keys.outbox_dead, dict(fields, entry=entry_id))
+            pipe.xack(self.keys.outbox, OUTBOX_GROUP, *ids)
+            pipe.xdel(self.keys.outbox, *ids)
+            await pipe.execute()
+
+    async def lag(self) -> dict[str, Any]:
+        """Entries waiting (pending or unread) and the age of the oldest, in seconds."""
+        length = await self.redis.xlen(self.keys.outbox)
+        first = await self.redis.xrange(self.keys.outbox, count=1)
+        age = 0.0
+        if first:
+            ms = int(first[0][0].split("-")[0])
+            now = await self.redis.time()
+            age = max(0.0, (now[0] * 1000 + now[1] // 1000 - ms) / 1000)
+        return {"entries": length, "oldest_age_seconds": age}
+
+    async def drain(self) -> int:
+        """Flush until the outbox is empty (tests, ``--burst``)."""
+        total = 0
+        while True:
+            settled = await self.step(block_ms=None)
+            total += settled
+            if settled == 0 and await self.redis.xlen(self.keys.outbox) == 0:
+                return total
+            if settled == 0:
+                # Entries pending for another consumer, not idle long enough to claim yet.
+                await asyncio.sleep(0.05)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Until stopped: each batch settled before the next; a stop ends after the batch."""
+        delay = 0.5
+        while not self._stopping.is_set():
+            try:
+                await self.step(block_ms=1000)
+                delay = 0.5
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                log.warning("outbox read failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+                with contextlib.suppress(RedisError, OSError):
+                    await self.ensure_group()
+
+
+def _refusal(exc: pymysql.err.OperationalError) -> bool:
+    """An OperationalError about the data (not the connection): retrying will not help."""
+    code = exc.args[0] if exc.args else 0
+    return isinstance(code, int) and code in (1048, 1054, 1136, 1264, 1292, 1366, 1406)
+
+
+async def main_async(settings: Settings, burst: bool) -> int:
+    client = aioredis.from_url(settings.redis_url, decode_responses=True,
+                               socket_connect_timeout=5, health_check_interval=10)
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        print(f"❌ Redis is not reachable at {settings.redis_url}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        pool = await create_pool(settings.mysql, maxsize=2)
+    except Exception as exc:
+        print(f"❌ MySQL is not reachable at {settings.mysql.url}: {exc}", file=sys.stderr)
+        return 1
+    flusher = Flusher(settings, client, Store(pool))
+    await flusher.ensure_group()
+    print(f"✅ Flusher {flusher.consumer} draining {flusher.keys.outbox} into "
+          f"{settings.mysql.database}", flush=True)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, flusher.stop)
+    try:
+        if burst:
+            await flusher.drain()
+        else:
+            await flusher.run()
+    finally:
+        pool.close()
+        await pool.wait_closed()
+        await client.aclose()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workers.flusher")
+    parser.add_argument("--burst", action="store_true", help="stop when the outbox is empty")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("HUB_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(main_async(settings, args.burst))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

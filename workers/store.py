@@ -1,0 +1,176 @@
+"""Idempotent batch writes into MySQL: one transaction, one multi-row statement per table.
+
+Every statement is ``INSERT ... ON DUPLICATE KEY UPDATE`` keyed by the record's UUID, so a
+batch replayed after a crash changes nothing. Stream rows carry absolute figures and a
+version; an older version never overwrites a newer one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import aiomysql
+import orjson
+
+from hub.codec import parse_iso
+from hub.money import from_cents
+
+STREAM_COLUMNS = (
+    "stream_id", "streamer_id", "streamer_name", "title", "description", "thumbnail_url",
+    "status", "category", "is_recording", "recording_url", "peak_viewers", "unique_viewers",
+    "message_count", "tip_count", "tips_total", "platform_fees_total", "scheduled_at",
+    "started_at", "ended_at", "duration_seconds", "created_at", "updated_at", "version",
+)
+MESSAGE_COLUMNS = ("message_id", "stream_id", "user_id", "username", "message", "message_type",
+                   "tip_amount", "alert", "created_at")
+TIP_COLUMNS = ("tip_id", "stream_id", "from_user_id", "to_user_id", "amount", "platform_fee",
+               "streamer_share", "currency", "message", "client_tip_id", "created_at")
+SESSION_COLUMNS = ("session_id", "stream_id", "user_id", "joined_at", "left_at", "watch_seconds")
+
+
+def _insert(table: str, columns: tuple[str, ...], update: str) -> str:
+    placeholders = ", ".join(["%s"] * len(columns))
+    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders}) "
+            f"ON DUPLICATE KEY UPDATE {update}")
+
+
+_guarded = ", ".join(f"{c} = IF(VALUES(version) >= version, VALUES({c}), {c})"
+                     for c in STREAM_COLUMNS[1:-1])
+UPSERT_STREAMS = _insert("streams", STREAM_COLUMNS,
+                         _guarded + ", version = GREATEST(version, VALUES(version))")
+UPSERT_MESSAGES = _insert("chat_messages", MESSAGE_COLUMNS,
+                          "message = VALUES(message), username = VALUES(username), "
+                          "tip_amount = VALUES(tip_amount), alert = VALUES(alert)")
+UPSERT_TIPS = _insert("tips", TIP_COLUMNS,
+                      "amount = VALUES(amount), platform_fee = VALUES(platform_fee), "
+                      "streamer_share = VALUES(streamer_share)")
+UPSERT_SESSIONS = _insert("viewing_sessions", SESSION_COLUMNS,
+                          "left_at = GREATEST(left_at, VALUES(left_at)), "
+                          "watch_seconds = GREATEST(watch_seconds, VALUES(watch_seconds))")
+
+
+class BadRecord(ValueError):
+    """An outbox entry that cannot be turned into a row."""
+
+
+def _dt(ms: Any) -> datetime | None:
+    if ms in (None, ""):
+        return None
+    return datetime.fromtimestamp(int(ms) / 1000, tz=UTC).replace(tzinfo=None)
+
+
+def _iso(text: str) -> datetime:
+    return datetime.fromtimestamp(parse_iso(text) / 1000, tz=UTC).replace(tzinfo=None)
+
+
+def _int(value: Any) -> int | None:
+    return None if value in (None, "") else int(value)
+
+
+def _exact(value: Any) -> Decimal | None:
+    """A money value from JSON (a float whose repr is the text that was sent), exactly."""
+    if value is None:
+        return None
+    return Decimal(repr(value) if isinstance(value, float) else str(value)).quantize(Decimal("0.01"))
+
+
+def stream_row(d: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        d["stream_id"], d["streamer_id"], d.get("streamer_name") or None, d["title"],
+        d.get("description") or "", d.get("thumbnail_url") or None, d["status"],
+        d.get("category") or "", d.get("is_recording") == "1", d.get("recording_url") or None,
+        _int(d.get("peak_viewers")) or 0, _int(d.get("unique_viewers")) or 0,
+        _int(d.get("message_count")) or 0, _int(d.get("tip_count")) or 0,
+        from_cents(_int(d.get("tips_cents")) or 0), from_cents(_int(d.get("fees_cents")) or 0),
+        _dt(d.get("scheduled_at")), _dt(d.get("started_at")), _dt(d.get("ended_at")),
+        _int(d.get("duration_seconds")), _dt(d["created_at"]), _dt(d["updated_at"]),
+        _int(d.get("version")) or 0,
+    )
+
+
+def message_row(d: dict[str, Any]) -> tuple[Any, ...]:
+    alert = d.get("alert")
+    return (
+        d["message_id"], d["stream_id"], d["user_id"], d.get("username"), d["message"],
+        d["message_type"], _exact(d.get("tip_amount")),
+        None if alert is None else orjson.dumps(alert).decode(), _iso(d["created_at"]),
+    )
+
+
+def tip_row(d: dict[str, Any]) -> tuple[Any, ...]:
+    amount, fee = int(d["amount_cents"]), int(d["fee_cents"])
+    return (
+        d["tip_id"], d["stream_id"], d["from_user_id"], d["to_user_id"], from_cents(amount),
+        from_cents(fee), from_cents(amount - fee), d["currency"], d.get("message") or "",
+        d.get("client_tip_id"), _iso(d["created_at"]),
+    )
+
+
+def session_row(d: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        d["session_id"], d["stream_id"], d.get("user_id"), _dt(d["joined_at"]), _dt(d["left_at"]),
+        int(d["watch_seconds"]),
+    )
+
+
+@dataclass
+class Batch:
+    """Outbox records of one read, folded so each key appears once."""
+
+    streams: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    messages: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    tips: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    sessions: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+
+    def add(self, kind: str, data: str) -> None:
+        try:
+            d = orjson.loads(data)
+            if kind == "stream":
+                row = stream_row(d)
+                old = self.streams.get(row[0])
+                if old is None or old[-1] <= row[-1]:
+                    self.streams[row[0]] = row
+            elif kind == "message":
+                self.messages[d["message_id"]] = message_row(d)
+            elif kind == "tip":
+                self.tips[d["tip_id"]] = tip_row(d)
+            elif kind == "session":
+                row = session_row(d)
+                old = self.sessions.get(row[0])
+                if old is None or old[4] <= row[4]:
+                    self.sessions[row[0]] = row
+            else:
+                raise BadRecord(f"unknown record type {kind!r}")
+        except (KeyError, TypeError, ValueError, ArithmeticError, orjson.JSONDecodeError) as exc:
+            raise BadRecord(str(exc)) from exc
+
+    def __len__(self) -> int:
+        return len(self.streams) + len(self.messages) + len(self.tips) + len(self.sessions)
+
+
+class Store:
+    def __init__(self, pool: aiomysql.Pool) -> None:
+        self.pool = pool
+
+    async def write(self, batch: Batch) -> None:
+        """All of the batch in one transaction, or nothing."""
+        async with self.pool.acquire() as conn:
+            try:
+                async with conn.cursor() as cur:
+                    for sql, rows in (
+                        (UPSERT_STREAMS, batch.streams),
+                        (UPSERT_MESSAGES, batch.messages),
+                        (UPSERT_TIPS, batch.tips),
+                        (UPSERT_SESSIONS, batch.sessions),
+                    ):
+                        if rows:
+                            await cur.executemany(sql, list(rows.values()))
+                await conn.commit()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await conn.rollback()
+                raise
