@@ -1,0 +1,309 @@
+"""Fixtures: real Redis and MariaDB, a private key prefix and database per test run.
+
+Nothing is mocked. Each run gets its own Redis prefix and its own database, and cleans
+only those. Waits poll for a condition under a deadline; nothing sleeps and hopes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pymysql
+import pytest
+import redis
+import redis.asyncio as aioredis
+import socketio
+
+from hub.auth import mint
+from hub.db import create_pool, migrate
+from hub.keys import NAMESPACE
+from hub.settings import Settings
+from workers.flusher import Flusher
+from workers.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "test-secret-" + "x" * 40
+DEADLINE = 10.0
+
+
+def unique(prefix: str = "u") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def run_id() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session")
+def env(run_id: str) -> dict[str, str]:
+    """The environment of this test run, for in-process settings and for worker processes."""
+    return {
+        "REDIS_URL": os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        "MYSQL_URL": f"mysql://root@127.0.0.1:3306/hub_test_{run_id}",
+        "HUB_REDIS_PREFIX": f"hubtest:{run_id}:",
+        "HUB_JWT_SECRET": SECRET,
+        "HUB_PRESENCE_TTL": "3",
+        "HUB_PRESENCE_REFRESH": "1",
+        "HUB_REAP_INTERVAL": "0.5",
+        "HUB_FLUSH_CLAIM_IDLE_MS": "500",
+    }
+
+
+@pytest.fixture(scope="session")
+def settings(env: dict[str, str]) -> Iterator[Settings]:
+    s = Settings.from_env(env)
+    migrate(s.mysql)
+    yield s
+    conn = pymysql.connect(host=s.mysql.host, port=s.mysql.port, user=s.mysql.user,
+                           password=s.mysql.password, autocommit=True)
+    with conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS `{s.mysql.database}`")
+    conn.close()
+    r = redis.Redis.from_url(s.redis_url)
+    for key in r.scan_iter(match=f"{s.redis_prefix}*", count=1000):
+        r.unlink(key)
+    r.close()
+
+
+@pytest.fixture
+def token(settings: Settings) -> Callable[..., str]:
+    def make(user_id: str, *roles: str, name: str | None = None, ttl: int = 3600) -> str:
+        return mint(settings, user_id, name, list(roles), ttl)
+
+    return make
+
+
+# -- the web worker in this process ---------------------------------------------------
+
+@pytest.fixture
+async def server(aiohttp_server: Any, settings: Settings) -> Any:
+    from hub.app import create_app
+
+    return await aiohttp_server(create_app(settings))
+
+
+@pytest.fixture
+def base_url(server: Any) -> str:
+    return str(server.make_url("")).rstrip("/")
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+class Api:
+    """REST calls against one worker."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
+        self.session = session
+        self.base = base
+
+    async def request(self, method: str, path: str, token: str | None = None,
+                      **kwargs: Any) -> tuple[int, Any]:
+        headers = kwargs.pop("headers", {})
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        url = self.base + path if path.startswith("/") else f"{self.base}/api/v1/streaming/{path}"
+        async with self.session.request(method, url, headers=headers, **kwargs) as resp:
+            text = await resp.text()
+            try:
+                body = await resp.json(content_type=None)
+            except ValueError:
+                body = text
+            return resp.status, body
+
+    async def create_stream(self, token: str, **fields: Any) -> dict[str, Any]:
+        payload = {"title": "Live trading", "category": "crypto", **fields}
+        status, body = await self.request("POST", "create", token, json=payload)
+        assert status == 201, body
+        return body["stream"]
+
+
+@pytest.fixture
+def api(http: aiohttp.ClientSession, base_url: str) -> Api:
+    return Api(http, base_url)
+
+
+# -- Socket.IO clients ----------------------------------------------------------------
+
+class Client:
+    """A real python-socketio AsyncClient on ``/streaming`` that records every event."""
+
+    def __init__(self) -> None:
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self.events: dict[str, list[Any]] = defaultdict(list)
+        self._changed = asyncio.Event()
+        self.sio.on("*", self._record, namespace=NAMESPACE)
+
+    async def _record(self, event: str, data: Any = None) -> None:
+        self.events[event].append(data)
+        self._changed.set()
+
+    async def connect(self, url: str, token: str | None = None, transport: str = "websocket") -> None:
+        await self.sio.connect(url, namespaces=[NAMESPACE], auth={"token": token} if token else None,
+                               transports=[transport], wait_timeout=DEADLINE)
+
+    async def call(self, event: str, data: Any = None) -> Any:
+        return await self.sio.call(event, data, namespace=NAMESPACE, timeout=DEADLINE)
+
+    async def emit(self, event: str, *args: Any) -> None:
+        await self.sio.emit(event, args if len(args) != 1 else args[0], namespace=NAMESPACE)
+
+    async def wait_for(self, event: str, match: Callable[[Any], bool] = lambda _: True,
+                       timeout: float = DEADLINE) -> Any:
+        """The first recorded ``event`` whose payload matches, waiting up to ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for data in self.events[event]:
+                if match(data):
+                    return data
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {event!r} matching within {timeout}s; got {dict(self.events)}")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.sio.disconnect()
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[Callable[..., Awaitable[Client]]]:
+    made: list[Client] = []
+
+    async def connect(url: str, token: str | None = None, transport: str = "websocket") -> Client:
+        client = Client()
+        await client.connect(url, token, transport)
+        made.append(client)
+        return client
+
+    yield connect
+    for client in made:
+        await client.close()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = DEADLINE,
+                     what: str = "condition") -> None:
+    """Poll ``check`` until it holds or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not hold within {timeout}s")
+        await asyncio.sleep(0.05)
+
+
+# -- Redis, MySQL and the flusher -----------------------------------------------------
+
+@pytest.fixture
+async def rds(settings: Settings) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(settings.redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def flusher(settings: Settings, rds: aioredis.Redis) -> AsyncIterator[Flusher]:
+    pool = await create_pool(settings.mysql, maxsize=2)
+    f = Flusher(settings, rds, Store(pool), consumer=unique("test-flusher"))
+    await f.ensure_group()
+    yield f
+    pool.close()
+    await pool.wait_closed()
+
+
+@pytest.fixture
+def sql(settings: Settings) -> Iterator[Callable[..., list[dict[str, Any]]]]:
+    m = settings.mysql
+    conn = pymysql.connect(host=m.host, port=m.port, user=m.user, password=m.password,
+                           database=m.database, autocommit=True,
+                           cursorclass=pymysql.cursors.DictCursor)
+
+    def query(statement: str, *args: Any) -> list[dict[str, Any]]:
+        with conn.cursor() as cur:
+            cur.execute(statement, args)
+            return list(cur.fetchall())
+
+    yield query
+    conn.close()
+
+
+# -- worker processes -----------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Worker:
+    """A ``python -m hub serve`` process on loopback."""
+
+    def __init__(self, env: dict[str, str], port: int, log_path: Path) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hub", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT, env={**os.environ, **env}, stdout=self._log, stderr=subprocess.STDOUT)
+
+    async def ready(self, session: aiohttp.ClientSession) -> None:
+        async def up() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited: {self.log_path.read_text()}")
+            try:
+                async with session.get(f"{self.url}/readyz") as resp:
+                    return resp.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await eventually(up, 20, f"worker on port {self.port} ready")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture
+async def workers(env: dict[str, str], http: aiohttp.ClientSession,
+                  tmp_path: Path) -> AsyncIterator[Callable[[int], Awaitable[list[Worker]]]]:
+    started: list[Worker] = []
+
+    async def start(n: int) -> list[Worker]:
+        batch = [Worker(env, free_port(), tmp_path / f"worker-{len(started) + i}.log") for i in range(n)]
+        started.extend(batch)
+        for w in batch:
+            await w.ready(http)
+        return batch
+
+    yield start
+    for w in started:
+        w.stop()
