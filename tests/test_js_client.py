@@ -1,0 +1,42 @@
+"""The contract against the real JavaScript client: socket.io-client 4.x across two workers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import unique
+
+JS = Path(__file__).resolve().parent / "js"
+
+
+@pytest.fixture(scope="module")
+def node_client() -> Path:
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node and npm are not installed on this machine")
+    if not (JS / "node_modules" / "socket.io-client").is_dir():
+        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=JS,
+                       check=True, timeout=300)
+    return JS / "cross_worker.mjs"
+
+
+async def test_js_client_joins_chats_and_tips_across_two_workers(node_client, workers, api, token):
+    w1, w2 = await workers(2)
+    streamer = unique("streamer")
+    api.base = w1.url
+    stream = await api.create_stream(token(streamer, "streamer"))
+    result = subprocess.run(
+        ["node", str(node_client), w1.url, w2.url, stream["stream_id"],
+         token(unique("js-a")), token(unique("js-b"))],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen == {
+        "joinedA": True, "joinedB": True, "viewerCountB": 2, "transportA": "websocket",
+        "chatOnA": "hello from B", "tipOnB": 2.5, "feeOnB": 0.13, "badCode": "invalid",
+    }
