@@ -8,7 +8,7 @@ PORT ?= 8080
 # Development secret for `make run` only; production sets HUB_JWT_SECRET itself.
 DEV_SECRET := dev-secret-change-me-0123456789abcdef
 
-.PHONY: venv run test lint check-services migrate clean
+.PHONY: venv run test lint check-services migrate token clean
 
 venv: $(STAMP)
 
@@ -27,6 +27,12 @@ migrate: venv
 run: venv check-services migrate
 	@HUB_JWT_SECRET=$${HUB_JWT_SECRET:-$(DEV_SECRET)} HUB_DEV_MODE=$${HUB_DEV_MODE:-1} \
 	  HOST=$(HOST) PORT=$(PORT) $(BIN)/python -m hub run-local --host $(HOST) --port $(PORT)
+
+# A development token for `make run`'s secret: make token ID=alice ROLE=streamer
+ID ?= alice
+token: venv
+	@HUB_JWT_SECRET=$${HUB_JWT_SECRET:-$(DEV_SECRET)} $(BIN)/python -m hub token $(ID) \
+	  $(if $(ROLE),--role $(ROLE),) $(if $(NAME),--name $(NAME),)
 
 test: venv
 	$(BIN)/python -m pytest

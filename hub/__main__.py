@@ -11,7 +11,6 @@ import sys
 
 from hub.settings import Settings, SettingsError
 
-DEV_TOKEN_HINT = "python -m hub token USER_ID --name NAME --role streamer"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,8 +66,9 @@ def _run_local(settings: Settings, args: argparse.Namespace) -> int:
     flusher = subprocess.Popen([sys.executable, "-m", "workers.flusher"])
     print(f"✅ Flusher started (pid {flusher.pid})", flush=True)
     if settings.jwt_secret:
-        print(f"🔑 Development token: {DEV_TOKEN_HINT} (HUB_JWT_SECRET={settings.jwt_secret})",
-              flush=True)
+        print("🔑 Development tokens: make token ID=alice ROLE=streamer  (a viewer: make token ID=bob)"
+              f"\n   or: HUB_JWT_SECRET={settings.jwt_secret} {sys.executable} -m hub token alice "
+              "--role streamer", flush=True)
     try:
         return _serve(settings, args)
     finally:
