@@ -12,7 +12,6 @@ import sys
 from hub.settings import Settings, SettingsError
 
 
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hub", description="The streaming hub.")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -29,13 +30,14 @@ async def test_js_client_joins_chats_and_tips_across_two_workers(node_client, wo
     streamer = unique("streamer")
     api.base = w1.url
     stream = await api.create_stream(token(streamer, "streamer"))
-    result = subprocess.run(
-        ["node", str(node_client), w1.url, w2.url, stream["stream_id"],
-         token(unique("js-a")), token(unique("js-b"))],
-        capture_output=True, text=True, timeout=60,
+    proc = await asyncio.create_subprocess_exec(
+        "node", str(node_client), w1.url, w2.url, stream["stream_id"],
+        token(unique("js-a")), token(unique("js-b")),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
-    assert result.returncode == 0, result.stderr
-    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    seen = json.loads(out.decode().strip().splitlines()[-1])
     assert seen == {
         "joinedA": True, "joinedB": True, "viewerCountB": 2, "transportA": "websocket",
         "chatOnA": "hello from B", "tipOnB": 2.5, "feeOnB": 0.13, "badCode": "invalid",
