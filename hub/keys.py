@@ -39,16 +39,6 @@ class Keys:
     def live_category(self, category: str) -> str:
         return f"{self.prefix}live:cat:{category}"
 
-    @property
-    def reap_lock(self) -> str:
-        """Short lock so that one worker at a time sweeps expired viewers."""
-        return f"{self.prefix}reap:lock"
-
-    @property
-    def workers(self) -> str:
-        """Sorted set of worker ids scored by the expiry of their heartbeat (ms)."""
-        return f"{self.prefix}workers"
-
     # -- per stream -----------------------------------------------------------
     def stream(self, stream_id: str) -> str:
         """Hash: the stream record and its live counters (money in integer cents)."""
