@@ -118,7 +118,8 @@ def create_app(settings: Settings) -> web.Application:
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings, runtime, sio = app[rest.SETTINGS], app[RUNTIME], app[SIO]
     client = aioredis.from_url(settings.redis_url, decode_responses=True,
-                               socket_connect_timeout=5, health_check_interval=10)
+                               socket_connect_timeout=5, socket_timeout=5,
+                               health_check_interval=10)
     try:
         await client.ping()
     except (RedisError, OSError) as exc:

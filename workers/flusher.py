@@ -185,7 +185,8 @@ def _refusal(exc: pymysql.err.OperationalError) -> bool:
 
 async def main_async(settings: Settings, burst: bool) -> int:
     client = aioredis.from_url(settings.redis_url, decode_responses=True,
-                               socket_connect_timeout=5, health_check_interval=10)
+                               socket_connect_timeout=5, socket_timeout=10,
+                               health_check_interval=10)
     try:
         await client.ping()
     except (RedisError, OSError) as exc:
