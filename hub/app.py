@@ -24,6 +24,7 @@ from hub.presence import Presence
 from hub.service import Hub
 from hub.settings import Settings
 from hub.sockets import HubRedisManager, StreamingNamespace
+from hub.state import State, outbox_lag, persistence_warning
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             f"Redis is not reachable at {redacted(settings.redis_url)} ({exc}); start redis-server "
             "or set REDIS_URL") from exc
     say(f"✅ Redis connected at {redacted(settings.redis_url)} (prefix {settings.redis_prefix!r})")
+    warning = await persistence_warning(client)
+    if warning:
+        log.warning(warning)
     try:
         pool = await create_pool(settings.mysql)
     except Exception as exc:
@@ -136,8 +140,6 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             f"MySQL is not reachable at {redacted(settings.mysql.url)} ({exc}); start MariaDB, "
             "run `python -m hub migrate`, or set MYSQL_URL") from exc
     say(f"✅ MySQL connected at {redacted(settings.mysql.url)}")
-    from hub.state import State
-
     state = State(client, settings)
     presence = Presence(state)
     runtime.redis, runtime.presence = client, presence
@@ -209,7 +211,10 @@ async def readyz(request: web.Request) -> web.Response:
     pubsub = getattr(sio.manager, "pubsub", None)
     checks["pubsub"] = "up" if pubsub is not None and pubsub.subscribed else "down"
     ready = all(v == "up" for v in checks.values())
-    return rest.json_response({"success": ready, "checks": checks}, 200 if ready else 503)
+    body: dict[str, object] = {"success": ready, "checks": checks}
+    if checks["redis"] == "up" and runtime.redis is not None:
+        body["outbox"] = await outbox_lag(runtime.redis, Keys(request.app[rest.SETTINGS].redis_prefix))
+    return rest.json_response(body, 200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -8,9 +8,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
 
 from hub.errors import HubError
-from hub.keys import NAMESPACE, Keys
+from hub.keys import NAMESPACE, OUTBOX_GROUP, Keys
 from hub.settings import Settings
 
 SCRIPTS = ("join", "leave", "refresh", "reap", "chat", "tip", "create", "start", "end")
@@ -32,6 +33,34 @@ def _result(reply: list[Any]) -> list[Any]:
         retry_ms = int(reply[2]) if len(reply) > 2 else None
         raise HubError(str(reply[1]), retry_after=None if retry_ms is None else retry_ms / 1000)
     return reply
+
+
+async def outbox_lag(client: aioredis.Redis, keys: Keys) -> dict[str, Any]:
+    """Outbox entries not yet written (read or not), pending ones, and the oldest one's age."""
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.xlen(keys.outbox)
+        pipe.xrange(keys.outbox, count=1)
+        pipe.time()
+        pipe.xpending(keys.outbox, OUTBOX_GROUP)
+        length, first, now, pending = await pipe.execute(raise_on_error=False)
+    age = 0.0
+    if first and not isinstance(first, Exception):
+        oldest_ms = int(first[0][0].split("-")[0])
+        age = max(0.0, (now[0] * 1000 + now[1] // 1000 - oldest_ms) / 1000)
+    pending_count = 0 if isinstance(pending, Exception) else int(pending["pending"])
+    return {"entries": int(length), "pending": pending_count, "oldest_age_seconds": round(age, 3)}
+
+
+async def persistence_warning(client: aioredis.Redis) -> str | None:
+    """A warning when Redis would lose accepted, unflushed tips and messages in a crash."""
+    try:
+        config = await client.config_get("appendonly")
+    except RedisError:
+        return "cannot read Redis's persistence settings (CONFIG GET refused); make sure appendonly is on"
+    if config.get("appendonly") != "yes":
+        return ("Redis runs without append-only persistence: accepted tips and messages not yet "
+                "flushed to MySQL are lost if Redis crashes (set appendonly yes, appendfsync everysec)")
+    return None
 
 
 class State:

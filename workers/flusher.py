@@ -18,7 +18,6 @@ import os
 import signal
 import socket
 import sys
-from typing import Any
 
 import pymysql
 import redis.asyncio as aioredis
@@ -27,6 +26,7 @@ from redis.exceptions import RedisError, ResponseError
 from hub.db import create_pool
 from hub.keys import OUTBOX_GROUP, Keys
 from hub.settings import Settings, SettingsError
+from hub.state import persistence_warning
 from workers.store import BadRecord, Batch, Store
 
 log = logging.getLogger("workers.flusher")
@@ -134,17 +134,6 @@ class Flusher:
             pipe.xdel(self.keys.outbox, *ids)
             await pipe.execute()
 
-    async def lag(self) -> dict[str, Any]:
-        """Entries waiting (pending or unread) and the age of the oldest, in seconds."""
-        length = await self.redis.xlen(self.keys.outbox)
-        first = await self.redis.xrange(self.keys.outbox, count=1)
-        age = 0.0
-        if first:
-            ms = int(first[0][0].split("-")[0])
-            now = await self.redis.time()
-            age = max(0.0, (now[0] * 1000 + now[1] // 1000 - ms) / 1000)
-        return {"entries": length, "oldest_age_seconds": age}
-
     async def drain(self) -> int:
         """Flush until the outbox is empty (tests, ``--burst``)."""
         total = 0
@@ -197,6 +186,9 @@ async def main_async(settings: Settings, burst: bool) -> int:
     except Exception as exc:
         print(f"❌ MySQL is not reachable at {settings.mysql.url}: {exc}", file=sys.stderr)
         return 1
+    warning = await persistence_warning(client)
+    if warning:
+        log.warning(warning)
     flusher = Flusher(settings, client, Store(pool))
     await flusher.ensure_group()
     print(f"✅ Flusher {flusher.consumer} draining {flusher.keys.outbox} into "
