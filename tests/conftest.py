@@ -150,6 +150,8 @@ class Client:
         self.events: dict[str, list[Any]] = defaultdict(list)
         self._changed = asyncio.Event()
         self.sio.on("*", self._record, namespace=NAMESPACE)
+        self.sio.on("connect_error", lambda data=None: self.events["connect_error"].append(data),
+                    namespace=NAMESPACE)
 
     async def _record(self, event: str, data: Any = None) -> None:
         self.events[event].append(data)
@@ -182,11 +184,12 @@ class Client:
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
-            await self.sio.disconnect()
+            await asyncio.wait_for(self.sio.disconnect(), 5)
 
 
 @pytest.fixture
-async def clients() -> AsyncIterator[Callable[..., Awaitable[Client]]]:
+async def clients(server: Any) -> AsyncIterator[Callable[..., Awaitable[Client]]]:
+    """Socket.IO clients, closed before the in-process worker stops."""
     made: list[Client] = []
 
     async def connect(url: str, token: str | None = None, transport: str = "websocket") -> Client:

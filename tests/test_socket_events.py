@@ -1,0 +1,429 @@
+"""Socket.IO events on /streaming: join, leave, chat, tip; every refusal; presence counting."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import aiohttp
+import pytest
+import socketio
+
+from tests.conftest import Client, eventually, unique
+
+UNKNOWN = "01a20e30-0000-7000-8000-000000000000"
+
+
+@pytest.fixture
+async def stream(api, token):
+    streamer = unique("streamer")
+    s = await api.create_stream(token(streamer, "streamer", name="Streamer"))
+    return {"id": s["stream_id"], "streamer": streamer, "token": token(streamer, "streamer")}
+
+
+async def joined_viewer(clients, base_url, token, sid, name="Viewer") -> tuple[str, Client]:
+    uid = unique("viewer")
+    c = await clients(base_url, token(uid, name=name))
+    ack = await c.call("join_stream", {"stream_id": sid})
+    assert ack["success"], ack
+    return uid, c
+
+
+async def stats(api, sid) -> dict:
+    status, body = await api.request("GET", f"{sid}/stats")
+    assert status == 200
+    return body["stats"]
+
+
+async def still_works(c: Client, sid: str) -> None:
+    """The socket that was refused is still usable."""
+    ack = await c.call("send_message", {"stream_id": sid, "message": "still here"})
+    assert ack["success"], ack
+    await c.wait_for("chat_message", lambda m: m["message_id"] == ack["message"]["message_id"])
+
+
+# -- connect --------------------------------------------------------------------------
+
+async def test_anonymous_viewer_connects_joins_and_counts(clients, base_url, stream):
+    c = await clients(base_url)
+    ack = await c.call("join_stream", {"stream_id": stream["id"]})
+    assert ack["success"] and ack["viewer_count"] == 1
+    refused = await c.call("send_message", {"stream_id": stream["id"], "message": "hi"})
+    assert refused["error"]["code"] == "unauthorized"
+    refused = await c.call("send_tip", {"stream_id": stream["id"], "amount": 5})
+    assert refused["error"]["code"] == "unauthorized"
+
+
+@pytest.mark.parametrize("bad", ["garbage", "a.b.c", "expired", "wrong-secret", "no-sub", "alg-none"])
+async def test_bad_tokens_are_refused_at_connect(bad, base_url, token):
+    import time
+
+    import jwt
+
+    from tests.conftest import SECRET
+
+    now = int(time.time())
+    tokens = {
+        "garbage": "garbage",
+        "a.b.c": "a.b.c",
+        "expired": token(unique("u"), ttl=-120),
+        "wrong-secret": jwt.encode({"sub": "x", "exp": now + 60}, "another-secret-" + "y" * 32, "HS256"),
+        "no-sub": jwt.encode({"exp": now + 60}, SECRET, "HS256"),
+        "alg-none": jwt.encode({"sub": "x", "exp": now + 60}, None, "none"),
+    }
+    c = Client()
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await c.connect(base_url, tokens[bad])
+    (refusal,) = c.events["connect_error"]
+    assert refusal["message"] == "unauthorized" and refusal["data"]["code"] == "unauthorized"
+    await c.close()
+
+
+# -- join and presence ----------------------------------------------------------------
+
+async def test_join_answers_with_stream_count_and_recent_messages(clients, base_url, token, stream):
+    uid, first = await joined_viewer(clients, base_url, token, stream["id"])
+    sent = [(await first.call("send_message", {"stream_id": stream["id"], "message": f"m{i}"}))["message"]
+            for i in range(3)]
+    c = await clients(base_url, token(unique("late")))
+    ack = await c.call("join_stream", {"stream_id": stream["id"]})
+    event = await c.wait_for("joined_stream")
+    assert ack == event
+    assert set(ack) == {"success", "stream", "viewer_count", "recent_messages"}
+    assert ack["viewer_count"] == 2 and ack["stream"]["viewer_count"] == 2
+    assert ack["stream"]["stream_id"] == stream["id"] and ack["stream"]["status"] == "LIVE"
+    assert [m["message_id"] for m in ack["recent_messages"]] == [m["message_id"] for m in sent]
+    again = await c.call("join_stream", {"stream_id": stream["id"], "last_message_id": sent[0]["message_id"]})
+    assert [m["message"] for m in again["recent_messages"]] == ["m1", "m2"]
+    assert again["viewer_count"] == 2  # joining again changes nothing
+
+
+async def test_recent_messages_are_the_last_fifty(clients, base_url, token, stream):
+    for _ in range(3):
+        uid, c = await joined_viewer(clients, base_url, token, stream["id"])
+        for i in range(20):
+            assert (await c.call("send_message", {"stream_id": stream["id"], "message": f"{uid} {i}"}))["success"]
+    late = await clients(base_url)
+    ack = await late.call("join_stream", {"stream_id": stream["id"]})
+    assert len(ack["recent_messages"]) == 50
+    ids = [m["message_id"] for m in ack["recent_messages"]]
+    assert ids == sorted(ids) and ack["recent_messages"][-1]["message"].endswith(" 19")
+
+
+@pytest.mark.parametrize(("payload", "code"), [
+    ({"stream_id": UNKNOWN}, "not_found"),
+    ({"stream_id": "not-a-uuid"}, "not_found"),
+    ({"stream_id": 42}, "invalid"),
+    ({"stream_id": None}, "invalid"),
+    ({}, "invalid"),
+    (None, "invalid"),
+    ("a string", "invalid"),
+    ([1, 2], "invalid"),
+    ({"stream_id": UNKNOWN, "last_message_id": "nope"}, "invalid"),
+])
+async def test_bad_joins_are_refused(payload, code, clients, base_url, token, stream):
+    c = await clients(base_url, token(unique("viewer")))
+    ack = await c.call("join_stream", payload)
+    assert ack == {"success": False, "error": {"code": code, "message": ack["error"]["message"]}}
+    err = await c.wait_for("error")
+    assert err["code"] == code and err["event"] == "join_stream" and err["message"]
+    assert (await c.call("join_stream", {"stream_id": stream["id"]}))["success"]
+    await still_works(c, stream["id"])
+
+
+async def test_joining_an_ended_or_scheduled_stream_is_refused(api, clients, base_url, token, stream):
+    await api.request("POST", f"{stream['id']}/end", stream["token"])
+    c = await clients(base_url, token(unique("viewer")))
+    assert (await c.call("join_stream", {"stream_id": stream["id"]}))["error"]["code"] == "stream_not_live"
+    later = unique("streamer")
+    scheduled = await api.create_stream(token(later, "streamer"), scheduled_at="2099-01-01T00:00:00Z")
+    assert scheduled["status"] == "SCHEDULED"
+    ack = await c.call("join_stream", {"stream_id": scheduled["stream_id"]})
+    assert ack["error"]["code"] == "stream_not_live"
+
+
+async def test_two_tabs_count_once_and_leave_once(api, clients, base_url, token, stream):
+    sid = stream["id"]
+    watcher_id, watcher = await joined_viewer(clients, base_url, token, sid)
+    twin = unique("twin")
+    tab1 = await clients(base_url, token(twin, name="Twin"))
+    tab2 = await clients(base_url, token(twin, name="Twin"))
+    assert (await tab1.call("join_stream", {"stream_id": sid}))["viewer_count"] == 2
+    assert (await tab2.call("join_stream", {"stream_id": sid}))["viewer_count"] == 2
+    await tab1.call("leave_stream")
+    await tab2.call("leave_stream")
+    left = await watcher.wait_for("viewer_left", lambda e: e["user_id"] == twin)
+    assert left == {"stream_id": sid, "viewer_count": 1, "user_id": twin}
+    # a marker after both leaves: exactly one viewer_joined and one viewer_left for the twin
+    marker = await watcher.call("send_message", {"stream_id": sid, "message": "marker"})
+    await watcher.wait_for("chat_message", lambda m: m["message_id"] == marker["message"]["message_id"])
+    assert [e["user_id"] for e in watcher.events["viewer_joined"]].count(twin) == 1
+    assert [e["user_id"] for e in watcher.events["viewer_left"]].count(twin) == 1
+    s = await stats(api, sid)
+    assert (s["viewer_count"], s["peak_viewers"], s["unique_viewers"]) == (1, 2, 2)
+
+
+async def test_viewer_joined_goes_to_the_room_but_not_the_joiner(clients, base_url, token, stream):
+    sid = stream["id"]
+    first_id, first = await joined_viewer(clients, base_url, token, sid)
+    second_id, second = await joined_viewer(clients, base_url, token, sid, name="Second")
+    got = await first.wait_for("viewer_joined", lambda e: e["user_id"] == second_id)
+    assert got == {"stream_id": sid, "viewer_count": 2, "user_id": second_id, "username": "Second"}
+    marker = await second.call("send_message", {"stream_id": sid, "message": "marker"})
+    await second.wait_for("chat_message", lambda m: m["message_id"] == marker["message"]["message_id"])
+    assert second.events["viewer_joined"] == []
+
+
+async def test_disconnect_and_switching_streams_leave(api, clients, base_url, token, stream):
+    sid = stream["id"]
+    other = await api.create_stream(token(unique("streamer"), "streamer"))
+    watcher_id, watcher = await joined_viewer(clients, base_url, token, sid)
+    mover_id, mover = await joined_viewer(clients, base_url, token, sid)
+    anon = await clients(base_url)
+    await anon.call("join_stream", {"stream_id": sid})
+    await watcher.wait_for("viewer_joined", lambda e: e["viewer_count"] == 3)
+    assert (await mover.call("join_stream", {"stream_id": other["stream_id"]}))["viewer_count"] == 1
+    await watcher.wait_for("viewer_left", lambda e: e["user_id"] == mover_id and e["viewer_count"] == 2)
+    await anon.close()
+    await watcher.wait_for("viewer_left", lambda e: e["user_id"] is None and e["viewer_count"] == 1)
+    # the mover gets nothing more from the first stream
+    msg = await watcher.call("send_message", {"stream_id": sid, "message": "only for the first"})
+    refused = await mover.call("send_message", {"stream_id": sid, "message": "wrong room"})
+    assert refused["error"]["code"] == "not_joined"
+    assert all(m["message_id"] != msg["message"]["message_id"] for m in mover.events["chat_message"])
+
+
+# -- chat -----------------------------------------------------------------------------
+
+async def test_chat_reaches_the_room_and_the_sender(clients, base_url, token, stream):
+    sid = stream["id"]
+    sender_id, sender = await joined_viewer(clients, base_url, token, sid, name="Sender")
+    _, other = await joined_viewer(clients, base_url, token, sid)
+    ack = await sender.call("send_message", {
+        "stream_id": sid, "message": "  hello\x00\x07 world \n", "user_id": "mallory",
+        "username": "Admin", "userId": "mallory"})
+    m = ack["message"]
+    assert set(m) == {"message_id", "stream_id", "user_id", "username", "message", "message_type",
+                      "tip_amount", "created_at"}
+    assert (m["user_id"], m["username"], m["message"], m["message_type"], m["tip_amount"]) == (
+        sender_id, "Sender", "hello world", "TEXT", None)
+    assert uuid.UUID(m["message_id"]) and m["created_at"].endswith("Z")
+    for c in (sender, other):
+        assert await c.wait_for("chat_message", lambda x: x["message_id"] == m["message_id"]) == m
+
+
+BAD_CHAT = [
+    ({"message": ""}, "invalid"),
+    ({"message": "   \n\t "}, "invalid"),
+    ({"message": "x" * 501}, "invalid"),
+    ({"message": 12}, "invalid"),
+    ({"message": None}, "invalid"),
+    ({"message": ["a"]}, "invalid"),
+    ({"message": "hi", "message_type": "TIP"}, "invalid"),
+    ({"message": "hi", "message_type": "ALERT"}, "invalid"),
+    ({"message": "hi", "message_type": "text"}, "invalid"),
+    ({"message": "hi", "message_type": 1}, "invalid"),
+    ({"message": "hi", "stream_id": UNKNOWN}, "not_joined"),
+    ({"message": "hi", "stream_id": 5}, "invalid"),
+]
+
+
+@pytest.mark.parametrize(("fields", "code"), BAD_CHAT)
+async def test_bad_messages_are_refused_and_change_nothing(fields, code, api, clients, base_url, token, stream):
+    sid = stream["id"]
+    _, c = await joined_viewer(clients, base_url, token, sid)
+    _, bystander = await joined_viewer(clients, base_url, token, sid)
+    before = (await stats(api, sid))["message_count"]
+    ack = await c.call("send_message", {"stream_id": sid, **fields})
+    assert ack["success"] is False and ack["error"]["code"] == code
+    err = await c.wait_for("error")
+    assert err == {**ack["error"], "event": "send_message"}
+    assert (await stats(api, sid))["message_count"] == before
+    await still_works(c, sid)
+    assert bystander.events["error"] == []
+
+
+@pytest.mark.parametrize("payload", [None, "hello", 42, [], ["a", "b"]])
+async def test_payloads_that_are_not_objects_are_invalid(payload, clients, base_url, token, stream):
+    _, c = await joined_viewer(clients, base_url, token, stream["id"])
+    for event in ("send_message", "send_tip", "join_stream"):
+        ack = await c.call(event, payload)
+        assert ack["error"]["code"] == "invalid", (event, ack)
+    await still_works(c, stream["id"])
+
+
+async def test_longest_message_and_emoji_are_accepted(clients, base_url, token, stream):
+    _, c = await joined_viewer(clients, base_url, token, stream["id"])
+    ack = await c.call("send_message", {"stream_id": stream["id"], "message": "é" * 500})
+    assert ack["success"] and len(ack["message"]["message"]) == 500
+    ack = await c.call("send_message", {"stream_id": stream["id"], "message": "🚀🔥", "message_type": "EMOJI"})
+    assert ack["message"]["message_type"] == "EMOJI"
+
+
+async def test_chat_without_joining_is_not_joined(clients, base_url, token, stream):
+    c = await clients(base_url, token(unique("viewer")))
+    ack = await c.call("send_message", {"stream_id": stream["id"], "message": "hi"})
+    assert ack["error"]["code"] == "not_joined"
+    ack = await c.call("send_tip", {"stream_id": stream["id"], "amount": 5})
+    assert ack["error"]["code"] == "not_joined"
+
+
+async def test_chat_rate_limit_per_user(api, clients, base_url, token, stream):
+    sid = stream["id"]
+    uid, c = await joined_viewer(clients, base_url, token, sid)
+    for i in range(20):
+        assert (await c.call("send_message", {"stream_id": sid, "message": f"{i}"}))["success"]
+    # the same user on a second socket shares the limit
+    tab = await clients(base_url, token(uid))
+    await tab.call("join_stream", {"stream_id": sid})
+    ack = await tab.call("send_message", {"stream_id": sid, "message": "one too many"})
+    assert ack["error"]["code"] == "rate_limited"
+    assert isinstance(ack["error"]["retry_after"], int) and 1 <= ack["error"]["retry_after"] <= 30
+    assert (await stats(api, sid))["message_count"] == 20
+    _, other = await joined_viewer(clients, base_url, token, sid)
+    await still_works(other, sid)
+
+
+# -- tips -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("amount", "fee"), [(10.05, 0.50), (0.10 * 10, 0.05), (12.34, 0.62), ("10.50", 0.53),
+                                             (1, 0.05), (10000, 500)])
+async def test_tip_reaches_the_room_with_an_exact_fee(amount, fee, api, clients, base_url, token, stream):
+    sid = stream["id"]
+    uid, c = await joined_viewer(clients, base_url, token, sid, name="Fan")
+    _, other = await joined_viewer(clients, base_url, token, sid)
+    ack = await c.call("send_tip", {"stream_id": sid, "amount": amount, "message": "gg",
+                                    "to_user_id": stream["streamer"], "from_user_id": "mallory"})
+    tip = ack["tip"]
+    assert set(tip) == {"tip_id", "stream_id", "from_user", "from_username", "to_user", "amount",
+                        "platform_fee", "currency", "message", "created_at"}
+    assert (tip["from_user"], tip["from_username"], tip["to_user"], tip["currency"], tip["message"]) == (
+        uid, "Fan", stream["streamer"], "USD", "gg")
+    assert tip["amount"] == float(amount) and tip["platform_fee"] == fee
+    assert await other.wait_for("tip_received", lambda t: t["tip_id"] == tip["tip_id"]) == tip
+    m = await other.wait_for("chat_message", lambda x: x["message_type"] == "TIP")
+    assert (m["tip_amount"], m["message"], m["user_id"], m["message_id"]) == (
+        float(amount), "gg", uid, ack["message_id"])
+    s = await stats(api, sid)
+    assert (s["tip_count"], s["tips_total"], s["platform_fees_total"], s["message_count"]) == (
+        1, float(amount), fee, 1)
+
+
+BAD_AMOUNTS = [0, -1, -0.01, 10.005, 0.001, "abc", True, None, [], {}, "NaN", "Infinity", 1e20,
+               10000.01, 0.99, ""]
+
+
+@pytest.mark.parametrize("amount", BAD_AMOUNTS)
+async def test_bad_amounts_are_invalid_and_charge_nothing(amount, api, clients, base_url, token, stream):
+    sid = stream["id"]
+    _, c = await joined_viewer(clients, base_url, token, sid)
+    ack = await c.call("send_tip", {"stream_id": sid, "amount": amount})
+    assert ack["error"]["code"] == "invalid"
+    assert (await c.wait_for("error"))["event"] == "send_tip"
+    s = await stats(api, sid)
+    assert (s["tip_count"], s["tips_total"], s["message_count"]) == (0, 0, 0)
+    await still_works(c, sid)
+
+
+@pytest.mark.parametrize(("fields", "code"), [
+    ({"to_user_id": "someone-else"}, "invalid"),
+    ({"currency": "EUR"}, "invalid"),
+    ({"client_tip_id": ""}, "invalid"),
+    ({"client_tip_id": "x" * 65}, "invalid"),
+    ({"message": "x" * 501}, "invalid"),
+    ({"amount": None}, "invalid"),
+])
+async def test_bad_tip_fields_are_refused(fields, code, api, clients, base_url, token, stream):
+    sid = stream["id"]
+    _, c = await joined_viewer(clients, base_url, token, sid)
+    ack = await c.call("send_tip", {"stream_id": sid, "amount": 5, **fields})
+    assert ack["error"]["code"] == code
+    assert (await stats(api, sid))["tip_count"] == 0
+    await still_works(c, sid)
+
+
+async def test_missing_amount_is_invalid(clients, base_url, token, stream):
+    _, c = await joined_viewer(clients, base_url, token, stream["id"])
+    assert (await c.call("send_tip", {"stream_id": stream["id"]}))["error"]["code"] == "invalid"
+
+
+async def test_streamer_cannot_tip_their_own_stream(clients, base_url, stream):
+    c = await clients(base_url, stream["token"])
+    await c.call("join_stream", {"stream_id": stream["id"]})
+    assert (await c.call("send_tip", {"stream_id": stream["id"], "amount": 5}))["error"]["code"] == "forbidden"
+    await still_works(c, stream["id"])
+
+
+async def test_client_tip_id_charges_once_per_user(api, clients, base_url, token, stream):
+    sid = stream["id"]
+    _, a = await joined_viewer(clients, base_url, token, sid)
+    _, b = await joined_viewer(clients, base_url, token, sid)
+    first = await a.call("send_tip", {"stream_id": sid, "amount": 4, "client_tip_id": "same"})
+    again = await a.call("send_tip", {"stream_id": sid, "amount": 4, "client_tip_id": "same"})
+    assert again["tip"] == first["tip"] and again["message_id"] == first["message_id"]
+    other = await b.call("send_tip", {"stream_id": sid, "amount": 4, "client_tip_id": "same"})
+    assert other["tip"]["tip_id"] != first["tip"]["tip_id"]
+    s = await stats(api, sid)
+    assert (s["tip_count"], s["tips_total"]) == (2, 8)
+
+
+# -- ending, transports, raw frames ---------------------------------------------------
+
+async def test_stream_ended_empties_the_room(api, clients, base_url, token, stream):
+    sid = stream["id"]
+    _, c = await joined_viewer(clients, base_url, token, sid)
+    status, _ = await api.request("POST", f"{sid}/end", stream["token"])
+    assert status == 200
+    ended = await c.wait_for("stream_ended")
+    assert set(ended) == {"stream_id", "duration"} and ended["stream_id"] == sid
+    assert (await c.call("send_message", {"stream_id": sid, "message": "x"}))["error"]["code"] == "not_joined"
+    other = await api.create_stream(token(unique("streamer"), "streamer"))
+    assert (await c.call("join_stream", {"stream_id": other["stream_id"]}))["success"]
+
+
+async def test_polling_transport_works(clients, base_url, token, stream):
+    c = await clients(base_url, token(unique("viewer")), transport="polling")
+    assert (await c.call("join_stream", {"stream_id": stream["id"]}))["success"]
+    await still_works(c, stream["id"])
+
+
+@pytest.mark.parametrize("frame", [
+    '42/streaming,["send_message",{bad json',
+    "42/streaming,not json at all",
+    '42/streaming,{"not": "a list"}',
+    "42/streaming,[]",
+    '42/streaming,[42, "x"]',
+    "4X",
+    "9",
+])
+async def test_malformed_frames_do_not_hurt_the_worker(frame, http, base_url, clients, token, stream):
+    ws_url = base_url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket"
+    async with http.ws_connect(ws_url) as ws:
+        assert (await ws.receive_str()).startswith("0")
+        await ws.send_str("40/streaming,")
+        assert (await ws.receive_str()).startswith("40/streaming,")
+        await ws.send_str(frame)
+        # the same socket still answers an event with an acknowledgement
+        await ws.send_str('42/streaming,7["leave_stream"]')
+        reply = await ws.receive(timeout=5)
+        while reply.type == aiohttp.WSMsgType.TEXT and not reply.data.startswith("43/streaming,7"):
+            reply = await ws.receive(timeout=5)
+        assert reply.type == aiohttp.WSMsgType.TEXT, reply
+        assert json.loads(reply.data.removeprefix("43/streaming,7")) == [{"success": True, "stream_id": None}]
+    _, c = await joined_viewer(clients, base_url, token, stream["id"])
+    await still_works(c, stream["id"])
+
+
+async def test_oversized_event_is_refused_and_the_worker_lives(clients, base_url, token, stream):
+    _, c = await joined_viewer(clients, base_url, token, stream["id"])
+    try:
+        await c.emit("send_message", {"stream_id": stream["id"], "message": "x" * 20_000})
+    except Exception:
+        pass
+
+    async def gone() -> bool:
+        return not c.sio.connected
+
+    await eventually(gone, 10, "the oversized sender disconnected")
+    _, fresh = await joined_viewer(clients, base_url, token, stream["id"])
+    await still_works(fresh, stream["id"])
