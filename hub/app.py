@@ -118,6 +118,8 @@ def create_app(settings: Settings) -> web.Application:
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings, runtime, sio = app[rest.SETTINGS], app[RUNTIME], app[SIO]
+    manager = sio.manager
+    assert isinstance(manager, HubRedisManager)
     client = aioredis.from_url(settings.redis_url, decode_responses=True,
                                socket_connect_timeout=5, socket_timeout=5,
                                health_check_interval=10)
@@ -159,18 +161,12 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     finally:
         for task in runtime.tasks:
             task.cancel()
-        listener = getattr(sio.manager, "thread", None)
-        if listener is not None:
-            listener.cancel()
-        await asyncio.gather(*runtime.tasks, *([listener] if listener else []),
-                             return_exceptions=True)
+        await asyncio.gather(*runtime.tasks, return_exceptions=True)
+        await manager.close()
         await _leave_all(runtime)
         pool.close()
         await pool.wait_closed()
         await client.aclose()
-        with contextlib.suppress(Exception):
-            if sio.manager.redis is not None:
-                await sio.manager.redis.aclose()
 
 
 def _namespace(sio: socketio.AsyncServer) -> StreamingNamespace:

@@ -6,8 +6,10 @@ event to that socket alone.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import socketio
@@ -27,12 +29,62 @@ Action = Callable[[Conn, Any], Awaitable[dict[str, Any]]]
 
 
 class HubRedisManager(socketio.AsyncRedisManager):
-    """python-socketio's Redis manager, told when a room is closed from any worker, so the
-    worker can drop its own record of who watches that stream."""
+    """python-socketio's Redis manager with a listener that reconnects by itself and stops
+    when told, and that tells the worker when a room is closed from any worker."""
+
+    RETRY_MAX = 5.0
 
     def __init__(self, *args: Any, on_close_room: Callable[[str], Awaitable[None]], **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._on_close_room = on_close_room
+        self.closing = False
+
+    async def _redis_listen_with_retries(self) -> AsyncIterator[dict[str, Any]]:
+        """Subscribe, listen, and on any failure close the old connection and start over with
+        capped backoff. A closing worker stops here even if redis-py turned the cancellation
+        into a connection error."""
+        retry = 0.25
+        while not self.closing:
+            try:
+                await self._close_connections()
+                self._redis_connect()
+                await self.pubsub.subscribe(self.channel)
+                retry = 0.25
+                while not self.closing:
+                    # A bounded wait, so a stop is seen within a second even when the
+                    # cancellation is lost inside the Redis client's blocking read.
+                    message = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None:
+                        yield message
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self.closing:
+                    break
+                log.warning("pub/sub listener lost Redis (%s); resubscribing in %.2fs", exc, retry)
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, self.RETRY_MAX)
+
+    async def _close_connections(self) -> None:
+        pubsub, client = self.pubsub, self.redis
+        self.pubsub = self.redis = None
+        self.connected = False
+        with contextlib.suppress(Exception):
+            if pubsub is not None:
+                await pubsub.aclose()
+        with contextlib.suppress(Exception):
+            if client is not None:
+                await client.aclose()
+
+    async def close(self) -> None:
+        """Stop the listener and close its connections."""
+        self.closing = True
+        listener = getattr(self, "thread", None)
+        if listener is not None:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(listener), 3)
+        await self._close_connections()
 
     async def _handle_close_room(self, message: dict[str, Any]) -> None:
         await super()._handle_close_room(message)
