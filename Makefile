@@ -25,7 +25,7 @@ migrate: venv
 	$(BIN)/python -m hub migrate
 
 run: venv check-services migrate
-	@HUB_JWT_SECRET=$${HUB_JWT_SECRET:-$(DEV_SECRET)} HUB_DEV_MODE=$${HUB_DEV_MODE:-1} \
+	@HUB_JWT_SECRET=$${HUB_JWT_SECRET:-$(DEV_SECRET)} \
 	  HOST=$(HOST) PORT=$(PORT) $(BIN)/python -m hub run-local --host $(HOST) --port $(PORT)
 
 # A development token for `make run`'s secret: make token ID=alice ROLE=streamer

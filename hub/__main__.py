@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import signal
 import subprocess
 import sys
 
-from hub.settings import Settings, SettingsError
+from hub.connections import settings_or_exit
+from hub.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,13 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--ttl", type=int, default=24 * 3600)
     args = parser.parse_args(argv)
 
-    logging.basicConfig(level=os.environ.get("HUB_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+    settings = settings_or_exit()
+    if isinstance(settings, int):
+        return settings
     commands = {"serve": _serve, "run-local": _run_local, "migrate": _migrate,
                 "check": _check, "token": _token}
     return commands[args.command](settings, args)
@@ -45,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from hub.app import StartupError, create_app
+    from hub.app import create_app
+    from hub.connections import StartupError
 
     def listening(_: str) -> None:
         print(f"✅ Hub worker listening on http://{args.host}:{args.port} "
@@ -81,7 +77,7 @@ def _run_local(settings: Settings, args: argparse.Namespace) -> int:
 def _migrate(settings: Settings, _: argparse.Namespace) -> int:
     import pymysql
 
-    from hub.app import redacted
+    from hub.connections import redacted
     from hub.db import migrate
 
     try:
@@ -98,7 +94,7 @@ def _check(settings: Settings, _: argparse.Namespace) -> int:
     import pymysql
     import redis
 
-    from hub.app import redacted
+    from hub.connections import redacted
 
     ok = True
     try:

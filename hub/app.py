@@ -13,12 +13,12 @@ import redis.asyncio as aioredis
 import socketio
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
-from redis.exceptions import RedisError
 
 from hub import rest
 from hub.auth import Verifier
 from hub.codec import json_module, uuid7
-from hub.db import History, create_pool
+from hub.connections import StartupError, connect_mysql, connect_redis, redacted
+from hub.db import History
 from hub.keys import NAMESPACE, Keys
 from hub.presence import Presence
 from hub.service import Hub
@@ -30,10 +30,6 @@ log = logging.getLogger(__name__)
 
 CONNECTIONS = Gauge("hub_connections", "Socket.IO connections on this worker")
 WATCHING = Gauge("hub_watching", "Connections on this worker that watch a stream")
-
-
-class StartupError(RuntimeError):
-    """A backing service is unreachable at start; the message says which and what to do."""
 
 
 @dataclass
@@ -64,15 +60,6 @@ SIO = web.AppKey("sio", socketio.AsyncServer)
 def say(line: str) -> None:
     """Start-up lines for the operator's console."""
     print(line, file=sys.stdout, flush=True)
-
-
-def redacted(url: str) -> str:
-    from urllib.parse import urlparse
-
-    parsed = urlparse(url)
-    if parsed.password:
-        return url.replace(f":{parsed.password}@", ":***@")
-    return url
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -120,27 +107,16 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings, runtime, sio = app[rest.SETTINGS], app[RUNTIME], app[SIO]
     manager = sio.manager
     assert isinstance(manager, HubRedisManager)
-    client = aioredis.from_url(settings.redis_url, decode_responses=True,
-                               socket_connect_timeout=5, socket_timeout=5,
-                               health_check_interval=10)
-    try:
-        await client.ping()
-    except (RedisError, OSError) as exc:
-        await client.aclose()
-        raise StartupError(
-            f"Redis is not reachable at {redacted(settings.redis_url)} ({exc}); start redis-server "
-            "or set REDIS_URL") from exc
+    client = await connect_redis(settings, socket_timeout=5)
     say(f"✅ Redis connected at {redacted(settings.redis_url)} (prefix {settings.redis_prefix!r})")
     warning = await persistence_warning(client)
     if warning:
         log.warning(warning)
     try:
-        pool = await create_pool(settings.mysql)
-    except Exception as exc:
+        pool = await connect_mysql(settings, maxsize=5)
+    except StartupError:
         await client.aclose()
-        raise StartupError(
-            f"MySQL is not reachable at {redacted(settings.mysql.url)} ({exc}); start MariaDB, "
-            "run `python -m hub migrate`, or set MYSQL_URL") from exc
+        raise
     say(f"✅ MySQL connected at {redacted(settings.mysql.url)}")
     state = State(client, settings)
     presence = Presence(state)

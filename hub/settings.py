@@ -81,7 +81,7 @@ class Settings:
     tip_idempotency_ttl: int = 7 * 24 * 3600
     flush_batch: int = 500
     flush_claim_idle_ms: int = 30_000
-    dev_mode: bool = False
+    log_level: str = "INFO"
 
     @property
     def jwt_algorithms(self) -> list[str]:
@@ -125,7 +125,7 @@ class Settings:
             flush_claim_idle_ms=_int(
                 env, "HUB_FLUSH_CLAIM_IDLE_MS", default.flush_claim_idle_ms, 100, 3_600_000
             ),
-            dev_mode=env.get("HUB_DEV_MODE", "") in ("1", "true", "yes"),
+            log_level=env.get("HUB_LOG_LEVEL", default.log_level).upper(),
         )
         settings.check()
         return settings
@@ -143,6 +143,8 @@ class Settings:
             raise SettingsError("HUB_PRESENCE_REFRESH: must be at most half of HUB_PRESENCE_TTL")
         if self.jwt_secret is not None and len(self.jwt_secret.encode()) < 32:
             raise SettingsError("HUB_JWT_SECRET: must be at least 32 bytes (HS256 needs a key that long)")
+        if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise SettingsError(f"HUB_LOG_LEVEL: use DEBUG, INFO, WARNING or ERROR, not {self.log_level!r}")
         if any(o == "*" for o in self.cors_origins):
             raise SettingsError("HUB_CORS_ORIGINS: list the allowed origins; '*' is not accepted")
 

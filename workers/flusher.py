@@ -23,9 +23,9 @@ import pymysql
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from hub.db import create_pool
+from hub.connections import StartupError, connect_mysql, connect_redis, settings_or_exit
 from hub.keys import OUTBOX_GROUP, Keys
-from hub.settings import Settings, SettingsError
+from hub.settings import Settings
 from hub.state import persistence_warning
 from workers.store import BadRecord, Batch, Store
 
@@ -173,18 +173,16 @@ def _refusal(exc: pymysql.err.OperationalError) -> bool:
 
 
 async def main_async(settings: Settings, burst: bool) -> int:
-    client = aioredis.from_url(settings.redis_url, decode_responses=True,
-                               socket_connect_timeout=5, socket_timeout=10,
-                               health_check_interval=10)
     try:
-        await client.ping()
-    except (RedisError, OSError) as exc:
-        print(f"❌ Redis is not reachable at {settings.redis_url}: {exc}", file=sys.stderr)
+        client = await connect_redis(settings, socket_timeout=10)
+    except StartupError as exc:
+        print(f"❌ {exc}", file=sys.stderr)
         return 1
     try:
-        pool = await create_pool(settings.mysql, maxsize=2)
-    except Exception as exc:
-        print(f"❌ MySQL is not reachable at {settings.mysql.url}: {exc}", file=sys.stderr)
+        pool = await connect_mysql(settings, maxsize=2)
+    except StartupError as exc:
+        await client.aclose()
+        print(f"❌ {exc}", file=sys.stderr)
         return 1
     warning = await persistence_warning(client)
     if warning:
@@ -212,13 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers.flusher")
     parser.add_argument("--burst", action="store_true", help="stop when the outbox is empty")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("HUB_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+    settings = settings_or_exit()
+    if isinstance(settings, int):
+        return settings
     return asyncio.run(main_async(settings, args.burst))
 
 

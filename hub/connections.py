@@ -1,0 +1,55 @@
+"""Connections to Redis and MySQL, and the start of every process; shared by the web worker,
+the flusher and the command line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from urllib.parse import urlparse
+
+import aiomysql
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from hub.db import create_pool
+from hub.settings import Settings, SettingsError
+
+
+class StartupError(RuntimeError):
+    """A backing service is unreachable at start; the message says which, where, and what to do."""
+
+
+def redacted(url: str) -> str:
+    password = urlparse(url).password
+    return url.replace(f":{password}@", ":***@") if password else url
+
+
+def settings_or_exit() -> Settings | int:
+    """The settings from the environment with logging set up, or exit code 2 after one line."""
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return settings
+
+
+async def connect_redis(settings: Settings, socket_timeout: float) -> aioredis.Redis:
+    client = aioredis.from_url(settings.redis_url, decode_responses=True, socket_connect_timeout=5,
+                               socket_timeout=socket_timeout, health_check_interval=10)
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        await client.aclose()
+        raise StartupError(f"Redis is not reachable at {redacted(settings.redis_url)} ({exc}); "
+                           "start redis-server or set REDIS_URL") from exc
+    return client
+
+
+async def connect_mysql(settings: Settings, maxsize: int) -> aiomysql.Pool:
+    try:
+        return await create_pool(settings.mysql, maxsize=maxsize)
+    except Exception as exc:
+        raise StartupError(f"MySQL is not reachable at {redacted(settings.mysql.url)} ({exc}); "
+                           "start MariaDB, run `python -m hub migrate`, or set MYSQL_URL") from exc
