@@ -26,7 +26,7 @@ migrate: venv
 
 run: venv check-services migrate
 	@HUB_JWT_SECRET=$${HUB_JWT_SECRET:-$(DEV_SECRET)} \
-	  HOST=$(HOST) PORT=$(PORT) $(BIN)/python -m hub run-local --host $(HOST) --port $(PORT)
+	  $(BIN)/python -m hub run-local --host $(HOST) --port $(PORT)
 
 # A development token for `make run`'s secret: make token ID=alice ROLE=streamer
 ID ?= alice
