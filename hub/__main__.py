@@ -38,18 +38,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    from aiohttp import web
+    import asyncio
 
-    from hub.app import create_app
+    from hub.app import serve
     from hub.connections import StartupError
 
-    def listening(_: str) -> None:
+    def listening() -> None:
         print(f"✅ Hub worker listening on http://{args.host}:{args.port} "
               f"(Socket.IO namespace /streaming, REST /api/v1/streaming)", flush=True)
 
     try:
-        web.run_app(create_app(settings), host=args.host, port=args.port, print=listening,
-                    access_log=None, handle_signals=True, shutdown_timeout=5)
+        asyncio.run(serve(settings, args.host, args.port, listening))
     except StartupError as exc:
         print(f"❌ {exc}", file=sys.stderr)
         return 1

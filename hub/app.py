@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -161,6 +162,34 @@ async def _leave_all(runtime: Runtime) -> None:
             await runtime.hub.disconnect(conn)
 
 
+async def serve(settings: Settings, host: str, port: int, on_listening: Callable[[], None]) -> None:
+    """Run one worker until SIGTERM or SIGINT, then drain it: /readyz turns 503 and new
+    connections are refused, its presence goes at once, its connections close over
+    HUB_DRAIN_SECONDS, and it exits within HUB_SHUTDOWN_DEADLINE."""
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    on_listening()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    deadline = loop.time() + settings.shutdown_deadline
+    log.info("draining: refusing new connections, closing %d over %.1fs",
+             len(app[RUNTIME].presence.conns) if app[RUNTIME].presence else 0, settings.drain_seconds)
+    try:
+        await asyncio.wait_for(_namespace(app[SIO]).drain(settings.drain_seconds),
+                               settings.shutdown_deadline / 2)
+    except TimeoutError:
+        log.warning("drain did not finish in time; stopping anyway")
+    try:
+        await asyncio.wait_for(runner.cleanup(), max(0.5, deadline - loop.time()))
+    except TimeoutError:
+        log.warning("shutdown deadline reached; exiting")
+
+
 async def healthz(request: web.Request) -> web.Response:
     return rest.json_response({"success": True, "status": "up"})
 
@@ -182,6 +211,8 @@ async def readyz(request: web.Request) -> web.Response:
         checks["mysql"] = "down"
     pubsub = getattr(sio.manager, "pubsub", None)
     checks["pubsub"] = "up" if pubsub is not None and pubsub.subscribed else "down"
+    if _namespace(sio).draining:
+        checks["worker"] = "draining"
     ready = all(v == "up" for v in checks.values())
     body: dict[str, object] = {"success": ready, "checks": checks}
     if checks["redis"] == "up" and runtime.redis is not None:

@@ -48,6 +48,7 @@ class Presence:
         self.conns: dict[str, Conn] = {}
         self.rooms: dict[str, set[str]] = defaultdict(set)
         self.on_stream_gone: Callable[[str, list[Conn]], Awaitable[None]] | None = None
+        self.withdrawn = False
 
     def add(self, conn: Conn) -> None:
         self.conns[conn.sid] = conn
@@ -76,9 +77,22 @@ class Presence:
             conn.stream_id = conn.streamer_id = conn.member = None
         return gone
 
+    async def withdraw(self) -> None:
+        """Remove every local connection's presence now (the worker is stopping); the
+        connections keep their local state until they close, and refreshing stops."""
+        self.withdrawn = True
+        for conn in list(self.conns.values()):
+            if conn.stream_id is not None and conn.member is not None:
+                try:
+                    await self.state.leave(conn.stream_id, conn.member)
+                except (HubError, RedisError, OSError) as exc:
+                    log.warning("withdrawing %s failed: %s", conn.sid, exc)
+
     async def refresh_once(self) -> int:
         """Push every local connection's expiry forward; returns how many were re-asserted."""
         reasserted = 0
+        if self.withdrawn:
+            return 0
         for stream_id, sids in list(self.rooms.items()):
             members = [
                 (c.member, c.sid, c.username)

@@ -82,6 +82,8 @@ class Settings:
     flush_batch: int = 500
     flush_claim_idle_ms: int = 30_000
     log_level: str = "INFO"
+    drain_seconds: float = 3.0
+    shutdown_deadline: float = 15.0
 
     @property
     def jwt_algorithms(self) -> list[str]:
@@ -126,6 +128,8 @@ class Settings:
                 env, "HUB_FLUSH_CLAIM_IDLE_MS", default.flush_claim_idle_ms, 100, 3_600_000
             ),
             log_level=env.get("HUB_LOG_LEVEL", default.log_level).upper(),
+            drain_seconds=_float(env, "HUB_DRAIN_SECONDS", default.drain_seconds, 0.0, 300.0),
+            shutdown_deadline=_float(env, "HUB_SHUTDOWN_DEADLINE", default.shutdown_deadline, 1.0, 600.0),
         )
         settings.check()
         return settings
@@ -145,6 +149,8 @@ class Settings:
             raise SettingsError("HUB_JWT_SECRET: must be at least 32 bytes (HS256 needs a key that long)")
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise SettingsError(f"HUB_LOG_LEVEL: use DEBUG, INFO, WARNING or ERROR, not {self.log_level!r}")
+        if self.drain_seconds >= self.shutdown_deadline:
+            raise SettingsError("HUB_DRAIN_SECONDS: must be shorter than HUB_SHUTDOWN_DEADLINE")
         if any(o == "*" for o in self.cors_origins):
             raise SettingsError("HUB_CORS_ORIGINS: list the allowed origins; '*' is not accepted")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -103,6 +104,7 @@ class StreamingNamespace:
         self.verifier = verifier
         self._hub = hub
         self._presence = presence
+        self.draining = False
         sio.on("connect", self.connect, namespace=NAMESPACE)
         sio.on("disconnect", self.disconnect, namespace=NAMESPACE)
         actions: dict[str, Action] = {
@@ -115,6 +117,9 @@ class StreamingNamespace:
             sio.on(event, self._handler(event, action), namespace=NAMESPACE)
 
     async def connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        if self.draining:
+            refusal = HubError("unavailable", "This worker is shutting down; connect again.")
+            raise socketio.exceptions.ConnectionRefusedError(refusal.code, refusal.body())
         token = auth.get("token") if isinstance(auth, dict) else None
         token = token or bearer(environ.get("HTTP_AUTHORIZATION"))
         identity = None
@@ -187,6 +192,23 @@ class StreamingNamespace:
 
     async def tip(self, conn: Conn, data: Any) -> dict[str, Any]:
         return await self._hub().tip(conn, payloads.Tip.parse(data, self.settings))
+
+    async def drain(self, seconds: float) -> None:
+        """Refuse new connections, remove this worker's presence at once, then close every
+        connection, spread over ``seconds`` so clients reconnect elsewhere without a stampede.
+        Closing the transport (not just the namespace) makes clients reconnect by themselves."""
+        self.draining = True
+        presence = self._presence()
+        await presence.withdraw()
+        sids = list(presence.conns)
+        random.shuffle(sids)
+        pause = seconds / len(sids) if sids else 0.0
+        for sid in sids:
+            eio_sid = self.sio.manager.eio_sid_from_sid(sid, NAMESPACE)
+            if eio_sid is not None:
+                with contextlib.suppress(Exception):
+                    await self.sio.eio.disconnect(eio_sid)
+            await asyncio.sleep(pause)
 
     # -- room housekeeping --------------------------------------------------------
     async def stream_closed(self, stream_id: str) -> None:

@@ -297,11 +297,13 @@ class Worker:
 
 @pytest.fixture
 async def workers(env: dict[str, str], http: aiohttp.ClientSession,
-                  tmp_path: Path) -> AsyncIterator[Callable[[int], Awaitable[list[Worker]]]]:
+                  tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[list[Worker]]]]:
     started: list[Worker] = []
 
-    async def start(n: int) -> list[Worker]:
-        batch = [Worker(env, free_port(), tmp_path / f"worker-{len(started) + i}.log") for i in range(n)]
+    async def start(n: int, **overrides: str) -> list[Worker]:
+        worker_env = {**env, **overrides}
+        batch = [Worker(worker_env, free_port(), tmp_path / f"worker-{len(started) + i}.log")
+                 for i in range(n)]
         started.extend(batch)
         for w in batch:
             await w.ready(http)

@@ -32,7 +32,7 @@ from workers.store import BadRecord, Batch, Store
 log = logging.getLogger("workers.flusher")
 
 Entry = tuple[str, dict[str, str]]
-BACKOFF_MAX = 10.0
+BACKOFF_MAX = 5.0
 
 
 class Flusher:

@@ -1,0 +1,128 @@
+"""Private servers that fault tests may stop, kill and restart: never the machine's own."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pymysql
+import redis
+
+from tests.conftest import ROOT, free_port
+
+
+def _wait(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not up within {timeout}s")
+        time.sleep(0.05)
+
+
+class PrivateRedis:
+    """A redis-server on its own port and directory, with append-only persistence."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.dir = folder
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait(lambda: redis.Redis(port=self.port).ping(), 10, "private redis")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class PrivateMariaDB:
+    """A mariadbd on its own port and data directory (no grant tables: loopback only)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.dir = folder / "data"
+        self.socket = folder / "mysqld.sock"
+        self.url = f"mysql://root@127.0.0.1:{self.port}/hub_faults"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = folder / "mariadb.log"
+        subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={self.dir}", "--user=root",
+                        "--auth-root-authentication-method=normal", "--skip-test-db"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["mariadbd", "--no-defaults", f"--datadir={self.dir}", f"--port={self.port}",
+             f"--socket={self.socket}", "--bind-address=127.0.0.1", "--user=root",
+             "--skip-grant-tables", "--innodb-buffer-pool-size=32M", f"--log-error={self.log}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait(lambda: pymysql.connect(host="127.0.0.1", port=self.port, user="root").close() is None,
+              60, "private mariadb")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class FlusherProcess:
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log_path = log
+        self._log = open(log, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "workers.flusher"], cwd=ROOT,
+                                     env={**os.environ, **env}, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+
+    async def ready(self) -> None:
+        """Started: connected to Redis and MySQL and reading the outbox."""
+        async def started() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"flusher exited: {self.log_path.read_text()}")
+            return "✅ Flusher" in self.log_path.read_text()
+
+        await until(started, 30, "the flusher started")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+async def until(check, timeout: float, what: str) -> float:
+    """Poll an async check until it holds; returns the seconds it took."""
+    start = time.monotonic()
+    while not await check():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"{what} did not hold within {timeout}s")
+        await asyncio.sleep(0.05)
+    return time.monotonic() - start
