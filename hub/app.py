@@ -24,7 +24,7 @@ from hub.keys import NAMESPACE, Keys
 from hub.presence import Presence
 from hub.service import Hub
 from hub.settings import Settings
-from hub.sockets import HubRedisManager, StreamingNamespace
+from hub.sockets import HubRedisManager, HubServer, StreamingNamespace
 from hub.state import State, outbox_lag, persistence_warning
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,8 @@ def create_app(settings: Settings) -> web.Application:
 
     manager = HubRedisManager(settings.redis_url, channel=keys.channel, on_close_room=close_room,
                               redis_options={"health_check_interval": 10})
-    sio = socketio.AsyncServer(
+    sio = HubServer(
+        send_queue_limit=settings.send_queue_limit,
         async_mode="aiohttp",
         client_manager=manager,
         json=json_module,

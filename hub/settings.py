@@ -83,6 +83,7 @@ class Settings:
     flush_claim_idle_ms: int = 30_000
     log_level: str = "INFO"
     drain_seconds: float = 3.0
+    send_queue_limit: int = 1000
     shutdown_deadline: float = 15.0
 
     @property
@@ -128,6 +129,7 @@ class Settings:
                 env, "HUB_FLUSH_CLAIM_IDLE_MS", default.flush_claim_idle_ms, 100, 3_600_000
             ),
             log_level=env.get("HUB_LOG_LEVEL", default.log_level).upper(),
+            send_queue_limit=_int(env, "HUB_SEND_QUEUE_LIMIT", default.send_queue_limit, 10, 1_000_000),
             drain_seconds=_float(env, "HUB_DRAIN_SECONDS", default.drain_seconds, 0.0, 300.0),
             shutdown_deadline=_float(env, "HUB_SHUTDOWN_DEADLINE", default.shutdown_deadline, 1.0, 600.0),
         )

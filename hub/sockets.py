@@ -94,6 +94,33 @@ class HubRedisManager(socketio.AsyncRedisManager):
             await self._on_close_room(room)
 
 
+class HubServer(socketio.AsyncServer):
+    """python-socketio's server with a bounded send buffer per connection: a client that
+    stops reading is cut off instead of holding an ever-growing queue, and the other
+    clients are never made to wait for it."""
+
+    def __init__(self, *args: Any, send_queue_limit: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.send_queue_limit = send_queue_limit
+        self.cut_off = 0
+
+    async def _send_eio_packet(self, eio_sid: str, eio_pkt: Any) -> None:
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is not None and socket.queue.qsize() >= self.send_queue_limit:
+            await self._cut_off(eio_sid, socket)
+            return
+        await self.eio.send_packet(eio_sid, eio_pkt)
+
+    async def _cut_off(self, eio_sid: str, socket: Any) -> None:
+        if self.eio.sockets.pop(eio_sid, None) is None:
+            return
+        self.cut_off += 1
+        log.warning("connection %s stopped reading (%d packets queued); cut off", eio_sid,
+                    socket.queue.qsize())
+        with contextlib.suppress(Exception):
+            await socket.close(wait=False, abort=True)
+
+
 class StreamingNamespace:
     """Wires the namespace's events to the hub service."""
 

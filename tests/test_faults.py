@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import time
 
 import pymysql
@@ -317,3 +318,42 @@ async def test_flusher_killed_mid_stream_loses_and_doubles_nothing(env, settings
         ledger.check(settings.mysql.url, sid)
     finally:
         second.stop()
+
+
+async def test_a_viewer_that_stops_reading_is_cut_off_and_others_keep_pace(workers, http, clients, token):
+    (w1,) = await workers(1, HUB_CHAT_RATE="100000", HUB_SEND_QUEUE_LIMIT="200")
+    sid = (await Api(http, w1.url).create_stream(token(unique("streamer"), "streamer")))["stream_id"]
+    sender = await clients(w1.url, token(unique("sender")))
+    reader = await clients(w1.url, token(unique("reader")))
+    for c in (sender, reader):
+        await c.call("join_stream", {"stream_id": sid})
+    # A raw WebSocket client that joins, then never reads again: its TCP window fills up.
+    ws = await http.ws_connect(w1.url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket")
+    assert (await ws.receive_str()).startswith("0")
+    await ws.send_str("40/streaming,")
+    assert (await ws.receive_str()).startswith("40/streaming,")
+    await ws.send_str(f'42/streaming,1["join_stream",{{"stream_id":"{sid}"}}]')
+    await reader.wait_for("viewer_joined", lambda e: e["viewer_count"] == 3)
+    transport = ws._response.connection.transport
+    transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    transport.pause_reading()
+
+    text = "😀" * 500  # 2 KB a message on the wire
+    latencies = []
+    for n in range(10_000):
+        started = time.monotonic()
+        ack = await sender.call("send_message", {"stream_id": sid, "message": text})
+        assert ack["success"], ack
+        if n % 500 == 0:
+            mid = ack["message"]["message_id"]
+            await reader.wait_for("chat_message", lambda m, mid=mid: m["message_id"] == mid)
+            latencies.append(time.monotonic() - started)
+        if n % 200 == 0:
+            status, body = await Api(http, w1.url).request("GET", sid)
+            if body["stream"]["viewer_count"] == 2:
+                break
+    else:
+        raise AssertionError("the viewer that stopped reading was never cut off")
+    print(f"cut off after {n} messages; reader latency max {max(latencies) * 1000:.1f} ms")
+    assert max(latencies) < 2.0
+    await ws.close()
