@@ -357,3 +357,55 @@ async def test_a_viewer_that_stops_reading_is_cut_off_and_others_keep_pace(worke
     print(f"cut off after {n} messages; reader latency max {max(latencies) * 1000:.1f} ms")
     assert max(latencies) < 2.0
     await ws.close()
+
+
+async def test_killed_worker_clients_reconnect_and_every_ack_is_stored_once(
+        workers, http, clients, token, flusher, sql):
+    w1, w2 = await workers(2, HUB_CHAT_RATE="100000")
+    api1 = Api(http, w1.url)
+    sid = (await api1.create_stream(token(unique("streamer"), "streamer")))["stream_id"]
+    users = [unique(f"u{i}") for i in range(4)]
+    socks = {u: await clients((w1, w2)[i % 2].url, token(u)) for i, u in enumerate(users)}
+    for c in socks.values():
+        await c.call("join_stream", {"stream_id": sid})
+    ledger = Ledger()
+    attempted: set[str] = set()
+
+    async def talk(user: str, rounds: int, tag: str) -> None:
+        for n in range(rounds):
+            text = f"{user} {tag} {n}"
+            attempted.add(text)
+            if not await ledger.chat(socks[user], sid, text):
+                return  # its worker died under it
+            if n % 10 == 0:
+                await ledger.tip(socks[user], sid, "1.00")
+
+    traffic = asyncio.gather(*(talk(u, 40, "first") for u in users))
+    await until(lambda: _at_least(ledger, 40), 20, "traffic flowing")
+    w2.kill()  # SIGKILL in the middle of the traffic
+    await traffic
+    for i, u in enumerate(users):
+        if i % 2 == 1:  # the dead worker's clients reconnect to the surviving one
+            socks[u] = await clients(w1.url, token(u))
+            assert (await socks[u].call("join_stream", {"stream_id": sid}))["success"]
+    await asyncio.gather(*(talk(u, 10, "second") for u in users))
+
+    async def exact() -> bool:
+        return await viewer_count(api1, sid) == 4
+
+    await until(exact, 30, "viewer count exact after the dead worker's viewers expired")
+    await flusher.drain()
+    stored = sql("SELECT message_id, message, message_type FROM chat_messages WHERE stream_id = %s", sid)
+    stored_ids = [r["message_id"] for r in stored]
+    assert len(stored_ids) == len(set(stored_ids))
+    assert ledger.messages <= set(stored_ids), "an acked message was lost"
+    texts = {r["message"] for r in stored if r["message_type"] == "TEXT"}
+    assert texts <= attempted, "a row exists that was never sent"
+    stored_tips = [r["tip_id"] for r in sql("SELECT tip_id FROM tips WHERE stream_id = %s", sid)]
+    assert len(stored_tips) == len(set(stored_tips)) and ledger.tips <= set(stored_tips)
+    print(f"{len(ledger.messages)} acked messages, {len(stored_ids)} stored, "
+          f"{len(ledger.tips)} acked tips, {len(stored_tips)} stored")
+
+
+async def _at_least(ledger: Ledger, n: int) -> bool:
+    return len(ledger.messages) >= n
