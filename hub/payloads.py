@@ -76,14 +76,6 @@ def _text(data: dict[str, Any], name: str, limit: int, *, required: bool = False
     return text
 
 
-def _user_id(data: dict[str, Any], name: str = "user_id") -> str:
-    value = _string(data, name, required=True)
-    assert value is not None
-    if not value or len(value) > 191:
-        raise invalid(f"'{name}' must be 1 to 191 characters.")
-    return value
-
-
 def amount_cents(value: Any, settings: Settings) -> int:
     """A positive amount with at most two decimals within the configured range, in cents.
 

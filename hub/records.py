@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any
 
 from hub.codec import iso_ms
@@ -67,8 +68,6 @@ def _ms(value: Any) -> int | None:
     """A MySQL DATETIME(3) (naive UTC) as epoch ms."""
     if value is None:
         return None
-    from datetime import UTC
-
     return int(value.replace(tzinfo=UTC).timestamp() * 1000)
 
 
