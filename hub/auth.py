@@ -33,18 +33,19 @@ class Verifier:
 
     def __init__(self, settings: Settings) -> None:
         self._key = settings.jwt_public_key or settings.jwt_secret
+        self._keys = dict(settings.jwt_public_keys)
         self._algorithms = settings.jwt_algorithms
         self._audience = settings.jwt_audience
         self._issuer = settings.jwt_issuer
         self._leeway = settings.jwt_leeway
 
     def verify(self, token: Any) -> Identity:
-        if not isinstance(token, str) or not token or self._key is None:
+        if not isinstance(token, str) or not token:
             raise HubError("unauthorized")
         try:
             claims = jwt.decode(
                 token,
-                self._key,
+                self._key_for(token),
                 algorithms=self._algorithms,
                 audience=self._audience,
                 issuer=self._issuer,
@@ -54,6 +55,17 @@ class Verifier:
         except jwt.PyJWTError as exc:
             raise HubError("unauthorized", "The token is invalid or expired.") from exc
         return identity_from_claims(claims)
+
+    def _key_for(self, token: str) -> str:
+        """The key named by the token's ``kid`` when several are configured, else the one key."""
+        if self._keys:
+            kid = jwt.get_unverified_header(token).get("kid")
+            key = self._keys.get(kid) if isinstance(kid, str) else None
+            if key is not None:
+                return key
+        if self._key is None:
+            raise jwt.InvalidKeyError("no key for this token")
+        return self._key
 
 
 def identity_from_claims(claims: dict[str, Any]) -> Identity:

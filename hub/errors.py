@@ -59,5 +59,12 @@ class HubError(Exception):
         return max(1, math.ceil(self.retry_after or 0))
 
 
+class TokenExpired(HubError):
+    """The connection's token expired during the session: refused, then disconnected."""
+
+    def __init__(self) -> None:
+        super().__init__("unauthorized", "The token has expired; connect again with a new one.")
+
+
 def invalid(message: str) -> HubError:
     return HubError("invalid", message)

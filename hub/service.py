@@ -10,7 +10,7 @@ from hub import records
 from hub.auth import Identity
 from hub.codec import dumps, iso_ms, loads, now_ms, uuid7, uuid7_ms
 from hub.db import History
-from hub.errors import HubError
+from hub.errors import HubError, TokenExpired
 from hub.keys import NAMESPACE
 from hub.money import fee_cents, from_cents, money_json
 from hub.payloads import Chat, CreateStream, Join, Tip
@@ -76,7 +76,7 @@ class Hub:
         if identity is None:
             raise HubError("unauthorized", "Sign in to chat or tip.")
         if identity.expires_at and identity.expires_at + self.settings.jwt_leeway < time.time():
-            raise HubError("unauthorized", "The token has expired.")
+            raise TokenExpired
         if conn.stream_id != stream_id:
             raise HubError("not_joined")
         return identity

@@ -9,6 +9,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 
@@ -60,6 +61,7 @@ class Settings:
     redis_prefix: str = "hub:"
     jwt_secret: str | None = None
     jwt_public_key: str | None = None
+    jwt_public_keys: tuple[tuple[str, str], ...] = ()
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     jwt_leeway: int = 10
@@ -88,7 +90,7 @@ class Settings:
 
     @property
     def jwt_algorithms(self) -> list[str]:
-        if self.jwt_public_key:
+        if self.jwt_public_key or self.jwt_public_keys:
             return ["RS256", "ES256"]
         return ["HS256"]
 
@@ -106,6 +108,7 @@ class Settings:
             redis_prefix=env.get("HUB_REDIS_PREFIX", default.redis_prefix),
             jwt_secret=env.get("HUB_JWT_SECRET") or None,
             jwt_public_key=_read_key(env.get("HUB_JWT_PUBLIC_KEY")),
+            jwt_public_keys=_read_keys(env.get("HUB_JWT_PUBLIC_KEYS_DIR")),
             jwt_audience=env.get("HUB_JWT_AUDIENCE") or None,
             jwt_issuer=env.get("HUB_JWT_ISSUER") or None,
             jwt_leeway=_int(env, "HUB_JWT_LEEWAY", default.jwt_leeway, 0, 300),
@@ -167,6 +170,19 @@ def _read_key(value: str | None) -> str | None:
             return fh.read()
     except OSError as exc:
         raise SettingsError(f"HUB_JWT_PUBLIC_KEY: not a PEM key nor a readable file: {value!r}") from exc
+
+
+def _read_keys(folder: str | None) -> tuple[tuple[str, str], ...]:
+    """``<kid>.pem`` files of a folder: several public keys at once, for rotation."""
+    if not folder:
+        return ()
+    try:
+        keys = tuple(sorted((p.stem, p.read_text(encoding="ascii")) for p in Path(folder).glob("*.pem")))
+    except OSError as exc:
+        raise SettingsError(f"HUB_JWT_PUBLIC_KEYS_DIR: cannot read {folder!r}") from exc
+    if not keys:
+        raise SettingsError(f"HUB_JWT_PUBLIC_KEYS_DIR: no <kid>.pem files in {folder!r}")
+    return keys
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:

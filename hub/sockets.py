@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from hub import payloads
 from hub.auth import Verifier, bearer
-from hub.errors import HubError
+from hub.errors import HubError, TokenExpired
 from hub.keys import NAMESPACE
 from hub.presence import Conn, Presence
 from hub.service import Hub
@@ -132,6 +132,7 @@ class StreamingNamespace:
         self._hub = hub
         self._presence = presence
         self.draining = False
+        self._pending: set[asyncio.Task[None]] = set()
         sio.on("connect", self.connect, namespace=NAMESPACE)
         sio.on("disconnect", self.disconnect, namespace=NAMESPACE)
         actions: dict[str, Action] = {
@@ -174,6 +175,10 @@ class StreamingNamespace:
                 if conn is None:
                     raise HubError("unauthorized", "Not connected.")
                 return await action(conn, args[0] if len(args) == 1 else list(args) or None)
+            except TokenExpired as exc:
+                refusal = await self._refuse(sid, event, exc)
+                self._disconnect_soon(sid)
+                return refusal
             except HubError as exc:
                 return await self._refuse(sid, event, exc)
             except (RedisError, OSError) as exc:
@@ -184,6 +189,12 @@ class StreamingNamespace:
                 return await self._refuse(sid, event, HubError("unavailable", "Internal error."))
 
         return handle
+
+    def _disconnect_soon(self, sid: str) -> None:
+        """Disconnect after the refusal's ack has been queued (the task runs after it)."""
+        task = asyncio.create_task(self.sio.disconnect(sid, namespace=NAMESPACE, ignore_queue=True))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     async def _refuse(self, sid: str, event: str, exc: HubError) -> dict[str, Any]:
         body = exc.body()

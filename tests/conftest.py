@@ -60,6 +60,7 @@ def env(run_id: str) -> dict[str, str]:
         "HUB_PRESENCE_REFRESH": "1",
         "HUB_REAP_INTERVAL": "0.5",
         "HUB_FLUSH_CLAIM_IDLE_MS": "500",
+        "HUB_JWT_LEEWAY": "0",
     }
 
 
@@ -204,13 +205,13 @@ async def clients(server: Any) -> AsyncIterator[Callable[..., Awaitable[Client]]
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = DEADLINE,
-                     what: str = "condition") -> None:
-    """Poll ``check`` until it holds or the deadline passes."""
+                     what: str = "condition", every: float = 0.05) -> None:
+    """Poll ``check`` every ``every`` seconds until it holds or the deadline passes."""
     deadline = time.monotonic() + timeout
     while not await check():
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not hold within {timeout}s")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(every)
 
 
 # -- Redis, MySQL and the flusher -----------------------------------------------------

@@ -427,3 +427,23 @@ async def test_oversized_event_is_refused_and_the_worker_lives(clients, base_url
     await eventually(gone, 10, "the oversized sender disconnected")
     _, fresh = await joined_viewer(clients, base_url, token, stream["id"])
     await still_works(fresh, stream["id"])
+
+
+async def test_a_token_that_expires_mid_session_is_refused_then_disconnected(clients, base_url, token, stream):
+    c = await clients(base_url, token(unique("brief"), ttl=2))
+    await c.call("join_stream", {"stream_id": stream["id"]})
+    refusals = []
+
+    async def refused() -> bool:
+        ack = await c.call("send_message", {"stream_id": stream["id"], "message": "tick"})
+        if not ack["success"]:
+            refusals.append(ack)
+        return bool(refusals)
+
+    await eventually(refused, 10, "chat refused once the token expired", every=0.5)
+    assert refusals[0]["error"]["code"] == "unauthorized"
+
+    async def disconnected() -> bool:
+        return not c.sio.connected
+
+    await eventually(disconnected, 5, "the socket disconnected")

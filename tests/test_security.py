@@ -1,0 +1,135 @@
+"""Exposed to the internet: tokens, origins and limits hold, and refusals change nothing."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from hub.auth import Verifier
+from hub.errors import HubError
+from hub.settings import Settings
+from tests.conftest import SECRET, Api, unique
+
+
+def _settings(**env: str) -> Settings:
+    return Settings.from_env({"HUB_JWT_SECRET": SECRET, "HUB_JWT_LEEWAY": "0", **env})
+
+
+def _claims(**extra: object) -> dict[str, object]:
+    return {"sub": "alice", "exp": int(time.time()) + 60, **extra}
+
+
+@pytest.mark.parametrize(("token", "env"), [
+    (lambda: jwt.encode(_claims(), "k" * 40, "HS256"), {}),
+    (lambda: jwt.encode(_claims(), None, "none"), {}),
+    (lambda: jwt.encode(_claims(exp=int(time.time()) - 5), SECRET, "HS256"), {}),
+    (lambda: jwt.encode({"sub": "alice"}, SECRET, "HS256"), {}),
+    (lambda: jwt.encode({"exp": int(time.time()) + 60}, SECRET, "HS256"), {}),
+    (lambda: jwt.encode(_claims(sub=42), SECRET, "HS256"), {}),
+    (lambda: jwt.encode(_claims(sub=""), SECRET, "HS256"), {}),
+    (lambda: jwt.encode(_claims(aud="other"), SECRET, "HS256"), {"HUB_JWT_AUDIENCE": "hub"}),
+    (lambda: jwt.encode(_claims(), SECRET, "HS256"), {"HUB_JWT_AUDIENCE": "hub"}),
+    (lambda: jwt.encode(_claims(iss="evil"), SECRET, "HS256"), {"HUB_JWT_ISSUER": "auth"}),
+    (lambda: jwt.encode(_claims(), SECRET, "HS512"), {}),
+    (lambda: "not.a.token", {}),
+    (lambda: "", {}),
+])
+def test_forged_or_wrong_tokens_are_refused(token, env):
+    with pytest.raises(HubError) as err:
+        Verifier(_settings(**env)).verify(token())
+    assert err.value.code == "unauthorized"
+
+
+def test_audience_and_issuer_are_accepted_when_right():
+    who = Verifier(_settings(HUB_JWT_AUDIENCE="hub", HUB_JWT_ISSUER="auth")).verify(
+        jwt.encode(_claims(aud="hub", iss="auth", roles=["streamer"]), SECRET, "HS256"))
+    assert who.user_id == "alice" and who.is_streamer
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ec"])
+def test_public_key_tokens_and_algorithm_confusion(kind, tmp_path):
+    if kind == "rsa":
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        alg = "RS256"
+    else:
+        key = ec.generate_private_key(ec.SECP256R1())
+        alg = "ES256"
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    path = tmp_path / "key.pem"
+    path.write_bytes(public)
+    verifier = Verifier(Settings.from_env({"HUB_JWT_PUBLIC_KEY": str(path)}))
+    assert verifier.verify(jwt.encode(_claims(), key, alg)).user_id == "alice"
+    # the public key used as an HMAC secret: the classic confusion attack
+    def b64(data: bytes) -> bytes:
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+    signing_input = b64(b'{"alg":"HS256","typ":"JWT"}') + b"." + b64(
+        b'{"sub":"mallory","exp":%d}' % (int(time.time()) + 60))
+    signature = b64(hmac.new(public, signing_input, hashlib.sha256).digest())
+    with pytest.raises(HubError) as err:
+        verifier.verify((signing_input + b"." + signature).decode())
+    assert err.value.code == "unauthorized"
+
+
+async def test_websocket_from_a_foreign_origin_is_refused(http, base_url):
+    url = base_url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket"
+    with pytest.raises(Exception) as err:
+        async with http.ws_connect(url, headers={"Origin": "https://evil.example"}):
+            pass
+    assert "400" in str(err.value)
+    async with http.get(base_url + "/socket.io/?EIO=4&transport=polling",
+                        headers={"Origin": "https://evil.example"}) as resp:
+        assert resp.status == 400
+    async with http.get(base_url + "/socket.io/?EIO=4&transport=polling") as resp:
+        assert resp.status == 200
+
+
+async def test_rest_cors_answers_only_listed_origins(http, base_url):
+    async with http.options(base_url + "/api/v1/streaming/live",
+                            headers={"Origin": "https://evil.example",
+                                     "Access-Control-Request-Method": "GET"}) as resp:
+        assert resp.status == 403 and "Access-Control-Allow-Origin" not in resp.headers
+    async with http.get(base_url + "/api/v1/streaming/live",
+                        headers={"Origin": "https://evil.example"}) as resp:
+        assert "Access-Control-Allow-Origin" not in resp.headers
+
+
+async def test_chat_rate_limit_holds_across_two_workers(workers, http, clients, token):
+    w1, w2 = await workers(2)
+    sid = (await Api(http, w1.url).create_stream(token(unique("streamer"), "streamer")))["stream_id"]
+    user = unique("chatty")
+    tabs = [await clients(w.url, token(user)) for w in (w1, w2)]
+    for c in tabs:
+        await c.call("join_stream", {"stream_id": sid})
+    accepted = 0
+    for n in range(30):  # alternating workers: still 20 in the window, not 40
+        ack = await tabs[n % 2].call("send_message", {"stream_id": sid, "message": f"{n}"})
+        if ack["success"]:
+            accepted += 1
+        else:
+            assert ack["error"]["code"] == "rate_limited" and ack["error"]["retry_after"] >= 1
+    assert accepted == 20
+    status, body = await Api(http, w2.url).request("GET", f"{sid}/stats")
+    assert body["stats"]["message_count"] == 20
+
+
+def test_keys_selected_by_kid_for_rotation(tmp_path):
+    old, new = (rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(2))
+    for kid, key in (("2025", old), ("2026", new)):
+        (tmp_path / f"{kid}.pem").write_bytes(key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    verifier = Verifier(Settings.from_env({"HUB_JWT_PUBLIC_KEYS_DIR": str(tmp_path)}))
+    for kid, key in (("2025", old), ("2026", new)):
+        token = jwt.encode(_claims(), key, "RS256", headers={"kid": kid})
+        assert verifier.verify(token).user_id == "alice"
+    for headers in ({"kid": "2025"}, {"kid": "unknown"}, {}):
+        with pytest.raises(HubError):  # signed by the new key but naming the old one, or no kid
+            verifier.verify(jwt.encode(_claims(), new, "RS256", headers=headers))
