@@ -73,6 +73,18 @@ class Keys:
         """GCRA state (theoretical arrival time, ms) of the user's chat rate."""
         return f"{self.prefix}rate:chat:{user_id}"
 
+    def user_conns(self, user_id: str) -> str:
+        """Sorted set of the user's open connections (socket ids) scored by expiry (ms)."""
+        return f"{self.prefix}user:{user_id}:conns"
+
+    def conn_rate(self, address: str) -> str:
+        """GCRA state of new connections from one client address."""
+        return f"{self.prefix}rate:conn:{address}"
+
+    def join_rate(self, viewer: str) -> str:
+        """GCRA state of joins by one viewer (``u:USER`` or ``a:SOCKET``)."""
+        return f"{self.prefix}rate:join:{viewer}"
+
     def tip_rate(self, user_id: str) -> str:
         return f"{self.prefix}rate:tip:{user_id}"
 

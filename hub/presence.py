@@ -93,6 +93,8 @@ class Presence:
         reasserted = 0
         if self.withdrawn:
             return 0
+        await self.state.touch([(c.identity.user_id, c.sid) for c in list(self.conns.values())
+                                if c.identity is not None])
         for stream_id, sids in list(self.rooms.items()):
             members = [
                 (c.member, c.sid, c.username)

@@ -43,13 +43,13 @@ class Hub:
 
     # -- watching -----------------------------------------------------------------
     async def join(self, conn: Conn, payload: Join) -> dict[str, Any]:
-        if conn.stream_id == payload.stream_id and conn.member is not None:
-            member = conn.member  # joining again: same presence, no viewer events
-        else:
-            if conn.stream_id is not None:
-                await self.leave(conn)
-            member = f"{uuid7()}|{now_ms()}|{conn.viewer}"
-        count, h, recent = await self.state.join(payload.stream_id, member, conn.sid, conn.username)
+        again = conn.stream_id == payload.stream_id and conn.member is not None
+        # Joining again keeps the same presence (no viewer events).
+        member = conn.member if again and conn.member else f"{uuid7()}|{now_ms()}|{conn.viewer}"
+        count, h, recent = await self.state.join(payload.stream_id, member, conn.sid, conn.username,
+                                                 conn.viewer)
+        if not again and conn.stream_id is not None:
+            await self.leave(conn)  # only once the new stream has accepted the join
         self.presence.watch(conn, payload.stream_id, h["streamer_id"], member)
         messages = _sorted_messages(recent)
         if payload.last_message_id:
@@ -250,9 +250,14 @@ class Hub:
         return page
 
     # -- connections --------------------------------------------------------------
+    async def admit(self, conn: Conn, address: str) -> None:
+        await self.state.admit(address, conn.sid, conn.identity.user_id if conn.identity else None)
+
     async def disconnect(self, conn: Conn) -> None:
         if conn.stream_id is not None:
             await self.leave(conn)
+        if conn.identity is not None:
+            await self.state.release(conn.identity.user_id, conn.sid)
 
 
 def _sorted_messages(items: list[str]) -> list[dict[str, Any]]:

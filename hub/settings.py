@@ -74,6 +74,11 @@ class Settings:
     chat_period: int = 30
     tip_rate: int = 10
     tip_period: int = 10
+    conn_rate: int = 30
+    conn_period: int = 10
+    user_max_conns: int = 10
+    join_rate: int = 10
+    join_period: int = 10
     presence_ttl: float = 15.0
     presence_refresh: float = 5.0
     reap_interval: float = 2.0
@@ -121,6 +126,11 @@ class Settings:
             chat_period=_int(env, "HUB_CHAT_PERIOD", default.chat_period, 1, 86_400),
             tip_rate=_int(env, "HUB_TIP_RATE", default.tip_rate, 1, 100_000),
             tip_period=_int(env, "HUB_TIP_PERIOD", default.tip_period, 1, 86_400),
+            conn_rate=_int(env, "HUB_CONN_RATE", default.conn_rate, 1, 1_000_000),
+            conn_period=_int(env, "HUB_CONN_PERIOD", default.conn_period, 1, 86_400),
+            user_max_conns=_int(env, "HUB_USER_MAX_CONNS", default.user_max_conns, 1, 100_000),
+            join_rate=_int(env, "HUB_JOIN_RATE", default.join_rate, 1, 1_000_000),
+            join_period=_int(env, "HUB_JOIN_PERIOD", default.join_period, 1, 86_400),
             presence_ttl=_float(env, "HUB_PRESENCE_TTL", default.presence_ttl, 1.0, 25.0),
             presence_refresh=_float(env, "HUB_PRESENCE_REFRESH", default.presence_refresh, 0.2, 10.0),
             reap_interval=_float(env, "HUB_REAP_INTERVAL", default.reap_interval, 0.2, 5.0),

@@ -94,6 +94,14 @@ class HubRedisManager(socketio.AsyncRedisManager):
             await self._on_close_room(room)
 
 
+def client_address(environ: dict[str, Any]) -> str:
+    """The peer's address. engine.io's aiohttp environ fixes REMOTE_ADDR at 127.0.0.1, so
+    the address comes from the aiohttp request itself."""
+    request = environ.get("aiohttp.request")
+    remote = getattr(request, "remote", None)
+    return str(remote) if remote else "unknown"
+
+
 class HubServer(socketio.AsyncServer):
     """python-socketio's server with a bounded send buffer per connection: a client that
     stops reading is cut off instead of holding an ever-growing queue, and the other
@@ -156,7 +164,15 @@ class StreamingNamespace:
                 identity = self.verifier.verify(token)
             except HubError as exc:
                 raise socketio.exceptions.ConnectionRefusedError(exc.code, exc.body()) from exc
-        self._presence().add(Conn(sid, identity))
+        conn = Conn(sid, identity)
+        try:
+            await self._hub().admit(conn, client_address(environ))
+        except HubError as exc:
+            raise socketio.exceptions.ConnectionRefusedError(exc.code, exc.body()) from exc
+        except (RedisError, OSError) as exc:
+            refusal = HubError("unavailable")
+            raise socketio.exceptions.ConnectionRefusedError(refusal.code, refusal.body()) from exc
+        self._presence().add(conn)
 
     async def disconnect(self, sid: str, *_: Any) -> None:
         conn = self._presence().remove(sid)
@@ -205,17 +221,17 @@ class StreamingNamespace:
     # -- actions ------------------------------------------------------------------
     async def join(self, conn: Conn, data: Any) -> dict[str, Any]:
         payload = payloads.Join.parse(data)
-        hub = self._hub()
-        if conn.stream_id is not None and conn.stream_id != payload.stream_id:
-            await self.sio.leave_room(conn.sid, conn.stream_id, namespace=NAMESPACE)
+        previous = conn.stream_id
         # In the room before presence is written, so no broadcast after the join is missed.
         await self.sio.enter_room(conn.sid, payload.stream_id, namespace=NAMESPACE)
         try:
-            joined = await hub.join(conn, payload)
+            joined = await self._hub().join(conn, payload)
         except BaseException:
-            if conn.stream_id != payload.stream_id:
+            if previous != payload.stream_id:  # refused: the socket stays where it was
                 await self.sio.leave_room(conn.sid, payload.stream_id, namespace=NAMESPACE)
             raise
+        if previous is not None and previous != payload.stream_id:
+            await self.sio.leave_room(conn.sid, previous, namespace=NAMESPACE)
         await self.sio.emit("joined_stream", joined, to=conn.sid, namespace=NAMESPACE,
                             ignore_queue=True)
         return joined

@@ -14,7 +14,7 @@ from hub.errors import HubError
 from hub.keys import NAMESPACE, OUTBOX_GROUP, Keys
 from hub.settings import Settings
 
-SCRIPTS = ("join", "leave", "refresh", "reap", "chat", "tip", "create", "start", "end")
+SCRIPTS = ("admit", "touch", "join", "leave", "refresh", "reap", "chat", "tip", "create", "start", "end")
 
 
 def _load_scripts(client: aioredis.Redis) -> dict[str, AsyncScript]:
@@ -143,15 +143,35 @@ class State:
         return items, -1 if count is None else int(count)
 
     # -- presence -----------------------------------------------------------------
+    async def admit(self, address: str, sid: str, user_id: str | None) -> None:
+        """A new connection: within the address's rate and the user's open connections."""
+        s = self.settings
+        await self._run(
+            "admit",
+            [self.keys.conn_rate(address), self.keys.user_conns(user_id or "-")],
+            [s.conn_rate, s.conn_period * 1000, sid, s.user_max_conns, self._ttl_ms,
+             "1" if user_id else "0"],
+        )
+
+    async def release(self, user_id: str, sid: str) -> None:
+        await self.redis.zrem(self.keys.user_conns(user_id), sid)
+
+    async def touch(self, pairs: list[tuple[str, str]]) -> None:
+        """Extend signed-in connections (user id, socket id) in their users' sets."""
+        if pairs:
+            flat = [x for user, sid in pairs for x in (self.keys.user_conns(user), sid)]
+            await self._run("touch", [], [self._ttl_ms, *flat])
+
     async def join(
-        self, stream_id: str, member: str, sid: str, username: str
+        self, stream_id: str, member: str, sid: str, username: str, viewer: str
     ) -> tuple[int, dict[str, str], list[str]]:
         """Start watching; returns the viewer count, the stream hash and the recent buffer."""
-        k = self.keys
+        k, s = self.keys, self.settings
         reply = await self._run(
             "join",
-            [k.stream(stream_id), k.conns(stream_id), k.recent(stream_id)],
-            [*self._base, stream_id, member, self._ttl_ms, sid, username],
+            [k.stream(stream_id), k.conns(stream_id), k.recent(stream_id), k.join_rate(viewer)],
+            [*self._base, stream_id, member, self._ttl_ms, sid, username, s.join_rate,
+             s.join_period * 1000],
         )
         flat = reply[2]
         return int(reply[1]), dict(zip(flat[::2], flat[1::2], strict=True)), reply[3]

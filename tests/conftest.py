@@ -61,6 +61,8 @@ def env(run_id: str) -> dict[str, str]:
         "HUB_REAP_INTERVAL": "0.5",
         "HUB_FLUSH_CLAIM_IDLE_MS": "500",
         "HUB_JWT_LEEWAY": "0",
+        "HUB_CONN_RATE": "100000",
+        "HUB_JOIN_RATE": "1000",
     }
 
 
@@ -146,8 +148,12 @@ def api(http: aiohttp.ClientSession, base_url: str) -> Api:
 class Client:
     """A real python-socketio AsyncClient on ``/streaming`` that records every event."""
 
-    def __init__(self) -> None:
-        self.sio = socketio.AsyncClient(reconnection=False)
+    def __init__(self, source: str | None = None) -> None:
+        """``source``: a loopback address to connect from (127.0.0.2, …), for per-address limits."""
+        self._session = None
+        if source is not None:
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(source, 0)))
+        self.sio = socketio.AsyncClient(reconnection=False, http_session=self._session)
         self.events: dict[str, list[Any]] = defaultdict(list)
         self._changed = asyncio.Event()
         self.sio.on("*", self._record, namespace=NAMESPACE)
@@ -186,6 +192,8 @@ class Client:
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.sio.disconnect(), 5)
+        if self._session is not None:
+            await self._session.close()
 
 
 @pytest.fixture

@@ -9,13 +9,14 @@ import time
 
 import jwt
 import pytest
+import socketio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from hub.auth import Verifier
 from hub.errors import HubError
 from hub.settings import Settings
-from tests.conftest import SECRET, Api, unique
+from tests.conftest import SECRET, Api, Client, eventually, unique
 
 
 def _settings(**env: str) -> Settings:
@@ -133,3 +134,62 @@ def test_keys_selected_by_kid_for_rotation(tmp_path):
     for headers in ({"kid": "2025"}, {"kid": "unknown"}, {}):
         with pytest.raises(HubError):  # signed by the new key but naming the old one, or no kid
             verifier.verify(jwt.encode(_claims(), new, "RS256", headers=headers))
+
+
+async def test_connection_rate_per_address(workers, token):
+    (w1,) = await workers(1, HUB_CONN_RATE="3", HUB_CONN_PERIOD="60")
+    made = []
+    try:
+        for _ in range(3):
+            c = Client(source="127.0.0.2")
+            made.append(c)
+            await c.connect(w1.url)
+        late = Client(source="127.0.0.2")
+        made.append(late)
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await late.connect(w1.url)
+        refusal = late.events["connect_error"][0]["data"]
+        assert refusal["code"] == "rate_limited" and refusal["retry_after"] >= 1
+        other = Client(source="127.0.0.3")  # another address has its own budget
+        made.append(other)
+        await other.connect(w1.url)
+    finally:
+        for c in made:
+            await c.close()
+
+
+async def test_open_connections_per_user(workers, clients, token):
+    (w1,) = await workers(1, HUB_USER_MAX_CONNS="2")
+    user = unique("many-tabs")
+    first = [await clients(w1.url, token(user)) for _ in range(2)]
+    third = Client()
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await third.connect(w1.url, token(user))
+    assert third.events["connect_error"][0]["data"]["code"] == "rate_limited"
+    await third.close()
+    await first[0].close()
+
+    async def slot_free() -> bool:  # the closed tab's slot is released on disconnect
+        c = Client()
+        try:
+            await c.connect(w1.url, token(user))
+        except socketio.exceptions.ConnectionError:
+            return False
+        finally:
+            await c.close()
+        return True
+
+    await eventually(slot_free, 10, "a slot free after a tab closed", every=0.5)
+
+
+async def test_join_rate_per_viewer(workers, http, clients, token):
+    (w1,) = await workers(1, HUB_JOIN_RATE="3", HUB_JOIN_PERIOD="60")
+    api = Api(http, w1.url)
+    streams = [(await api.create_stream(token(unique("streamer"), "streamer")))["stream_id"] for _ in range(2)]
+    c = await clients(w1.url, token(unique("hopper")))
+    codes = []
+    for n in range(5):
+        ack = await c.call("join_stream", {"stream_id": streams[n % 2]})
+        codes.append("ok" if ack["success"] else ack["error"]["code"])
+    assert codes == ["ok", "ok", "ok", "rate_limited", "rate_limited"]
+    assert (await c.call("send_message", {"stream_id": streams[0], "message": "still joined"}))["success"]

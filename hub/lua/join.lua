@@ -1,11 +1,14 @@
--- KEYS: stream hash, conns, recent list
--- ARGV: prefix, channel, namespace, stream_id, member, ttl_ms, sid, username
+-- KEYS: stream hash, conns, recent list, join rate key
+-- ARGV: prefix, channel, namespace, stream_id, member, ttl_ms, sid, username, join limit, join period ms
 -- Returns {'ok', viewer count, stream hash (flat), recent messages}.
 local prefix, channel, namespace, stream_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local member, ttl, sid, username = ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8]
-local bad = live_check(KEYS[1])
+local now = now_ms()
+local bad = rate_check(KEYS[4], tonumber(ARGV[9]), tonumber(ARGV[10]), now)
 if bad then return bad end
-local expiry = now_ms() + ttl
+bad = live_check(KEYS[1])
+if bad then return bad end
+local expiry = now + ttl
 local count
 if redis.call('ZSCORE', KEYS[2], member) then
   redis.call('ZADD', KEYS[2], expiry, member)

@@ -1,0 +1,9 @@
+-- Extend this worker's signed-in connections in their users' connection sets.
+-- ARGV: ttl ms, then (user connections key, socket id) pairs
+local ttl = tonumber(ARGV[1])
+local expiry = now_ms() + ttl
+for i = 2, #ARGV, 2 do
+  redis.call('ZADD', ARGV[i], 'XX', expiry, ARGV[i + 1])
+  redis.call('PEXPIRE', ARGV[i], ttl)
+end
+return {'ok'}
