@@ -193,3 +193,28 @@ async def test_join_rate_per_viewer(workers, http, clients, token):
         codes.append("ok" if ack["success"] else ack["error"]["code"])
     assert codes == ["ok", "ok", "ok", "rate_limited", "rate_limited"]
     assert (await c.call("send_message", {"stream_id": streams[0], "message": "still joined"}))["success"]
+
+
+async def test_an_event_flood_is_handled_one_at_a_time_and_others_keep_pace(workers, http, clients, token):
+    (w1,) = await workers(1)
+    sid = (await Api(http, w1.url).create_stream(token(unique("streamer"), "streamer")))["stream_id"]
+    calm = await clients(w1.url, token(unique("calm")))
+    await calm.call("join_stream", {"stream_id": sid})
+    ws = await http.ws_connect(w1.url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket")
+    assert (await ws.receive_str()).startswith("0")
+    await ws.send_str("40/streaming,")
+    assert (await ws.receive_str()).startswith("40/streaming,")
+    frame = f'42/streaming,["send_message",{{"stream_id":"{sid}","message":"flood"}}]'
+    for _ in range(5000):  # no acks awaited, never read: the worker reads at its own pace
+        await ws.send_str(frame)
+    worst = 0.0
+    for n in range(10):
+        started = time.monotonic()
+        ack = await calm.call("send_message", {"stream_id": sid, "message": f"calm {n}"})
+        worst = max(worst, time.monotonic() - started)
+        assert ack["success"]
+    print(f"calm client's worst ack time during the flood: {worst * 1000:.1f} ms")
+    assert worst < 2.0
+    status, body = await Api(http, w1.url).request("GET", f"{sid}/stats")
+    assert body["stats"]["message_count"] == 10  # the flood, never joined, changed nothing
+    await ws.close()
