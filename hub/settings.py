@@ -6,10 +6,11 @@ Nothing else in the hub or the workers reads ``os.environ``.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import unquote, urlparse
 
 
@@ -195,40 +196,35 @@ def _read_keys(folder: str | None) -> tuple[tuple[str, str], ...]:
     return keys
 
 
-def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+N = TypeVar("N", int, float, Decimal)
+
+
+def _number(env: Mapping[str, str], name: str, default: N, low: N, high: N,
+            parse: Callable[[str], N], kind: str) -> N:
+    """A number from the environment within [low, high]; the default when unset."""
     raw = env.get(name)
-    if raw is None or raw == "":
+    if raw is None or raw.strip() == "":
         return default
     try:
-        value = int(raw)
-    except ValueError as exc:
-        raise SettingsError(f"{name}: expected a whole number, got {raw!r}") from exc
-    if not low <= value <= high:
-        raise SettingsError(f"{name}: must be between {low} and {high}, got {value}")
+        value = parse(raw.strip())
+    except (ValueError, InvalidOperation) as exc:
+        raise SettingsError(f"{name}: expected {kind}, got {raw!r}") from exc
+    try:
+        within = low <= value <= high  # False for a float NaN
+    except InvalidOperation:  # a Decimal NaN cannot be ordered
+        within = False
+    if not within:
+        raise SettingsError(f"{name}: must be between {low} and {high}, got {raw!r}")
     return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    return _number(env, name, default, low, high, int, "a whole number")
 
 
 def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise SettingsError(f"{name}: expected a number of seconds, got {raw!r}") from exc
-    if not low <= value <= high:
-        raise SettingsError(f"{name}: must be between {low} and {high}, got {value}")
-    return value
+    return _number(env, name, default, low, high, float, "a number of seconds")
 
 
 def _decimal(env: Mapping[str, str], name: str, default: Decimal, low: Decimal, high: Decimal) -> Decimal:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = Decimal(raw.strip())
-    except InvalidOperation as exc:
-        raise SettingsError(f"{name}: expected a decimal number, got {raw!r}") from exc
-    if not value.is_finite() or not low <= value <= high:
-        raise SettingsError(f"{name}: must be between {low} and {high}, got {raw!r}")
-    return value
+    return _number(env, name, default, low, high, Decimal, "a decimal number")

@@ -44,6 +44,8 @@ def test_values_are_read_exactly():
     ({"HUB_PLATFORM_FEE": "-0.1"}, "HUB_PLATFORM_FEE"),
     ({"HUB_PLATFORM_FEE": "abc"}, "HUB_PLATFORM_FEE"),
     ({"HUB_PLATFORM_FEE": "NaN"}, "HUB_PLATFORM_FEE"),
+    ({"HUB_PLATFORM_FEE": "sNaN"}, "HUB_PLATFORM_FEE"),
+    ({"HUB_PRESENCE_TTL": "nan"}, "HUB_PRESENCE_TTL"),
     ({"HUB_TIP_MIN": "0"}, "HUB_TIP_MIN"),
     ({"HUB_TIP_MIN": "50", "HUB_TIP_MAX": "10"}, "HUB_TIP_MIN"),
     ({"HUB_TIP_MIN": "0.01"}, "HUB_TIP_MIN"),
