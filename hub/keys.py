@@ -77,6 +77,10 @@ class Keys:
         """Sorted set of the user's open connections (socket ids) scored by expiry (ms)."""
         return f"{self.prefix}user:{user_id}:conns"
 
+    def address_conns(self, address: str) -> str:
+        """Sorted set of the open connections (socket ids) from one client address, by expiry."""
+        return f"{self.prefix}addr:{address}:conns"
+
     def conn_rate(self, address: str) -> str:
         """GCRA state of new connections from one client address."""
         return f"{self.prefix}rate:conn:{address}"

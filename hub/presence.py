@@ -28,6 +28,7 @@ class Conn:
 
     sid: str
     identity: Identity | None
+    address: str = "unknown"
     stream_id: str | None = None
     streamer_id: str | None = None
     member: str | None = None
@@ -93,8 +94,10 @@ class Presence:
         reasserted = 0
         if self.withdrawn:
             return 0
-        await self.state.touch([(c.identity.user_id, c.sid) for c in list(self.conns.values())
-                                if c.identity is not None])
+        await self.state.touch([
+            (key, c.sid) for c in list(self.conns.values())
+            for key in self.state.holders(c.address, c.identity.user_id if c.identity else None)
+        ])
         for stream_id, sids in list(self.rooms.items()):
             members = [
                 (c.member, c.sid, c.username)

@@ -250,14 +250,13 @@ class Hub:
         return page
 
     # -- connections --------------------------------------------------------------
-    async def admit(self, conn: Conn, address: str) -> None:
-        await self.state.admit(address, conn.sid, conn.identity.user_id if conn.identity else None)
+    async def admit(self, conn: Conn) -> None:
+        await self.state.admit(conn.address, conn.sid, conn.identity.user_id if conn.identity else None)
 
     async def disconnect(self, conn: Conn) -> None:
         if conn.stream_id is not None:
             await self.leave(conn)
-        if conn.identity is not None:
-            await self.state.release(conn.identity.user_id, conn.sid)
+        await self.state.release(conn.address, conn.identity.user_id if conn.identity else None, conn.sid)
 
 
 def _sorted_messages(items: list[str]) -> list[dict[str, Any]]:

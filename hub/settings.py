@@ -78,6 +78,7 @@ class Settings:
     conn_rate: int = 30
     conn_period: int = 10
     user_max_conns: int = 10
+    address_max_conns: int = 100
     join_rate: int = 10
     join_period: int = 10
     presence_ttl: float = 15.0
@@ -130,6 +131,7 @@ class Settings:
             conn_rate=_int(env, "HUB_CONN_RATE", default.conn_rate, 1, 1_000_000),
             conn_period=_int(env, "HUB_CONN_PERIOD", default.conn_period, 1, 86_400),
             user_max_conns=_int(env, "HUB_USER_MAX_CONNS", default.user_max_conns, 1, 100_000),
+            address_max_conns=_int(env, "HUB_ADDRESS_MAX_CONNS", default.address_max_conns, 1, 10_000_000),
             join_rate=_int(env, "HUB_JOIN_RATE", default.join_rate, 1, 1_000_000),
             join_period=_int(env, "HUB_JOIN_PERIOD", default.join_period, 1, 86_400),
             presence_ttl=_float(env, "HUB_PRESENCE_TTL", default.presence_ttl, 1.0, 25.0),

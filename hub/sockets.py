@@ -164,9 +164,9 @@ class StreamingNamespace:
                 identity = self.verifier.verify(token)
             except HubError as exc:
                 raise socketio.exceptions.ConnectionRefusedError(exc.code, exc.body()) from exc
-        conn = Conn(sid, identity)
+        conn = Conn(sid, identity, client_address(environ))
         try:
-            await self._hub().admit(conn, client_address(environ))
+            await self._hub().admit(conn)
         except HubError as exc:
             raise socketio.exceptions.ConnectionRefusedError(exc.code, exc.body()) from exc
         except (RedisError, OSError) as exc:

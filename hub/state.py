@@ -144,23 +144,33 @@ class State:
 
     # -- presence -----------------------------------------------------------------
     async def admit(self, address: str, sid: str, user_id: str | None) -> None:
-        """A new connection: within the address's rate and the user's open connections."""
-        s = self.settings
+        """A new connection: within the address's rate and the open connections allowed to the
+        address and to the user."""
+        k, s = self.keys, self.settings
         await self._run(
             "admit",
-            [self.keys.conn_rate(address), self.keys.user_conns(user_id or "-")],
-            [s.conn_rate, s.conn_period * 1000, sid, s.user_max_conns, self._ttl_ms,
-             "1" if user_id else "0"],
+            [k.conn_rate(address), k.address_conns(address), k.user_conns(user_id or "-")],
+            [s.conn_rate, s.conn_period * 1000, sid, s.address_max_conns, s.user_max_conns,
+             self._ttl_ms, "1" if user_id else "0"],
         )
 
-    async def release(self, user_id: str, sid: str) -> None:
-        await self.redis.zrem(self.keys.user_conns(user_id), sid)
+    def holders(self, address: str, user_id: str | None) -> list[str]:
+        """The sets that count a connection: its address's, and its user's if signed in."""
+        keys = [self.keys.address_conns(address)]
+        if user_id is not None:
+            keys.append(self.keys.user_conns(user_id))
+        return keys
+
+    async def release(self, address: str, user_id: str | None, sid: str) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in self.holders(address, user_id):
+                pipe.zrem(key, sid)
+            await pipe.execute()
 
     async def touch(self, pairs: list[tuple[str, str]]) -> None:
-        """Extend signed-in connections (user id, socket id) in their users' sets."""
+        """Extend connections, as (holder key, socket id) pairs, in the sets that count them."""
         if pairs:
-            flat = [x for user, sid in pairs for x in (self.keys.user_conns(user), sid)]
-            await self._run("touch", [], [self._ttl_ms, *flat])
+            await self._run("touch", [], [self._ttl_ms, *(x for pair in pairs for x in pair)])
 
     async def join(
         self, stream_id: str, member: str, sid: str, username: str, viewer: str

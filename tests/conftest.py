@@ -62,6 +62,7 @@ def env(run_id: str) -> dict[str, str]:
         "HUB_FLUSH_CLAIM_IDLE_MS": "500",
         "HUB_JWT_LEEWAY": "0",
         "HUB_CONN_RATE": "100000",
+        "HUB_ADDRESS_MAX_CONNS": "100000",
         "HUB_JOIN_RATE": "1000",
     }
 

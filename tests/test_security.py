@@ -218,3 +218,30 @@ async def test_an_event_flood_is_handled_one_at_a_time_and_others_keep_pace(work
     status, body = await Api(http, w1.url).request("GET", f"{sid}/stats")
     assert body["stats"]["message_count"] == 10  # the flood, never joined, changed nothing
     await ws.close()
+
+
+async def test_open_connections_per_address(workers, token):
+    (w1,) = await workers(1, HUB_ADDRESS_MAX_CONNS="2")
+    made = [Client(source="127.0.0.4") for _ in range(3)]
+    try:
+        await made[0].connect(w1.url)
+        await made[1].connect(w1.url, token(unique("someone")))
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await made[2].connect(w1.url)
+        assert made[2].events["connect_error"][0]["data"]["code"] == "rate_limited"
+        await made[0].close()
+
+        async def slot_free() -> bool:
+            c = Client(source="127.0.0.4")
+            try:
+                await c.connect(w1.url)
+            except socketio.exceptions.ConnectionError:
+                return False
+            finally:
+                await c.close()
+            return True
+
+        await eventually(slot_free, 10, "a slot free after a connection closed", every=0.5)
+    finally:
+        for c in made:
+            await c.close()

@@ -1,5 +1,5 @@
--- Extend this worker's signed-in connections in their users' connection sets.
--- ARGV: ttl ms, then (user connections key, socket id) pairs
+-- Extend this worker's connections in the sets that count them (per address, per user).
+-- ARGV: ttl ms, then (holder key, socket id) pairs
 local ttl = tonumber(ARGV[1])
 local expiry = now_ms() + ttl
 for i = 2, #ARGV, 2 do
