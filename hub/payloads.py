@@ -25,6 +25,7 @@ CATEGORY_MAX = 64
 URL_MAX = 2048
 CLIENT_TIP_ID_MAX = 64
 STATUSES = ("LIVE", "ENDED", "SCHEDULED")
+SCHEDULE_HORIZON_MS = 366 * 24 * 3600 * 1000
 
 
 def clean_text(value: str) -> str:
@@ -191,8 +192,10 @@ class CreateStream:
         if scheduled is not None:
             try:
                 scheduled_ms = parse_iso(scheduled)
-            except ValueError as exc:
+            except (ValueError, OverflowError) as exc:
                 raise invalid("'scheduled_at' must be an ISO 8601 time.") from exc
+            if scheduled_ms > now_ms() + SCHEDULE_HORIZON_MS:
+                raise invalid("'scheduled_at' must be within a year from now.")
             if scheduled_ms <= now_ms():
                 scheduled_ms = None
         assert title is not None

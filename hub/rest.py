@@ -54,6 +54,12 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except (RedisError, pymysql.MySQLError, OSError) as exc:
         log.warning("%s %s failed: %s", request.method, request.path, exc)
         return error_response(HubError("unavailable"))
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return json_response({"success": False, "error": {
+            "code": "internal", "message": "Internal error."}}, 500)
 
 
 def cors(settings: Settings) -> Callable[..., Awaitable[web.StreamResponse]]:

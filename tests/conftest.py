@@ -39,6 +39,13 @@ SECRET = "test-secret-" + "x" * 40
 DEADLINE = 10.0
 
 
+def next_month() -> str:
+    """A scheduled_at a month ahead, at a whole second, as an ISO 8601 UTC time."""
+    from datetime import UTC, datetime, timedelta
+
+    return (datetime.now(UTC) + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def unique(prefix: str = "u") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 

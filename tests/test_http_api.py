@@ -9,7 +9,7 @@ import jwt
 import pytest
 
 from hub.keys import Keys
-from tests.conftest import SECRET, unique
+from tests.conftest import SECRET, next_month, unique
 
 UNKNOWN = "01a20e30-0000-7000-8000-000000000000"
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -59,9 +59,10 @@ async def test_one_live_stream_per_streamer(api, token):
 async def test_scheduled_stream_starts_later(api, token, clients, base_url):
     streamer = unique("streamer")
     who = token(streamer, "streamer")
-    s = await api.create_stream(who, scheduled_at="2099-06-01T12:00:00Z")
+    when = next_month()
+    s = await api.create_stream(who, scheduled_at=when)
     assert s["status"] == "SCHEDULED" and s["started_at"] is None
-    assert s["scheduled_at"] == "2099-06-01T12:00:00.000Z"
+    assert s["scheduled_at"] == when.replace("Z", ".000Z")
     live = await api.create_stream(who)  # a scheduled stream does not block going live
     status, body = await api.request("POST", f"{s['stream_id']}/start", who)
     assert_error(status, body, 409, "conflict")  # the live one is still running
@@ -75,7 +76,7 @@ async def test_scheduled_stream_starts_later(api, token, clients, base_url):
 
 
 async def test_start_is_for_its_streamer(api, token):
-    s = await api.create_stream(token(unique("streamer"), "streamer"), scheduled_at="2099-01-01T00:00:00Z")
+    s = await api.create_stream(token(unique("streamer"), "streamer"), scheduled_at=next_month())
     status, body = await api.request("POST", f"{s['stream_id']}/start", token(unique("other"), "streamer"))
     assert_error(status, body, 403, "forbidden")
     status, body = await api.request("POST", f"{s['stream_id']}/start")
@@ -122,6 +123,9 @@ async def test_create_needs_the_streamer_role(api, token):
     (b'{"title": "ok", "thumbnail_url": "not a url"}', "invalid"),
     (b'{"title": "ok", "scheduled_at": "tomorrow"}', "invalid"),
     (b'{"title": "ok", "scheduled_at": 12}', "invalid"),
+    (b'{"title": "ok", "scheduled_at": "9999-12-31T23:59:59-01:00"}', "invalid"),
+    (b'{"title": "ok", "scheduled_at": "10000-01-01T00:00:00Z"}', "invalid"),
+    (b'{"title": "ok", "scheduled_at": "2200-01-01T00:00:00Z"}', "invalid"),
 ])
 async def test_bad_create_bodies_are_refused_and_change_nothing(body, code, api, token):
     streamer = unique("streamer")

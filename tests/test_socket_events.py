@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 import socketio
 
-from tests.conftest import Client, eventually, unique
+from tests.conftest import Client, eventually, next_month, unique
 
 UNKNOWN = "01a20e30-0000-7000-8000-000000000000"
 
@@ -136,7 +136,7 @@ async def test_joining_an_ended_or_scheduled_stream_is_refused(api, clients, bas
     c = await clients(base_url, token(unique("viewer")))
     assert (await c.call("join_stream", {"stream_id": stream["id"]}))["error"]["code"] == "stream_not_live"
     later = unique("streamer")
-    scheduled = await api.create_stream(token(later, "streamer"), scheduled_at="2099-01-01T00:00:00Z")
+    scheduled = await api.create_stream(token(later, "streamer"), scheduled_at=next_month())
     assert scheduled["status"] == "SCHEDULED"
     ack = await c.call("join_stream", {"stream_id": scheduled["stream_id"]})
     assert ack["error"]["code"] == "stream_not_live"
