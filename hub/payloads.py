@@ -56,13 +56,13 @@ def stream_id(data: dict[str, Any], name: str = "stream_id") -> str:
     assert value is not None
     if not is_uuid(value):
         raise HubError("not_found")
-    return value
+    return value.lower()
 
 
 def path_stream_id(value: str) -> str:
     if not is_uuid(value):
         raise HubError("not_found")
-    return value
+    return value.lower()
 
 
 def _text(data: dict[str, Any], name: str, limit: int, *, required: bool = False) -> str | None:
@@ -113,7 +113,7 @@ class Join:
         last = data.get("last_message_id")
         if last is not None and not is_uuid(last):
             raise invalid("'last_message_id' must be a message id.")
-        return cls(stream_id(data), last)
+        return cls(stream_id(data), last.lower() if last else None)
 
 
 @dataclass(frozen=True)

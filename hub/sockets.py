@@ -112,6 +112,14 @@ class HubServer(socketio.AsyncServer):
         self.send_queue_limit = send_queue_limit
         self.cut_off = 0
 
+    # Names python-socketio dispatches to the lifecycle handlers; a client may not send them.
+    RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "__disconnect_final"})
+
+    async def _handle_event(self, eio_sid: str, namespace: str | None, id: int | None, data: Any) -> None:
+        if not isinstance(data, list) or not data or data[0] in self.RESERVED_EVENTS:
+            return  # a client event named "disconnect" must not run the disconnect handler
+        await super()._handle_event(eio_sid, namespace, id, data)
+
     async def _send_eio_packet(self, eio_sid: str, eio_pkt: Any) -> None:
         socket = self.eio.sockets.get(eio_sid)
         if socket is not None and socket.queue.qsize() >= self.send_queue_limit:

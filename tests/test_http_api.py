@@ -47,6 +47,8 @@ async def test_create_makes_a_live_stream_owned_by_the_token(api, token):
     assert ISO.match(s["started_at"]) and ISO.match(s["created_at"]) and s["ended_at"] is None
     status, got = await api.request("GET", s["stream_id"])
     assert status == 200 and got["stream"] == s
+    status, got = await api.request("GET", s["stream_id"].upper())  # ids are case-insensitive
+    assert status == 200 and got["stream"] == s
 
 
 async def test_one_live_stream_per_streamer(api, token):

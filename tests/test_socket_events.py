@@ -95,6 +95,9 @@ async def test_join_answers_with_stream_count_and_recent_messages(clients, base_
     assert [m["message_id"] for m in ack["recent_messages"]] == [m["message_id"] for m in sent]
     again = await c.call("join_stream", {"stream_id": stream["id"], "last_message_id": sent[0]["message_id"]})
     assert [m["message"] for m in again["recent_messages"]] == ["m1", "m2"]
+    upper = await c.call("join_stream", {"stream_id": stream["id"].upper(),
+                                         "last_message_id": sent[0]["message_id"].upper()})
+    assert [m["message"] for m in upper["recent_messages"]] == ["m1", "m2"]  # ids are case-insensitive
     assert again["viewer_count"] == 2  # joining again changes nothing
 
 
@@ -447,3 +450,14 @@ async def test_a_token_that_expires_mid_session_is_refused_then_disconnected(cli
         return not c.sio.connected
 
     await eventually(disconnected, 5, "the socket disconnected")
+
+
+@pytest.mark.parametrize("event", ["connect", "disconnect", "connect_error", "__disconnect_final"])
+async def test_client_events_named_like_lifecycle_events_change_nothing(event, api, clients, base_url, token, stream):
+    sid = stream["id"]
+    uid, c = await joined_viewer(clients, base_url, token, sid)
+    _, watcher = await joined_viewer(clients, base_url, token, sid)
+    await c.emit(event, {"stream_id": sid})
+    await still_works(c, sid)  # still signed in, still joined
+    assert all(e["user_id"] != uid for e in watcher.events["viewer_left"])
+    assert (await stats(api, sid))["viewer_count"] == 2
