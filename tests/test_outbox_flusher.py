@@ -139,6 +139,10 @@ async def test_a_flusher_that_dies_after_commit_writes_nothing_twice(
     {"t": "mystery", "d": "{}"},
     {"t": "tip", "d": '{"tip_id": "x"}'},
     {"d": "{}"},
+    {"t": "message", "d": "[]"},
+    {"t": "message", "d": "null"},
+    {"t": "message", "d": '{"message_id": "m", "stream_id": "s", "user_id": "u", "message": "x", '
+                          '"message_type": "TEXT", "created_at": 1735787045678}'},
 ])
 async def test_an_undecodable_entry_is_dead_lettered_and_the_batch_goes_on(
         fields, api, clients, base_url, token, flusher, sql, rds, settings):

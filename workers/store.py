@@ -64,6 +64,8 @@ def _dt(ms: Any) -> datetime | None:
 
 
 def _iso(text: str) -> datetime:
+    if not isinstance(text, str):
+        raise ValueError("a time must be an ISO 8601 string")
     return datetime.fromtimestamp(parse_iso(text) / 1000, tz=UTC).replace(tzinfo=None)
 
 
@@ -129,6 +131,8 @@ class Batch:
     def add(self, kind: str, data: str) -> None:
         try:
             d = orjson.loads(data)
+            if not isinstance(d, dict):
+                raise BadRecord("the record's data is not a JSON object")
             if kind == "stream":
                 row = stream_row(d)
                 old = self.streams.get(row[0])
@@ -145,8 +149,11 @@ class Batch:
                     self.sessions[row[0]] = row
             else:
                 raise BadRecord(f"unknown record type {kind!r}")
-        except (KeyError, TypeError, ValueError, ArithmeticError, orjson.JSONDecodeError) as exc:
-            raise BadRecord(str(exc)) from exc
+        except BadRecord:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError,
+                orjson.JSONDecodeError) as exc:
+            raise BadRecord(f"{type(exc).__name__}: {exc}") from exc
 
     def __len__(self) -> int:
         return len(self.streams) + len(self.messages) + len(self.tips) + len(self.sessions)
