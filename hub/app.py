@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from hub import rest
 from hub.auth import Verifier
-from hub.codec import json_module, uuid7
+from hub.codec import json_module
 from hub.connections import StartupError, connect_mysql, connect_redis, redacted
 from hub.db import History
 from hub.keys import NAMESPACE, Keys
@@ -37,7 +37,6 @@ WATCHING = Gauge("hub_watching", "Connections on this worker that watch a stream
 class Runtime:
     """What a worker holds while it runs; built at start, closed at exit."""
 
-    worker_id: str = field(default_factory=uuid7)
     hub: Hub | None = None
     presence: Presence | None = None
     redis: aioredis.Redis | None = None

@@ -19,6 +19,18 @@ from hub.settings import Settings
 from tests.conftest import SECRET, Api, Client, eventually, unique
 
 
+async def can_connect(url: str, token: str | None = None, source: str | None = None) -> bool:
+    """Whether a new connection is admitted now (it is closed again at once)."""
+    c = Client(source=source)
+    try:
+        await c.connect(url, token)
+    except socketio.exceptions.ConnectionError:
+        return False
+    finally:
+        await c.close()
+    return True
+
+
 def _settings(**env: str) -> Settings:
     return Settings.from_env({"HUB_JWT_SECRET": SECRET, "HUB_JWT_LEEWAY": "0", **env})
 
@@ -169,17 +181,8 @@ async def test_open_connections_per_user(workers, clients, token):
     await third.close()
     await first[0].close()
 
-    async def slot_free() -> bool:  # the closed tab's slot is released on disconnect
-        c = Client()
-        try:
-            await c.connect(w1.url, token(user))
-        except socketio.exceptions.ConnectionError:
-            return False
-        finally:
-            await c.close()
-        return True
-
-    await eventually(slot_free, 10, "a slot free after a tab closed", every=0.5)
+    # the closed tab's slot is released on disconnect
+    await eventually(lambda: can_connect(w1.url, token(user)), 10, "a slot free after a tab closed", every=0.5)
 
 
 async def test_join_rate_per_viewer(workers, http, clients, token):
@@ -231,17 +234,8 @@ async def test_open_connections_per_address(workers, token):
         assert made[2].events["connect_error"][0]["data"]["code"] == "rate_limited"
         await made[0].close()
 
-        async def slot_free() -> bool:
-            c = Client(source="127.0.0.4")
-            try:
-                await c.connect(w1.url)
-            except socketio.exceptions.ConnectionError:
-                return False
-            finally:
-                await c.close()
-            return True
-
-        await eventually(slot_free, 10, "a slot free after a connection closed", every=0.5)
+        await eventually(lambda: can_connect(w1.url, source="127.0.0.4"), 10,
+                         "a slot free after a connection closed", every=0.5)
     finally:
         for c in made:
             await c.close()
