@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis.asyncio as aioredis
 import socketio
@@ -79,7 +80,11 @@ def create_app(settings: Settings) -> web.Application:
     async def close_room(room: str) -> None:
         await holder[0].stream_closed(room)
 
+    async def control(order: dict[str, Any]) -> None:
+        await holder[0].control(order)
+
     manager = HubRedisManager(settings.redis_url, channel=keys.channel, on_close_room=close_room,
+                              control_channel=keys.control, on_control=control,
                               redis_options={"health_check_interval": 10})
     sio = HubServer(
         send_queue_limit=settings.send_queue_limit,

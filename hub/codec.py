@@ -67,14 +67,16 @@ _lock = threading.Lock()
 _last = [0, 0]
 
 
-def uuid7() -> str:
-    """A time-ordered UUID (RFC 9562 version 7).
+def uuid7(after: str | None = None) -> str:
+    """A time-ordered UUID (RFC 9562 version 7), later than ``after`` if given.
 
     Ids sort by creation time, so ``before``/``after`` paging compares ids, in Redis and
     in MySQL alike. Within one millisecond a counter keeps one process's ids increasing.
     """
     with _lock:
         ms = now_ms()
+        if after is not None:
+            ms = max(ms, uuid7_ms(after) + 1)
         if ms <= _last[0]:
             ms = _last[0]
             _last[1] += 1

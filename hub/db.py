@@ -21,7 +21,8 @@ SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 # UTC everywhere, and strict mode so that a value out of range is an error, never clamped.
 INIT_COMMAND = "SET time_zone = '+00:00', sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'"
 
-MESSAGE_COLUMNS = "message_id, stream_id, user_id, username, message, message_type, tip_amount, created_at"
+MESSAGE_COLUMNS = ("message_id, stream_id, user_id, username, message, message_type, tip_amount, alert, "
+                   "created_at")
 
 
 async def create_pool(mysql: MySQLSettings, maxsize: int = 5) -> aiomysql.Pool:
@@ -91,14 +92,31 @@ class History:
             args += (status,)
         return await self._fetch(sql + " ORDER BY created_at DESC LIMIT %s", (*args, limit))
 
-    async def messages_before(self, stream_id: str, before: str | None, limit: int) -> list[dict[str, Any]]:
-        """The newest ``limit`` kept messages older than ``before``, newest first."""
+    async def messages_before(self, stream_id: str, before: str | None, limit: int,
+                              after: str | None = None) -> list[dict[str, Any]]:
+        """The newest ``limit`` kept messages older than ``before`` (and newer than ``after``),
+        newest first."""
         sql = f"SELECT {MESSAGE_COLUMNS} FROM chat_messages WHERE stream_id = %s AND deleted_at IS NULL"
         args: tuple[Any, ...] = (stream_id,)
         if before:
             sql += " AND message_id < %s"
             args += (before,)
+        if after:
+            sql += " AND message_id > %s"
+            args += (after,)
         return await self._fetch(sql + " ORDER BY message_id DESC LIMIT %s", (*args, limit))
+
+    async def has_message(self, stream_id: str, message_id: str) -> bool:
+        rows = await self._fetch(
+            "SELECT 1 FROM chat_messages WHERE message_id = %s AND stream_id = %s AND deleted_at IS NULL",
+            (message_id, stream_id))
+        return bool(rows)
+
+    async def moderation_actions(self, stream_id: str, limit: int) -> list[dict[str, Any]]:
+        """The stream's newest ``limit`` moderation actions, newest first."""
+        return await self._fetch(
+            "SELECT * FROM moderation_actions WHERE stream_id = %s ORDER BY action_id DESC LIMIT %s",
+            (stream_id, limit))
 
     async def ping(self) -> None:
         await self._fetch("SELECT 1", ())

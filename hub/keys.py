@@ -22,6 +22,11 @@ class Keys:
         return f"{self.prefix}socketio"
 
     @property
+    def control(self) -> str:
+        """Pub/sub channel of worker-to-worker orders (a banned user's sockets leave a room)."""
+        return f"{self.prefix}control"
+
+    @property
     def outbox(self) -> str:
         """Redis Stream of records waiting for the flusher (consumer group ``flushers``)."""
         return f"{self.prefix}outbox"
@@ -59,6 +64,26 @@ class Keys:
     def recent(self, stream_id: str) -> str:
         """List of the newest chat messages (JSON), oldest first."""
         return f"{self.prefix}stream:{stream_id}:recent"
+
+    def moderators(self, stream_id: str) -> str:
+        """Set of the user ids the streamer named moderators."""
+        return f"{self.prefix}stream:{stream_id}:mods"
+
+    def sanctions(self, stream_id: str) -> str:
+        """Hash user id -> ``ban`` or ``t:<until ms>`` (a timeout)."""
+        return f"{self.prefix}stream:{stream_id}:sanctions"
+
+    def deleted(self, stream_id: str) -> str:
+        """Set of deleted message ids, hiding them from MySQL pages before the flusher marks them."""
+        return f"{self.prefix}stream:{stream_id}:deleted"
+
+    def modlog(self, stream_id: str) -> str:
+        """List of the newest moderation actions (JSON), newest first."""
+        return f"{self.prefix}stream:{stream_id}:modlog"
+
+    def slow(self, stream_id: str, user_id: str) -> str:
+        """String set for slow mode's interval after a user's message (expires by itself)."""
+        return f"{self.prefix}stream:{stream_id}:slow:{user_id}"
 
     # -- per user -------------------------------------------------------------
     def streamer_live(self, user_id: str) -> str:

@@ -28,3 +28,21 @@ def money_json(cents: int | None) -> orjson.Fragment | None:
     if cents is None:
         return None
     return orjson.Fragment(str(from_cents(cents)).encode())
+
+
+def exact_decimal(value: object) -> Decimal:
+    """A JSON number (int, float, or decimal text) as the exact decimal it was written as.
+
+    A JSON float's shortest repr is the text the client sent when it has at most 15
+    significant digits, which is why callers bound the digits they accept.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError("not a number")
+    return Decimal(repr(value) if isinstance(value, float) else str(value).strip())
+
+
+def decimal_json(value: Decimal | None) -> orjson.Fragment | None:
+    """A decimal for the wire as a plain JSON number (``0.00001234``, never ``1.234e-05``)."""
+    if value is None:
+        return None
+    return orjson.Fragment(format(value, "f").encode())

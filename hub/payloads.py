@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 from hub.codec import is_uuid, now_ms, parse_iso
 from hub.errors import HubError, invalid
-from hub.money import to_cents
+from hub.money import exact_decimal, to_cents
 from hub.settings import Settings
 
 MESSAGE_MAX = 500
@@ -232,3 +232,127 @@ def query_message_id(query: Any, name: str) -> str | None:
     if not is_uuid(raw):
         raise invalid(f"'{name}' must be a message id.")
     return raw.lower()
+
+
+USER_ID_MAX = 191
+REASON_MAX = 500
+TIMEOUT_MAX = 14 * 24 * 3600
+SLOW_MODE_MAX = 3600
+SYMBOL_MAX = 16
+PRICE_DIGITS = 15
+PRICE_DECIMALS = 8
+PRICE_MAX = Decimal("1e12")
+MODERATION_ACTIONS = ("delete_message", "timeout_user", "ban_user", "unban_user", "clear_chat",
+                      "set_slow_mode", "add_moderator", "remove_moderator")
+# The fields each action needs besides stream_id.
+_NEEDS = {
+    "delete_message": ("message_id",),
+    "timeout_user": ("user_id", "seconds"),
+    "ban_user": ("user_id",),
+    "unban_user": ("user_id",),
+    "clear_chat": (),
+    "set_slow_mode": ("seconds",),
+    "add_moderator": ("user_id",),
+    "remove_moderator": ("user_id",),
+}
+
+
+def target_user(data: dict[str, Any]) -> str:
+    """The user a moderation action is about: a non-empty id without control characters."""
+    value = _string(data, "user_id", required=True)
+    assert value is not None
+    if not 0 < len(value) <= USER_ID_MAX or value != clean_text(value):
+        raise invalid(f"'user_id' must be 1 to {USER_ID_MAX} characters without control characters "
+                      "or surrounding spaces.")
+    return value
+
+
+def whole_seconds(data: dict[str, Any], low: int, high: int) -> int:
+    value = data.get("seconds")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise invalid("'seconds' must be a whole number.")
+    if not low <= value <= high:
+        raise invalid(f"'seconds' must be between {low} and {high}.")
+    return value
+
+
+@dataclass(frozen=True)
+class Moderation:
+    """One moderation action of PROTOCOL §8 (the acting user comes from the token)."""
+
+    action: str
+    stream_id: str
+    user_id: str = ""
+    message_id: str = ""
+    seconds: int | None = None
+    reason: str | None = None
+
+    @classmethod
+    def parse(cls, action: str, data: Any) -> Moderation:
+        data = _object(data)
+        sid = stream_id(data)
+        needs = _NEEDS[action]
+        user = target_user(data) if "user_id" in needs else ""
+        message_id = ""
+        if "message_id" in needs:
+            raw = data.get("message_id")
+            if not is_uuid(raw):
+                raise invalid("'message_id' must be a message id.")
+            message_id = raw.lower()
+        seconds = None
+        if action == "timeout_user":
+            seconds = whole_seconds(data, 1, TIMEOUT_MAX)
+        elif action == "set_slow_mode":
+            seconds = whole_seconds(data, 0, SLOW_MODE_MAX)
+        reason = _text(data, "reason", REASON_MAX) if action in ("timeout_user", "ban_user") else None
+        return cls(action, sid, user, message_id, seconds, reason or None)
+
+
+def price(value: Any) -> Decimal:
+    """A trade price: positive, at most 15 significant digits and 8 decimals, below 10^12."""
+    try:
+        exact = exact_decimal(value)
+    except (ValueError, InvalidOperation) as exc:
+        raise invalid("'price' must be a number.") from exc
+    if not exact.is_finite() or exact <= 0 or exact >= PRICE_MAX:
+        raise invalid("'price' must be a positive number below 10^12.")
+    exact = exact.normalize()
+    digits, exponent = exact.as_tuple().digits, exact.as_tuple().exponent
+    assert isinstance(exponent, int)
+    if exponent < -PRICE_DECIMALS or len(digits) > PRICE_DIGITS:
+        raise invalid(f"'price' may have at most {PRICE_DECIMALS} decimals and "
+                      f"{PRICE_DIGITS} significant digits.")
+    return exact if exponent <= 0 else exact.quantize(Decimal(1))
+
+
+@dataclass(frozen=True)
+class Alert:
+    """The streamer's trade alert: a chat message of type ALERT with symbol, side and price."""
+
+    stream_id: str
+    message: str
+    symbol: str | None
+    side: str | None
+    price: Decimal | None
+
+    @classmethod
+    def parse(cls, data: Any) -> Alert:
+        data = _object(data)
+        sid = stream_id(data)
+        message = _text(data, "message", MESSAGE_MAX, required=True)
+        symbol = _string(data, "symbol")
+        if symbol is not None:
+            symbol = symbol.strip().upper()
+            if not 0 < len(symbol) <= SYMBOL_MAX or not all(ch.isascii() and (ch.isalnum() or ch in "._:/-")
+                                                            for ch in symbol):
+                raise invalid(f"'symbol' must be 1 to {SYMBOL_MAX} letters, digits or . _ : / -.")
+        side = data.get("side")
+        if side is not None:
+            if not isinstance(side, str) or side.upper() not in ("BUY", "SELL"):
+                raise invalid("'side' must be BUY or SELL.")
+            side = side.upper()
+        raw_price = data.get("price")
+        assert message is not None
+        return cls(sid, message, symbol, side, None if raw_price is None else price(raw_price))

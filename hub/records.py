@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC
+from decimal import Decimal
 from typing import Any
 
 from hub.codec import iso_ms
-from hub.money import money_json
+from hub.money import decimal_json, money_json
 
 
 def _int_or_none(value: str | None) -> int | None:
@@ -124,4 +126,37 @@ def message_from_row(r: dict[str, Any]) -> dict[str, Any]:
         "tip_amount": None if r["tip_amount"] is None else money_json(_cents(r["tip_amount"])),
         "created_at": iso_ms(_ms(r["created_at"])),
     }
+    if r["message_type"] == "ALERT":
+        message["alert"] = alert_from_json(r.get("alert"))
     return message
+
+
+def alert_from_json(text: str | bytes | None) -> dict[str, Any]:
+    """An alert column (JSON text) with its price read exactly, never through a float."""
+    alert = json.loads(text, parse_float=Decimal) if text else {}
+    price = alert.get("price")
+    return {
+        "symbol": alert.get("symbol"),
+        "side": alert.get("side"),
+        "price": None if price is None else decimal_json(Decimal(price)),
+    }
+
+
+ACTION_FIELDS = ("user_id", "message_id", "seconds", "reason")
+
+
+def action_from_row(r: dict[str, Any]) -> dict[str, Any]:
+    """A moderation action as ``GET /{streamId}/moderation`` lists it."""
+    action: dict[str, Any] = {
+        "action_id": r["action_id"],
+        "action": r["action"],
+        "stream_id": r["stream_id"],
+        "by": r["by_user"],
+        "created_at": iso_ms(_ms(r["created_at"])),
+    }
+    for name in ACTION_FIELDS:
+        if r.get(name) is not None:
+            action[name] = r[name]
+    if r.get("ends_at") is not None:
+        action["until"] = iso_ms(_ms(r["ends_at"]))
+    return action

@@ -165,6 +165,40 @@ async def user_streams(request: web.Request) -> web.Response:
     return json_response({"success": True, "count": len(streams), "streams": streams})
 
 
+def _moderation(action: str, *path_fields: str) -> Handler:
+    """A §8 action as a REST call: the body's fields, with the path's ids over them."""
+
+    async def handle(request: web.Request) -> web.Response:
+        who = identity(request)
+        body = await read_json(request) if request.method in ("POST", "PUT") else {}
+        if not isinstance(body, dict):
+            raise HubError("invalid", "The body must be a JSON object.")
+        data = dict(body, stream_id=_stream_id(request))
+        for name in path_fields:
+            data[name] = request.match_info[name]
+        ack = await _hub(request).moderate(who, payloads.Moderation.parse(action, data))
+        return json_response(ack)
+
+    return handle
+
+
+async def alert(request: web.Request) -> web.Response:
+    who = identity(request)
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise HubError("invalid", "The body must be a JSON object.")
+    payload = payloads.Alert.parse(dict(body, stream_id=_stream_id(request)))
+    return json_response(await _hub(request).alert(who, payload))
+
+
+async def moderation_log(request: web.Request) -> web.Response:
+    who = identity(request)
+    stream_id = _stream_id(request)
+    limit = payloads.query_int(request.query, "limit", 50, 1, 200)
+    actions = await _hub(request).moderation_log(who, stream_id, limit)
+    return json_response({"success": True, "count": len(actions), "actions": actions})
+
+
 def setup_routes(app: web.Application) -> None:
     app.router.add_get(f"{PREFIX}/live", live)
     app.router.add_post(f"{PREFIX}/create", create)
@@ -174,3 +208,14 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get(f"{PREFIX}/{{stream_id}}/stats", stats)
     app.router.add_get(f"{PREFIX}/{{stream_id}}/chat", chat)
     app.router.add_get(f"{PREFIX}/{{stream_id}}", get_stream)
+    stream = f"{PREFIX}/{{stream_id}}"
+    app.router.add_post(f"{stream}/chat/clear", _moderation("clear_chat"))
+    app.router.add_delete(f"{stream}/chat/{{message_id}}", _moderation("delete_message", "message_id"))
+    app.router.add_post(f"{stream}/timeouts", _moderation("timeout_user"))
+    app.router.add_post(f"{stream}/bans", _moderation("ban_user"))
+    app.router.add_delete(f"{stream}/bans/{{user_id}}", _moderation("unban_user", "user_id"))
+    app.router.add_put(f"{stream}/slow-mode", _moderation("set_slow_mode"))
+    app.router.add_post(f"{stream}/moderators", _moderation("add_moderator"))
+    app.router.add_delete(f"{stream}/moderators/{{user_id}}", _moderation("remove_moderator", "user_id"))
+    app.router.add_post(f"{stream}/alerts", alert)
+    app.router.add_get(f"{stream}/moderation", moderation_log)

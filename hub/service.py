@@ -12,15 +12,16 @@ from hub.codec import dumps, iso_ms, loads, now_ms, uuid7, uuid7_ms
 from hub.db import History
 from hub.errors import HubError, TokenExpired
 from hub.keys import NAMESPACE
-from hub.money import fee_cents, from_cents, money_json
-from hub.payloads import Chat, CreateStream, Join, Tip
+from hub.money import decimal_json, fee_cents, from_cents, money_json
+from hub.payloads import Alert, Chat, CreateStream, Join, Moderation, Tip
 from hub.presence import Conn, Presence
 from hub.settings import Settings
-from hub.state import State
+from hub.state import MessageMissing, NoStream, Stale, State
 
 log = logging.getLogger(__name__)
 
 RECENT_ON_JOIN = 50
+_SPLIT = b"\x00"  # where the moderators list goes in a moderators_changed broadcast (never in JSON)
 
 
 def pubsub_emit(event: str, data_json: bytes, room: str) -> bytes:
@@ -72,32 +73,48 @@ class Hub:
 
     # -- chat and tips ------------------------------------------------------------
     def _speaker(self, conn: Conn, stream_id: str) -> Identity:
-        identity = conn.identity
-        if identity is None:
+        if conn.identity is None:
             raise HubError("unauthorized", "Sign in to chat or tip.")
-        if identity.expires_at and identity.expires_at + self.settings.jwt_leeway < time.time():
-            raise TokenExpired
+        identity = self._current(conn.identity)
         if conn.stream_id != stream_id:
             raise HubError("not_joined")
         return identity
 
     async def chat(self, conn: Conn, payload: Chat) -> dict[str, Any]:
         identity = self._speaker(conn, payload.stream_id)
+        return await self._post(identity, payload.stream_id, payload.message, payload.message_type)
+
+    async def alert(self, identity: Identity | None, payload: Alert) -> dict[str, Any]:
+        """The streamer's trade alert: a chat message of type ALERT (the sender need not watch)."""
+        identity = self._current(identity)
+        alert = {"symbol": payload.symbol, "side": payload.side, "price": decimal_json(payload.price)}
+        return await self._post(identity, payload.stream_id, payload.message, "ALERT", alert)
+
+    async def _post(self, identity: Identity, stream_id: str, text: str, message_type: str,
+                    alert: dict[str, Any] | None = None) -> dict[str, Any]:
         message_id = uuid7()
-        message = {
-            "message_id": message_id,
-            "stream_id": payload.stream_id,
-            "user_id": identity.user_id,
-            "username": identity.name,
-            "message": payload.message,
-            "message_type": payload.message_type,
-            "tip_amount": None,
-            "created_at": iso_ms(uuid7_ms(message_id)),
-        }
-        encoded = dumps(message)
-        await self.state.chat(payload.stream_id, identity.user_id, encoded,
-                              pubsub_emit("chat_message", encoded, payload.stream_id))
-        return {"success": True, "message": message}
+        while True:
+            message = {
+                "message_id": message_id,
+                "stream_id": stream_id,
+                "user_id": identity.user_id,
+                "username": identity.name,
+                "message": text,
+                "message_type": message_type,
+                "tip_amount": None,
+                "created_at": iso_ms(uuid7_ms(message_id)),
+            }
+            if alert is not None:
+                message["alert"] = alert
+            encoded = dumps(message)
+            try:
+                await self.state.chat(stream_id, identity.user_id, identity.is_admin, message_id, encoded,
+                                      pubsub_emit("chat_message", encoded, stream_id),
+                                      "alert" if alert is not None else "chat")
+            except Stale as exc:  # the chat was cleared after this id was made: a later id
+                message_id = uuid7(after=exc.cleared)
+                continue
+            return {"success": True, "message": message}
 
     async def tip(self, conn: Conn, payload: Tip) -> dict[str, Any]:
         identity = self._speaker(conn, payload.stream_id)
@@ -117,28 +134,120 @@ class Hub:
             "currency": payload.currency, "message": payload.message, "created_at": created,
         }
         text = payload.message or f"Tipped {from_cents(payload.amount_cents)} {payload.currency}"
-        message = {
-            "message_id": message_id, "stream_id": payload.stream_id,
-            "user_id": identity.user_id, "username": identity.name, "message": text,
-            "message_type": "TIP", "tip_amount": amount, "created_at": created,
-        }
         record = {
             "tip_id": tip_id, "stream_id": payload.stream_id, "from_user_id": identity.user_id,
             "to_user_id": streamer, "amount_cents": payload.amount_cents, "fee_cents": fee,
             "currency": payload.currency, "message": payload.message,
             "client_tip_id": payload.client_tip_id, "created_at": created,
         }
-        ack = {"success": True, "tip": received, "message_id": message_id}
-        received_json, message_json = dumps(received), dumps(message)
-        first = await self.state.tip(
-            payload.stream_id, identity.user_id, payload.client_tip_id, payload.amount_cents,
-            fee, dumps(ack), dumps(record), message_json,
-            pubsub_emit("tip_received", received_json, payload.stream_id),
-            pubsub_emit("chat_message", message_json, payload.stream_id),
-        )
-        if first is not None:
-            return dict(loads(first), duplicate=True)
+        received_json = dumps(received)
+        while True:
+            message = {
+                "message_id": message_id, "stream_id": payload.stream_id,
+                "user_id": identity.user_id, "username": identity.name, "message": text,
+                "message_type": "TIP", "tip_amount": amount, "created_at": created,
+            }
+            ack = {"success": True, "tip": received, "message_id": message_id}
+            message_json = dumps(message)
+            try:
+                first = await self.state.tip(
+                    payload.stream_id, identity.user_id, payload.client_tip_id, payload.amount_cents,
+                    fee, message_id, dumps(ack), dumps(record), message_json,
+                    pubsub_emit("tip_received", received_json, payload.stream_id),
+                    pubsub_emit("chat_message", message_json, payload.stream_id),
+                )
+            except Stale as exc:
+                message_id = uuid7(after=exc.cleared)
+                continue
+            if first is not None:
+                return dict(loads(first), duplicate=True)
+            return ack
+
+    # -- moderation ---------------------------------------------------------------
+    def _current(self, identity: Identity | None) -> Identity:
+        """A signed-in identity whose token has not expired since the connection was made."""
+        if identity is None:
+            raise HubError("unauthorized", "Sign in first.")
+        if identity.expires_at and identity.expires_at + self.settings.jwt_leeway < time.time():
+            raise TokenExpired
+        return identity
+
+    async def moderate(self, identity: Identity | None, m: Moderation) -> dict[str, Any]:
+        """One action of PROTOCOL §8: checked, applied, recorded and broadcast in one script."""
+        who = self._current(identity)
+        action_id = uuid7()
+        created_ms = uuid7_ms(action_id)
+        record: dict[str, Any] = {"action_id": action_id, "action": m.action, "stream_id": m.stream_id,
+                                  "by": who.user_id, "created_at": iso_ms(created_ms)}
+        for name in ("user_id", "message_id", "seconds", "reason"):
+            if getattr(m, name) not in (None, ""):
+                record[name] = getattr(m, name)
+        base = {"stream_id": m.stream_id}
+        value, control = "", b""
+        if m.action == "delete_message":
+            event, data = "message_deleted", dict(base, message_id=m.message_id, by=who.user_id)
+        elif m.action == "timeout_user":
+            assert m.seconds is not None
+            ends = created_ms + m.seconds * 1000
+            value, record["until"] = str(ends), iso_ms(ends)
+            event, data = "user_timed_out", dict(base, user_id=m.user_id, until=record["until"],
+                                                 by=who.user_id)
+        elif m.action == "ban_user":
+            event, data = "user_banned", dict(base, user_id=m.user_id, by=who.user_id)
+            control = dumps({"kind": "ban", "stream_id": m.stream_id, "user_id": m.user_id,
+                             "reason": m.reason})
+        elif m.action == "unban_user":
+            event, data = "user_unbanned", dict(base, user_id=m.user_id, by=who.user_id)
+        elif m.action == "clear_chat":
+            value = action_id  # every message with an older id is cleared
+            event, data = "chat_cleared", dict(base, by=who.user_id)
+        elif m.action == "set_slow_mode":
+            value = str(m.seconds)
+            event, data = "slow_mode", dict(base, seconds=m.seconds, by=who.user_id)
+        else:  # add_moderator, remove_moderator: the script writes the list in
+            event, data = "moderators_changed", None
+        if data is None:
+            pub, tail = pubsub_emit(event, b'{"stream_id":' + dumps(m.stream_id) + b',"moderators":'
+                                    + _SPLIT + b"}", m.stream_id).split(_SPLIT)
+        else:
+            pub, tail = pubsub_emit(event, dumps(data), m.stream_id), b""
+        call = dict(target=m.user_id, message_id=m.message_id, value=value, record_json=dumps(record),
+                    pub_json=pub, pub_tail=tail, control_json=control)
+        try:
+            try:
+                moderators = await self.state.moderate(m.stream_id, m.action, who.user_id, who.is_admin,
+                                                       **call)
+            except MessageMissing:
+                if not await self.history.has_message(m.stream_id, m.message_id):
+                    raise HubError("not_found", "No such message.") from None
+                moderators = await self.state.moderate(m.stream_id, m.action, who.user_id, who.is_admin,
+                                                       found=True, **call)
+        except NoStream:
+            if await self.history.stream(m.stream_id) is not None:
+                raise HubError("stream_not_live", "The stream has ended.") from None
+            raise HubError("not_found") from None
+        ack: dict[str, Any] = {"success": True, "action": record}
+        if moderators is not None:
+            ack["moderators"] = loads(moderators)
         return ack
+
+    async def moderation_log(self, identity: Identity, stream_id: str, limit: int) -> list[dict[str, Any]]:
+        """The stream's moderation actions, newest first: those still in Redis (maybe not
+        flushed yet) merged with MySQL's. For the streamer, its moderators and admins."""
+        streamer, moderator = await self.state.standing(stream_id, identity.user_id)
+        if streamer is None:
+            row = await self.history.stream(stream_id)
+            if row is None:
+                raise HubError("not_found")
+            streamer = row["streamer_id"]
+        if not (identity.user_id == streamer or identity.is_admin or moderator):
+            raise HubError("forbidden", "Only the streamer, its moderators or an admin may read this.")
+        merged = {r["action_id"]: records.action_from_row(r)
+                  for r in await self.history.moderation_actions(stream_id, limit)}
+        for item in await self.state.moderation_log(stream_id):
+            action = loads(item)
+            merged[action["action_id"]] = action
+        return sorted(merged.values(), key=lambda a: a["action_id"], reverse=True)[:limit]
 
     # -- streams ------------------------------------------------------------------
     async def create_stream(self, identity: Identity, payload: CreateStream) -> dict[str, Any]:
@@ -233,7 +342,7 @@ class Hub:
     async def chat_history(self, stream_id: str, before: str | None, limit: int) -> list[dict[str, Any]]:
         """The newest ``limit`` messages older than ``before``, oldest first: the recent buffer
         in Redis first, then MySQL for what the buffer no longer holds."""
-        buffered, total = await self.state.recent(stream_id)
+        buffered, total, deleted, cleared = await self.state.recent(stream_id)
         if total < 0:
             if await self.history.stream(stream_id) is None:
                 raise HubError("not_found")
@@ -244,8 +353,11 @@ class Hub:
             messages = [m for m in messages if m["message_id"] < before]
         page = messages[-limit:]
         if len(page) < limit and total > len(buffered):
+            # Deletions and a clear not flushed yet are hidden here; MySQL has the rest marked.
             oldest = page[0]["message_id"] if page else before
-            rows = await self.history.messages_before(stream_id, oldest, limit - len(page))
+            wanted = limit - len(page)
+            rows = await self.history.messages_before(stream_id, oldest, wanted + len(deleted), cleared)
+            rows = [r for r in rows if r["message_id"] not in deleted][:wanted]
             page = [records.message_from_row(r) for r in reversed(rows)] + page
         return page
 

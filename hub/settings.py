@@ -73,6 +73,7 @@ class Settings:
     currency: str = "USD"
     chat_rate: int = 20
     chat_period: int = 30
+    chat_rate_privileged: int = 100
     tip_rate: int = 10
     tip_period: int = 10
     conn_rate: int = 30
@@ -126,6 +127,8 @@ class Settings:
             currency=env.get("HUB_CURRENCY", default.currency).strip().upper(),
             chat_rate=_int(env, "HUB_CHAT_RATE", default.chat_rate, 1, 100_000),
             chat_period=_int(env, "HUB_CHAT_PERIOD", default.chat_period, 1, 86_400),
+            chat_rate_privileged=_int(env, "HUB_CHAT_RATE_PRIVILEGED", default.chat_rate_privileged,
+                                      1, 100_000),
             tip_rate=_int(env, "HUB_TIP_RATE", default.tip_rate, 1, 100_000),
             tip_period=_int(env, "HUB_TIP_PERIOD", default.tip_period, 1, 86_400),
             conn_rate=_int(env, "HUB_CONN_RATE", default.conn_rate, 1, 1_000_000),

@@ -31,13 +31,20 @@ Action = Callable[[Conn, Any], Awaitable[dict[str, Any]]]
 
 class HubRedisManager(socketio.AsyncRedisManager):
     """python-socketio's Redis manager with a listener that reconnects by itself and stops
-    when told, and that tells the worker when a room is closed from any worker."""
+    when told, and that tells the worker when a room is closed from any worker.
+
+    It also listens on the hub's control channel, whose orders (a banned user's sockets leave
+    a room) go to ``on_control`` instead of python-socketio's dispatch."""
 
     RETRY_MAX = 5.0
 
-    def __init__(self, *args: Any, on_close_room: Callable[[str], Awaitable[None]], **kwargs: Any):
+    def __init__(self, *args: Any, on_close_room: Callable[[str], Awaitable[None]],
+                 control_channel: str, on_control: Callable[[dict[str, Any]], Awaitable[None]],
+                 **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._on_close_room = on_close_room
+        self.control_channel = control_channel
+        self._on_control = on_control
         self.closing = False
 
     async def _redis_listen_with_retries(self) -> AsyncIterator[dict[str, Any]]:
@@ -49,13 +56,18 @@ class HubRedisManager(socketio.AsyncRedisManager):
             try:
                 await self._close_connections()
                 self._redis_connect()
-                await self.pubsub.subscribe(self.channel)
+                await self.pubsub.subscribe(self.channel, self.control_channel)
                 retry = 0.25
+                control = self.control_channel.encode()
                 while not self.closing:
                     # A bounded wait, so a stop is seen within a second even when the
                     # cancellation is lost inside the Redis client's blocking read.
                     message = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is not None:
+                    if message is None:
+                        continue
+                    if message.get("channel") == control:
+                        await self._control(message.get("data"))
+                    else:
                         yield message
             except asyncio.CancelledError:
                 raise
@@ -65,6 +77,16 @@ class HubRedisManager(socketio.AsyncRedisManager):
                 log.warning("pub/sub listener lost Redis (%s); resubscribing in %.2fs", exc, retry)
                 await asyncio.sleep(retry)
                 retry = min(retry * 2, self.RETRY_MAX)
+
+    async def _control(self, data: Any) -> None:
+        try:
+            order = self.json.loads(data)
+            if isinstance(order, dict):
+                await self._on_control(order)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("control order failed")
 
     async def _close_connections(self) -> None:
         pubsub, client = self.pubsub, self.redis
@@ -156,7 +178,10 @@ class StreamingNamespace:
             "leave_stream": self.leave,
             "send_message": self.chat,
             "send_tip": self.tip,
+            "send_alert": self.alert,
         }
+        for event in payloads.MODERATION_ACTIONS:
+            actions[event] = self._moderation(event)
         for event, action in actions.items():
             sio.on(event, self._handler(event, action), namespace=NAMESPACE)
 
@@ -254,6 +279,35 @@ class StreamingNamespace:
 
     async def tip(self, conn: Conn, data: Any) -> dict[str, Any]:
         return await self._hub().tip(conn, payloads.Tip.parse(data, self.settings))
+
+    async def alert(self, conn: Conn, data: Any) -> dict[str, Any]:
+        return await self._hub().alert(conn.identity, payloads.Alert.parse(data))
+
+    def _moderation(self, event: str) -> Action:
+        async def act(conn: Conn, data: Any) -> dict[str, Any]:
+            if conn.identity is None:
+                raise HubError("unauthorized", "Sign in to moderate.")
+            return await self._hub().moderate(conn.identity, payloads.Moderation.parse(event, data))
+
+        return act
+
+    async def control(self, order: dict[str, Any]) -> None:
+        """An order from the control channel, sent by whichever worker took the action."""
+        if order.get("kind") == "ban":
+            await self.banned(str(order.get("stream_id")), str(order.get("user_id")), order.get("reason"))
+
+    async def banned(self, stream_id: str, user_id: str, reason: str | None) -> None:
+        """The user was banned from the stream: their sockets here are told, leave the room and
+        watch nothing (the ban script already removed their presence)."""
+        presence = self._presence()
+        for sid in list(presence.rooms.get(stream_id, ())):
+            conn = presence.conns.get(sid)
+            if conn is None or conn.identity is None or conn.identity.user_id != user_id:
+                continue
+            presence.unwatch(conn)
+            await self.sio.leave_room(sid, stream_id, namespace=NAMESPACE)
+            await self.sio.emit("banned", {"stream_id": stream_id, "reason": reason}, to=sid,
+                                namespace=NAMESPACE, ignore_queue=True)
 
     async def drain(self, seconds: float) -> None:
         """Refuse new connections, remove this worker's presence at once, then close every

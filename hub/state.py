@@ -14,7 +14,9 @@ from hub.errors import HubError
 from hub.keys import NAMESPACE, OUTBOX_GROUP, Keys
 from hub.settings import Settings
 
-SCRIPTS = ("admit", "touch", "join", "leave", "refresh", "reap", "chat", "tip", "create", "start", "end")
+SCRIPTS = ("admit", "touch", "join", "leave", "refresh", "reap", "chat", "tip", "create", "start", "end",
+           "moderate")
+MODLOG_SIZE = 200
 
 
 def _load_scripts(client: aioredis.Redis) -> dict[str, AsyncScript]:
@@ -30,9 +32,19 @@ def _result(reply: list[Any]) -> list[Any]:
     """A script's reply, or the HubError it stands for."""
     status = reply[0]
     if status == "err":
-        retry_ms = int(reply[2]) if len(reply) > 2 else None
-        raise HubError(str(reply[1]), retry_after=None if retry_ms is None else retry_ms / 1000)
+        retry_ms = int(reply[2]) if len(reply) > 2 and reply[2] is not None else None
+        message = str(reply[3]) if len(reply) > 3 else None
+        raise HubError(str(reply[1]), message,
+                       retry_after=None if retry_ms is None else retry_ms / 1000)
     return reply
+
+
+class Stale(Exception):
+    """A message id older than the stream's last chat clear; retry with an id after ``cleared``."""
+
+    def __init__(self, cleared: str) -> None:
+        super().__init__(cleared)
+        self.cleared = cleared
 
 
 async def outbox_lag(client: aioredis.Redis, keys: Keys) -> dict[str, Any]:
@@ -133,14 +145,29 @@ class State:
         if ids:
             await self.redis.zrem(self.keys.streamer_streams(user_id), *ids)
 
-    async def recent(self, stream_id: str) -> tuple[list[str], int]:
-        """The recent buffer (JSON texts) and the stream's message count (-1: no live state)."""
+    async def recent(self, stream_id: str) -> tuple[list[str], int, set[str], str | None]:
+        """The recent buffer (JSON texts), the stream's message count (-1: no live state), the
+        deleted message ids, and the id below which the chat was cleared (None: never)."""
         k = self.keys
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.lrange(k.recent(stream_id), 0, -1)
-            pipe.hget(k.stream(stream_id), "message_count")
-            items, count = await pipe.execute()
-        return items, -1 if count is None else int(count)
+            pipe.hmget(k.stream(stream_id), "message_count", "cleared_before")
+            pipe.smembers(k.deleted(stream_id))
+            items, (count, cleared), deleted = await pipe.execute()
+        return items, -1 if count is None else int(count), set(deleted), cleared
+
+    async def moderation_log(self, stream_id: str) -> list[str]:
+        """The newest moderation actions (JSON texts), newest first."""
+        return list(await self.redis.lrange(self.keys.modlog(stream_id), 0, -1))
+
+    async def standing(self, stream_id: str, user_id: str) -> tuple[str | None, bool]:
+        """The stream's streamer (None: no live state) and whether the user is a moderator."""
+        k = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(k.stream(stream_id), "streamer_id")
+            pipe.sismember(k.moderators(stream_id), user_id)
+            streamer, moderator = await pipe.execute()
+        return streamer, bool(moderator)
 
     # -- presence -----------------------------------------------------------------
     async def admit(self, address: str, sid: str, user_id: str | None) -> None:
@@ -179,7 +206,8 @@ class State:
         k, s = self.keys, self.settings
         reply = await self._run(
             "join",
-            [k.stream(stream_id), k.conns(stream_id), k.recent(stream_id), k.join_rate(viewer)],
+            [k.stream(stream_id), k.conns(stream_id), k.recent(stream_id), k.join_rate(viewer),
+             k.sanctions(stream_id)],
             [*self._base, stream_id, member, self._ttl_ms, sid, username, s.join_rate,
              s.join_period * 1000],
         )
@@ -195,7 +223,7 @@ class State:
         flat = [x for triple in members for x in triple]
         reply = await self._run(
             "refresh",
-            [k.stream(stream_id), k.conns(stream_id)],
+            [k.stream(stream_id), k.conns(stream_id), k.sanctions(stream_id)],
             [*self._base, stream_id, self._ttl_ms, *flat],
         )
         return int(reply[1])
@@ -209,28 +237,70 @@ class State:
         return int(self.settings.presence_ttl * 1000)
 
     # -- chat and tips ------------------------------------------------------------
-    async def chat(self, stream_id: str, user_id: str, message_json: bytes, pub_json: bytes) -> None:
+    async def chat(self, stream_id: str, user_id: str, is_admin: bool, message_id: str,
+                   message_json: bytes, pub_json: bytes, kind: str = "chat") -> None:
+        """Accept a chat message (or, with ``kind`` alert, the streamer's trade alert).
+        Raises Stale when the message id is older than the stream's last chat clear."""
         k, s = self.keys, self.settings
-        await self._run(
+        reply = await self._run(
             "chat",
-            [k.stream(stream_id), k.chat_rate(user_id), k.recent(stream_id), k.outbox, k.channel],
-            [s.chat_rate, s.chat_period * 1000, s.recent_size, message_json, pub_json],
+            [k.stream(stream_id), k.chat_rate(user_id), k.recent(stream_id), k.outbox, k.channel,
+             k.sanctions(stream_id), k.moderators(stream_id), k.slow(stream_id, user_id)],
+            [s.chat_rate, s.chat_rate_privileged, s.chat_period * 1000, s.recent_size, message_json,
+             pub_json, user_id, "1" if is_admin else "0", kind, message_id],
         )
+        if reply[0] == "stale":
+            raise Stale(reply[1])
 
     async def tip(
         self, stream_id: str, user_id: str, client_tip_id: str | None, amount_cents: int,
-        fee_cents: int, ack_json: bytes, tip_json: bytes, message_json: bytes,
+        fee_cents: int, message_id: str, ack_json: bytes, tip_json: bytes, message_json: bytes,
         pub_tip: bytes, pub_message: bytes,
     ) -> bytes | None:
-        """Apply a tip; returns the first ack when this ``client_tip_id`` was seen before."""
+        """Apply a tip; returns the first ack when this ``client_tip_id`` was seen before.
+        Raises Stale like ``chat``."""
         k, s = self.keys, self.settings
         idem = k.tip_idempotency(user_id, client_tip_id or "-")
         reply = await self._run(
             "tip",
             [k.stream(stream_id), k.tip_rate(user_id), idem, k.recent(stream_id), k.outbox,
-             k.channel],
+             k.channel, k.sanctions(stream_id)],
             [s.tip_rate, s.tip_period * 1000, s.recent_size, amount_cents, fee_cents,
              s.tip_idempotency_ttl, ack_json, tip_json, message_json, pub_tip, pub_message,
-             "1" if client_tip_id else "0"],
+             "1" if client_tip_id else "0", user_id, message_id],
         )
+        if reply[0] == "stale":
+            raise Stale(reply[1])
         return reply[1] if reply[0] == "dup" else None
+
+    # -- moderation ---------------------------------------------------------------
+    async def moderate(
+        self, stream_id: str, action: str, actor: str, is_admin: bool, *, target: str = "",
+        message_id: str = "", value: str = "", record_json: bytes, pub_json: bytes,
+        pub_tail: bytes = b"", control_json: bytes = b"", found: bool = False,
+    ) -> str | None:
+        """Apply one moderation action. Returns the moderators (JSON list) after a change of
+        moderators; raises MessageMissing when a message to delete is not in the recent buffer."""
+        k = self.keys
+        reply = await self._run(
+            "moderate",
+            [k.stream(stream_id), k.moderators(stream_id), k.sanctions(stream_id),
+             k.recent(stream_id), k.deleted(stream_id), k.conns(stream_id), k.outbox, k.channel,
+             k.control, k.modlog(stream_id)],
+            [*self._base, stream_id, action, actor, "1" if is_admin else "0", target, message_id,
+             value, record_json, pub_json, pub_tail, control_json, MODLOG_SIZE,
+             "1" if found else "0"],
+        )
+        if reply[0] == "missing":
+            raise MessageMissing
+        if reply[0] == "no_stream":
+            raise NoStream
+        return reply[1] if len(reply) > 1 else None
+
+
+class NoStream(Exception):
+    """The stream has no live state in Redis (ended and expired, or never existed)."""
+
+
+class MessageMissing(Exception):
+    """The message to delete is not in the recent buffer; it may be in MySQL."""

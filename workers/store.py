@@ -17,7 +17,7 @@ import aiomysql
 import orjson
 
 from hub.codec import parse_iso
-from hub.money import from_cents
+from hub.money import decimal_json, exact_decimal, from_cents
 
 STREAM_COLUMNS = (
     "stream_id", "streamer_id", "streamer_name", "title", "description", "thumbnail_url",
@@ -30,6 +30,8 @@ MESSAGE_COLUMNS = ("message_id", "stream_id", "user_id", "username", "message", 
 TIP_COLUMNS = ("tip_id", "stream_id", "from_user_id", "to_user_id", "amount", "platform_fee",
                "streamer_share", "currency", "message", "client_tip_id", "created_at")
 SESSION_COLUMNS = ("session_id", "stream_id", "user_id", "joined_at", "left_at", "watch_seconds")
+ACTION_COLUMNS = ("action_id", "stream_id", "action", "by_user", "user_id", "message_id", "seconds",
+                  "reason", "ends_at", "created_at")
 
 
 def _insert(table: str, columns: tuple[str, ...], update: str) -> str:
@@ -51,6 +53,27 @@ UPSERT_TIPS = _insert("tips", TIP_COLUMNS,
 UPSERT_SESSIONS = _insert("viewing_sessions", SESSION_COLUMNS,
                           "left_at = GREATEST(left_at, VALUES(left_at)), "
                           "watch_seconds = GREATEST(watch_seconds, VALUES(watch_seconds))")
+
+INSERT_ACTIONS = _insert("moderation_actions", ACTION_COLUMNS, "action_id = action_id")
+# A deleted message, and every message older than a clear, is marked, never erased.
+MARK_DELETED = ("UPDATE chat_messages SET deleted_at = %s, deleted_by = %s "
+                "WHERE message_id = %s AND stream_id = %s AND deleted_at IS NULL")
+MARK_CLEARED = ("UPDATE chat_messages SET deleted_at = %s, deleted_by = %s "
+                "WHERE stream_id = %s AND message_id < %s AND deleted_at IS NULL")
+# Messages written after the deletion or clear that hides them (another flusher wrote the
+# action first): marked from the recorded actions.
+MODERATED_STREAMS = ("SELECT DISTINCT stream_id FROM moderation_actions WHERE stream_id IN ({}) "
+                     "AND action IN ('delete_message', 'clear_chat')")
+MARK_LATE_DELETED = (
+    "UPDATE chat_messages m JOIN moderation_actions a ON a.message_id = m.message_id "
+    "AND a.stream_id = m.stream_id AND a.action = 'delete_message' "
+    "SET m.deleted_at = a.created_at, m.deleted_by = a.by_user "
+    "WHERE m.message_id IN ({}) AND m.deleted_at IS NULL")
+MARK_LATE_CLEARED = (
+    "UPDATE chat_messages m JOIN moderation_actions a ON a.stream_id = m.stream_id "
+    "AND a.action = 'clear_chat' AND a.action_id > m.message_id "
+    "SET m.deleted_at = a.created_at, m.deleted_by = a.by_user "
+    "WHERE m.message_id IN ({}) AND m.deleted_at IS NULL")
 
 
 class BadRecord(ValueError):
@@ -94,12 +117,23 @@ def stream_row(d: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
+def _alert_json(alert: Any) -> str | None:
+    """An alert for its JSON column, its price written as the exact decimal text."""
+    if alert is None:
+        return None
+    if not isinstance(alert, dict):
+        raise ValueError("an alert must be an object")
+    price = alert.get("price")
+    if price is not None:
+        alert = dict(alert, price=decimal_json(exact_decimal(price)))
+    return orjson.dumps(alert).decode()
+
+
 def message_row(d: dict[str, Any]) -> tuple[Any, ...]:
-    alert = d.get("alert")
     return (
         d["message_id"], d["stream_id"], d["user_id"], d.get("username"), d["message"],
-        d["message_type"], _exact(d.get("tip_amount")),
-        None if alert is None else orjson.dumps(alert).decode(), _iso(d["created_at"]),
+        d["message_type"], _exact(d.get("tip_amount")), _alert_json(d.get("alert")),
+        _iso(d["created_at"]),
     )
 
 
@@ -119,6 +153,17 @@ def session_row(d: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
+def action_row(d: dict[str, Any]) -> tuple[Any, ...]:
+    seconds = d.get("seconds")
+    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, int)):
+        raise ValueError("seconds must be a whole number")
+    until = d.get("until")
+    return (
+        d["action_id"], d["stream_id"], d["action"], d["by"], d.get("user_id"), d.get("message_id"),
+        seconds, d.get("reason"), None if until is None else _iso(until), _iso(d["created_at"]),
+    )
+
+
 @dataclass
 class Batch:
     """Outbox records of one read, folded so each key appears once."""
@@ -127,6 +172,7 @@ class Batch:
     messages: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     tips: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     sessions: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    actions: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
     def add(self, kind: str, data: str) -> None:
         try:
@@ -147,6 +193,8 @@ class Batch:
                 old = self.sessions.get(row[0])
                 if old is None or old[4] <= row[4]:
                     self.sessions[row[0]] = row
+            elif kind == "moderation":
+                self.actions[d["action_id"]] = action_row(d)
             else:
                 raise BadRecord(f"unknown record type {kind!r}")
         except BadRecord:
@@ -156,7 +204,8 @@ class Batch:
             raise BadRecord(f"{type(exc).__name__}: {exc}") from exc
 
     def __len__(self) -> int:
-        return len(self.streams) + len(self.messages) + len(self.tips) + len(self.sessions)
+        return (len(self.streams) + len(self.messages) + len(self.tips) + len(self.sessions)
+                + len(self.actions))
 
 
 class Store:
@@ -176,8 +225,33 @@ class Store:
                     ):
                         if rows:
                             await cur.executemany(sql, list(rows.values()))
+                    await self._moderate(cur, batch)
                 await conn.commit()
             except BaseException:
                 with contextlib.suppress(Exception):
                     await conn.rollback()
                 raise
+
+    @staticmethod
+    async def _moderate(cur: Any, batch: Batch) -> None:
+        """Record the actions, then mark what they delete, in this batch and before it."""
+        if batch.actions:
+            rows = list(batch.actions.values())
+            await cur.executemany(INSERT_ACTIONS, rows)
+            # row: action_id, stream_id, action, by_user, user_id, message_id, ..., created_at
+            deleted = [(r[9], r[3], r[5], r[1]) for r in rows if r[2] == "delete_message"]
+            cleared = [(r[9], r[3], r[1], r[0]) for r in rows if r[2] == "clear_chat"]
+            if deleted:
+                await cur.executemany(MARK_DELETED, deleted)
+            if cleared:
+                await cur.executemany(MARK_CLEARED, cleared)
+        if not batch.messages:
+            return
+        streams = sorted({row[1] for row in batch.messages.values()})
+        await cur.execute(MODERATED_STREAMS.format(", ".join(["%s"] * len(streams))), streams)
+        moderated = {r["stream_id"] if isinstance(r, dict) else r[0] for r in await cur.fetchall()}
+        ids = [row[0] for row in batch.messages.values() if row[1] in moderated]
+        if ids:
+            marks = ", ".join(["%s"] * len(ids))
+            await cur.execute(MARK_LATE_DELETED.format(marks), ids)
+            await cur.execute(MARK_LATE_CLEARED.format(marks), ids)

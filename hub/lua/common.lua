@@ -120,3 +120,21 @@ local function rate_check(key, limit, period_ms, now)
   redis.call('SET', key, math.floor(new_tat), 'PX', math.ceil(new_tat - now) + 1)
   return nil
 end
+
+-- A user's ban or running timeout in one stream, as the refusal it stands for.
+local function sanction_check(key, user, now)
+  local s = redis.call('HGET', key, user)
+  if not s then return nil end
+  if s == 'ban' then return {'err', 'banned'} end
+  local ends = tonumber(string.sub(s, 3))
+  if ends and ends > now then return {'err', 'timed_out', ends - now} end
+  return nil
+end
+
+-- The user's standing in a stream: 'streamer', 'admin', 'moderator', or nil for a viewer.
+local function role_of(streamer, mods_key, user, is_admin)
+  if streamer == user then return 'streamer' end
+  if is_admin == '1' then return 'admin' end
+  if redis.call('SISMEMBER', mods_key, user) == 1 then return 'moderator' end
+  return nil
+end

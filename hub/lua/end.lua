@@ -25,7 +25,8 @@ outbox(prefix .. 'outbox', 'stream', stream_record(prefix, stream_id))
 emit(channel, namespace, 'stream_ended', {stream_id = stream_id, duration = duration}, stream_id)
 redis.call('PUBLISH', channel, cjson.encode({method = 'close_room', room = stream_id,
   namespace = namespace, host_id = 'redis'}))
-for _, key in ipairs({base, base .. ':unique', base .. ':recent'}) do
+for _, key in ipairs({base, base .. ':unique', base .. ':recent', base .. ':mods',
+                      base .. ':sanctions', base .. ':deleted', base .. ':modlog'}) do
   redis.call('EXPIRE', key, retention)
 end
 return {'ok', duration}

@@ -1,4 +1,4 @@
--- KEYS: stream hash, conns, recent list, join rate key
+-- KEYS: stream hash, conns, recent list, join rate key, sanctions
 -- ARGV: prefix, channel, namespace, stream_id, member, ttl_ms, sid, username, join limit, join period ms
 -- Returns {'ok', viewer count, stream hash (flat), recent messages}.
 local prefix, channel, namespace, stream_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -8,6 +8,9 @@ local bad = rate_check(KEYS[4], tonumber(ARGV[9]), tonumber(ARGV[10]), now)
 if bad then return bad end
 bad = live_check(KEYS[1])
 if bad then return bad end
+local _, _, viewer = split_member(member)
+local user = viewer_user(viewer)
+if user and redis.call('HGET', KEYS[5], user) == 'ban' then return {'err', 'banned'} end
 local expiry = now + ttl
 local count
 if redis.call('ZSCORE', KEYS[2], member) then

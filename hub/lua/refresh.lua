@@ -1,6 +1,6 @@
 -- Extend this worker's connections in one stream; re-assert any that were swept while the
--- worker could not refresh them (frozen, or Redis restarted).
--- KEYS: stream hash, conns
+-- worker could not refresh them (frozen, or Redis restarted), unless their user was banned.
+-- KEYS: stream hash, conns, sanctions
 -- ARGV: prefix, channel, namespace, stream_id, ttl_ms, then (member, sid, username) triples
 local prefix, channel, namespace, stream_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local ttl = tonumber(ARGV[5])
@@ -12,8 +12,12 @@ for i = 6, #ARGV, 3 do
   if redis.call('ZSCORE', KEYS[2], member) then
     redis.call('ZADD', KEYS[2], now + ttl, member)
   else
-    add_conn(prefix, channel, namespace, stream_id, member, now + ttl, ARGV[i + 1], ARGV[i + 2])
-    reasserted = reasserted + 1
+    local _, _, viewer = split_member(member)
+    local user = viewer_user(viewer)
+    if not (user and redis.call('HGET', KEYS[3], user) == 'ban') then
+      add_conn(prefix, channel, namespace, stream_id, member, now + ttl, ARGV[i + 1], ARGV[i + 2])
+      reasserted = reasserted + 1
+    end
   end
 end
 return {'ok', reasserted}

@@ -1,15 +1,21 @@
 -- One accepted tip: idempotency, checks, money counters (cents), the TIP chat message,
 -- outbox records and both broadcasts together.
--- KEYS: stream hash, rate key, idempotency key, recent list, outbox, channel
+-- KEYS: stream hash, rate key, idempotency key, recent list, outbox, channel, sanctions
 -- ARGV: rate limit, rate period ms, recent size, amount cents, fee cents, idempotency ttl s,
---       ack json, tip json, message json, tip pub/sub json, message pub/sub json, has idempotency key
+--       ack json, tip json, message json, tip pub/sub json, message pub/sub json,
+--       has idempotency key, user id, TIP message id
+-- Returns {'ok'}, {'dup', first ack}, an error, or {'stale', cleared_before} (see chat.lua).
 local bad = live_check(KEYS[1])
 if bad then return bad end
 if ARGV[12] == '1' then
   local first = redis.call('GET', KEYS[3])
   if first then return {'dup', first} end
 end
+local cleared = redis.call('HGET', KEYS[1], 'cleared_before')
+if cleared and ARGV[14] <= cleared then return {'stale', cleared} end
 local now = now_ms()
+bad = sanction_check(KEYS[7], ARGV[13], now)
+if bad then return bad end
 bad = rate_check(KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]), now)
 if bad then return bad end
 if ARGV[12] == '1' then

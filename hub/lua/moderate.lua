@@ -1,0 +1,110 @@
+-- One moderation action: role checks, the change to live state, the record (outbox and the
+-- stream's moderation log) and the broadcasts, together.
+-- KEYS: stream hash, moderators, sanctions, recent list, deleted set, conns, outbox, channel,
+--       control channel, moderation log
+-- ARGV: prefix, channel, namespace, stream_id, action, actor, admin ('1'/'0'), target user,
+--       message id, value (timeout end ms | watermark id | slow-mode seconds), record json,
+--       pub/sub json (for moderators_changed: its head), pub/sub tail, control json,
+--       log size, found ('1': the caller found the message in MySQL)
+-- Returns {'ok', moderators json}, an error, {'no_stream'} when the stream has no live state,
+-- or {'missing'} when a message to delete is not in
+-- the recent buffer (the caller looks in MySQL and calls again with found = '1').
+local prefix, channel, namespace, stream_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local action, actor, admin, target = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local h = redis.call('HMGET', KEYS[1], 'status', 'streamer_id', 'cleared_before')
+if not h[1] then return {'no_stream'} end
+if h[1] == 'ENDED' then return {'err', 'stream_not_live'} end
+local streamer = h[2]
+local role = role_of(streamer, KEYS[2], actor, admin)
+local owner = role == 'streamer' or role == 'admin'
+if action == 'add_moderator' or action == 'remove_moderator' then
+  if not owner then
+    return {'err', 'forbidden', false, 'Only the streamer or an admin may name moderators.'}
+  end
+elseif not role then
+  return {'err', 'forbidden', false, "Only the stream's streamer, its moderators or an admin may do this."}
+end
+
+if target ~= '' then
+  if target == streamer then
+    return {'err', 'forbidden', false, 'The streamer cannot be the target of this action.'}
+  end
+  if target == actor and action ~= 'remove_moderator' then
+    return {'err', 'forbidden', false, 'You cannot do this to yourself.'}
+  end
+end
+
+local function is_mod(user) return redis.call('SISMEMBER', KEYS[2], user) == 1 end
+local moderators = nil
+local now = now_ms()
+
+if action == 'delete_message' then
+  local id = ARGV[9]
+  if (h[3] and id <= h[3]) or redis.call('SISMEMBER', KEYS[5], id) == 1 then
+    return {'err', 'not_found', false, 'No such message.'}
+  end
+  local needle = '"message_id":"' .. id .. '"'
+  local found = false
+  for _, item in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
+    if string.find(item, needle, 1, true) then
+      redis.call('LREM', KEYS[4], 1, item)
+      found = true
+      break
+    end
+  end
+  if not found and ARGV[16] ~= '1' then return {'missing'} end
+  redis.call('SADD', KEYS[5], id)
+elseif action == 'timeout_user' or action == 'ban_user' then
+  if is_mod(target) then
+    return {'err', 'forbidden', false, 'Moderators cannot be timed out or banned; remove them as moderator first.'}
+  end
+  local current = redis.call('HGET', KEYS[3], target)
+  if current == 'ban' then return {'err', 'conflict', false, 'The user is already banned.'} end
+  if action == 'timeout_user' then
+    redis.call('HSET', KEYS[3], target, 't:' .. ARGV[10])
+  else
+    redis.call('HSET', KEYS[3], target, 'ban')
+  end
+elseif action == 'unban_user' then
+  if redis.call('HDEL', KEYS[3], target) == 0 then
+    return {'err', 'conflict', false, 'The user is neither banned nor timed out.'}
+  end
+elseif action == 'clear_chat' then
+  redis.call('DEL', KEYS[4])
+  redis.call('HSET', KEYS[1], 'cleared_before', ARGV[10])
+elseif action == 'set_slow_mode' then
+  redis.call('HSET', KEYS[1], 'slow_mode', ARGV[10])
+elseif action == 'add_moderator' then
+  if redis.call('HGET', KEYS[3], target) == 'ban' then
+    return {'err', 'conflict', false, 'The user is banned; lift the ban first.'}
+  end
+  redis.call('SADD', KEYS[2], target)
+elseif action == 'remove_moderator' then
+  redis.call('SREM', KEYS[2], target)
+else
+  return {'err', 'invalid'}
+end
+
+redis.call('XADD', KEYS[7], '*', 't', 'moderation', 'd', ARGV[11])
+redis.call('LPUSH', KEYS[10], ARGV[11])
+redis.call('LTRIM', KEYS[10], 0, tonumber(ARGV[15]) - 1)
+if action == 'add_moderator' or action == 'remove_moderator' then
+  local list = redis.call('SMEMBERS', KEYS[2])
+  table.sort(list)
+  moderators = #list == 0 and '[]' or cjson.encode(list)
+  redis.call('PUBLISH', KEYS[8], ARGV[12] .. moderators .. ARGV[13])
+else
+  redis.call('PUBLISH', KEYS[8], ARGV[12])
+end
+if action == 'ban_user' then
+  redis.call('PUBLISH', KEYS[9], ARGV[14])
+  -- The user's connections stop watching now; their workers take the sockets out of the room.
+  for _, member in ipairs(redis.call('ZRANGE', KEYS[6], 0, -1)) do
+    local _, _, viewer = split_member(member)
+    if viewer == 'u:' .. target then
+      redis.call('ZREM', KEYS[6], member)
+      drop_conn(prefix, channel, namespace, stream_id, member, now)
+    end
+  end
+end
+return {'ok', moderators or false}
