@@ -92,7 +92,10 @@ def create_app(settings: Settings) -> web.Application:
         client_manager=manager,
         json=json_module,
         cors_allowed_origins=list(settings.cors_origins) or None,
-        max_http_buffer_size=settings.max_payload,
+        # Events over HUB_MAX_PAYLOAD get payload_too_large; a message over four times that
+        # closes the connection at the transport, before it is read whole.
+        event_limit=settings.max_payload,
+        max_http_buffer_size=settings.max_payload * 4,
         async_handlers=False,
         logger=False,
         engineio_logger=False,

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -129,10 +130,43 @@ class HubServer(socketio.AsyncServer):
     stops reading is cut off instead of holding an ever-growing queue, and the other
     clients are never made to wait for it."""
 
-    def __init__(self, *args: Any, send_queue_limit: int, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, send_queue_limit: int, event_limit: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.send_queue_limit = send_queue_limit
+        self.event_limit = event_limit
         self.cut_off = 0
+
+    # An event packet's head: type 2, namespace, ack id, and the event name if it comes first.
+    _EVENT_HEAD = re.compile(r'2(/[^,\[]*,)?(\d{1,12})?(?:\["([^"\\]{1,64})")?')
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        """An event larger than ``event_limit`` is answered ``payload_too_large`` without being
+        decoded; the connection stays open. (The transport closes a connection whose message
+        exceeds its own, larger, limit.)"""
+        if isinstance(data, str) and len(data) * 4 > self.event_limit and \
+                len(data.encode()) > self.event_limit and eio_sid not in self._binary_packet:
+            await self._refuse_oversized(eio_sid, data)
+            return
+        if isinstance(data, bytes) and len(data) > self.event_limit:
+            return  # the hub's protocol has no binary events
+        await super()._handle_eio_message(eio_sid, data)
+
+    async def _refuse_oversized(self, eio_sid: str, data: str) -> None:
+        head = self._EVENT_HEAD.match(data, 0, 200)
+        if head is None:
+            return
+        namespace = (head.group(1) or "/,")[:-1]
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        if sid is None:
+            return
+        body = HubError("payload_too_large",
+                        f"Events may be at most {self.event_limit} bytes.").body()
+        await self.emit("error", dict(body, event=head.group(3)), to=sid, namespace=namespace,
+                        ignore_queue=True)
+        if head.group(2) is not None:
+            await self._send_packet(eio_sid, self.packet_class(
+                socketio.packet.ACK, namespace=namespace, id=int(head.group(2)),
+                data=[{"success": False, "error": body}]))
 
     # Names python-socketio dispatches to the lifecycle handlers; a client may not send them.
     RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "__disconnect_final"})

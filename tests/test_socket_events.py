@@ -417,10 +417,24 @@ async def test_malformed_frames_do_not_hurt_the_worker(frame, http, base_url, cl
     await still_works(c, stream["id"])
 
 
-async def test_oversized_event_is_refused_and_the_worker_lives(clients, base_url, token, stream):
+async def test_an_oversized_event_is_refused_and_the_socket_stays(clients, base_url, token, stream, api):
+    _, c = await joined_viewer(clients, base_url, token, stream["id"])
+    before = (await stats(api, stream["id"]))["message_count"]
+    ack = await c.call("send_message", {"stream_id": stream["id"], "message": "x" * 20_000})
+    assert ack["success"] is False and ack["error"]["code"] == "payload_too_large", ack
+    error = await c.wait_for("error", lambda e: e["code"] == "payload_too_large")
+    assert error["event"] == "send_message"
+    # Without an ack id too: the error event alone.
+    await c.emit("send_tip", {"stream_id": stream["id"], "amount": 5, "message": "é" * 9_000})
+    await c.wait_for("error", lambda e: e["code"] == "payload_too_large" and e["event"] == "send_tip")
+    assert (await stats(api, stream["id"]))["message_count"] == before
+    await still_works(c, stream["id"])
+
+
+async def test_a_message_over_the_transport_limit_closes_that_connection(clients, base_url, token, stream):
     _, c = await joined_viewer(clients, base_url, token, stream["id"])
     try:
-        await c.emit("send_message", {"stream_id": stream["id"], "message": "x" * 20_000})
+        await c.emit("send_message", {"stream_id": stream["id"], "message": "x" * 70_000})
     except Exception:
         pass
 
