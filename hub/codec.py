@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
 import uuid
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -26,10 +28,35 @@ class OrjsonModule:
 
     @staticmethod
     def loads(data: str | bytes, **_: Any) -> Any:
-        return orjson.loads(data)
+        return loads_exact(data)
 
 
 json_module = OrjsonModule()
+
+
+def _has_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(_has_float(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_float(v) for v in value)
+    return False
+
+
+def loads_exact(data: str | bytes) -> Any:
+    """Inbound JSON with every non-integer number as the exact Decimal it was written as.
+
+    orjson reads the common payload (no fractional numbers) fast; one that holds a float is read
+    again with ``parse_float=Decimal``, so ``1.0000000000000001`` is not taken for ``1.0``.
+    """
+    value = orjson.loads(data)
+    if _has_float(value):
+        try:
+            return json.loads(data, parse_float=Decimal)
+        except ValueError:
+            return value
+    return value
 
 
 def dumps(obj: Any) -> bytes:

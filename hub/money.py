@@ -31,11 +31,13 @@ def money_json(cents: int | None) -> orjson.Fragment | None:
 
 
 def exact_decimal(value: object) -> Decimal:
-    """A JSON number (int, float, or decimal text) as the exact decimal it was written as.
+    """A JSON number (Decimal, int, float, or decimal text) as the exact decimal it was written as.
 
     A JSON float's shortest repr is the text the client sent when it has at most 15
     significant digits, which is why callers bound the digits they accept.
     """
+    if isinstance(value, Decimal):
+        return value
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError("not a number")
     return Decimal(repr(value) if isinstance(value, float) else str(value).strip())

@@ -80,17 +80,14 @@ def _text(data: dict[str, Any], name: str, limit: int, *, required: bool = False
 def amount_cents(value: Any, settings: Settings) -> int:
     """A positive amount with at most two decimals within the configured range, in cents.
 
-    JSON numbers arrive as floats; their shortest repr is the text the client wrote, so
-    ``Decimal(repr(x))`` recovers it exactly before any arithmetic.
+    Inbound JSON numbers arrive as exact Decimals (``codec.loads_exact``); a float (from a
+    caller that decoded JSON itself) is read from its shortest repr.
     """
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise invalid("'amount' must be a number.")
     if isinstance(value, float) and not math.isfinite(value):
         raise invalid("'amount' must be a finite number.")
-    text = repr(value) if isinstance(value, float) else str(value).strip()
     try:
-        amount = Decimal(text)
-    except InvalidOperation as exc:
+        amount = exact_decimal(value)
+    except (ValueError, InvalidOperation) as exc:
         raise invalid("'amount' must be a number.") from exc
     if not amount.is_finite() or amount <= 0:
         raise invalid("'amount' must be a positive number.")
@@ -269,13 +266,13 @@ def target_user(data: dict[str, Any]) -> str:
 
 def whole_seconds(data: dict[str, Any], low: int, high: int) -> int:
     value = data.get("seconds")
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
         raise invalid("'seconds' must be a whole number.")
-    if not low <= value <= high:
+    if not (math.isfinite(value) and low <= value <= high):  # the range first: 1e999999 is no int
         raise invalid(f"'seconds' must be between {low} and {high}.")
-    return value
+    if value != int(value):
+        raise invalid("'seconds' must be a whole number.")
+    return int(value)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 
 from hub import payloads
 from hub.auth import Identity, Verifier, bearer
+from hub.codec import loads_exact
 from hub.errors import HubError
 from hub.service import Hub
 from hub.settings import Settings
@@ -91,7 +92,7 @@ async def read_json(request: web.Request) -> Any:
     if not body.strip():
         return {}
     try:
-        return orjson.loads(body)
+        return loads_exact(body)
     except orjson.JSONDecodeError as exc:
         raise HubError("invalid", "The body is not valid JSON.") from exc
 

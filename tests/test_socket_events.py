@@ -328,6 +328,43 @@ async def test_bad_amounts_are_invalid_and_charge_nothing(amount, api, clients, 
     await still_works(c, sid)
 
 
+async def raw_ack(ws, ack_id: int) -> object:
+    """The payload of the acknowledgement ``ack_id`` on a raw Socket.IO websocket."""
+    prefix = f"43/streaming,{ack_id}"
+    while True:
+        reply = await ws.receive(timeout=5)
+        assert reply.type == aiohttp.WSMsgType.TEXT, reply
+        if reply.data.startswith(prefix):
+            return json.loads(reply.data.removeprefix(prefix))[0]
+
+
+@pytest.mark.parametrize(("literal", "ok"), [
+    ("1.0000000000000001", False),  # a binary float would read 1.0
+    ("10.050000000000000001", False),
+    ("10.05", True),
+    ("10.50", True),
+    ("1e1", True),
+    ("2.5E+1", True),
+])
+async def test_amounts_are_read_as_written_not_as_binary_floats(literal, ok, http, base_url, token, stream, api):
+    """JSON number text is read exactly: what a float would round to two decimals is refused."""
+    sid = stream["id"]
+    ws_url = base_url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket"
+    async with http.ws_connect(ws_url) as ws:
+        assert (await ws.receive_str()).startswith("0")
+        await ws.send_str("40/streaming," + json.dumps({"token": token(unique("tipper"))}))
+        assert (await ws.receive_str()).startswith("40/streaming,")
+        await ws.send_str(f'42/streaming,1["join_stream",{{"stream_id":"{sid}"}}]')
+        assert (await raw_ack(ws, 1))["success"]
+        await ws.send_str(f'42/streaming,2["send_tip",{{"stream_id":"{sid}","amount":{literal}}}]')
+        ack = await raw_ack(ws, 2)
+    if ok:
+        assert ack["success"] and str(ack["tip"]["amount"]) == str(float(literal)), ack
+    else:
+        assert ack["error"]["code"] == "invalid", ack
+        assert (await stats(api, sid))["tip_count"] == 0
+
+
 @pytest.mark.parametrize(("fields", "code"), [
     ({"to_user_id": "someone-else"}, "invalid"),
     ({"currency": "EUR"}, "invalid"),
