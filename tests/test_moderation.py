@@ -245,6 +245,17 @@ async def test_a_banned_user_leaves_the_room_on_every_worker_and_cannot_rejoin(w
         assert status == 200 and body["moderators"] == [mod], body
         await eventually(lambda: _count(api, sid, 2), what="two viewers")
 
+        # A timeout given on worker 2 holds on worker 1, and so does slow mode; both lift.
+        assert (await moderator.call("timeout_user", {"stream_id": sid, "user_id": other, "seconds": 60}))["success"]
+        refused = await watcher.call("send_message", {"stream_id": sid, "message": "hi"})
+        assert refused["error"]["code"] == "timed_out"
+        assert (await moderator.call("unban_user", {"stream_id": sid, "user_id": other}))["success"]
+        assert (await moderator.call("set_slow_mode", {"stream_id": sid, "seconds": 60}))["success"]
+        await say(watcher, sid, "one")
+        refused = await watcher.call("send_message", {"stream_id": sid, "message": "two"})
+        assert refused["error"]["code"] == "slow_mode"
+        assert (await moderator.call("set_slow_mode", {"stream_id": sid, "seconds": 0}))["success"]
+
         # The moderator, on worker 2 and not watching, bans; both of the user's tabs are out.
         ack = await moderator.call("ban_user", {"stream_id": sid, "user_id": bad, "reason": "spam"})
         assert ack["success"], ack
