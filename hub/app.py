@@ -18,14 +18,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from hub import rest
 from hub.auth import Verifier
-from hub.codec import json_module
 from hub.connections import StartupError, connect_mysql, connect_redis, redacted
 from hub.db import History
 from hub.keys import NAMESPACE, Keys
 from hub.presence import Presence
 from hub.service import Hub
 from hub.settings import Settings
-from hub.sockets import HubRedisManager, HubServer, StreamingNamespace
+from hub.sockets import HubPacket, HubRedisManager, HubServer, StreamingNamespace
 from hub.state import State, outbox_lag, persistence_warning
 
 log = logging.getLogger(__name__)
@@ -90,7 +89,7 @@ def create_app(settings: Settings) -> web.Application:
         send_queue_limit=settings.send_queue_limit,
         async_mode="aiohttp",
         client_manager=manager,
-        json=json_module,
+        serializer=HubPacket,
         cors_allowed_origins=list(settings.cors_origins) or None,
         # Events over HUB_MAX_PAYLOAD get payload_too_large; a message over four times that
         # closes the connection at the transport, before it is read whole.

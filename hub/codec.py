@@ -24,7 +24,7 @@ class OrjsonModule:
 
     @staticmethod
     def dumps(obj: Any, **_: Any) -> str:
-        return orjson.dumps(obj).decode()
+        return orjson.dumps(obj, default=_exact_number).decode()
 
     @staticmethod
     def loads(data: str | bytes, **_: Any) -> Any:
@@ -32,6 +32,13 @@ class OrjsonModule:
 
 
 json_module = OrjsonModule()
+
+
+def _exact_number(value: Any) -> Any:
+    """orjson's fallback: a Decimal (from ``loads_exact``) is written as its exact text."""
+    if isinstance(value, Decimal) and value.is_finite():
+        return orjson.Fragment(format(value, "f").encode())
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _has_float(value: Any) -> bool:

@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 
 from hub import payloads
 from hub.auth import Verifier, bearer
+from hub.codec import json_module
 from hub.errors import HubError, TokenExpired
 from hub.keys import NAMESPACE
 from hub.presence import Conn, Presence
@@ -123,6 +124,16 @@ def client_address(environ: dict[str, Any]) -> str:
     request = environ.get("aiohttp.request")
     remote = getattr(request, "remote", None)
     return str(remote) if remote else "unknown"
+
+
+class HubPacket(socketio.packet.Packet):
+    """Socket.IO packets of the hub's server only, decoded with exact decimals.
+
+    Setting ``json`` on this subclass (rather than passing ``json=`` to the server, which
+    python-socketio assigns to the shared Packet class and to engine.io's) leaves every other
+    Socket.IO user in the process, a test's client included, with its own JSON module."""
+
+    json = json_module
 
 
 class HubServer(socketio.AsyncServer):
