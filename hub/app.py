@@ -21,7 +21,7 @@ from hub.auth import Verifier
 from hub.connections import StartupError, connect_mysql, connect_redis, redacted
 from hub.db import History
 from hub.keys import NAMESPACE, Keys
-from hub.presence import Presence
+from hub.presence import Presence, every
 from hub.service import Hub
 from hub.settings import Settings
 from hub.sockets import HubPacket, HubRedisManager, HubServer, StreamingNamespace
@@ -82,11 +82,13 @@ def create_app(settings: Settings) -> web.Application:
     async def control(order: dict[str, Any]) -> None:
         await holder[0].control(order)
 
-    manager = HubRedisManager(settings.redis_url, channel=keys.channel, on_close_room=close_room,
+    manager = HubRedisManager(settings.redis_url, channel=keys.channel, room_prefix=keys.room_prefix,
+                              on_close_room=close_room,
                               control_channel=keys.control, on_control=control,
                               redis_options={"health_check_interval": 10})
     sio = HubServer(
         send_queue_limit=settings.send_queue_limit,
+        send_buffer_limit=settings.send_buffer_limit,
         async_mode="aiohttp",
         client_manager=manager,
         serializer=HubPacket,
@@ -139,6 +141,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     runtime.tasks = [
         asyncio.create_task(presence.refresh_loop(settings.presence_refresh)),
         asyncio.create_task(presence.reap_loop(settings.reap_interval)),
+        asyncio.create_task(every(settings.presence_refresh, manager.unwatch_idle, "room unsubscribe")),
     ]
     try:
         yield

@@ -18,8 +18,19 @@ class Keys:
     # -- global ---------------------------------------------------------------
     @property
     def channel(self) -> str:
-        """Pub/sub channel carrying every Socket.IO broadcast between workers."""
+        """python-socketio's own pub/sub channel (the hub's room events use ``room``)."""
         return f"{self.prefix}socketio"
+
+    @property
+    def room_prefix(self) -> str:
+        """Prefix of the per-stream channels (``room:{stream id}``)."""
+        return f"{self.prefix}room:"
+
+    def room(self, stream_id: str) -> str:
+        """Pub/sub channel of one stream's room events, each ``skip_sid\\n`` then the Engine.IO
+        text of the event (``42/streaming,["chat_message",{...}]``), or ``!close``. Only workers
+        with a viewer of the stream subscribe to it."""
+        return f"{self.prefix}room:{stream_id}"
 
     @property
     def control(self) -> str:

@@ -115,13 +115,13 @@ class Presence:
         return reasserted
 
     async def refresh_loop(self, interval: float) -> None:
-        await _every(interval, self.refresh_once, "presence refresh")
+        await every(interval, self.refresh_once, "presence refresh")
 
     async def reap_loop(self, interval: float) -> None:
-        await _every(interval, self.state.reap, "presence sweep")
+        await every(interval, self.state.reap, "presence sweep")
 
 
-async def _every(interval: float, step: Callable[[], Awaitable[object]], what: str) -> None:
+async def every(interval: float, step: Callable[[], Awaitable[object]], what: str) -> None:
     """Run ``step`` every ``interval`` seconds; a failure is logged and retried with backoff."""
     delay = interval
     while True:

@@ -24,15 +24,13 @@ RECENT_ON_JOIN = 50
 _SPLIT = b"\x00"  # where the moderators list goes in a moderators_changed broadcast (never in JSON)
 
 
-def pubsub_emit(event: str, data_json: bytes, room: str) -> bytes:
-    """A broadcast in python-socketio's pub/sub format around an already encoded payload.
+def room_event(event: str, data_json: bytes) -> bytes:
+    """A room event for the stream's channel: no socket to skip, then the event's Engine.IO
+    text, encoded here once and written as is by every worker (``hub.fanout``)."""
+    return b'\n42' + _NAMESPACE_COMMA + b'[' + dumps(event) + b"," + data_json + b"]"
 
-    host_id ``redis`` matches no worker, so every worker, the sender's included, delivers it.
-    """
-    head = b'{"method":"emit","event":' + dumps(event) + b',"data":['
-    tail = (b'],"binary":false,"namespace":' + dumps(NAMESPACE) + b',"room":' + dumps(room)
-            + b',"skip_sid":null,"callback":null,"host_id":"redis"}')
-    return head + data_json + tail
+
+_NAMESPACE_COMMA = NAMESPACE.encode() + b","
 
 
 class Hub:
@@ -109,7 +107,7 @@ class Hub:
             encoded = dumps(message)
             try:
                 await self.state.chat(stream_id, identity.user_id, identity.is_admin, message_id, encoded,
-                                      pubsub_emit("chat_message", encoded, stream_id),
+                                      room_event("chat_message", encoded),
                                       "alert" if alert is not None else "chat")
             except Stale as exc:  # the chat was cleared after this id was made: a later id
                 message_id = uuid7(after=exc.cleared)
@@ -153,8 +151,8 @@ class Hub:
                 first = await self.state.tip(
                     payload.stream_id, identity.user_id, payload.client_tip_id, payload.amount_cents,
                     fee, message_id, dumps(ack), dumps(record), message_json,
-                    pubsub_emit("tip_received", received_json, payload.stream_id),
-                    pubsub_emit("chat_message", message_json, payload.stream_id),
+                    room_event("tip_received", received_json),
+                    room_event("chat_message", message_json),
                 )
             except Stale as exc:
                 message_id = uuid7(after=exc.cleared)
@@ -207,10 +205,10 @@ class Hub:
         else:  # add_moderator, remove_moderator: the script writes the list in
             event, data = "moderators_changed", None
         if data is None:
-            pub, tail = pubsub_emit(event, b'{"stream_id":' + dumps(m.stream_id) + b',"moderators":'
-                                    + _SPLIT + b"}", m.stream_id).split(_SPLIT)
+            pub, tail = room_event(event, b'{"stream_id":' + dumps(m.stream_id) + b',"moderators":'
+                                   + _SPLIT + b"}").split(_SPLIT)
         else:
-            pub, tail = pubsub_emit(event, dumps(data), m.stream_id), b""
+            pub, tail = room_event(event, dumps(data)), b""
         call = dict(target=m.user_id, message_id=m.message_id, value=value, record_json=dumps(record),
                     pub_json=pub, pub_tail=tail, control_json=control)
         try:

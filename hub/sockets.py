@@ -14,6 +14,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import engineio
 import socketio
 from redis.exceptions import RedisError
 
@@ -21,6 +22,7 @@ from hub import payloads
 from hub.auth import Verifier, bearer
 from hub.codec import json_module
 from hub.errors import HubError, TokenExpired
+from hub.fanout import DirectWebSocket, Writer
 from hub.keys import NAMESPACE
 from hub.presence import Conn, Presence
 from hub.service import Hub
@@ -32,48 +34,112 @@ Action = Callable[[Conn, Any], Awaitable[dict[str, Any]]]
 
 
 class HubRedisManager(socketio.AsyncRedisManager):
-    """python-socketio's Redis manager with a listener that reconnects by itself and stops
-    when told, and that tells the worker when a room is closed from any worker.
+    """python-socketio's Redis manager with a listener that reconnects by itself and stops when
+    told, extended with the hub's own channels on the same connection:
 
-    It also listens on the hub's control channel, whose orders (a banned user's sockets leave
-    a room) go to ``on_control`` instead of python-socketio's dispatch."""
+    - one channel per stream (``room:{id}``), subscribed only while this worker has a socket
+      in that stream's room; its events are written to the sockets without being decoded
+      (``HubServer.broadcast``), and ``!close`` empties the room when the stream ends;
+    - the control channel, whose orders (a banned user's sockets leave a room) go to
+      ``on_control``."""
 
     RETRY_MAX = 5.0
 
-    def __init__(self, *args: Any, on_close_room: Callable[[str], Awaitable[None]],
+    def __init__(self, *args: Any, room_prefix: str, on_close_room: Callable[[str], Awaitable[None]],
                  control_channel: str, on_control: Callable[[dict[str, Any]], Awaitable[None]],
                  **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.room_prefix = room_prefix
+        self._room_prefix = room_prefix.encode()
         self._on_close_room = on_close_room
         self.control_channel = control_channel
         self._on_control = on_control
         self.closing = False
+        self.watched: set[str] = set()
+        self._confirmations: dict[bytes, asyncio.Future[None]] = {}
+        self.room_messages = 0
 
+    # -- per-stream channels ----------------------------------------------------------
+    async def watch(self, room: str) -> None:
+        """Receive this stream's events from now on: returns once Redis has confirmed the
+        subscription, so nothing published after it is missed."""
+        if room in self.watched:
+            pending = self._confirmations.get((self.room_prefix + room).encode())
+            if pending is not None:
+                await asyncio.wait_for(asyncio.shield(pending), 5)
+            return
+        self.watched.add(room)
+        if self.pubsub is None or not self.connected:
+            return  # the listener subscribes to every watched room when it (re)connects
+        channel = self.room_prefix + room
+        confirmed = asyncio.get_running_loop().create_future()
+        self._confirmations[channel.encode()] = confirmed
+        try:
+            await self.pubsub.subscribe(channel)
+            await asyncio.wait_for(asyncio.shield(confirmed), 5)
+        finally:
+            if self._confirmations.get(channel.encode()) is confirmed:
+                del self._confirmations[channel.encode()]
+
+    async def unwatch_idle(self) -> None:
+        """Stop receiving the streams this worker no longer has a socket watching."""
+        rooms = self.rooms.get(NAMESPACE, {})
+        idle = [room for room in self.watched if room not in rooms]
+        if not idle:
+            return
+        self.watched.difference_update(idle)
+        if self.pubsub is not None and self.connected:
+            await self.pubsub.unsubscribe(*(self.room_prefix + room for room in idle))
+
+    async def _room_message(self, channel: bytes, data: bytes) -> None:
+        room = channel[len(self._room_prefix):].decode()
+        if data[:1] == b"!":
+            if data == b"!close":
+                await socketio.AsyncManager.close_room(self, room, NAMESPACE)
+                await self._on_close_room(room)
+            return
+        self.room_messages += 1
+        skip, _, text = data.partition(b"\n")
+        self.server.broadcast(room, skip.decode() if skip else None, text)
+
+    # -- the listener -----------------------------------------------------------------
     async def _redis_listen_with_retries(self) -> AsyncIterator[dict[str, Any]]:
         """Subscribe, listen, and on any failure close the old connection and start over with
         capped backoff. A closing worker stops here even if redis-py turned the cancellation
         into a connection error."""
         retry = 0.25
+        control = self.control_channel.encode()
         while not self.closing:
             try:
                 await self._close_connections()
                 self._redis_connect()
-                await self.pubsub.subscribe(self.channel, self.control_channel)
+                self.pubsub.ignore_subscribe_messages = False  # confirmations end watch()
+                await self.pubsub.subscribe(self.channel, self.control_channel,
+                                            *(self.room_prefix + room for room in self.watched))
+                self.connected = True
                 retry = 0.25
-                control = self.control_channel.encode()
                 while not self.closing:
                     # A bounded wait, so a stop is seen within a second even when the
                     # cancellation is lost inside the Redis client's blocking read.
-                    message = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    message = await self.pubsub.get_message(timeout=1.0)
                     if message is None:
                         continue
-                    if message.get("channel") == control:
-                        await self._control(message.get("data"))
-                    else:
-                        yield message
+                    kind, channel = message["type"], message["channel"]
+                    if kind == "message":
+                        if channel.startswith(self._room_prefix):
+                            await self._room_message(channel, message["data"])
+                        elif channel == control:
+                            await self._control(message["data"])
+                        else:
+                            yield message
+                    elif kind == "subscribe":
+                        confirmed = self._confirmations.get(channel)
+                        if confirmed is not None and not confirmed.done():
+                            confirmed.set_result(None)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self.connected = False
                 if self.closing:
                     break
                 log.warning("pub/sub listener lost Redis (%s); resubscribing in %.2fs", exc, retry)
@@ -111,12 +177,6 @@ class HubRedisManager(socketio.AsyncRedisManager):
                 await asyncio.wait_for(asyncio.shield(listener), 3)
         await self._close_connections()
 
-    async def _handle_close_room(self, message: dict[str, Any]) -> None:
-        await super()._handle_close_room(message)
-        room = message.get("room")
-        if isinstance(room, str):
-            await self._on_close_room(room)
-
 
 def client_address(environ: dict[str, Any]) -> str:
     """The peer's address. engine.io's aiohttp environ fixes REMOTE_ADDR at 127.0.0.1, so
@@ -137,15 +197,27 @@ class HubPacket(socketio.packet.Packet):
 
 
 class HubServer(socketio.AsyncServer):
-    """python-socketio's server with a bounded send buffer per connection: a client that
-    stops reading is cut off instead of holding an ever-growing queue, and the other
-    clients are never made to wait for it."""
+    """python-socketio's server whose packets to a WebSocket are written straight to its
+    transport (``hub.fanout.Writer``), with a bounded send buffer per connection: a client that
+    stops reading is cut off instead of holding an ever-growing buffer, and the other clients
+    are never made to wait for it."""
 
-    def __init__(self, *args: Any, send_queue_limit: int, event_limit: int, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, send_queue_limit: int, send_buffer_limit: int, event_limit: int,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.send_queue_limit = send_queue_limit
         self.event_limit = event_limit
-        self.cut_off = 0
+        self.eio._async = dict(self.eio._async, websocket=DirectWebSocket)
+        self.writer = Writer(self.eio, send_buffer_limit, send_queue_limit)
+
+    @property
+    def cut_off(self) -> int:
+        return self.writer.cut_off
+
+    def broadcast(self, room: str, skip_sid: str | None, text: bytes) -> None:
+        """An encoded room event (Engine.IO text) to this worker's sockets in ``room``."""
+        members = self.manager.rooms.get(NAMESPACE, {}).get(room)
+        if members:
+            self.writer.broadcast(members, skip_sid, text)
 
     # An event packet's head: type 2, namespace, ack id, and the event name if it comes first.
     _EVENT_HEAD = re.compile(r'2(/[^,\[]*,)?(\d{1,12})?(?:\["([^"\\]{1,64})")?')
@@ -187,21 +259,18 @@ class HubServer(socketio.AsyncServer):
             return  # a client event named "disconnect" must not run the disconnect handler
         await super()._handle_event(eio_sid, namespace, id, data)
 
+    async def _send_packet(self, eio_sid: str, pkt: Any) -> None:
+        encoded = pkt.encode()
+        if isinstance(encoded, list):  # binary attachments: Engine.IO's own path
+            await super()._send_packet(eio_sid, pkt)
+            return
+        self.writer.send(eio_sid, b"4" + encoded.encode())
+
     async def _send_eio_packet(self, eio_sid: str, eio_pkt: Any) -> None:
-        socket = self.eio.sockets.get(eio_sid)
-        if socket is not None and socket.queue.qsize() >= self.send_queue_limit:
-            await self._cut_off(eio_sid, socket)
+        if eio_pkt.packet_type == engineio.packet.MESSAGE and isinstance(eio_pkt.data, str):
+            self.writer.send(eio_sid, b"4" + eio_pkt.data.encode())
             return
         await self.eio.send_packet(eio_sid, eio_pkt)
-
-    async def _cut_off(self, eio_sid: str, socket: Any) -> None:
-        if self.eio.sockets.pop(eio_sid, None) is None:
-            return
-        self.cut_off += 1
-        log.warning("connection %s stopped reading (%d packets queued); cut off", eio_sid,
-                    socket.queue.qsize())
-        with contextlib.suppress(Exception):
-            await socket.close(wait=False, abort=True)
 
 
 class StreamingNamespace:
@@ -300,9 +369,11 @@ class StreamingNamespace:
     async def join(self, conn: Conn, data: Any) -> dict[str, Any]:
         payload = payloads.Join.parse(data)
         previous = conn.stream_id
-        # In the room before presence is written, so no broadcast after the join is missed.
+        # In the room, and subscribed to the stream's channel, before presence is written, so no
+        # broadcast after the join is missed.
         await self.sio.enter_room(conn.sid, payload.stream_id, namespace=NAMESPACE)
         try:
+            await self.sio.manager.watch(payload.stream_id)
             joined = await self._hub().join(conn, payload)
         except BaseException:
             if previous != payload.stream_id:  # refused: the socket stays where it was

@@ -81,7 +81,7 @@ class State:
         self.settings = settings
         self.keys = Keys(settings.redis_prefix)
         self._scripts = _load_scripts(client)
-        self._base = [self.keys.prefix, self.keys.channel, NAMESPACE]
+        self._base = [self.keys.prefix, self.keys.room_prefix, NAMESPACE]
 
     async def _run(self, name: str, keys: list[str], args: list[Any]) -> list[Any]:
         return _result(await self._scripts[name](keys=keys, args=args))
@@ -244,7 +244,7 @@ class State:
         k, s = self.keys, self.settings
         reply = await self._run(
             "chat",
-            [k.stream(stream_id), k.chat_rate(user_id), k.recent(stream_id), k.outbox, k.channel,
+            [k.stream(stream_id), k.chat_rate(user_id), k.recent(stream_id), k.outbox, k.room(stream_id),
              k.sanctions(stream_id), k.moderators(stream_id), k.slow(stream_id, user_id)],
             [s.chat_rate, s.chat_rate_privileged, s.chat_period * 1000, s.recent_size, message_json,
              pub_json, user_id, "1" if is_admin else "0", kind, message_id],
@@ -264,7 +264,7 @@ class State:
         reply = await self._run(
             "tip",
             [k.stream(stream_id), k.tip_rate(user_id), idem, k.recent(stream_id), k.outbox,
-             k.channel, k.sanctions(stream_id)],
+             k.room(stream_id), k.sanctions(stream_id)],
             [s.tip_rate, s.tip_period * 1000, s.recent_size, amount_cents, fee_cents,
              s.tip_idempotency_ttl, ack_json, tip_json, message_json, pub_tip, pub_message,
              "1" if client_tip_id else "0", user_id, message_id],
@@ -285,7 +285,7 @@ class State:
         reply = await self._run(
             "moderate",
             [k.stream(stream_id), k.moderators(stream_id), k.sanctions(stream_id),
-             k.recent(stream_id), k.deleted(stream_id), k.conns(stream_id), k.outbox, k.channel,
+             k.recent(stream_id), k.deleted(stream_id), k.conns(stream_id), k.outbox, k.room(stream_id),
              k.control, k.modlog(stream_id)],
             [*self._base, stream_id, action, actor, "1" if is_admin else "0", target, message_id,
              value, record_json, pub_json, pub_tail, control_json, MODLOG_SIZE,

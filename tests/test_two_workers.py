@@ -141,3 +141,33 @@ async def test_every_acked_message_and_tip_is_in_mysql_once(workers, http, clien
     assert sorted(r["message_id"] for r in stored) == sorted(acked_messages)
     assert sorted(r["tip_id"] for r in stored_tips) == sorted(acked_tips)
     assert sum(r["amount"] for r in stored_tips) == Decimal("6.75") * 6
+
+
+async def test_a_worker_subscribes_only_to_the_streams_it_has_viewers_of(workers, http, token, rds, settings):
+    w1, w2 = await workers(2)
+    api = Api(http, w1.url)
+    sid = (await api.create_stream(token(unique("streamer"), "streamer")))["stream_id"]
+    channel = f"{settings.redis_prefix}room:{sid}"
+
+    async def subscribers(n: int) -> bool:
+        ((_, count),) = await rds.pubsub_numsub(channel)
+        return count == n
+
+    assert await subscribers(0)
+    from tests.conftest import Client
+
+    a, b = Client(), Client()
+    try:
+        await a.connect(w1.url, token(unique("a")))
+        assert (await a.call("join_stream", {"stream_id": sid}))["success"]
+        assert await subscribers(1)  # subscribed before the join's ack
+        await b.connect(w2.url, token(unique("b")))
+        assert (await b.call("join_stream", {"stream_id": sid}))["success"]
+        assert await subscribers(2)
+        sent = await a.call("send_message", {"stream_id": sid, "message": "routed"})
+        await b.wait_for("chat_message", lambda m: m["message_id"] == sent["message"]["message_id"])
+        await b.call("leave_stream")
+        await eventually(lambda: subscribers(1), what="worker 2 unsubscribed once its viewer left")
+    finally:
+        await a.close()
+        await b.close()

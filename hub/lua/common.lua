@@ -11,13 +11,11 @@ local function hash_table(flat)
   return t
 end
 
--- A Socket.IO broadcast in python-socketio's pub/sub message format. host_id 'redis'
--- matches no worker, so every worker (the sender's included) delivers it to its sockets.
-local function emit(channel, namespace, event, data, room, skip_sid)
-  redis.call('PUBLISH', channel, cjson.encode({
-    method = 'emit', event = event, data = {data}, binary = false,
-    namespace = namespace, room = room, skip_sid = skip_sid or cjson.null,
-    callback = cjson.null, host_id = 'redis'}))
+-- A room event on the stream's channel (channel prefix .. room): the socket to skip, a newline,
+-- then the event's Engine.IO text, which every subscribed worker writes to its sockets as is.
+local function emit(channel_prefix, namespace, event, data, room, skip_sid)
+  redis.call('PUBLISH', channel_prefix .. room,
+    (skip_sid or '') .. '\n42' .. namespace .. ',' .. cjson.encode({event, data}))
 end
 
 local function outbox(key, kind, json)

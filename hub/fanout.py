@@ -1,0 +1,151 @@
+"""Room broadcasts, encoded once and written as the same bytes to every local socket.
+
+A room broadcast reaches a worker on its stream's Redis channel as ``skip_sid\\n`` followed by
+the Engine.IO text of the Socket.IO event (``42/streaming,["chat_message",{...}]``), encoded
+once by whichever worker or script produced it. The worker never decodes it: it builds one
+WebSocket frame from it (server frames are not masked, and the hub's WebSockets do not
+compress, so every socket gets the same bytes) and writes that frame to each socket's transport,
+without a task, a queue or an encoder per socket. Long-polling sockets, and sockets still
+upgrading to WebSocket, get the packet through Engine.IO's queue as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from typing import Any
+
+import engineio
+from engineio.async_drivers.aiohttp import WebSocket as EngineIOWebSocket
+
+log = logging.getLogger(__name__)
+
+_LEN2 = struct.Struct("!BBH")
+_LEN8 = struct.Struct("!BBQ")
+
+
+def ws_frame(payload: bytes) -> bytes:
+    """One final, unmasked WebSocket text frame carrying ``payload``."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return _LEN2.pack(0x81, 126, n) + payload
+    return _LEN8.pack(0x81, 127, n) + payload
+
+
+def room_message(event_frame: bytes, skip_sid: str | None = None) -> bytes:
+    """What goes on a stream's channel: the socket to skip, then the Engine.IO text."""
+    return (skip_sid or "").encode() + b"\n" + event_frame
+
+
+class DirectWebSocket(EngineIOWebSocket):
+    """Engine.IO's aiohttp WebSocket, without per-message compression (so one frame serves
+    every socket), that leaves its transport on the Engine.IO socket for direct writes."""
+
+    async def __call__(self, environ: dict[str, Any]) -> Any:
+        from aiohttp.web import WebSocketResponse
+
+        request = environ["aiohttp.request"]
+        self._sock = WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=False)
+        await self._sock.prepare(request)
+        self.environ = environ
+        eio_socket = getattr(self.handler, "__self__", None)
+        if eio_socket is not None:
+            eio_socket.hub_transport = request.transport
+        try:
+            await self.handler(self)
+        finally:
+            if eio_socket is not None:
+                eio_socket.hub_transport = None
+        return self._sock
+
+
+class Writer:
+    """Writes Engine.IO text to this worker's sockets: straight to the transport of an upgraded
+    WebSocket, through Engine.IO's queue otherwise. A socket whose unsent bytes pass
+    ``buffer_limit`` (or, polling, whose queue passes ``queue_limit`` packets) stopped reading:
+    it is cut off, never waited for."""
+
+    def __init__(self, eio: Any, buffer_limit: int, queue_limit: int) -> None:
+        self.eio = eio
+        self.buffer_limit = buffer_limit
+        self.queue_limit = queue_limit
+        self.cut_off = 0
+        self.deliveries = 0
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def direct(self, eio_socket: Any) -> Any:
+        """The socket's transport when frames may be written to it directly, else None."""
+        transport = getattr(eio_socket, "hub_transport", None)
+        if transport is None or not eio_socket.upgraded or eio_socket.upgrading:
+            return None
+        return transport
+
+    def send(self, eio_sid: str, text: bytes) -> None:
+        """One Engine.IO message (``4…``) to one socket."""
+        eio_socket = self.eio.sockets.get(eio_sid)
+        if eio_socket is not None:
+            self._send(eio_sid, eio_socket, text, None)
+
+    def broadcast(self, members: Any, skip_sid: str | None, text: bytes) -> None:
+        """One Engine.IO message to every socket of a room (``members``: sid -> eio sid)."""
+        frame: bytes | None = None
+        sockets = self.eio.sockets
+        limit = self.buffer_limit
+        sent = 0
+        for sid, eio_sid in list(members.items()):
+            if sid == skip_sid:
+                continue
+            eio_socket = sockets.get(eio_sid)
+            if eio_socket is None:
+                continue
+            transport = getattr(eio_socket, "hub_transport", None)
+            if transport is not None and eio_socket.upgraded and not eio_socket.upgrading:
+                if transport.is_closing():
+                    continue
+                if transport.get_write_buffer_size() > limit:
+                    self._abort(eio_sid, transport)
+                    continue
+                if frame is None:
+                    frame = ws_frame(text)
+                transport.write(frame)
+                sent += 1
+            else:
+                self._queue(eio_sid, eio_socket, text)
+                sent += 1
+        self.deliveries += sent
+
+    def _send(self, eio_sid: str, eio_socket: Any, text: bytes, frame: bytes | None) -> None:
+        transport = self.direct(eio_socket)
+        if transport is None:
+            self._queue(eio_sid, eio_socket, text)
+            return
+        if transport.is_closing():
+            return
+        if transport.get_write_buffer_size() > self.buffer_limit:
+            self._abort(eio_sid, transport)
+            return
+        transport.write(frame or ws_frame(text))
+
+    def _queue(self, eio_sid: str, eio_socket: Any, text: bytes) -> None:
+        if eio_socket.closed:
+            return
+        if eio_socket.queue.qsize() >= self.queue_limit:
+            self._abort(eio_sid, None, eio_socket)
+            return
+        eio_socket.queue.put_nowait(
+            engineio.packet.Packet(engineio.packet.MESSAGE, data=text[1:].decode()))
+
+    def _abort(self, eio_sid: str, transport: Any, eio_socket: Any = None) -> None:
+        """Cut off a socket that stopped reading: its connection is dropped, and the usual
+        disconnect follows (at once for polling, when the WebSocket handler sees the close)."""
+        self.cut_off += 1
+        log.warning("connection %s stopped reading; cut off", eio_sid)
+        if transport is not None:
+            transport.abort()
+        elif eio_socket is not None and not eio_socket.closing:
+            task = asyncio.ensure_future(eio_socket.close(wait=False, abort=True))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
