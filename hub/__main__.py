@@ -38,17 +38,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    import asyncio
 
     from hub.app import serve
-    from hub.connections import StartupError
+    from hub.connections import StartupError, run
 
     def listening() -> None:
         print(f"✅ Hub worker listening on http://{args.host}:{args.port} "
               f"(Socket.IO namespace /streaming, REST /api/v1/streaming)", flush=True)
 
     try:
-        asyncio.run(serve(settings, args.host, args.port, listening))
+        run(serve(settings, args.host, args.port, listening))
     except StartupError as exc:
         print(f"❌ {exc}", file=sys.stderr)
         return 1

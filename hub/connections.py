@@ -3,8 +3,11 @@ the flusher and the command line."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import aiomysql
@@ -14,9 +17,20 @@ from redis.exceptions import RedisError
 from hub.db import create_pool
 from hub.settings import Settings, SettingsError
 
+T = TypeVar("T")
+
 
 class StartupError(RuntimeError):
     """A backing service is unreachable at start; the message says which, where, and what to do."""
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run a process's main coroutine on uvloop (faster sockets and timers) when installed."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def redacted(url: str) -> str:

@@ -23,7 +23,7 @@ import pymysql
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from hub.connections import StartupError, connect_mysql, connect_redis, settings_or_exit
+from hub.connections import StartupError, connect_mysql, connect_redis, run, settings_or_exit
 from hub.keys import OUTBOX_GROUP, Keys
 from hub.settings import Settings
 from hub.state import persistence_warning
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_or_exit()
     if isinstance(settings, int):
         return settings
-    return asyncio.run(main_async(settings, args.burst))
+    return run(main_async(settings, args.burst))
 
 
 if __name__ == "__main__":
