@@ -6,6 +6,8 @@ import logging
 import time
 from typing import Any
 
+import orjson
+
 from hub import records
 from hub.auth import Identity
 from hub.codec import dumps, iso_ms, loads, now_ms, uuid7, uuid7_ms
@@ -45,16 +47,17 @@ class Hub:
         again = conn.stream_id == payload.stream_id and conn.member is not None
         # Joining again keeps the same presence (no viewer events).
         member = conn.member if again and conn.member else f"{uuid7()}|{now_ms()}|{conn.viewer}"
+        wanted = 0 if payload.last_message_id else RECENT_ON_JOIN
         count, h, recent = await self.state.join(payload.stream_id, member, conn.sid, conn.username,
-                                                 conn.viewer)
+                                                 conn.viewer, wanted)
         if not again and conn.stream_id is not None:
             await self.leave(conn)  # only once the new stream has accepted the join
         self.presence.watch(conn, payload.stream_id, h["streamer_id"], member)
-        messages = _sorted_messages(recent)
+        # The buffered JSON goes out as it is, sorted by id, never decoded here.
+        by_id = sorted((_message_id(item), item) for item in recent)
         if payload.last_message_id:
-            messages = [m for m in messages if m["message_id"] > payload.last_message_id]
-        else:
-            messages = messages[-RECENT_ON_JOIN:]
+            by_id = [pair for pair in by_id if pair[0] > payload.last_message_id]
+        messages = [orjson.Fragment(item) for _, item in by_id]
         return {
             "success": True,
             "stream": records.stream_from_hash(h, count),
@@ -367,6 +370,16 @@ class Hub:
         if conn.stream_id is not None:
             await self.leave(conn)
         await self.state.release(conn.address, conn.identity.user_id if conn.identity else None, conn.sid)
+
+
+_ID_AT = len('{"message_id":"')
+
+
+def _message_id(item: str) -> str:
+    """A buffered message's id, read off its JSON text (the hub writes ``message_id`` first)."""
+    if item.startswith('{"message_id":"'):
+        return item[_ID_AT:_ID_AT + 36]
+    return str(loads(item)["message_id"])
 
 
 def _sorted_messages(items: list[str]) -> list[dict[str, Any]]:

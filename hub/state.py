@@ -200,16 +200,17 @@ class State:
             await self._run("touch", [], [self._ttl_ms, *(x for pair in pairs for x in pair)])
 
     async def join(
-        self, stream_id: str, member: str, sid: str, username: str, viewer: str
+        self, stream_id: str, member: str, sid: str, username: str, viewer: str, wanted: int
     ) -> tuple[int, dict[str, str], list[str]]:
-        """Start watching; returns the viewer count, the stream hash and the recent buffer."""
+        """Start watching; returns the viewer count, the stream hash and the newest ``wanted``
+        messages of the recent buffer (0: all of it)."""
         k, s = self.keys, self.settings
         reply = await self._run(
             "join",
             [k.stream(stream_id), k.conns(stream_id), k.recent(stream_id), k.join_rate(viewer),
              k.sanctions(stream_id)],
             [*self._base, stream_id, member, self._ttl_ms, sid, username, s.join_rate,
-             s.join_period * 1000],
+             s.join_period * 1000, wanted],
         )
         flat = reply[2]
         return int(reply[1]), dict(zip(flat[::2], flat[1::2], strict=True)), reply[3]

@@ -1,5 +1,6 @@
 -- KEYS: stream hash, conns, recent list, join rate key, sanctions
--- ARGV: prefix, channel, namespace, stream_id, member, ttl_ms, sid, username, join limit, join period ms
+-- ARGV: prefix, channel prefix, namespace, stream_id, member, ttl_ms, sid, username, join limit,
+--       join period ms, recent messages wanted (0: all)
 -- Returns {'ok', viewer count, stream hash (flat), recent messages}.
 local prefix, channel, namespace, stream_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local member, ttl, sid, username = ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8]
@@ -19,4 +20,6 @@ if redis.call('ZSCORE', KEYS[2], member) then
 else
   count = add_conn(prefix, channel, namespace, stream_id, member, expiry, sid, username)
 end
-return {'ok', count, redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[3], 0, -1)}
+local first = 0
+if tonumber(ARGV[11]) > 0 then first = -tonumber(ARGV[11]) end
+return {'ok', count, redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[3], first, -1)}
