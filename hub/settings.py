@@ -95,6 +95,8 @@ class Settings:
     drain_seconds: float = 3.0
     send_queue_limit: int = 1000
     send_buffer_limit: int = 1024 * 1024
+    viewer_events_coalesce_above: int = 100
+    viewer_events_interval: float = 0.5
     shutdown_deadline: float = 15.0
 
     @property
@@ -150,6 +152,10 @@ class Settings:
             ),
             log_level=env.get("HUB_LOG_LEVEL", default.log_level).upper(),
             send_queue_limit=_int(env, "HUB_SEND_QUEUE_LIMIT", default.send_queue_limit, 10, 1_000_000),
+            viewer_events_coalesce_above=_int(env, "HUB_VIEWER_EVENTS_COALESCE_ABOVE",
+                                              default.viewer_events_coalesce_above, 1, 100_000_000),
+            viewer_events_interval=_float(env, "HUB_VIEWER_EVENTS_INTERVAL", default.viewer_events_interval,
+                                          0.05, 10.0),
             send_buffer_limit=_int(env, "HUB_SEND_BUFFER_LIMIT", default.send_buffer_limit, 4096, 1 << 30),
             drain_seconds=_float(env, "HUB_DRAIN_SECONDS", default.drain_seconds, 0.0, 300.0),
             shutdown_deadline=_float(env, "HUB_SHUTDOWN_DEADLINE", default.shutdown_deadline, 1.0, 600.0),

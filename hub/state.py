@@ -19,9 +19,11 @@ SCRIPTS = ("admit", "touch", "join", "leave", "refresh", "reap", "chat", "tip", 
 MODLOG_SIZE = 200
 
 
-def _load_scripts(client: aioredis.Redis) -> dict[str, AsyncScript]:
+def _load_scripts(client: aioredis.Redis, settings: Settings) -> dict[str, AsyncScript]:
     folder = resources.files("hub") / "lua"
-    common = (folder / "common.lua").read_text()
+    common = (f"local COALESCE_ABOVE = {settings.viewer_events_coalesce_above}\n"
+              f"local COALESCE_MS = {int(settings.viewer_events_interval * 1000)}\n"
+              + (folder / "common.lua").read_text())
     return {
         name: client.register_script(common + "\n" + (folder / f"{name}.lua").read_text())
         for name in SCRIPTS
@@ -80,7 +82,7 @@ class State:
         self.redis = client
         self.settings = settings
         self.keys = Keys(settings.redis_prefix)
-        self._scripts = _load_scripts(client)
+        self._scripts = _load_scripts(client, settings)
         self._base = [self.keys.prefix, self.keys.room_prefix, NAMESPACE]
 
     async def _run(self, name: str, keys: list[str], args: list[Any]) -> list[Any]:

@@ -9,7 +9,7 @@ import jwt
 import pytest
 
 from hub.keys import Keys
-from tests.conftest import SECRET, next_month, unique
+from tests.conftest import SECRET, eventually, next_month, unique
 
 UNKNOWN = "01a20e30-0000-7000-8000-000000000000"
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -328,8 +328,15 @@ async def test_user_streams_newest_first_with_status_filter(api, token, flusher)
 async def test_health_and_readiness(api):
     status, body = await api.request("GET", "/healthz")
     assert status == 200 and body["success"] is True
-    status, body = await api.request("GET", "/readyz")
-    assert status == 200 and body["checks"] == {"redis": "up", "mysql": "up", "pubsub": "up"}
+    seen: dict = {}
+
+    async def ready() -> bool:  # the pub/sub listener subscribes just after start
+        seen["status"], seen["body"] = await api.request("GET", "/readyz")
+        return seen["status"] == 200
+
+    await eventually(ready, what="readiness")
+    body = seen["body"]
+    assert body["checks"] == {"redis": "up", "mysql": "up", "pubsub": "up"}
     assert set(body["outbox"]) == {"entries", "pending", "oldest_age_seconds"}
     status, body = await api.request("GET", "/metrics")
     assert status == 200 and "hub_connections" in body

@@ -171,3 +171,32 @@ async def test_a_worker_subscribes_only_to_the_streams_it_has_viewers_of(workers
     finally:
         await a.close()
         await b.close()
+
+
+async def test_viewer_events_of_a_large_stream_are_coalesced_and_end_exact(workers, http, token):
+    (w,) = await workers(1, HUB_VIEWER_EVENTS_COALESCE_ABOVE="3", HUB_VIEWER_EVENTS_INTERVAL="1")
+    api = Api(http, w.url)
+    sid = (await api.create_stream(token(unique("streamer"), "streamer")))["stream_id"]
+    from tests.conftest import Client
+
+    watcher = Client()
+    viewers = [Client() for _ in range(12)]
+    try:
+        await watcher.connect(w.url, token(unique("watcher")))
+        assert (await watcher.call("join_stream", {"stream_id": sid}))["success"]
+        for c in viewers:
+            await c.connect(w.url, token(unique("v")))
+            assert (await c.call("join_stream", {"stream_id": sid}))["success"]
+        # Below the threshold every join is told; above it, at most one per second, and the
+        # sweep sends the last one kept, with the count of that moment.
+        last = await watcher.wait_for("viewer_joined", lambda e: e["viewer_count"] == 13)
+        assert set(last) == {"stream_id", "viewer_count", "user_id", "username"}
+        assert len(watcher.events["viewer_joined"]) < 12
+        assert [e["viewer_count"] for e in watcher.events["viewer_joined"][:2]] == [2, 3]
+        for c in viewers[:6]:
+            await c.close()
+        await watcher.wait_for("viewer_left", lambda e: e["viewer_count"] == 7)
+    finally:
+        await watcher.close()
+        for c in viewers:
+            await c.close()

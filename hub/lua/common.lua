@@ -64,6 +64,41 @@ local function session_record(prefix, stream_id, member, left)
     watch_seconds = math.max(0, math.floor((left - joined) / 1000))}))
 end
 
+-- A viewer event to the room. In a stream of more than COALESCE_ABOVE viewers (set when the
+-- scripts are loaded), at most one per COALESCE_MS: an event inside that interval is not sent
+-- but kept, and the sweep (reap.lua) sends the last one kept with the count of that moment.
+local function viewer_event(channel, namespace, stream_id, base, event, count, user, username, skip)
+  local data = {stream_id = stream_id, viewer_count = count, user_id = user or cjson.null}
+  if event == 'viewer_joined' then data.username = username or cjson.null end
+  if count > COALESCE_ABOVE then
+    local now = now_ms()
+    local last = tonumber(redis.call('HGET', base, 'viewer_event_ms') or '0')
+    if now - last < COALESCE_MS then
+      redis.call('HSET', base, 'viewer_event_kept',
+        cjson.encode({event, user or cjson.null, username or cjson.null, skip or cjson.null}))
+      return
+    end
+    redis.call('HSET', base, 'viewer_event_ms', now)
+    redis.call('HDEL', base, 'viewer_event_kept')
+  end
+  emit(channel, namespace, event, data, stream_id, skip)
+end
+
+-- The kept viewer event of a large stream, once its interval has passed (see viewer_event).
+local function flush_viewer_event(channel, namespace, stream_id, base, now)
+  local h = redis.call('HMGET', base, 'viewer_event_kept', 'viewer_event_ms')
+  if not h[1] or now - tonumber(h[2] or '0') < COALESCE_MS then return end
+  local kept = cjson.decode(h[1])
+  local data = {stream_id = stream_id, viewer_count = redis.call('HLEN', base .. ':viewers'),
+                user_id = kept[2]}
+  if kept[1] == 'viewer_joined' then data.username = kept[3] end
+  redis.call('HSET', base, 'viewer_event_ms', now)
+  redis.call('HDEL', base, 'viewer_event_kept')
+  local skip = kept[4]
+  if skip == cjson.null then skip = nil end
+  emit(channel, namespace, kept[1], data, stream_id, skip)
+end
+
 -- A connection stops watching: its viewer leaves when it was the viewer's last one.
 local function drop_conn(prefix, channel, namespace, stream_id, member, now)
   local base = prefix .. 'stream:' .. stream_id
@@ -74,9 +109,7 @@ local function drop_conn(prefix, channel, namespace, stream_id, member, now)
   redis.call('HDEL', base .. ':viewers', viewer)
   local count = redis.call('HLEN', base .. ':viewers')
   set_live_score(prefix, stream_id, count)
-  emit(channel, namespace, 'viewer_left',
-    {stream_id = stream_id, viewer_count = count, user_id = viewer_user(viewer) or cjson.null},
-    stream_id)
+  viewer_event(channel, namespace, stream_id, base, 'viewer_left', count, viewer_user(viewer))
   return count
 end
 
@@ -93,10 +126,8 @@ local function add_conn(prefix, channel, namespace, stream_id, member, expiry, s
   if count > peak then redis.call('HSET', base, 'peak_viewers', count) end
   set_live_score(prefix, stream_id, count)
   local user = viewer_user(viewer)
-  emit(channel, namespace, 'viewer_joined',
-    {stream_id = stream_id, viewer_count = count, user_id = user or cjson.null,
-     username = (user and username ~= '') and username or cjson.null},
-    stream_id, sid)
+  viewer_event(channel, namespace, stream_id, base, 'viewer_joined', count, user,
+    (user and username ~= '') and username or nil, sid)
   return count
 end
 
