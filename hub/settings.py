@@ -89,7 +89,7 @@ class Settings:
     max_payload: int = 16 * 1024
     ended_retention: int = 24 * 3600
     tip_idempotency_ttl: int = 7 * 24 * 3600
-    flush_batch: int = 500
+    flush_batch: int = 2000
     flush_claim_idle_ms: int = 30_000
     log_level: str = "INFO"
     drain_seconds: float = 3.0

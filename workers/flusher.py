@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import sys
+import time
 
 import pymysql
 import redis.asyncio as aioredis
@@ -45,6 +46,7 @@ class Flusher:
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.written = 0
         self._stopping = asyncio.Event()
+        self._next_claim = 0.0
 
     async def ensure_group(self) -> None:
         try:
@@ -54,7 +56,20 @@ class Flusher:
                 raise
 
     async def read(self, block_ms: int | None) -> list[Entry]:
-        """Entries left pending by a flusher that died, else new ones."""
+        """Entries left pending by a flusher that died, else new ones. Pending entries are
+        looked for at most twice per claim interval, not before every batch."""
+        entries = await self._claim()
+        if entries:
+            return entries
+        reply = await self.redis.xreadgroup(
+            OUTBOX_GROUP, self.consumer, {self.keys.outbox: ">"},
+            count=self.settings.flush_batch, block=block_ms)
+        return reply[0][1] if reply else []
+
+    async def _claim(self) -> list[Entry]:
+        now = time.monotonic()
+        if now < self._next_claim:
+            return []
         claimed = await self.redis.xautoclaim(
             self.keys.outbox, OUTBOX_GROUP, self.consumer,
             min_idle_time=self.settings.flush_claim_idle_ms, start_id="0-0",
@@ -63,12 +78,9 @@ class Flusher:
         gone: list[str] = claimed[2] if len(claimed) > 2 else []
         if gone:  # deleted while still pending: nothing left to write
             await self.redis.xack(self.keys.outbox, OUTBOX_GROUP, *gone)
-        if entries:
-            return entries
-        reply = await self.redis.xreadgroup(
-            OUTBOX_GROUP, self.consumer, {self.keys.outbox: ">"},
-            count=self.settings.flush_batch, block=block_ms)
-        return reply[0][1] if reply else []
+        if not entries:  # none left to claim: look again in half a claim interval
+            self._next_claim = now + self.settings.flush_claim_idle_ms / 2000
+        return entries
 
     async def step(self, block_ms: int | None = 1000) -> int:
         """One batch: read, write, acknowledge. Returns how many entries were settled."""
