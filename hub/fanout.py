@@ -1,11 +1,12 @@
 """Room broadcasts, encoded once and written as the same bytes to every local socket.
 
 A room broadcast reaches a worker on its stream's Redis channel as ``skip_sid\\n`` followed by
-the Engine.IO text of the Socket.IO event (``42/streaming,["chat_message",{...}]``), encoded
-once by whichever worker or script produced it. The worker never decodes it: it builds one
-WebSocket frame from it (server frames are not masked, and the hub's WebSockets do not
-compress, so every socket gets the same bytes) and writes that frame to each socket's transport,
-without a task, a queue or an encoder per socket. Long-polling sockets, and sockets still
+the Engine.IO texts of one or more Socket.IO events, one per line
+(``42/streaming,["chat_message",{...}]``), encoded once by whichever worker or script produced
+them. The worker never decodes them: it builds their WebSocket frames once (server frames are
+not masked, and the hub's WebSockets do not compress, so every socket gets the same bytes) and
+writes them to each socket's transport in one write, without a task, a queue or an encoder per
+socket. Long-polling sockets, and sockets still
 upgrading to WebSocket, get the packet through Engine.IO's queue as before.
 """
 
@@ -89,9 +90,9 @@ class Writer:
         if eio_socket is not None:
             self._send(eio_sid, eio_socket, text, None)
 
-    def broadcast(self, members: Any, skip_sid: str | None, text: bytes) -> None:
-        """One Engine.IO message to every socket of a room (``members``: sid -> eio sid)."""
-        frame: bytes | None = None
+    def broadcast(self, members: Any, skip_sid: str | None, texts: list[bytes]) -> None:
+        """Engine.IO messages to every socket of a room (``members``: sid -> eio sid)."""
+        frames: bytes | None = None
         sockets = self.eio.sockets
         limit = self.buffer_limit
         sent = 0
@@ -108,14 +109,15 @@ class Writer:
                 if transport.get_write_buffer_size() > limit:
                     self._abort(eio_sid, transport)
                     continue
-                if frame is None:
-                    frame = ws_frame(text)
-                transport.write(frame)
+                if frames is None:
+                    frames = b"".join(ws_frame(text) for text in texts)
+                transport.write(frames)
                 sent += 1
             else:
-                self._queue(eio_sid, eio_socket, text)
+                for text in texts:
+                    self._queue(eio_sid, eio_socket, text)
                 sent += 1
-        self.deliveries += sent
+        self.deliveries += sent * len(texts)
 
     def _send(self, eio_sid: str, eio_socket: Any, text: bytes, frame: bytes | None) -> None:
         transport = self.direct(eio_socket)

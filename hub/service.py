@@ -27,9 +27,14 @@ _SPLIT = b"\x00"  # where the moderators list goes in a moderators_changed broad
 
 
 def room_event(event: str, data_json: bytes) -> bytes:
-    """A room event for the stream's channel: no socket to skip, then the event's Engine.IO
-    text, encoded here once and written as is by every worker (``hub.fanout``)."""
-    return b'\n42' + _NAMESPACE_COMMA + b'[' + dumps(event) + b"," + data_json + b"]"
+    """A room event's Engine.IO text (``42/streaming,["event",{...}]``), encoded here once and
+    written as is to every socket by every worker (``hub.fanout``)."""
+    return b"42" + _NAMESPACE_COMMA + b"[" + dumps(event) + b"," + data_json + b"]"
+
+
+def room_message(*texts: bytes) -> bytes:
+    """What goes on a stream's channel: no socket to skip, then one event per line."""
+    return b"\n" + b"\n".join(texts)
 
 
 _NAMESPACE_COMMA = NAMESPACE.encode() + b","
@@ -154,8 +159,8 @@ class Hub:
                 first = await self.state.tip(
                     payload.stream_id, identity.user_id, payload.client_tip_id, payload.amount_cents,
                     fee, message_id, dumps(ack), dumps(record), message_json,
-                    room_event("tip_received", received_json),
-                    room_event("chat_message", message_json),
+                    room_message(room_event("tip_received", received_json),
+                                 room_event("chat_message", message_json)),
                 )
             except Stale as exc:
                 message_id = uuid7(after=exc.cleared)
@@ -208,10 +213,10 @@ class Hub:
         else:  # add_moderator, remove_moderator: the script writes the list in
             event, data = "moderators_changed", None
         if data is None:
-            pub, tail = room_event(event, b'{"stream_id":' + dumps(m.stream_id) + b',"moderators":'
-                                   + _SPLIT + b"}").split(_SPLIT)
+            pub, tail = room_message(room_event(event, b'{"stream_id":' + dumps(m.stream_id)
+                                                + b',"moderators":' + _SPLIT + b"}")).split(_SPLIT)
         else:
-            pub, tail = room_event(event, dumps(data)), b""
+            pub, tail = room_message(room_event(event, dumps(data))), b""
         call = dict(target=m.user_id, message_id=m.message_id, value=value, record_json=dumps(record),
                     pub_json=pub, pub_tail=tail, control_json=control)
         try:

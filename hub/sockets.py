@@ -99,8 +99,8 @@ class HubRedisManager(socketio.AsyncRedisManager):
                 await self._on_close_room(room)
             return
         self.room_messages += 1
-        skip, _, text = data.partition(b"\n")
-        self.server.broadcast(room, skip.decode() if skip else None, text)
+        skip, _, texts = data.partition(b"\n")
+        self.server.broadcast(room, skip.decode() if skip else None, texts.split(b"\n"))
 
     # -- the listener -----------------------------------------------------------------
     async def _redis_listen_with_retries(self) -> AsyncIterator[dict[str, Any]]:
@@ -213,11 +213,11 @@ class HubServer(socketio.AsyncServer):
     def cut_off(self) -> int:
         return self.writer.cut_off
 
-    def broadcast(self, room: str, skip_sid: str | None, text: bytes) -> None:
-        """An encoded room event (Engine.IO text) to this worker's sockets in ``room``."""
+    def broadcast(self, room: str, skip_sid: str | None, texts: list[bytes]) -> None:
+        """Encoded room events (Engine.IO texts) to this worker's sockets in ``room``."""
         members = self.manager.rooms.get(NAMESPACE, {}).get(room)
         if members:
-            self.writer.broadcast(members, skip_sid, text)
+            self.writer.broadcast(members, skip_sid, texts)
 
     # An event packet's head: type 2, namespace, ack id, and the event name if it comes first.
     _EVENT_HEAD = re.compile(r'2(/[^,\[]*,)?(\d{1,12})?(?:\["([^"\\]{1,64})")?')

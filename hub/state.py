@@ -3,6 +3,8 @@ atomic with its outbox record and its broadcast."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
@@ -14,8 +16,9 @@ from hub.errors import HubError
 from hub.keys import NAMESPACE, OUTBOX_GROUP, Keys
 from hub.settings import Settings
 
-SCRIPTS = ("admit", "touch", "join", "leave", "refresh", "reap", "chat", "tip", "create", "start", "end",
-           "moderate")
+SCRIPTS = ("admit", "touch", "join", "leave", "refresh", "reap", "chat_batch", "tip", "create", "start",
+           "end", "moderate")
+CHAT_BATCH_MAX = 256
 MODLOG_SIZE = 200
 
 
@@ -39,6 +42,54 @@ def _result(reply: list[Any]) -> list[Any]:
         raise HubError(str(reply[1]), message,
                        retry_after=None if retry_ms is None else retry_ms / 1000)
     return reply
+
+
+class Batcher:
+    """Calls made during one event-loop tick, sent together in one call at the end of it.
+
+    ``run`` takes the items and returns one reply per item; a failure of the call is every
+    caller's failure. No call waits for a timer: the batch goes as soon as the loop is done
+    with what was ready, so a lone message costs what it did alone."""
+
+    def __init__(self, run: Callable[[list[Any]], Awaitable[list[Any]]], most: int) -> None:
+        self._run = run
+        self._most = most
+        self._pending: list[tuple[Any, asyncio.Future[Any]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.calls = 0
+
+    async def submit(self, item: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._pending.append((item, future))
+        if len(self._pending) == 1:
+            loop.call_soon(self._flush)
+        elif len(self._pending) >= self._most:
+            self._flush()
+        return await future
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        task = asyncio.ensure_future(self._send(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: list[tuple[Any, asyncio.Future[Any]]]) -> None:
+        self.calls += 1
+        try:
+            replies = await self._run([item for item, _ in batch])
+        except BaseException as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for (_, future), reply in zip(batch, replies, strict=True):
+            if not future.done():
+                future.set_result(reply)
 
 
 class Stale(Exception):
@@ -83,6 +134,7 @@ class State:
         self.settings = settings
         self.keys = Keys(settings.redis_prefix)
         self._scripts = _load_scripts(client, settings)
+        self._chat = Batcher(self._chat_batch, CHAT_BATCH_MAX)
         self._base = [self.keys.prefix, self.keys.room_prefix, NAMESPACE]
 
     async def _run(self, name: str, keys: list[str], args: list[Any]) -> list[Any]:
@@ -241,24 +293,29 @@ class State:
 
     # -- chat and tips ------------------------------------------------------------
     async def chat(self, stream_id: str, user_id: str, is_admin: bool, message_id: str,
-                   message_json: bytes, pub_json: bytes, kind: str = "chat") -> None:
-        """Accept a chat message (or, with ``kind`` alert, the streamer's trade alert).
-        Raises Stale when the message id is older than the stream's last chat clear."""
-        k, s = self.keys, self.settings
-        reply = await self._run(
-            "chat",
-            [k.stream(stream_id), k.chat_rate(user_id), k.recent(stream_id), k.outbox, k.room(stream_id),
-             k.sanctions(stream_id), k.moderators(stream_id), k.slow(stream_id, user_id)],
-            [s.chat_rate, s.chat_rate_privileged, s.chat_period * 1000, s.recent_size, message_json,
-             pub_json, user_id, "1" if is_admin else "0", kind, message_id],
-        )
-        if reply[0] == "stale":
+                   message_json: bytes, frame: bytes, kind: str = "chat") -> None:
+        """Accept a chat message (or, with ``kind`` alert, the streamer's trade alert): queued
+        for this event-loop tick's one batched script call. Raises the refusal, or Stale when
+        the message id is older than the stream's last chat clear."""
+        reply = await self._chat.submit((stream_id, user_id, "1" if is_admin else "0", kind, message_id,
+                                         message_json, frame))
+        status = reply[0]
+        if status == "stale":
             raise Stale(reply[1])
+        _result(reply)
+
+    async def _chat_batch(self, items: list[tuple[Any, ...]]) -> list[list[Any]]:
+        k, s = self.keys, self.settings
+        return list(await self._scripts["chat_batch"](
+            keys=[k.outbox],
+            args=[k.prefix, k.room_prefix, s.chat_rate, s.chat_rate_privileged, s.chat_period * 1000,
+                  s.recent_size, len(items), *(x for item in items for x in item)],
+        ))
 
     async def tip(
         self, stream_id: str, user_id: str, client_tip_id: str | None, amount_cents: int,
         fee_cents: int, message_id: str, ack_json: bytes, tip_json: bytes, message_json: bytes,
-        pub_tip: bytes, pub_message: bytes,
+        room_message: bytes,
     ) -> bytes | None:
         """Apply a tip; returns the first ack when this ``client_tip_id`` was seen before.
         Raises Stale like ``chat``."""
@@ -269,7 +326,7 @@ class State:
             [k.stream(stream_id), k.tip_rate(user_id), idem, k.recent(stream_id), k.outbox,
              k.room(stream_id), k.sanctions(stream_id)],
             [s.tip_rate, s.tip_period * 1000, s.recent_size, amount_cents, fee_cents,
-             s.tip_idempotency_ttl, ack_json, tip_json, message_json, pub_tip, pub_message,
+             s.tip_idempotency_ttl, ack_json, tip_json, message_json, room_message,
              "1" if client_tip_id else "0", user_id, message_id],
         )
         if reply[0] == "stale":

@@ -19,7 +19,9 @@ import signal
 import socket
 import sys
 import time
+from typing import Any
 
+import orjson
 import pymysql
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
@@ -32,8 +34,26 @@ from workers.store import BadRecord, Batch, Store
 
 log = logging.getLogger("workers.flusher")
 
-Entry = tuple[str, dict[str, str]]
+Entry = tuple[str, dict[str, Any]]
 BACKOFF_MAX = 5.0
+
+
+def expand(entries: list[Entry]) -> list[Entry]:
+    """Entries as records: a ``messages`` entry (a JSON list of chat messages, written by one
+    batched chat script) becomes one ``message`` entry per record, with the same entry id, so
+    that a record MySQL refuses is dead-lettered alone."""
+    records: list[Entry] = []
+    for entry_id, fields in entries:
+        if fields.get("t") == "messages":
+            try:
+                items = orjson.loads(fields.get("d", ""))
+            except orjson.JSONDecodeError:
+                items = None
+            if isinstance(items, list):
+                records.extend((entry_id, {"t": "message", "d": item}) for item in items)
+                continue
+        records.append((entry_id, fields))
+    return records
 
 
 class Flusher:
@@ -84,9 +104,10 @@ class Flusher:
 
     async def step(self, block_ms: int | None = 1000) -> int:
         """One batch: read, write, acknowledge. Returns how many entries were settled."""
-        entries = await self.read(block_ms)
-        if not entries:
+        read = await self.read(block_ms)
+        if not read:
             return 0
+        entries = expand(read)
         batch, bad = self._fold(entries)
         try:
             await self._write(batch)
@@ -94,9 +115,9 @@ class Flusher:
             log.error("MySQL refused a batch of %d (%s); writing its entries one by one",
                       len(entries), exc)
             bad = await self._write_each(entries)
-        await self._settle([eid for eid, _ in entries], bad)
+        await self._settle([eid for eid, _ in read], bad)
         self.written += len(batch)
-        return len(entries)
+        return len(read)
 
     async def _write_each(self, entries: list[Entry]) -> list[Entry]:
         """Isolate the entries MySQL refuses (they go to the dead-letter stream)."""
@@ -141,7 +162,10 @@ class Flusher:
     async def _settle(self, ids: list[str], bad: list[Entry]) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
             for entry_id, fields in bad:
-                pipe.xadd(self.keys.outbox_dead, dict(fields, entry=entry_id))
+                data = fields.get("d", "")
+                if not isinstance(data, str):  # one record of a multi-record entry
+                    data = orjson.dumps(data).decode()
+                pipe.xadd(self.keys.outbox_dead, dict(fields, d=data, entry=entry_id))
             pipe.xack(self.keys.outbox, OUTBOX_GROUP, *ids)
             pipe.xdel(self.keys.outbox, *ids)
             await pipe.execute()

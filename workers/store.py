@@ -174,9 +174,9 @@ class Batch:
     sessions: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     actions: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
-    def add(self, kind: str, data: str) -> None:
+    def add(self, kind: str, data: str | dict[str, Any]) -> None:
         try:
-            d = orjson.loads(data)
+            d = data if isinstance(data, dict) else orjson.loads(data)
             if not isinstance(d, dict):
                 raise BadRecord("the record's data is not a JSON object")
             if kind == "stream":

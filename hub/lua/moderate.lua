@@ -85,6 +85,12 @@ else
   return {'err', 'invalid'}
 end
 
+-- What the batched chat script reads to skip these lookups in streams that have none.
+if action == 'add_moderator' or action == 'remove_moderator' then
+  redis.call('HSET', KEYS[1], 'mod_count', redis.call('SCARD', KEYS[2]))
+elseif action == 'timeout_user' or action == 'ban_user' or action == 'unban_user' then
+  redis.call('HSET', KEYS[1], 'sanction_count', redis.call('HLEN', KEYS[3]))
+end
 redis.call('XADD', KEYS[7], '*', 't', 'moderation', 'd', ARGV[11])
 redis.call('LPUSH', KEYS[10], ARGV[11])
 redis.call('LTRIM', KEYS[10], 0, tonumber(ARGV[15]) - 1)

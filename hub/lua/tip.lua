@@ -1,24 +1,25 @@
 -- One accepted tip: idempotency, checks, money counters (cents), the TIP chat message,
 -- outbox records and both broadcasts together.
--- KEYS: stream hash, rate key, idempotency key, recent list, outbox, channel, sanctions
+-- KEYS: stream hash, rate key, idempotency key, recent list, outbox, stream channel, sanctions
 -- ARGV: rate limit, rate period ms, recent size, amount cents, fee cents, idempotency ttl s,
---       ack json, tip json, message json, tip pub/sub json, message pub/sub json,
+--       ack json, tip json, message json, room message (tip_received and chat_message),
 --       has idempotency key, user id, TIP message id
--- Returns {'ok'}, {'dup', first ack}, an error, or {'stale', cleared_before} (see chat.lua).
+-- Returns {'ok'}, {'dup', first ack}, an error, or {'stale', cleared_before} when the TIP
+-- message's id is older than the last chat clear (the caller retries with a newer id).
 local bad = live_check(KEYS[1])
 if bad then return bad end
-if ARGV[12] == '1' then
+if ARGV[11] == '1' then
   local first = redis.call('GET', KEYS[3])
   if first then return {'dup', first} end
 end
 local cleared = redis.call('HGET', KEYS[1], 'cleared_before')
-if cleared and ARGV[14] <= cleared then return {'stale', cleared} end
+if cleared and ARGV[13] <= cleared then return {'stale', cleared} end
 local now = now_ms()
-bad = sanction_check(KEYS[7], ARGV[13], now)
+bad = sanction_check(KEYS[7], ARGV[12], now)
 if bad then return bad end
 bad = rate_check(KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]), now)
 if bad then return bad end
-if ARGV[12] == '1' then
+if ARGV[11] == '1' then
   redis.call('SET', KEYS[3], ARGV[7], 'EX', tonumber(ARGV[6]))
 end
 redis.call('HINCRBY', KEYS[1], 'tip_count', 1)
@@ -30,5 +31,4 @@ redis.call('LTRIM', KEYS[4], -tonumber(ARGV[3]), -1)
 redis.call('XADD', KEYS[5], '*', 't', 'tip', 'd', ARGV[8])
 redis.call('XADD', KEYS[5], '*', 't', 'message', 'd', ARGV[9])
 redis.call('PUBLISH', KEYS[6], ARGV[10])
-redis.call('PUBLISH', KEYS[6], ARGV[11])
 return {'ok'}

@@ -1,0 +1,139 @@
+-- The chat messages (and streamers' trade alerts) one worker received in one event-loop tick,
+-- in one call: each is checked (stream, clear, role, sanctions, slow mode, rate); the accepted ones of a
+-- stream share one counter update, one RPUSH, one LTRIM and one PUBLISH (their frames one per
+-- line), and all of them one outbox entry (t = messages, d = a JSON list of the records).
+-- Rate state lives in two hashes per period window (field = user, value = GCRA arrival time):
+-- an arrival time written two windows ago has passed, so older hashes simply expire.
+-- KEYS: outbox
+-- ARGV: prefix, channel prefix, rate limit, privileged rate limit, period ms, recent size, n,
+--       then n times: stream id, user id, admin ('1'/'0'), kind ('chat' | 'alert'), message id,
+--       message json, frame (the Engine.IO text of its chat_message event)
+-- Returns one reply per message: {'ok'}, {'err', code, retry ms}, or {'stale', cleared_before}.
+local FIELDS = 7
+local prefix, channel_prefix = ARGV[1], ARGV[2]
+local limit, privileged, period = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local recent_size, n = tonumber(ARGV[6]), tonumber(ARGV[7])
+local now = now_ms()
+local window = math.floor(now / period)
+local rate_key = prefix .. 'rate:chatw:' .. window
+local previous_key = prefix .. 'rate:chatw:' .. (window - 1)
+
+-- The streams and users of the batch.
+local streams, stream_order, users, user_order = {}, {}, {}, {}
+for i = 1, n do
+  local at = 7 + (i - 1) * FIELDS
+  local sid, user = ARGV[at + 1], ARGV[at + 2]
+  if not streams[sid] then
+    streams[sid] = {messages = {}, frames = {}}
+    stream_order[#stream_order + 1] = sid
+  end
+  if not users[user] then
+    users[user] = false
+    user_order[#user_order + 1] = user
+  end
+end
+
+-- Everyone's arrival time: this window's hash, then the previous one for those not in it.
+local tats = redis.call('HMGET', rate_key, unpack(user_order))
+local missing = {}
+for i, user in ipairs(user_order) do
+  if tats[i] then users[user] = tonumber(tats[i]) else missing[#missing + 1] = i end
+end
+if #missing > 0 then
+  local names = {}
+  for j, i in ipairs(missing) do names[j] = user_order[i] end
+  local older = redis.call('HMGET', previous_key, unpack(names))
+  for j, i in ipairs(missing) do users[user_order[i]] = tonumber(older[j] or '0') or 0 end
+end
+
+-- Each stream's state, and its moderators and sanctions only where it has any.
+for _, sid in ipairs(stream_order) do
+  local s = streams[sid]
+  local base = prefix .. 'stream:' .. sid
+  local h = redis.call('HMGET', base, 'status', 'streamer_id', 'slow_mode', 'cleared_before',
+                       'mod_count', 'sanction_count')
+  s.status, s.streamer, s.slow, s.cleared = h[1], h[2], tonumber(h[3] or '0') or 0, h[4]
+  s.has_mods = tonumber(h[5] or '0') > 0
+  s.has_sanctions = tonumber(h[6] or '0') > 0
+  s.base = base
+end
+
+local replies, changed = {}, {}
+for i = 1, n do
+  local at = 7 + (i - 1) * FIELDS
+  local sid, user, admin, kind, id = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4], ARGV[at + 5]
+  local s = streams[sid]
+  local reply = nil
+  if not s.status then
+    reply = {'err', 'not_found'}
+  elseif s.status ~= 'LIVE' then
+    reply = {'err', 'stream_not_live'}
+  elseif s.cleared and id <= s.cleared then
+    reply = {'stale', s.cleared}
+  else
+    local role = nil
+    if s.streamer == user then role = 'streamer'
+    elseif admin == '1' then role = 'admin'
+    elseif s.has_mods and redis.call('SISMEMBER', s.base .. ':mods', user) == 1 then role = 'moderator'
+    end
+    if kind == 'alert' and role ~= 'streamer' then reply = {'err', 'forbidden'} end
+    if not reply and role ~= 'streamer' and s.has_sanctions then
+      reply = sanction_check(s.base .. ':sanctions', user, now)
+    end
+    local slow = (role or reply) and 0 or s.slow
+    local slow_key = s.base .. ':slow:' .. user
+    if not reply and slow > 0 then
+      local wait = redis.call('PTTL', slow_key)
+      if wait > 0 then reply = {'err', 'slow_mode', wait} end
+    end
+    if not reply then
+      -- GCRA, as rate_check in common.lua, on the arrival time held for this batch.
+      local interval = period / (role and privileged or limit)
+      local tat = users[user]
+      if tat < now then tat = now end
+      local new_tat = tat + interval
+      local allow_at = new_tat - period
+      if allow_at > now then
+        reply = {'err', 'rate_limited', math.ceil(allow_at - now)}
+      else
+        users[user] = new_tat
+        changed[#changed + 1] = user
+        if slow > 0 then redis.call('SET', slow_key, '1', 'PX', slow * 1000) end
+        s.messages[#s.messages + 1] = ARGV[at + 6]
+        s.frames[#s.frames + 1] = ARGV[at + 7]
+        reply = {'ok'}
+      end
+    end
+  end
+  replies[i] = reply
+end
+
+if #changed > 0 then
+  local flat, seen = {}, {}
+  for _, user in ipairs(changed) do
+    if not seen[user] then
+      seen[user] = true
+      flat[#flat + 1] = user
+      flat[#flat + 1] = math.floor(users[user])
+    end
+  end
+  redis.call('HSET', rate_key, unpack(flat))
+  redis.call('PEXPIRE', rate_key, period * 2 + 1000)
+end
+
+local records = {}
+for _, sid in ipairs(stream_order) do
+  local s = streams[sid]
+  local k = #s.messages
+  if k > 0 then
+    redis.call('HINCRBY', s.base, 'message_count', k)
+    redis.call('RPUSH', s.base .. ':recent', unpack(s.messages))
+    redis.call('LTRIM', s.base .. ':recent', -recent_size, -1)
+    redis.call('PUBLISH', channel_prefix .. sid, '\n' .. table.concat(s.frames, '\n'))
+    for _, m in ipairs(s.messages) do records[#records + 1] = m end
+  end
+end
+if #records > 0 then
+  redis.call('XADD', KEYS[1], '*', 't', 'messages', 'd', '[' .. table.concat(records, ',') .. ']')
+end
+return replies
