@@ -8,7 +8,7 @@ PORT ?= 8080
 # Development secret for `make run` only; production sets HUB_JWT_SECRET itself.
 DEV_SECRET := dev-secret-change-me-0123456789abcdef
 
-.PHONY: venv run test lint check-services migrate token clean
+.PHONY: venv run test lint check-services migrate token clean bench
 
 venv: $(STAMP)
 
@@ -36,6 +36,11 @@ token: venv
 
 test: venv
 	$(BIN)/python -m pytest
+
+# Benchmarks against the local Redis and MySQL: two workers, a flusher, five workloads, a few
+# minutes. One workload: .venv/bin/python -m tests.bench.run --workload joins [--seconds S] [--smoke]
+bench: venv
+	$(BIN)/python -m tests.bench.run
 
 lint: venv
 	$(BIN)/ruff check .

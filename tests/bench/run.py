@@ -1,0 +1,201 @@
+"""``python -m tests.bench.run [--workload NAME ...] [--seconds S] [--smoke] [--set name=value]``
+
+Starts two web workers and a flusher on a private Redis prefix and MySQL database, drives
+them from lean websocket clients on loopback, and prints one JSON line per workload, then a
+table. Hub CPU is the user+sys time of the web workers, redis-server and the flusher over the
+measured interval (/proc/<pid>/stat); client CPU is this process and the client processes.
+Every process, key and the database are removed at the end, on failure and on Ctrl-C too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import resource
+import shutil
+import signal
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.bench.harness import SMOKE, Bench, Sizes
+from tests.bench.workloads import WORKLOADS
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workload", action="extend", nargs="+", choices=list(WORKLOADS),
+                        dest="workloads", metavar="NAME",
+                        help=f"run only these ({', '.join(WORKLOADS)}); default: all, in that order")
+    parser.add_argument("--seconds", type=float, help="measured seconds per workload")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, about a second each")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a size, e.g. --set fanout_rate=50 (see harness.Sizes)")
+    return parser.parse_args(argv)
+
+
+def sizes_from(args: argparse.Namespace) -> Sizes:
+    sizes = SMOKE if args.smoke else Sizes()
+    changes: dict[str, Any] = {}
+    defaults = {f.name: getattr(sizes, f.name) for f in dataclasses.fields(Sizes)}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if name not in defaults:
+            raise SystemExit(f"--set: no size named {name!r}; one of {', '.join(defaults)}")
+        changes[name] = type(defaults[name])(value)
+    if args.seconds is not None:
+        changes["seconds"] = args.seconds
+    return dataclasses.replace(sizes, **changes)
+
+
+# -- the table ------------------------------------------------------------------------
+
+def _n(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and value >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:,.{digits}f}" if isinstance(value, float) else f"{value:,}"
+
+
+def _le(value: Any, limit: float) -> bool:
+    return value is not None and value <= limit
+
+
+def _ge(value: Any, limit: float) -> bool:
+    return value is not None and value >= limit
+
+
+Row = tuple[str, str, str, str, str, str, str, str, str]
+
+
+def _fanout(r: dict[str, Any]) -> Row:
+    met = (_ge(r["deliveries_per_s"], 150_000) and _le(r["latency_p99_ms"], 50)
+           and _le(r["hub_cpu_us_per_op"], 6) and r["missing"] == 0)
+    return (f"{_n(r['deliveries_per_s'])} deliv/s", _n(r["latency_p50_ms"]), _n(r["latency_p99_ms"]),
+            _n(r["hub_cpu_us_per_op"]), _n(r["client_cpu_us_per_op"]), _n(r["missing"]),
+            f"{r['viewers']} viewers, offered {_n(r['offered_deliveries_per_s'])}/s",
+            "≥150k deliv/s, p99≤50ms, ≤6µs/deliv", "yes" if met else "no")
+
+
+def _streams(r: dict[str, Any]) -> Row:
+    needed, got = r["pubsub_needed_per_worker"], r["pubsub_msgs_per_worker"]
+    met = needed is not None and got <= needed * 1.02 + 10
+    return (f"{_n(r['deliveries_per_s'])} deliv/s", _n(r["latency_p50_ms"]), _n(r["latency_p99_ms"]),
+            _n(r["hub_cpu_us_per_op"]), _n(r["client_cpu_us_per_op"]), _n(r["missing"]),
+            f"pub/sub per worker {_n(got)} (needed {_n(needed)})",
+            "no pub/sub for streams without viewers", "yes" if met else "no")
+
+
+def _joins(r: dict[str, Any]) -> Row:
+    met = (_ge(r["joins_per_s"], 1500) and _le(r["join_p99_ms"], 100)
+           and _le(r["kib_per_viewer"], 50))
+    return (f"{_n(r['joins_per_s'])} joins/s", _n(r["join_p50_ms"]), _n(r["join_p99_ms"]),
+            _n(r["hub_cpu_us_per_op"]), _n(r["client_cpu_us_per_op"]), "0",
+            f"{_n(r['kib_per_viewer'])} KiB/viewer, {r['joins']} joins",
+            "≥1500 joins/s, p99≤100ms, ≤50KiB/viewer", "yes" if met else "no")
+
+
+def _ingress(r: dict[str, Any]) -> Row:
+    met = _le(r.get("redis_evalsha_per_msg"), 1) and _le(r.get("redis_calls_per_msg"), 2)
+    return (f"{_n(r['accepted_msgs_per_s'])} msgs/s", _n(r["ack_p50_ms"]), _n(r["ack_p99_ms"]),
+            _n(r["hub_cpu_us_per_msg"]), _n(r["client_cpu_us_per_op"]), _n(r["missing"]),
+            f"evalsha/msg {_n(r.get('redis_evalsha_per_msg'), 2)}, "
+            f"calls/msg {_n(r.get('redis_calls_per_msg'), 2)}",
+            "≤1 round trip, ≤2 commands/msg", "yes" if met else "no")
+
+
+def _flush(r: dict[str, Any]) -> Row:
+    met = _ge(r["rows_per_s"], 50_000) and _le(r["lag_p99_s"], 2)
+
+    def lag(seconds: float | None) -> str:
+        return _n(seconds * 1000 if seconds is not None else None)
+
+    return (f"{_n(r['rows_per_s'])} rows/s", lag(r["lag_p50_s"]), lag(r["lag_p99_s"]),
+            _n(r["hub_cpu_us_per_op"]), _n(r["client_cpu_us_per_op"]), _n(r["rows_missing"]),
+            f"lag at {_n(r['lag_offered_msgs_per_s'])} msgs/s; mysqld {_n(r['mysql_cpu_us_per_row'])} µs/row",
+            "≥50k rows/s, lag p99≤2s", "yes" if met else "no")
+
+
+ROWS: dict[str, Callable[[dict[str, Any]], Row]] = {
+    "fanout": _fanout, "streams": _streams, "joins": _joins, "ingress": _ingress, "flush": _flush}
+HEAD = ("workload", "throughput", "p50 ms", "p99 ms", "hub µs/op", "client µs/op", "lost",
+        "notes", "target", "met")
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    rows = [HEAD]
+    for r in results:
+        if "error" in r:
+            rows.append((r["workload"], "ERROR", "", "", "", "", "", r["error"][:60], "", ""))
+        else:
+            rows.append((r["workload"], *ROWS[r["workload"]](r)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HEAD))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# -- the run --------------------------------------------------------------------------
+
+async def run(bench: Bench, names: list[str]) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    try:
+        await bench.start()
+        for name in names:
+            try:
+                result = await WORKLOADS[name](bench)
+                result["hub_log"] = await bench.teardown()
+            except Exception as exc:
+                traceback.print_exc()
+                result = {"workload": name, "error": f"{type(exc).__name__}: {exc}"}
+                await bench.reset()
+            print(json.dumps(result), flush=True)
+            results.append(result)
+    finally:
+        await bench.aclose()
+    return results
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes = sizes_from(args)
+    names = args.workloads or list(WORKLOADS)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    signal.signal(signal.SIGTERM, _interrupt)
+    logdir = Path(tempfile.mkdtemp(prefix="hubbench-"))
+    bench = Bench(sizes, logdir)
+    print(f"hub bench: run {bench.env.run_id}, prefix {bench.env.prefix}, database {bench.env.database}, "
+          f"{sizes.seconds:g}s per workload, {sizes.client_procs} client processes, logs in {logdir}",
+          flush=True)
+    ok = False
+    try:
+        results = asyncio.run(run(bench, names))
+        print()
+        print(table(results), flush=True)
+        ok = all("error" not in r for r in results)
+    except KeyboardInterrupt:
+        print("interrupted; stopping the hub's processes and cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        bench.close()
+        if ok:
+            shutil.rmtree(logdir, ignore_errors=True)
+        else:
+            print(f"logs kept in {logdir}", file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""The benchmark suite end to end at tiny sizes (``--smoke``), as a subprocess: it exits 0,
+prints one JSON line per workload with its figures, loses no chat message and no outbox row,
+and leaves no Redis key and no database behind. No timing target is checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMON = {"workload", "interval_s", "hub_cpu_s", "hub_cpu_us_per_op", "client_cpu_s",
+          "client_cpu_us_per_op", "cpu_s"}
+DELIVERY = {"messages", "deliveries", "expected_deliveries", "missing", "extra", "closed_sockets",
+            "deliveries_per_s", "latency_p50_ms", "latency_p99_ms"}
+EXPECTED = {
+    "fanout": DELIVERY | {"viewers", "offered_deliveries_per_s"},
+    "streams": DELIVERY | {"pubsub_msgs_per_worker", "pubsub_needed_per_worker", "pubsub_channels"},
+    "joins": {"joins", "joins_per_s", "join_p50_ms", "join_p99_ms", "kib_per_viewer"},
+    "ingress": DELIVERY | {"accepted_msgs_per_s", "ack_p99_ms", "redis_evalsha_per_msg",
+                           "redis_calls_per_msg"},
+    "flush": {"rows", "rows_stored", "rows_missing", "rows_per_s", "lag_p50_s", "lag_p99_s",
+              "lag_missing"},
+}
+
+
+def _results(stdout: str) -> dict[str, dict[str, Any]]:
+    results: dict[str, dict[str, Any]] = {}
+    for line in stdout.splitlines():
+        if line.startswith("{"):
+            result = json.loads(line)
+            assert result["workload"] not in results, f"two lines for {result['workload']}"
+            results[result["workload"]] = result
+    return results
+
+
+def _run_id(stdout: str) -> str:
+    first = stdout.splitlines()[0]
+    assert first.startswith("hub bench: run "), first
+    return first.split()[3].rstrip(",")
+
+
+@pytest.mark.timeout(240)
+def test_bench_smoke_reports_every_workload_without_loss() -> None:
+    done = subprocess.run([sys.executable, "-m", "tests.bench.run", "--smoke"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=220)
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    results = _results(done.stdout)
+    assert set(results) == set(EXPECTED), done.stdout
+    for name, keys in EXPECTED.items():
+        assert keys | COMMON <= results[name].keys(), (name, sorted(keys | COMMON - results[name].keys()))
+    for name in ("fanout", "streams", "ingress"):
+        r = results[name]
+        assert r["messages"] > 0, r
+        assert r["deliveries"] == r["expected_deliveries"] > 0, r
+        assert r["missing"] == r["extra"] == r["closed_sockets"] == 0, r
+    assert results["joins"]["joins"] == 100
+    assert results["flush"]["rows_stored"] == results["flush"]["rows"] == 2000
+    assert results["flush"]["rows_missing"] == results["flush"]["lag_missing"] == 0
+    _assert_cleaned_up(_run_id(done.stdout))
+
+
+def _assert_cleaned_up(run_id: str) -> None:
+    r = redis.Redis.from_url(os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    try:
+        assert not list(r.scan_iter(match=f"hubbench:{run_id}:*", count=1000))
+    finally:
+        r.close()
+    conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW DATABASES LIKE %s", (f"hub_bench_{run_id}",))
+            assert cur.fetchall() == ()
+    finally:
+        conn.close()

@@ -1,0 +1,243 @@
+"""The five workloads of the benchmark. Each starts fresh web workers, measures, tears down,
+and returns one flat-ish dict: the figures of its issue plus CPU per operation."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from tests.bench.fleet import Spec
+from tests.bench.harness import Bench, Round, cpu_figures, redis_figures
+from tests.bench.procs import commandstats, eventually
+from tests.bench.sio import merge, percentile_ms
+
+Workload = Callable[[Bench], Awaitable[dict[str, Any]]]
+
+
+def _chat_result(name: str, r: Round, extra: dict[str, Any]) -> dict[str, Any]:
+    figures = r.figures()
+    return {"workload": name, **extra, **figures,
+            **cpu_figures(r.cpu, figures["deliveries"]),
+            "hub_cpu_us_per_msg": round(_hub(r.cpu) * 1e6 / r.messages, 2) if r.messages else None,
+            **redis_figures(r.redis_calls, r.messages)}
+
+
+def _hub(cpu: dict[str, float]) -> float:
+    return cpu.get("workers", 0.0) + cpu.get("redis", 0.0) + cpu.get("flusher", 0.0)
+
+
+# -- 1. fan-out -----------------------------------------------------------------------
+
+async def fanout(b: Bench) -> dict[str, Any]:
+    """N viewers of one stream, half on each worker; a few senders at a fixed total rate.
+    Viewers sign in as ``fanout_users`` users so that opening them does not broadcast
+    N²/2 viewer_joined events (the joins workload measures joins)."""
+    z = b.sizes
+    workers = await b.fresh_workers()
+    [stream] = await b.create_streams(1, "fanout")
+    senders = [Spec(workers[k % 2].url, f"fanout-sender-{k}", stream, sender=True)
+               for k in range(z.fanout_senders)]
+    viewers = [Spec(workers[i % 2].url, f"fanout-viewer-{i % z.fanout_users}", stream)
+               for i in range(z.fanout_viewers)]
+    await b.open(senders + viewers)
+    r = await b.chat_round(z.fanout_rate / z.fanout_senders, z.seconds)
+    return _chat_result("fanout", r, {
+        "viewers": z.fanout_viewers, "senders": z.fanout_senders,
+        "offered_msgs_per_s": z.fanout_rate,
+        "offered_deliveries_per_s": z.fanout_rate * (z.fanout_viewers + z.fanout_senders)})
+
+
+# -- 2. many streams ------------------------------------------------------------------
+
+async def streams(b: Bench) -> dict[str, Any]:
+    """Many small streams; each stream's viewers and sender on one worker, alternating, so
+    a worker needs the traffic of half the streams only."""
+    z = b.sizes
+    workers = await b.fresh_workers()
+    ids = await b.create_streams(z.streams, "streams")
+    specs = []
+    for s, stream in enumerate(ids):
+        url = workers[s % 2].url
+        specs.append(Spec(url, f"streams-sender-{s}", stream, sender=True))
+        specs += [Spec(url, f"streams-viewer-{s}-{v}", stream) for v in range(z.stream_viewers)]
+    await b.open(specs)
+    r = await b.chat_round(z.stream_rate, z.seconds, pubsub=True)
+    numsub = b.numsub(list(r.pubsub))
+    received = sum(n * numsub.get(ch, 0) for ch, n in r.pubsub.items())
+    accepted = r.accepted
+    needed = [sum(accepted.get(stream, 0) for s, stream in enumerate(ids) if s % 2 == w)
+              for w in range(len(workers))]
+    per_worker = received / len(workers)
+    return _chat_result("streams", r, {
+        "streams": z.streams, "viewers_per_stream": z.stream_viewers,
+        "offered_msgs_per_s": z.stream_rate * z.streams,
+        "pubsub_channels": {ch.removeprefix(b.env.prefix): {"messages": n, "subscribers": numsub.get(ch, 0)}
+                            for ch, n in r.pubsub.items()},
+        "pubsub_msgs_per_worker": round(per_worker, 1),
+        "pubsub_needed_per_worker": round(sum(needed) / len(workers), 1),
+        "pubsub_unneeded_fraction": round(1 - sum(needed) / received, 3) if received else None,
+    })
+
+
+# -- 3. joins -------------------------------------------------------------------------
+
+async def joins(b: Bench) -> dict[str, Any]:
+    """Distinct signed-in viewers connect and join as fast as the hub answers (closed loop,
+    ``join_concurrency`` in flight per client process), spread over ``join_streams`` streams."""
+    z = b.sizes
+    assert b.fleet is not None
+    workers = await b.fresh_workers()
+    ids = await b.create_streams(z.join_streams, "joins")
+    specs = [Spec(workers[i % 2].url, f"joins-viewer-{i}", ids[i % len(ids)]) for i in range(z.joins)]
+    await b.fleet.ask_all("reset")
+    rss0 = b.worker_rss_kib()
+    calls0, snap0 = commandstats(b.redis), b.meter.snap()
+    replies = await b.open(specs, z.join_concurrency)
+    snap1, calls1 = b.meter.snap(), commandstats(b.redis)
+    b.mark_logs()
+    rss1 = b.worker_rss_kib()
+    counts = await b.fleet.ask_all("count")
+    n = sum(r["opened"] for r in replies)
+    seconds = (max(r["t1"] for r in replies) - min(r["t0"] for r in replies)) / 1e9
+    join_hist, connect_hist = merge([r["join"] for r in replies]), merge([r["connect"] for r in replies])
+    cpu = b.meter.delta(snap0, snap1)
+    return {
+        "workload": "joins", "joins": n, "streams": z.join_streams,
+        "concurrency": z.join_concurrency * len(b.fleet),
+        "joins_per_s": round(n / seconds, 1),
+        "join_p50_ms": percentile_ms(join_hist, 0.5), "join_p99_ms": percentile_ms(join_hist, 0.99),
+        "join_max_ms": percentile_ms(join_hist, 1.0),
+        "connect_p50_ms": percentile_ms(connect_hist, 0.5),
+        "connect_p99_ms": percentile_ms(connect_hist, 0.99),
+        "worker_rss_kib_before": rss0, "worker_rss_kib_after": rss1,
+        "kib_per_viewer": round((rss1 - rss0) / n, 2) if n else None,
+        "viewer_joined_received": sum(c["events"].get("viewer_joined", 0) for c in counts),
+        **cpu_figures(cpu, n),
+        "redis_calls_per_join": round((sum(calls1.values()) - sum(calls0.values())) / n, 2) if n else None,
+    }
+
+
+# -- 4. chat ingress ------------------------------------------------------------------
+
+async def ingress(b: Bench) -> dict[str, Any]:
+    """Many senders, few viewers: ``ingress_senders`` per stream (on alternating workers),
+    each with one message in flight, for ``seconds``."""
+    z = b.sizes
+    workers = await b.fresh_workers()
+    ids = await b.create_streams(z.ingress_streams, "ingress")
+    specs = [Spec(workers[k % 2].url, f"ingress-sender-{s}-{k}", stream, sender=True)
+             for s, stream in enumerate(ids) for k in range(z.ingress_senders)]
+    await b.open(specs)
+    r = await b.chat_round(None, z.seconds)
+    result = _chat_result("ingress", r, {"streams": z.ingress_streams,
+                                         "senders": z.ingress_streams * z.ingress_senders})
+    result["accepted_msgs_per_s"] = round(r.messages / r.send_seconds, 1) if r.send_seconds else None
+    return result
+
+
+# -- 5. flush -------------------------------------------------------------------------
+
+def _uuid7() -> str:
+    ms = time.time_ns() // 1_000_000
+    rand = uuid.uuid4().int
+    value = ((ms << 80) | (0x7 << 76) | (((rand >> 64) & 0xFFF) << 64) | (0b10 << 62)
+             | (rand & ((1 << 62) - 1)))
+    return str(uuid.UUID(int=value))
+
+
+def _message_record(stream_id: str, i: int) -> bytes:
+    """A chat message record exactly as hub/service.py's chat() puts it in the outbox."""
+    message_id = _uuid7()
+    now = datetime.now(UTC)
+    return orjson.dumps({
+        "message_id": message_id, "stream_id": stream_id, "user_id": f"flush-user-{i % 100}",
+        "username": f"flush-user-{i % 100}", "message": f"backlog message {i}", "message_type": "TEXT",
+        "tip_amount": None,
+        "created_at": now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z",
+    })
+
+
+def _backlog(b: Bench, stream_id: str, rows: int, batch: int = 5000) -> None:
+    """XADD ``rows`` message records (``t message d <json>``) while no flusher runs."""
+    outbox = f"{b.env.prefix}outbox"
+    for start in range(0, rows, batch):
+        with b.redis.pipeline(transaction=False) as pipe:
+            for i in range(start, min(rows, start + batch)):
+                pipe.xadd(outbox, {"t": "message", "d": _message_record(stream_id, i)})
+            pipe.execute()
+
+
+async def flush(b: Bench) -> dict[str, Any]:
+    """An outbox backlog of ``flush_rows`` message records, then a fresh flusher: rows/s into
+    MySQL. Then chat at ``lag_rate`` with the flusher running: outbox oldest-entry age."""
+    result = {"workload": "flush", **await _flush_backlog(b)}
+    result.update(await _flush_lag(b))
+    return result
+
+
+async def _flush_backlog(b: Bench) -> dict[str, Any]:
+    z = b.sizes
+    assert b.aredis is not None
+    outbox = f"{b.env.prefix}outbox"
+    await b.outbox_drained(60)
+    b.stop_flusher()
+    stream_id = _uuid7()
+    _backlog(b, stream_id, z.flush_rows)
+    b.start_flusher()
+
+    async def started() -> bool:
+        return int(await b.aredis.xlen(outbox)) < z.flush_rows  # type: ignore[union-attr]
+
+    await eventually(started, 60, "flusher started", every=0.01)
+    snap0, rows0, t0 = b.meter.snap(), int(await b.aredis.xlen(outbox)), time.monotonic()
+    await b.outbox_drained(600)
+    t1, snap1 = time.monotonic(), b.meter.snap()
+    stored = _count_rows(b, stream_id)
+    cpu = b.meter.delta(snap0, snap1)
+    mysql = cpu.get("mysql")
+    return {
+        "rows": z.flush_rows, "rows_measured": rows0, "rows_stored": stored,
+        "rows_missing": z.flush_rows - stored,
+        "rows_per_s": round(rows0 / (t1 - t0), 1),
+        **cpu_figures(cpu, rows0),
+        "mysql_cpu_us_per_row": round(mysql * 1e6 / rows0, 2) if mysql is not None and rows0 else None,
+    }
+
+
+def _count_rows(b: Bench, stream_id: str) -> int:
+    conn = b.env.mysql(b.env.database)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM chat_messages WHERE stream_id = %s", (stream_id,))
+            row = cur.fetchone()
+            return int(row[0]) if row else 0
+    finally:
+        conn.close()
+
+
+async def _flush_lag(b: Bench) -> dict[str, Any]:
+    z = b.sizes
+    workers = await b.fresh_workers()
+    ids = await b.create_streams(z.lag_streams, "lag")
+    await b.open([Spec(workers[s % 2].url, f"lag-sender-{s}", stream, sender=True)
+                  for s, stream in enumerate(ids)])
+    r = await b.chat_round(z.lag_rate / z.lag_streams, z.seconds, lag=True)
+    ages = sorted(r.lag)
+
+    def q(p: float) -> float | None:
+        return round(ages[min(len(ages) - 1, int(p * len(ages)))], 3) if ages else None
+
+    return {"lag_msgs": r.messages, "lag_offered_msgs_per_s": z.lag_rate, "lag_samples": len(ages),
+            "lag_hub_cpu_us_per_msg": round(_hub(r.cpu) * 1e6 / r.messages, 2) if r.messages else None,
+            "lag_p50_s": q(0.5), "lag_p99_s": q(0.99), "lag_max_s": ages[-1] if ages else None,
+            "lag_missing": r.figures()["missing"]}
+
+
+WORKLOADS: dict[str, Workload] = {
+    "fanout": fanout, "streams": streams, "joins": joins, "ingress": ingress, "flush": flush,
+}
