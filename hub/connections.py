@@ -49,9 +49,16 @@ def settings_or_exit() -> Settings | int:
     return settings
 
 
+REDIS_MAX_CONNECTIONS = 64
+
+
 async def connect_redis(settings: Settings, socket_timeout: float) -> aioredis.Redis:
-    client = aioredis.from_url(settings.redis_url, decode_responses=True, socket_connect_timeout=5,
-                               socket_timeout=socket_timeout, health_check_interval=10)
+    """A client whose pool waits (up to 5 s) for a free connection when all are busy, rather
+    than failing the call (redis-py's default pool raises "Too many connections")."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=REDIS_MAX_CONNECTIONS, timeout=5, decode_responses=True,
+        socket_connect_timeout=5, socket_timeout=socket_timeout, health_check_interval=10)
+    client = aioredis.Redis.from_pool(pool)  # closing the client closes its pool
     try:
         await client.ping()
     except (RedisError, OSError) as exc:

@@ -91,16 +91,27 @@ class HubRedisManager(socketio.AsyncRedisManager):
         if self.pubsub is not None and self.connected:
             await self.pubsub.unsubscribe(*(self.room_prefix + room for room in idle))
 
-    async def _room_message(self, channel: bytes, data: bytes) -> None:
+    async def _room_messages(self, channel: bytes, items: list[bytes]) -> None:
+        """One room's messages of one read, in order: runs of events for every socket are
+        written together; an event that skips a socket, and ``!close``, go on their own."""
         room = channel[len(self._room_prefix):].decode()
-        if data[:1] == b"!":
+        texts: list[bytes] = []
+        for data in items:
+            self.room_messages += 1
+            if data[:1] == b"\n":
+                texts.extend(data[1:].split(b"\n"))
+                continue
+            if texts:
+                self.server.broadcast(room, None, texts)
+                texts = []
             if data == b"!close":
                 await socketio.AsyncManager.close_room(self, room, NAMESPACE)
                 await self._on_close_room(room)
-            return
-        self.room_messages += 1
-        skip, _, texts = data.partition(b"\n")
-        self.server.broadcast(room, skip.decode() if skip else None, texts.split(b"\n"))
+            elif data[:1] != b"!":
+                skip, _, rest = data.partition(b"\n")
+                self.server.broadcast(room, skip.decode(), rest.split(b"\n"))
+        if texts:
+            self.server.broadcast(room, None, texts)
 
     # -- the listener -----------------------------------------------------------------
     async def _redis_listen_with_retries(self) -> AsyncIterator[dict[str, Any]]:
@@ -122,20 +133,27 @@ class HubRedisManager(socketio.AsyncRedisManager):
                     # A bounded wait, so a stop is seen within a second even when the
                     # cancellation is lost inside the Redis client's blocking read.
                     message = await self.pubsub.get_message(timeout=1.0)
-                    if message is None:
-                        continue
-                    kind, channel = message["type"], message["channel"]
-                    if kind == "message":
-                        if channel.startswith(self._room_prefix):
-                            await self._room_message(channel, message["data"])
-                        elif channel == control:
-                            await self._control(message["data"])
-                        else:
-                            yield message
-                    elif kind == "subscribe":
-                        confirmed = self._confirmations.get(channel)
-                        if confirmed is not None and not confirmed.done():
-                            confirmed.set_result(None)
+                    # Then everything already received, without waiting: the room events of
+                    # one read go out together, one write per socket per room.
+                    rooms: dict[bytes, list[bytes]] = {}
+                    while message is not None:
+                        kind, channel = message["type"], message["channel"]
+                        if kind == "message":
+                            if channel.startswith(self._room_prefix):
+                                rooms.setdefault(channel, []).append(message["data"])
+                            elif channel == control:
+                                await self._control(message["data"])
+                            else:
+                                yield message
+                        elif kind == "subscribe":
+                            confirmed = self._confirmations.get(channel)
+                            if confirmed is not None and not confirmed.done():
+                                confirmed.set_result(None)
+                        if len(rooms) > 256:
+                            break
+                        message = await self.pubsub.get_message(timeout=0)
+                    for channel, items in rooms.items():
+                        await self._room_messages(channel, items)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -182,3 +182,24 @@ async def test_flusher_process_in_burst_mode_drains_and_exits(api, clients, base
     assert sql("SELECT message FROM chat_messages WHERE message_id = %s", ack["message"]["message_id"]) == [
         {"message": "via the process"}]
     assert await rds.xlen(Keys(settings.redis_prefix).outbox) == 0
+
+
+async def test_one_bad_record_of_a_batched_entry_is_dead_lettered_alone(
+        api, clients, base_url, token, flusher, sql, rds, settings):
+    """Chat messages of one event-loop tick share one outbox entry (t = messages); a record
+    MySQL refuses, or one that cannot be read, goes to the dead letters by itself."""
+    _, sid, (c,) = await live_stream(api, clients, base_url, token)
+    keys = Keys(settings.redis_prefix)
+    good = (await c.call("send_message", {"stream_id": sid, "message": "fine"}))["message"]
+    await flusher.drain()
+    others = [dict(good, message_id=f"{good['message_id'][:-4]}{i:04d}", message=f"other {i}") for i in range(3)]
+    refused = dict(good, message_id=f"{good['message_id'][:-4]}9999", message="y" * 600)
+    entry = await rds.xadd(keys.outbox, {"t": "messages", "d": orjson.dumps(
+        [others[0], refused, others[1], 42, others[2]]).decode()})
+    await flusher.drain()
+    stored = {r["message_id"] for r in sql("SELECT message_id FROM chat_messages WHERE stream_id = %s", sid)}
+    assert stored == {good["message_id"]} | {m["message_id"] for m in others}
+    dead = [f for _, f in await rds.xrange(keys.outbox_dead) if f.get("entry") == entry]
+    assert sorted(f["d"] for f in dead) == sorted([orjson.dumps(refused).decode(), "42"])
+    assert {f["t"] for f in dead} == {"message"}
+    assert await rds.xlen(keys.outbox) == 0

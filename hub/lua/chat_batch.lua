@@ -117,8 +117,10 @@ if #changed > 0 then
       flat[#flat + 1] = math.floor(users[user])
     end
   end
-  redis.call('HSET', rate_key, unpack(flat))
-  redis.call('PEXPIRE', rate_key, period * 2 + 1000)
+  -- A window's hash gets its expiry when it gains a user (so, first of all, when it is new).
+  if redis.call('HSET', rate_key, unpack(flat)) > 0 then
+    redis.call('PEXPIRE', rate_key, period * 2 + 1000)
+  end
 end
 
 local records = {}
@@ -127,8 +129,10 @@ for _, sid in ipairs(stream_order) do
   local k = #s.messages
   if k > 0 then
     redis.call('HINCRBY', s.base, 'message_count', k)
-    redis.call('RPUSH', s.base .. ':recent', unpack(s.messages))
-    redis.call('LTRIM', s.base .. ':recent', -recent_size, -1)
+    -- The buffer may hold up to a tenth more than its size; trimmed once it holds more.
+    if redis.call('RPUSH', s.base .. ':recent', unpack(s.messages)) > recent_size + recent_size / 10 then
+      redis.call('LTRIM', s.base .. ':recent', -recent_size, -1)
+    end
     redis.call('PUBLISH', channel_prefix .. sid, '\n' .. table.concat(s.frames, '\n'))
     for _, m in ipairs(s.messages) do records[#records + 1] = m end
   end
