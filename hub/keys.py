@@ -105,9 +105,10 @@ class Keys:
         """Sorted set of this streamer's stream ids still held in Redis, by creation time."""
         return f"{self.prefix}user:{user_id}:streams"
 
-    def chat_rate(self, user_id: str) -> str:
-        """GCRA state (theoretical arrival time, ms) of the user's chat rate."""
-        return f"{self.prefix}rate:chat:{user_id}"
+    def chat_rate_window(self, window: int) -> str:
+        """Hash user -> GCRA arrival time (ms) of chat messages, one per rate period window
+        (written by ``lua/chat_batch.lua``, which builds the name itself)."""
+        return f"{self.prefix}rate:chatw:{window}"
 
     def user_conns(self, user_id: str) -> str:
         """Sorted set of the user's open connections (socket ids) scored by expiry (ms)."""
