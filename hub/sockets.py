@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import engineio
+import orjson
 import socketio
 from redis.exceptions import RedisError
 
@@ -399,9 +400,10 @@ class StreamingNamespace:
             raise
         if previous is not None and previous != payload.stream_id:
             await self.sio.leave_room(conn.sid, previous, namespace=NAMESPACE)
-        await self.sio.emit("joined_stream", joined, to=conn.sid, namespace=NAMESPACE,
+        encoded = orjson.Fragment(orjson.dumps(joined))  # once, for the event and the ack
+        await self.sio.emit("joined_stream", encoded, to=conn.sid, namespace=NAMESPACE,
                             ignore_queue=True)
-        return joined
+        return encoded  # type: ignore[return-value]
 
     async def leave(self, conn: Conn, _: Any) -> dict[str, Any]:
         if conn.stream_id is not None:

@@ -102,9 +102,11 @@ class Flusher:
             self._next_claim = now + self.settings.flush_claim_idle_ms / 2000
         return entries
 
-    async def step(self, block_ms: int | None = 1000) -> int:
-        """One batch: read, write, acknowledge. Returns how many entries were settled."""
-        read = await self.read(block_ms)
+    async def step(self, block_ms: int | None = 1000, read: list[Entry] | None = None) -> int:
+        """One batch: read (unless given), write, acknowledge. Returns how many entries were
+        settled."""
+        if read is None:
+            read = await self.read(block_ms)
         if not read:
             return 0
         entries = expand(read)
@@ -186,13 +188,27 @@ class Flusher:
         self._stopping.set()
 
     async def run(self) -> None:
-        """Until stopped: each batch settled before the next; a stop ends after the batch."""
+        """Until stopped: each batch written and settled before the next, while the next one is
+        read from Redis (so MySQL is kept busy); a stop ends after the batches read."""
         delay = 0.5
-        while not self._stopping.is_set():
+        ahead: asyncio.Future[list[Entry]] | None = None
+        while not self._stopping.is_set() or ahead is not None:
             try:
-                await self.step(block_ms=1000)
+                if ahead is not None:
+                    pending, ahead = ahead, None
+                    read = await pending
+                elif self._stopping.is_set():
+                    break
+                else:
+                    read = await self.read(1000)
+                if read and not self._stopping.is_set():
+                    ahead = asyncio.ensure_future(self.read(None))
+                if read:
+                    await self.step(read=read)
                 delay = 0.5
             except asyncio.CancelledError:
+                if ahead is not None:
+                    ahead.cancel()
                 raise
             except (RedisError, OSError) as exc:
                 log.warning("outbox read failed (%s); retrying in %.1fs", exc, delay)
