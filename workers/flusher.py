@@ -35,6 +35,7 @@ from workers.store import BadRecord, Batch, Store
 log = logging.getLogger("workers.flusher")
 
 Entry = tuple[str, dict[str, Any]]
+Prepared = tuple[list[Entry], list[Entry], Batch, list[Entry]]  # read, records, batch, bad
 BACKOFF_MAX = 5.0
 
 
@@ -102,15 +103,14 @@ class Flusher:
             self._next_claim = now + self.settings.flush_claim_idle_ms / 2000
         return entries
 
-    async def step(self, block_ms: int | None = 1000, read: list[Entry] | None = None) -> int:
-        """One batch: read (unless given), write, acknowledge. Returns how many entries were
-        settled."""
-        if read is None:
-            read = await self.read(block_ms)
+    async def step(self, block_ms: int | None = 1000, ready: Prepared | None = None) -> int:
+        """One batch: read and prepare (unless given), write, acknowledge. Returns how many
+        entries were settled."""
+        if ready is None:
+            ready = self.prepare(await self.read(block_ms))
+        read, entries, batch, bad = ready
         if not read:
             return 0
-        entries = expand(read)
-        batch, bad = self._fold(entries)
         try:
             await self._write(batch)
         except pymysql.MySQLError as exc:
@@ -120,6 +120,16 @@ class Flusher:
         await self._settle([eid for eid, _ in read], bad)
         self.written += len(batch)
         return len(read)
+
+    def prepare(self, read: list[Entry]) -> Prepared:
+        """Entries as records, folded into a batch, with its SQL built."""
+        entries = expand(read)
+        batch, bad = self._fold(entries)
+        batch.statements()
+        return read, entries, batch, bad
+
+    async def _read_ahead(self) -> Prepared:
+        return self.prepare(await self.read(None))
 
     async def _write_each(self, entries: list[Entry]) -> list[Entry]:
         """Isolate the entries MySQL refuses (they go to the dead-letter stream)."""
@@ -191,20 +201,21 @@ class Flusher:
         """Until stopped: each batch written and settled before the next, while the next one is
         read from Redis (so MySQL is kept busy); a stop ends after the batches read."""
         delay = 0.5
-        ahead: asyncio.Future[list[Entry]] | None = None
+        ahead: asyncio.Future[Prepared] | None = None
         while not self._stopping.is_set() or ahead is not None:
             try:
                 if ahead is not None:
                     pending, ahead = ahead, None
-                    read = await pending
+                    ready = await pending
                 elif self._stopping.is_set():
                     break
                 else:
-                    read = await self.read(1000)
-                if read and not self._stopping.is_set():
-                    ahead = asyncio.ensure_future(self.read(None))
-                if read:
-                    await self.step(read=read)
+                    ready = self.prepare(await self.read(1000))
+                if ready[0] and not self._stopping.is_set():
+                    # The next batch is read and its SQL built while MySQL writes this one.
+                    ahead = asyncio.ensure_future(self._read_ahead())
+                if ready[0]:
+                    await self.step(ready=ready)
                 delay = 0.5
             except asyncio.CancelledError:
                 if ahead is not None:

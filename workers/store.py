@@ -8,6 +8,7 @@ version; an older version never overwrites a newer one.
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -15,6 +16,7 @@ from typing import Any
 
 import aiomysql
 import orjson
+from pymysql.converters import escape_item, escape_string
 
 from hub.codec import parse_iso
 from hub.money import decimal_json, exact_decimal, from_cents
@@ -86,10 +88,52 @@ def _dt(ms: Any) -> datetime | None:
     return datetime.fromtimestamp(int(ms) / 1000, tz=UTC).replace(tzinfo=None)
 
 
-def _iso(text: str) -> datetime:
+_HUB_ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+def _iso(text: str) -> datetime | str:
+    """An ISO 8601 time for a DATETIME(3) column. The hub's own form (``…T…\\.mmmZ``) becomes
+    MySQL's text directly (strict mode refuses an impossible date); any other is parsed."""
     if not isinstance(text, str):
         raise ValueError("a time must be an ISO 8601 string")
+    if _HUB_ISO.fullmatch(text):
+        return f"{text[:10]} {text[11:23]}"
     return datetime.fromtimestamp(parse_iso(text) / 1000, tz=UTC).replace(tzinfo=None)
+
+
+def _literal(value: Any) -> str:
+    """One SQL literal, as pymysql writes it, without its per-value dispatch for the common
+    types. Strings are backslash-escaped: the pool's sql_mode (``hub.db.INIT_COMMAND``) leaves
+    NO_BACKSLASH_ESCAPES off, and the connection's charset is utf8mb4."""
+    kind = type(value)
+    if kind is str:
+        return "'" + escape_string(value) + "'"
+    if value is None:
+        return "NULL"
+    if kind is int:
+        return str(value)
+    if kind is Decimal:
+        return format(value, "f")
+    return str(escape_item(value, "utf8mb4"))
+
+
+def _rows_sql(sql: str, rows: list[tuple[Any, ...]]) -> list[str]:
+    """``INSERT … VALUES (%s, …) ON DUPLICATE KEY UPDATE …`` for many rows, as statements of
+    at most about 1 MB each (built before a connection is taken, so the flusher builds the
+    next batch's while MySQL writes the current one)."""
+    head, _, rest = sql.partition(" VALUES ")
+    tail = rest[rest.index(")") + 1:]
+    statements, values, size = [], [], 0
+    for row in rows:
+        text = "(" + ",".join([_literal(v) for v in row]) + ")"
+        values.append(text)
+        size += len(text) + 1
+        if size > 1_000_000:
+            statements.append(f"{head} VALUES {','.join(values)}{tail}")
+            values, size = [], 0
+    if values:
+        statements.append(f"{head} VALUES {','.join(values)}{tail}")
+    return statements
 
 
 def _int(value: Any) -> int | None:
@@ -173,6 +217,7 @@ class Batch:
     tips: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     sessions: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     actions: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    _statements: list[str] | None = field(default=None, repr=False)
 
     def add(self, kind: str, data: str | dict[str, Any]) -> None:
         try:
@@ -203,6 +248,18 @@ class Batch:
                 orjson.JSONDecodeError) as exc:
             raise BadRecord(f"{type(exc).__name__}: {exc}") from exc
 
+    def statements(self) -> list[str]:
+        """The batch's row upserts as SQL text (the moderation actions are written apart)."""
+        if self._statements is None:
+            self._statements = [
+                statement
+                for sql, rows in ((UPSERT_STREAMS, self.streams), (UPSERT_MESSAGES, self.messages),
+                                  (UPSERT_TIPS, self.tips), (UPSERT_SESSIONS, self.sessions))
+                if rows
+                for statement in _rows_sql(sql, list(rows.values()))
+            ]
+        return self._statements
+
     def __len__(self) -> int:
         return (len(self.streams) + len(self.messages) + len(self.tips) + len(self.sessions)
                 + len(self.actions))
@@ -217,14 +274,8 @@ class Store:
         async with self.pool.acquire() as conn:
             try:
                 async with conn.cursor() as cur:
-                    for sql, rows in (
-                        (UPSERT_STREAMS, batch.streams),
-                        (UPSERT_MESSAGES, batch.messages),
-                        (UPSERT_TIPS, batch.tips),
-                        (UPSERT_SESSIONS, batch.sessions),
-                    ):
-                        if rows:
-                            await cur.executemany(sql, list(rows.values()))
+                    for statement in batch.statements():
+                        await cur.execute(statement)
                     await self._moderate(cur, batch)
                 await conn.commit()
             except BaseException:
