@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tests.bench.floor import measure as measure_floor
 from tests.bench.harness import SMOKE, Bench, Sizes
 from tests.bench.workloads import WORKLOADS
 
@@ -179,11 +180,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"hub bench: run {bench.env.run_id}, prefix {bench.env.prefix}, database {bench.env.database}, "
           f"{sizes.seconds:g}s per workload, {sizes.client_procs} client processes, logs in {logdir}",
           flush=True)
+    floor = measure_floor(100, 20) if args.smoke else measure_floor()
+    print(json.dumps({"floor": "one 200-byte write to a loopback socket", **floor}), flush=True)
     ok = False
     try:
         results = asyncio.run(run(bench, names))
         print()
         print(table(results), flush=True)
+        print(f"machine floor: {floor['us_per_write']} µs of CPU per write to a loopback socket "
+              f"(user {floor['user_us']}, system {floor['sys_us']}); a delivery costs at least that", flush=True)
         ok = all("error" not in r for r in results)
     except KeyboardInterrupt:
         print("interrupted; stopping the hub's processes and cleaning up", file=sys.stderr)
