@@ -199,12 +199,13 @@ def _child_setup() -> None:
 class Proc:
     """A hub process (web worker or flusher) with its output in a log file."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], logdir: Path) -> None:
+    def __init__(self, name: str, args: list[str], env: dict[str, str], logdir: Path,
+                 executable: str = sys.executable) -> None:
         self.name = name
         self.log_path = logdir / f"{name}.log"
         self._log = open(self.log_path, "ab")
         self.popen = subprocess.Popen(
-            [sys.executable, *args], cwd=ROOT, env={**os.environ, **env}, stdout=self._log,
+            [executable, *args], cwd=ROOT, env={**os.environ, **env}, stdout=self._log,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             preexec_fn=_child_setup)
 
@@ -243,10 +244,29 @@ class Proc:
         self._log.close()
 
 
+NODE_REFERENCE = ROOT / "tests" / "bench" / "node"
+
+
+def node_reference() -> bool:
+    """BENCH_SERVER=node: the workers are the Node.js socket.io reference (node/server.mjs)."""
+    return os.environ.get("BENCH_SERVER") == "node"
+
+
+def install_node_reference() -> None:
+    if not (NODE_REFERENCE / "node_modules" / "socket.io").exists():
+        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=NODE_REFERENCE,
+                       check=True, timeout=300)
+
+
 class Worker(Proc):
     def __init__(self, index: int, env: dict[str, str], logdir: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        if node_reference():
+            super().__init__(f"node-{index}-{self.port}",
+                             [str(NODE_REFERENCE / "server.mjs"), "--port", str(self.port)], env, logdir,
+                             executable="node")
+            return
         super().__init__(f"worker-{index}-{self.port}",
                          ["-m", "hub", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
                          env, logdir)

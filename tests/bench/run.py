@@ -25,6 +25,7 @@ from typing import Any
 
 from tests.bench.floor import measure as measure_floor
 from tests.bench.harness import SMOKE, Bench, Sizes
+from tests.bench.procs import install_node_reference, node_reference
 from tests.bench.workloads import WORKLOADS
 
 
@@ -180,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"hub bench: run {bench.env.run_id}, prefix {bench.env.prefix}, database {bench.env.database}, "
           f"{sizes.seconds:g}s per workload, {sizes.client_procs} client processes, logs in {logdir}",
           flush=True)
+    if node_reference():
+        install_node_reference()
+        print("BENCH_SERVER=node: the workers are the Node.js socket.io 4.8 reference "
+              "(tests/bench/node/server.mjs)", flush=True)
     floor = measure_floor(100, 20) if args.smoke else measure_floor()
     print(json.dumps({"floor": "one 200-byte write to a loopback socket", **floor}), flush=True)
     ok = False
