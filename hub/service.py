@@ -283,12 +283,13 @@ class Hub:
     async def _owned(self, identity: Identity, stream_id: str) -> dict[str, str]:
         found = await self.state.stream(stream_id)
         if found is None:
-            if await self.history.stream(stream_id) is not None:
-                raise HubError("conflict", "The stream has ended.")
-            raise HubError("not_found")
+            row = await self.history.stream(stream_id)
+            if row is None:
+                raise HubError("not_found")
+            _may_act(identity, row["streamer_id"])  # someone else's ended stream: forbidden
+            raise HubError("conflict", "The stream has ended.")
         h = found[0]
-        if h["streamer_id"] != identity.user_id and not identity.is_admin:
-            raise HubError("forbidden", "Only the stream's streamer or an admin may do this.")
+        _may_act(identity, h["streamer_id"])
         return h
 
     async def start_stream(self, identity: Identity, stream_id: str) -> dict[str, Any]:
@@ -385,6 +386,11 @@ def _message_id(item: str) -> str:
     if item.startswith('{"message_id":"'):
         return item[_ID_AT:_ID_AT + 36]
     return str(loads(item)["message_id"])
+
+
+def _may_act(identity: Identity, streamer_id: str) -> None:
+    if streamer_id != identity.user_id and not identity.is_admin:
+        raise HubError("forbidden", "Only the stream's streamer or an admin may do this.")
 
 
 def _sorted_messages(items: list[str]) -> list[dict[str, Any]]:

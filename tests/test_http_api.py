@@ -303,6 +303,8 @@ async def test_ended_stream_is_read_from_mysql_once_redis_forgets_it(api, token,
     assert [s["stream_id"] for s in body["streams"]] == [sid]
     status, body = await api.request("POST", f"{sid}/end", who)
     assert_error(status, body, 409, "conflict")
+    status, body = await api.request("POST", f"{sid}/end", token(unique("other"), "streamer"))
+    assert_error(status, body, 403, "forbidden")  # someone else's, even once only MySQL has it
 
 
 async def test_user_streams_newest_first_with_status_filter(api, token, flusher):
