@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,9 +30,16 @@ class Identity:
 
 
 class Verifier:
-    """Checks tokens against the configured key, algorithms, audience and issuer."""
+    """Checks tokens against the configured key, algorithms, audience and issuer.
+
+    A token verified once is remembered (the newest ``CACHE_SIZE``) until it expires, so a
+    client that reconnects or opens another tab with the same token costs no second signature
+    check; the expiry is still checked on every use."""
+
+    CACHE_SIZE = 4096
 
     def __init__(self, settings: Settings) -> None:
+        self._verified: OrderedDict[str, Identity] = OrderedDict()
         self._key = settings.jwt_public_key or settings.jwt_secret
         self._keys = dict(settings.jwt_public_keys)
         self._algorithms = settings.jwt_algorithms
@@ -42,6 +50,19 @@ class Verifier:
     def verify(self, token: Any) -> Identity:
         if not isinstance(token, str) or not token:
             raise HubError("unauthorized")
+        known = self._verified.get(token)
+        if known is not None:
+            if known.expires_at + self._leeway >= time.time():
+                self._verified.move_to_end(token)
+                return known
+            del self._verified[token]
+        identity = self._decode(token)
+        self._verified[token] = identity
+        if len(self._verified) > self.CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return identity
+
+    def _decode(self, token: str) -> Identity:
         try:
             claims = jwt.decode(
                 token,

@@ -239,3 +239,30 @@ async def test_open_connections_per_address(workers, token):
     finally:
         for c in made:
             await c.close()
+
+
+def test_a_remembered_token_is_checked_once_and_still_expires(settings, token):
+    import time as clock
+
+    from hub.auth import Verifier
+    from hub.errors import HubError
+
+    verifier = Verifier(settings)
+    brief = token(unique("brief"), ttl=1)
+    first = verifier.verify(brief)
+    assert verifier.verify(brief) is first  # remembered, not decoded again
+    tampered = brief[:-2] + ("AA" if not brief.endswith("AA") else "BB")
+    try:
+        verifier.verify(tampered)
+        raise AssertionError("a tampered copy of a remembered token was accepted")
+    except HubError as exc:
+        assert exc.code == "unauthorized"
+    deadline = clock.monotonic() + 5
+    while True:  # poll until the expiry passes: the remembered token is refused from then on
+        try:
+            verifier.verify(brief)
+        except HubError as exc:
+            assert exc.code == "unauthorized"
+            break
+        assert clock.monotonic() < deadline, "a remembered token outlived its expiry"
+        clock.sleep(0.05)
