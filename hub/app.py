@@ -7,14 +7,15 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
 import socketio
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily
 
 from hub import rest
 from hub.auth import Verifier
@@ -30,6 +31,33 @@ from hub.state import State, outbox_lag, persistence_warning
 log = logging.getLogger(__name__)
 
 CONNECTIONS = Gauge("hub_connections", "Socket.IO connections on this worker")
+
+
+class FanoutCollector:
+    """Counters kept by the fan-out path itself, read when /metrics is scraped."""
+
+    def __init__(self) -> None:
+        self.sio: HubServer | None = None
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        sio = self.sio
+        if sio is None:
+            return
+        manager = sio.manager
+        for name, doc, value in (
+            ("hub_deliveries", "Room and direct events handed to this worker's sockets",
+             sio.writer.deliveries),
+            ("hub_socket_writes", "Writes to WebSocket transports (one may carry several events)",
+             sio.writer.writes),
+            ("hub_cut_off", "Connections cut off for not reading", sio.writer.cut_off),
+            ("hub_room_messages", "Room messages received from the streams' Redis channels",
+             getattr(manager, "room_messages", 0)),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+
+
+FANOUT = FanoutCollector()
+REGISTRY.register(FANOUT)  # type: ignore[arg-type]
 WATCHING = Gauge("hub_watching", "Connections on this worker that watch a stream")
 
 
@@ -102,6 +130,7 @@ def create_app(settings: Settings) -> web.Application:
         engineio_logger=False,
     )
     sio.attach(app, socketio_path="socket.io")
+    FANOUT.sio = sio
     app[SIO] = sio
     holder.append(StreamingNamespace(sio, settings, app[rest.VERIFIER], runtime.require_hub,
                                      runtime.require_presence))

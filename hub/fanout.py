@@ -74,7 +74,8 @@ class Writer:
         self.buffer_limit = buffer_limit
         self.queue_limit = queue_limit
         self.cut_off = 0
-        self.deliveries = 0
+        self.deliveries = 0  # events handed to sockets
+        self.writes = 0  # transport writes (one may carry several events)
         self._closing: set[asyncio.Task[None]] = set()
 
     def direct(self, eio_socket: Any) -> Any:
@@ -89,13 +90,14 @@ class Writer:
         eio_socket = self.eio.sockets.get(eio_sid)
         if eio_socket is not None:
             self._send(eio_sid, eio_socket, text, None)
+            self.deliveries += 1
 
     def broadcast(self, members: Any, skip_sid: str | None, texts: list[bytes]) -> None:
         """Engine.IO messages to every socket of a room (``members``: sid -> eio sid)."""
         frames: bytes | None = None
         sockets = self.eio.sockets
         limit = self.buffer_limit
-        sent = 0
+        sent = writes = 0
         for sid, eio_sid in list(members.items()):
             if sid == skip_sid:
                 continue
@@ -113,11 +115,13 @@ class Writer:
                     frames = b"".join(ws_frame(text) for text in texts)
                 transport.write(frames)
                 sent += 1
+                writes += 1
             else:
                 for text in texts:
                     self._queue(eio_sid, eio_socket, text)
                 sent += 1
         self.deliveries += sent * len(texts)
+        self.writes += writes
 
     def _send(self, eio_sid: str, eio_socket: Any, text: bytes, frame: bytes | None) -> None:
         transport = self.direct(eio_socket)
@@ -130,6 +134,7 @@ class Writer:
             self._abort(eio_sid, transport)
             return
         transport.write(frame or ws_frame(text))
+        self.writes += 1
 
     def _queue(self, eio_sid: str, eio_socket: Any, text: bytes) -> None:
         if eio_socket.closed:

@@ -342,6 +342,9 @@ async def test_health_and_readiness(api):
     assert set(body["outbox"]) == {"entries", "pending", "oldest_age_seconds"}
     status, body = await api.request("GET", "/metrics")
     assert status == 200 and "hub_connections" in body
+    for counter in ("hub_deliveries_total", "hub_socket_writes_total", "hub_cut_off_total",
+                    "hub_room_messages_total"):
+        assert counter in body, counter
 
 
 async def test_wrong_method_is_refused_as_json(api):
