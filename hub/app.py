@@ -9,7 +9,6 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import redis.asyncio as aioredis
 import socketio
@@ -107,12 +106,11 @@ def create_app(settings: Settings) -> web.Application:
     async def close_room(room: str) -> None:
         await holder[0].stream_closed(room)
 
-    async def control(order: dict[str, Any]) -> None:
-        await holder[0].control(order)
+    async def banned(room: str, user_id: str, reason: str | None) -> None:
+        await holder[0].banned(room, user_id, reason)
 
     manager = HubRedisManager(settings.redis_url, channel=keys.channel, room_prefix=keys.room_prefix,
-                              on_close_room=close_room,
-                              control_channel=keys.control, on_control=control,
+                              on_close_room=close_room, on_banned=banned,
                               redis_options={"health_check_interval": 10})
     sio = HubServer(
         send_queue_limit=settings.send_queue_limit,

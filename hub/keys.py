@@ -28,14 +28,10 @@ class Keys:
 
     def room(self, stream_id: str) -> str:
         """Pub/sub channel of one stream's room events, each ``skip_sid\\n`` then the Engine.IO
-        text of the event (``42/streaming,["chat_message",{...}]``), or ``!close``. Only workers
-        with a viewer of the stream subscribe to it."""
+        texts of the events, one per line (``42/streaming,["chat_message",{...}]``), or an order
+        to the workers: ``!close`` (the stream ended), ``!ban {"user_id", "reason"}``. Only
+        workers with a socket in the stream's room subscribe to it."""
         return f"{self.prefix}room:{stream_id}"
-
-    @property
-    def control(self) -> str:
-        """Pub/sub channel of worker-to-worker orders (a banned user's sockets leave a room)."""
-        return f"{self.prefix}control"
 
     @property
     def outbox(self) -> str:

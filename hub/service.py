@@ -189,7 +189,7 @@ class Hub:
             if getattr(m, name) not in (None, ""):
                 record[name] = getattr(m, name)
         base = {"stream_id": m.stream_id}
-        value, control = "", b""
+        value, ban_order = "", b""
         if m.action == "delete_message":
             event, data = "message_deleted", dict(base, message_id=m.message_id, by=who.user_id)
         elif m.action == "timeout_user":
@@ -200,8 +200,7 @@ class Hub:
                                                  by=who.user_id)
         elif m.action == "ban_user":
             event, data = "user_banned", dict(base, user_id=m.user_id, by=who.user_id)
-            control = dumps({"kind": "ban", "stream_id": m.stream_id, "user_id": m.user_id,
-                             "reason": m.reason})
+            ban_order = dumps({"user_id": m.user_id, "reason": m.reason})
         elif m.action == "unban_user":
             event, data = "user_unbanned", dict(base, user_id=m.user_id, by=who.user_id)
         elif m.action == "clear_chat":
@@ -218,7 +217,7 @@ class Hub:
         else:
             pub, tail = room_message(room_event(event, dumps(data))), b""
         call = dict(target=m.user_id, message_id=m.message_id, value=value, record_json=dumps(record),
-                    pub_json=pub, pub_tail=tail, control_json=control)
+                    pub_json=pub, pub_tail=tail, ban_order=ban_order)
         try:
             try:
                 moderators = await self.state.moderate(m.stream_id, m.action, who.user_id, who.is_admin,

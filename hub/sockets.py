@@ -38,23 +38,20 @@ class HubRedisManager(socketio.AsyncRedisManager):
     """python-socketio's Redis manager with a listener that reconnects by itself and stops when
     told, extended with the hub's own channels on the same connection:
 
-    - one channel per stream (``room:{id}``), subscribed only while this worker has a socket
-      in that stream's room; its events are written to the sockets without being decoded
-      (``HubServer.broadcast``), and ``!close`` empties the room when the stream ends;
-    - the control channel, whose orders (a banned user's sockets leave a room) go to
-      ``on_control``."""
+    one channel per stream (``room:{id}``), subscribed only while this worker has a socket in
+    that stream's room. Its events are written to the sockets without being decoded
+    (``HubServer.broadcast``); its orders go to the namespace: ``!close`` (the stream ended,
+    the room is emptied) and ``!ban {"user_id", "reason"}`` (the user's sockets leave the room)."""
 
     RETRY_MAX = 5.0
 
     def __init__(self, *args: Any, room_prefix: str, on_close_room: Callable[[str], Awaitable[None]],
-                 control_channel: str, on_control: Callable[[dict[str, Any]], Awaitable[None]],
-                 **kwargs: Any):
+                 on_banned: Callable[[str, str, str | None], Awaitable[None]], **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.room_prefix = room_prefix
         self._room_prefix = room_prefix.encode()
         self._on_close_room = on_close_room
-        self.control_channel = control_channel
-        self._on_control = on_control
+        self._on_banned = on_banned
         self.closing = False
         self.watched: set[str] = set()
         self._confirmations: dict[bytes, asyncio.Future[None]] = {}
@@ -94,7 +91,7 @@ class HubRedisManager(socketio.AsyncRedisManager):
 
     async def _room_messages(self, channel: bytes, items: list[bytes]) -> None:
         """One room's messages of one read, in order: runs of events for every socket are
-        written together; an event that skips a socket, and ``!close``, go on their own."""
+        written together; an event that skips a socket, and an order, go on their own."""
         room = channel[len(self._room_prefix):].decode()
         texts: list[bytes] = []
         for data in items:
@@ -105,10 +102,9 @@ class HubRedisManager(socketio.AsyncRedisManager):
             if texts:
                 self.server.broadcast(room, None, texts)
                 texts = []
-            if data == b"!close":
-                await socketio.AsyncManager.close_room(self, room, NAMESPACE)
-                await self._on_close_room(room)
-            elif data[:1] != b"!":
+            if data[:1] == b"!":
+                await self._order(room, data)
+            else:
                 skip, _, rest = data.partition(b"\n")
                 self.server.broadcast(room, skip.decode(), rest.split(b"\n"))
         if texts:
@@ -120,13 +116,12 @@ class HubRedisManager(socketio.AsyncRedisManager):
         capped backoff. A closing worker stops here even if redis-py turned the cancellation
         into a connection error."""
         retry = 0.25
-        control = self.control_channel.encode()
         while not self.closing:
             try:
                 await self._close_connections()
                 self._redis_connect()
                 self.pubsub.ignore_subscribe_messages = False  # confirmations end watch()
-                await self.pubsub.subscribe(self.channel, self.control_channel,
+                await self.pubsub.subscribe(self.channel,
                                             *(self.room_prefix + room for room in self.watched))
                 self.connected = True
                 retry = 0.25
@@ -142,8 +137,6 @@ class HubRedisManager(socketio.AsyncRedisManager):
                         if kind == "message":
                             if channel.startswith(self._room_prefix):
                                 rooms.setdefault(channel, []).append(message["data"])
-                            elif channel == control:
-                                await self._control(message["data"])
                             else:
                                 yield message
                         elif kind == "subscribe":
@@ -165,15 +158,18 @@ class HubRedisManager(socketio.AsyncRedisManager):
                 await asyncio.sleep(retry)
                 retry = min(retry * 2, self.RETRY_MAX)
 
-    async def _control(self, data: Any) -> None:
+    async def _order(self, room: str, data: bytes) -> None:
         try:
-            order = self.json.loads(data)
-            if isinstance(order, dict):
-                await self._on_control(order)
+            if data == b"!close":
+                await socketio.AsyncManager.close_room(self, room, NAMESPACE)
+                await self._on_close_room(room)
+            elif data.startswith(b"!ban "):
+                order = self.json.loads(data[5:])
+                await self._on_banned(room, str(order["user_id"]), order.get("reason"))
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("control order failed")
+            log.exception("order %r on room %s failed", data[:40], room)
 
     async def _close_connections(self) -> None:
         pubsub, client = self.pubsub, self.redis
@@ -426,11 +422,6 @@ class StreamingNamespace:
             return await self._hub().moderate(conn.identity, payloads.Moderation.parse(event, data))
 
         return act
-
-    async def control(self, order: dict[str, Any]) -> None:
-        """An order from the control channel, sent by whichever worker took the action."""
-        if order.get("kind") == "ban":
-            await self.banned(str(order.get("stream_id")), str(order.get("user_id")), order.get("reason"))
 
     async def banned(self, stream_id: str, user_id: str, reason: str | None) -> None:
         """The user was banned from the stream: their sockets here are told, leave the room and

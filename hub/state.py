@@ -337,7 +337,7 @@ class State:
     async def moderate(
         self, stream_id: str, action: str, actor: str, is_admin: bool, *, target: str = "",
         message_id: str = "", value: str = "", record_json: bytes, pub_json: bytes,
-        pub_tail: bytes = b"", control_json: bytes = b"", found: bool = False,
+        pub_tail: bytes = b"", ban_order: bytes = b"", found: bool = False,
     ) -> str | None:
         """Apply one moderation action. Returns the moderators (JSON list) after a change of
         moderators; raises MessageMissing when a message to delete is not in the recent buffer."""
@@ -346,9 +346,9 @@ class State:
             "moderate",
             [k.stream(stream_id), k.moderators(stream_id), k.sanctions(stream_id),
              k.recent(stream_id), k.deleted(stream_id), k.conns(stream_id), k.outbox, k.room(stream_id),
-             k.control, k.modlog(stream_id)],
+             k.modlog(stream_id)],
             [*self._base, stream_id, action, actor, "1" if is_admin else "0", target, message_id,
-             value, record_json, pub_json, pub_tail, control_json, MODLOG_SIZE,
+             value, record_json, pub_json, pub_tail, ban_order, MODLOG_SIZE,
              "1" if found else "0"],
         )
         if reply[0] == "missing":

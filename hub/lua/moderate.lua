@@ -1,10 +1,10 @@
 -- One moderation action: role checks, the change to live state, the record (outbox and the
 -- stream's moderation log) and the broadcasts, together.
--- KEYS: stream hash, moderators, sanctions, recent list, deleted set, conns, outbox, channel,
---       control channel, moderation log
+-- KEYS: stream hash, moderators, sanctions, recent list, deleted set, conns, outbox,
+--       stream channel, moderation log
 -- ARGV: prefix, channel, namespace, stream_id, action, actor, admin ('1'/'0'), target user,
 --       message id, value (timeout end ms | watermark id | slow-mode seconds), record json,
---       pub/sub json (for moderators_changed: its head), pub/sub tail, control json,
+--       pub/sub json (for moderators_changed: its head), pub/sub tail, ban order json,
 --       log size, found ('1': the caller found the message in MySQL)
 -- Returns {'ok', moderators json}, an error, {'no_stream'} when the stream has no live state,
 -- or {'missing'} when a message to delete is not in
@@ -92,8 +92,8 @@ elseif action == 'timeout_user' or action == 'ban_user' or action == 'unban_user
   redis.call('HSET', KEYS[1], 'sanction_count', redis.call('HLEN', KEYS[3]))
 end
 redis.call('XADD', KEYS[7], '*', 't', 'moderation', 'd', ARGV[11])
-redis.call('LPUSH', KEYS[10], ARGV[11])
-redis.call('LTRIM', KEYS[10], 0, tonumber(ARGV[15]) - 1)
+redis.call('LPUSH', KEYS[9], ARGV[11])
+redis.call('LTRIM', KEYS[9], 0, tonumber(ARGV[15]) - 1)
 if action == 'add_moderator' or action == 'remove_moderator' then
   local list = redis.call('SMEMBERS', KEYS[2])
   table.sort(list)
@@ -103,8 +103,10 @@ else
   redis.call('PUBLISH', KEYS[8], ARGV[12])
 end
 if action == 'ban_user' then
-  redis.call('PUBLISH', KEYS[9], ARGV[14])
-  -- The user's connections stop watching now; their workers take the sockets out of the room.
+  -- An order on the stream's own channel: the workers with sockets in the room (the only ones
+  -- subscribed) take the user's sockets out of it, before the viewer_left below goes out.
+  redis.call('PUBLISH', KEYS[8], '!ban ' .. ARGV[14])
+  -- The user's connections stop watching now.
   for _, member in ipairs(redis.call('ZRANGE', KEYS[6], 0, -1)) do
     local _, _, viewer = split_member(member)
     if viewer == 'u:' .. target then
