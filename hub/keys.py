@@ -101,10 +101,11 @@ class Keys:
         """Sorted set of this streamer's stream ids still held in Redis, by creation time."""
         return f"{self.prefix}user:{user_id}:streams"
 
-    def chat_rate_window(self, window: int) -> str:
-        """Hash user -> GCRA arrival time (ms) of chat messages, one per rate period window
-        (written by ``lua/chat_batch.lua``, which builds the name itself)."""
-        return f"{self.prefix}rate:chatw:{window}"
+    @property
+    def chat_rate_windows(self) -> str:
+        """Prefix of the hashes user -> GCRA arrival time (ms) of chat messages, one per rate
+        period window, named by the window's number (``now_ms // period_ms``)."""
+        return f"{self.prefix}rate:chatw:"
 
     def user_conns(self, user_id: str) -> str:
         """Sorted set of the user's open connections (socket ids) scored by expiry (ms)."""

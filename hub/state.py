@@ -309,7 +309,7 @@ class State:
         return list(await self._scripts["chat_batch"](
             keys=[k.outbox],
             args=[k.prefix, k.room_prefix, s.chat_rate, s.chat_rate_privileged, s.chat_period * 1000,
-                  s.recent_size, len(items), *(x for item in items for x in item)],
+                  s.recent_size, len(items), k.chat_rate_windows, *(x for item in items for x in item)],
         ))
 
     async def tip(

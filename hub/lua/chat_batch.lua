@@ -6,22 +6,23 @@
 -- an arrival time written two windows ago has passed, so older hashes simply expire.
 -- KEYS: outbox
 -- ARGV: prefix, channel prefix, rate limit, privileged rate limit, period ms, recent size, n,
+--       rate window key prefix (the window number follows it),
 --       then n times: stream id, user id, admin ('1'/'0'), kind ('chat' | 'alert'), message id,
 --       message json, frame (the Engine.IO text of its chat_message event)
 -- Returns one reply per message: {'ok'}, {'err', code, retry ms}, or {'stale', cleared_before}.
 local FIELDS = 7
-local prefix, channel_prefix = ARGV[1], ARGV[2]
+local prefix, channel_prefix, rate_prefix = ARGV[1], ARGV[2], ARGV[8]
 local limit, privileged, period = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local recent_size, n = tonumber(ARGV[6]), tonumber(ARGV[7])
 local now = now_ms()
 local window = math.floor(now / period)
-local rate_key = prefix .. 'rate:chatw:' .. window
-local previous_key = prefix .. 'rate:chatw:' .. (window - 1)
+local rate_key = rate_prefix .. window
+local previous_key = rate_prefix .. (window - 1)
 
 -- The streams and users of the batch.
 local streams, stream_order, users, user_order = {}, {}, {}, {}
 for i = 1, n do
-  local at = 7 + (i - 1) * FIELDS
+  local at = 8 + (i - 1) * FIELDS
   local sid, user = ARGV[at + 1], ARGV[at + 2]
   if not streams[sid] then
     streams[sid] = {messages = {}, frames = {}}
@@ -60,7 +61,7 @@ end
 
 local replies, changed = {}, {}
 for i = 1, n do
-  local at = 7 + (i - 1) * FIELDS
+  local at = 8 + (i - 1) * FIELDS
   local sid, user, admin, kind, id = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4], ARGV[at + 5]
   local s = streams[sid]
   local reply = nil
@@ -71,11 +72,7 @@ for i = 1, n do
   elseif s.cleared and id <= s.cleared then
     reply = {'stale', s.cleared}
   else
-    local role = nil
-    if s.streamer == user then role = 'streamer'
-    elseif admin == '1' then role = 'admin'
-    elseif s.has_mods and redis.call('SISMEMBER', s.base .. ':mods', user) == 1 then role = 'moderator'
-    end
+    local role = role_of(s.streamer, s.base .. ':mods', user, admin, not s.has_mods)
     if kind == 'alert' and role ~= 'streamer' then reply = {'err', 'forbidden'} end
     if not reply and role ~= 'streamer' and s.has_sanctions then
       reply = sanction_check(s.base .. ':sanctions', user, now)
@@ -87,14 +84,10 @@ for i = 1, n do
       if wait > 0 then reply = {'err', 'slow_mode', wait} end
     end
     if not reply then
-      -- GCRA, as rate_check in common.lua, on the arrival time held for this batch.
-      local interval = period / (role and privileged or limit)
-      local tat = users[user]
-      if tat < now then tat = now end
-      local new_tat = tat + interval
-      local allow_at = new_tat - period
-      if allow_at > now then
-        reply = {'err', 'rate_limited', math.ceil(allow_at - now)}
+      -- GCRA on the arrival time held for this batch (written back once, below).
+      local new_tat, refusal = gcra(users[user], role and privileged or limit, period, now)
+      if refusal then
+        reply = refusal
       else
         users[user] = new_tat
         changed[#changed + 1] = user

@@ -138,16 +138,26 @@ local function live_check(skey)
   return nil
 end
 
--- GCRA: `limit` events per `period_ms`, as a burst then one every period/limit.
-local function rate_check(key, limit, period_ms, now)
-  local interval = period_ms / limit
-  local tat = tonumber(redis.call('GET', key) or '0')
+-- GCRA: `limit` events per `period_ms`, as a burst then one every period/limit. From the
+-- theoretical arrival time `tat` (ms), the next one, or nil and the refusal.
+local function gcra(tat, limit, period_ms, now)
   if tat < now then tat = now end
-  local new_tat = tat + interval
+  local new_tat = tat + period_ms / limit
   local allow_at = new_tat - period_ms
-  if allow_at > now then return {'err', 'rate_limited', math.ceil(allow_at - now)} end
+  if allow_at > now then return nil, {'err', 'rate_limited', math.ceil(allow_at - now)} end
+  return new_tat, nil
+end
+
+-- GCRA with its state in a string key that expires once it no longer matters.
+local function rate_check(key, limit, period_ms, now)
+  local new_tat, refusal = gcra(tonumber(redis.call('GET', key) or '0'), limit, period_ms, now)
+  if refusal then return refusal end
   redis.call('SET', key, math.floor(new_tat), 'PX', math.ceil(new_tat - now) + 1)
   return nil
+end
+
+local function is_banned(sanctions_key, user)
+  return user ~= nil and redis.call('HGET', sanctions_key, user) == 'ban'
 end
 
 -- A user's ban or running timeout in one stream, as the refusal it stands for.
@@ -161,9 +171,10 @@ local function sanction_check(key, user, now)
 end
 
 -- The user's standing in a stream: 'streamer', 'admin', 'moderator', or nil for a viewer.
-local function role_of(streamer, mods_key, user, is_admin)
+-- `no_mods`: the stream is known to have no moderators (its mod_count), so none is looked up.
+local function role_of(streamer, mods_key, user, is_admin, no_mods)
   if streamer == user then return 'streamer' end
   if is_admin == '1' then return 'admin' end
-  if redis.call('SISMEMBER', mods_key, user) == 1 then return 'moderator' end
+  if not no_mods and redis.call('SISMEMBER', mods_key, user) == 1 then return 'moderator' end
   return nil
 end

@@ -11,7 +11,7 @@ bad = live_check(KEYS[1])
 if bad then return bad end
 local _, _, viewer = split_member(member)
 local user = viewer_user(viewer)
-if user and redis.call('HGET', KEYS[5], user) == 'ban' then return {'err', 'banned'} end
+if is_banned(KEYS[5], user) then return {'err', 'banned'} end
 local expiry = now + ttl
 local count
 if redis.call('ZSCORE', KEYS[2], member) then

@@ -75,7 +75,7 @@ elseif action == 'clear_chat' then
 elseif action == 'set_slow_mode' then
   redis.call('HSET', KEYS[1], 'slow_mode', ARGV[10])
 elseif action == 'add_moderator' then
-  if redis.call('HGET', KEYS[3], target) == 'ban' then
+  if is_banned(KEYS[3], target) then
     return {'err', 'conflict', false, 'The user is banned; lift the ban first.'}
   end
   redis.call('SADD', KEYS[2], target)

@@ -14,7 +14,7 @@ for i = 6, #ARGV, 3 do
   else
     local _, _, viewer = split_member(member)
     local user = viewer_user(viewer)
-    if not (user and redis.call('HGET', KEYS[3], user) == 'ban') then
+    if not is_banned(KEYS[3], user) then
       add_conn(prefix, channel, namespace, stream_id, member, now + ttl, ARGV[i + 1], ARGV[i + 2])
       reasserted = reasserted + 1
     end
