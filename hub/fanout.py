@@ -6,8 +6,8 @@ the Engine.IO texts of one or more Socket.IO events, one per line
 them. The worker never decodes them: it builds their WebSocket frames once (server frames are
 not masked, and the hub's WebSockets do not compress, so every socket gets the same bytes) and
 writes them to each socket's transport in one write, without a task, a queue or an encoder per
-socket. Long-polling sockets, and sockets still
-upgrading to WebSocket, get the packet through Engine.IO's queue as before.
+socket. Long-polling sockets, and sockets still upgrading to WebSocket, get the packets through
+Engine.IO's queue.
 """
 
 from __future__ import annotations
@@ -34,11 +34,6 @@ def ws_frame(payload: bytes) -> bytes:
     if n < 65536:
         return _LEN2.pack(0x81, 126, n) + payload
     return _LEN8.pack(0x81, 127, n) + payload
-
-
-def room_message(event_frame: bytes, skip_sid: str | None = None) -> bytes:
-    """What goes on a stream's channel: the socket to skip, then the Engine.IO text."""
-    return (skip_sid or "").encode() + b"\n" + event_frame
 
 
 class DirectWebSocket(EngineIOWebSocket):
@@ -78,63 +73,37 @@ class Writer:
         self.writes = 0  # transport writes (one may carry several events)
         self._closing: set[asyncio.Task[None]] = set()
 
-    def direct(self, eio_socket: Any) -> Any:
-        """The socket's transport when frames may be written to it directly, else None."""
-        transport = getattr(eio_socket, "hub_transport", None)
-        if transport is None or not eio_socket.upgraded or eio_socket.upgrading:
-            return None
-        return transport
-
     def send(self, eio_sid: str, text: bytes) -> None:
         """One Engine.IO message (``4…``) to one socket."""
         eio_socket = self.eio.sockets.get(eio_sid)
         if eio_socket is not None:
-            self._send(eio_sid, eio_socket, text, None)
-            self.deliveries += 1
+            self._deliver(eio_sid, eio_socket, [text], ws_frame(text))
 
     def broadcast(self, members: Any, skip_sid: str | None, texts: list[bytes]) -> None:
-        """Engine.IO messages to every socket of a room (``members``: sid -> eio sid)."""
-        frames: bytes | None = None
+        """Engine.IO messages to every socket of a room (``members``: sid -> eio sid), their
+        frames built once for all."""
+        frames = b"".join(ws_frame(text) for text in texts)
         sockets = self.eio.sockets
-        limit = self.buffer_limit
-        sent = writes = 0
         for sid, eio_sid in list(members.items()):
-            if sid == skip_sid:
-                continue
-            eio_socket = sockets.get(eio_sid)
-            if eio_socket is None:
-                continue
-            transport = getattr(eio_socket, "hub_transport", None)
-            if transport is not None and eio_socket.upgraded and not eio_socket.upgrading:
-                if transport.is_closing():
-                    continue
-                if transport.get_write_buffer_size() > limit:
-                    self._abort(eio_sid, transport)
-                    continue
-                if frames is None:
-                    frames = b"".join(ws_frame(text) for text in texts)
-                transport.write(frames)
-                sent += 1
-                writes += 1
-            else:
-                for text in texts:
-                    self._queue(eio_sid, eio_socket, text)
-                sent += 1
-        self.deliveries += sent * len(texts)
-        self.writes += writes
+            if sid != skip_sid:
+                eio_socket = sockets.get(eio_sid)
+                if eio_socket is not None:
+                    self._deliver(eio_sid, eio_socket, texts, frames)
 
-    def _send(self, eio_sid: str, eio_socket: Any, text: bytes, frame: bytes | None) -> None:
-        transport = self.direct(eio_socket)
-        if transport is None:
-            self._queue(eio_sid, eio_socket, text)
+    def _deliver(self, eio_sid: str, eio_socket: Any, texts: list[bytes], frames: bytes) -> None:
+        transport = getattr(eio_socket, "hub_transport", None)
+        if transport is None or not eio_socket.upgraded or eio_socket.upgrading:
+            for text in texts:
+                self._queue(eio_sid, eio_socket, text)
+        elif transport.is_closing():
             return
-        if transport.is_closing():
-            return
-        if transport.get_write_buffer_size() > self.buffer_limit:
+        elif transport.get_write_buffer_size() > self.buffer_limit:
             self._abort(eio_sid, transport)
             return
-        transport.write(frame or ws_frame(text))
-        self.writes += 1
+        else:
+            transport.write(frames)
+            self.writes += 1
+        self.deliveries += len(texts)
 
     def _queue(self, eio_sid: str, eio_socket: Any, text: bytes) -> None:
         if eio_socket.closed:
