@@ -120,7 +120,7 @@ class Hub:
             except Stale as exc:  # the chat was cleared after this id was made: a later id
                 message_id = uuid7(after=exc.cleared)
                 continue
-            return {"success": True, "message": message}
+            return {"success": True, "message": orjson.Fragment(encoded)}  # encoded once
 
     async def tip(self, conn: Conn, payload: Tip) -> dict[str, Any]:
         identity = self._speaker(conn, payload.stream_id)
@@ -153,12 +153,13 @@ class Hub:
                 "user_id": identity.user_id, "username": identity.name, "message": text,
                 "message_type": "TIP", "tip_amount": amount, "created_at": created,
             }
-            ack = {"success": True, "tip": received, "message_id": message_id}
+            ack_json = dumps({"success": True, "tip": orjson.Fragment(received_json),
+                              "message_id": message_id})
             message_json = dumps(message)
             try:
                 first = await self.state.tip(
                     payload.stream_id, identity.user_id, payload.client_tip_id, payload.amount_cents,
-                    fee, message_id, dumps(ack), dumps(record), message_json,
+                    fee, message_id, ack_json, dumps(record), message_json,
                     room_message(room_event("tip_received", received_json),
                                  room_event("chat_message", message_json)),
                 )
@@ -167,7 +168,7 @@ class Hub:
                 continue
             if first is not None:
                 return dict(loads(first), duplicate=True)
-            return ack
+            return orjson.Fragment(ack_json)  # type: ignore[return-value]  # encoded once
 
     # -- moderation ---------------------------------------------------------------
     def _current(self, identity: Identity | None) -> Identity:
