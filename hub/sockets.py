@@ -417,8 +417,6 @@ class StreamingNamespace:
 
     def _moderation(self, event: str) -> Action:
         async def act(conn: Conn, data: Any) -> dict[str, Any]:
-            if conn.identity is None:
-                raise HubError("unauthorized", "Sign in to moderate.")
             return await self._hub().moderate(conn.identity, payloads.Moderation.parse(event, data))
 
         return act
