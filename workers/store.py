@@ -36,27 +36,28 @@ ACTION_COLUMNS = ("action_id", "stream_id", "action", "by_user", "user_id", "mes
                   "reason", "ends_at", "created_at")
 
 
-def _insert(table: str, columns: tuple[str, ...], update: str) -> str:
-    placeholders = ", ".join(["%s"] * len(columns))
-    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders}) "
-            f"ON DUPLICATE KEY UPDATE {update}")
+Upsert = tuple[str, str]  # the statement's text before its rows, and after them
+
+
+def _upsert(table: str, columns: tuple[str, ...], update: str) -> Upsert:
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ", f" ON DUPLICATE KEY UPDATE {update}"
 
 
 _guarded = ", ".join(f"{c} = IF(VALUES(version) >= version, VALUES({c}), {c})"
                      for c in STREAM_COLUMNS[1:-1])
-UPSERT_STREAMS = _insert("streams", STREAM_COLUMNS,
+UPSERT_STREAMS = _upsert("streams", STREAM_COLUMNS,
                          _guarded + ", version = GREATEST(version, VALUES(version))")
-UPSERT_MESSAGES = _insert("chat_messages", MESSAGE_COLUMNS,
+UPSERT_MESSAGES = _upsert("chat_messages", MESSAGE_COLUMNS,
                           "message = VALUES(message), username = VALUES(username), "
                           "tip_amount = VALUES(tip_amount), alert = VALUES(alert)")
-UPSERT_TIPS = _insert("tips", TIP_COLUMNS,
+UPSERT_TIPS = _upsert("tips", TIP_COLUMNS,
                       "amount = VALUES(amount), platform_fee = VALUES(platform_fee), "
                       "streamer_share = VALUES(streamer_share)")
-UPSERT_SESSIONS = _insert("viewing_sessions", SESSION_COLUMNS,
+UPSERT_SESSIONS = _upsert("viewing_sessions", SESSION_COLUMNS,
                           "left_at = GREATEST(left_at, VALUES(left_at)), "
                           "watch_seconds = GREATEST(watch_seconds, VALUES(watch_seconds))")
 
-INSERT_ACTIONS = _insert("moderation_actions", ACTION_COLUMNS, "action_id = action_id")
+INSERT_ACTIONS = _upsert("moderation_actions", ACTION_COLUMNS, "action_id = action_id")
 # A deleted message, and every message older than a clear, is marked, never erased.
 MARK_DELETED = ("UPDATE chat_messages SET deleted_at = %s, deleted_by = %s "
                 "WHERE message_id = %s AND stream_id = %s AND deleted_at IS NULL")
@@ -117,22 +118,21 @@ def _literal(value: Any) -> str:
     return str(escape_item(value, "utf8mb4"))
 
 
-def _rows_sql(sql: str, rows: list[tuple[Any, ...]]) -> list[str]:
-    """``INSERT … VALUES (%s, …) ON DUPLICATE KEY UPDATE …`` for many rows, as statements of
+def _rows_sql(upsert: Upsert, rows: list[tuple[Any, ...]]) -> list[str]:
+    """``INSERT … VALUES (…), (…) ON DUPLICATE KEY UPDATE …`` for many rows, as statements of
     at most about 1 MB each (built before a connection is taken, so the flusher builds the
     next batch's while MySQL writes the current one)."""
-    head, _, rest = sql.partition(" VALUES ")
-    tail = rest[rest.index(")") + 1:]
+    head, tail = upsert
     statements, values, size = [], [], 0
     for row in rows:
         text = "(" + ",".join([_literal(v) for v in row]) + ")"
         values.append(text)
         size += len(text) + 1
         if size > 1_000_000:
-            statements.append(f"{head} VALUES {','.join(values)}{tail}")
+            statements.append(head + ",".join(values) + tail)
             values, size = [], 0
     if values:
-        statements.append(f"{head} VALUES {','.join(values)}{tail}")
+        statements.append(head + ",".join(values) + tail)
     return statements
 
 
@@ -249,14 +249,15 @@ class Batch:
             raise BadRecord(f"{type(exc).__name__}: {exc}") from exc
 
     def statements(self) -> list[str]:
-        """The batch's row upserts as SQL text (the moderation actions are written apart)."""
+        """The batch's rows as SQL text (what the moderation actions mark comes after)."""
         if self._statements is None:
             self._statements = [
                 statement
-                for sql, rows in ((UPSERT_STREAMS, self.streams), (UPSERT_MESSAGES, self.messages),
-                                  (UPSERT_TIPS, self.tips), (UPSERT_SESSIONS, self.sessions))
+                for upsert, rows in ((UPSERT_STREAMS, self.streams), (UPSERT_MESSAGES, self.messages),
+                                     (UPSERT_TIPS, self.tips), (UPSERT_SESSIONS, self.sessions),
+                                     (INSERT_ACTIONS, self.actions))
                 if rows
-                for statement in _rows_sql(sql, list(rows.values()))
+                for statement in _rows_sql(upsert, list(rows.values()))
             ]
         return self._statements
 
@@ -285,10 +286,10 @@ class Store:
 
     @staticmethod
     async def _moderate(cur: Any, batch: Batch) -> None:
-        """Record the actions, then mark what they delete, in this batch and before it."""
+        """Mark what the batch's actions (written with its rows) delete, in this batch and
+        before it."""
         if batch.actions:
             rows = list(batch.actions.values())
-            await cur.executemany(INSERT_ACTIONS, rows)
             # row: action_id, stream_id, action, by_user, user_id, message_id, ..., created_at
             deleted = [(r[9], r[3], r[5], r[1]) for r in rows if r[2] == "delete_message"]
             cleared = [(r[9], r[3], r[1], r[0]) for r in rows if r[2] == "clear_chat"]
