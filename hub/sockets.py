@@ -224,10 +224,6 @@ class HubServer(socketio.AsyncServer):
         self.eio._async = dict(self.eio._async, websocket=DirectWebSocket)
         self.writer = Writer(self.eio, send_buffer_limit, send_queue_limit)
 
-    @property
-    def cut_off(self) -> int:
-        return self.writer.cut_off
-
     def broadcast(self, room: str, skip_sid: str | None, texts: list[bytes]) -> None:
         """Encoded room events (Engine.IO texts) to this worker's sockets in ``room``."""
         members = self.manager.rooms.get(NAMESPACE, {}).get(room)
