@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-import aiohttp
 import jwt
+import uvloop
 
 from tests.bench.sio import Histogram, Sock, Tally
 
@@ -56,7 +56,6 @@ class Child:
         self.socks: list[Sock] = []
         self.senders: list[Sock] = []
         self.tally = Tally()
-        self.session: aiohttp.ClientSession | None = None
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
@@ -71,7 +70,6 @@ class Child:
                 inbox.put_nowait(None)
 
         loop.add_reader(fd, readable)
-        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         try:
             while (command := await inbox.get()) is not None and command[0] != "exit":
                 name, args = command
@@ -82,13 +80,10 @@ class Child:
                 self.conn.send(reply)
         finally:
             await self.do_close()
-            await self.session.close()
 
     # -- commands -----------------------------------------------------------------
     async def do_open(self, specs: list[Spec], concurrency: int, timeout: float) -> dict[str, Any]:
         """Open (and join) every socket, ``concurrency`` at a time; time each one."""
-        session = self.session
-        assert session is not None
         tokens = [mint(self.secret, s.user) if s.user else None for s in specs]
         gate = asyncio.Semaphore(concurrency)
         connected, joined = Histogram(), Histogram()
@@ -100,7 +95,7 @@ class Child:
                 start = time.monotonic_ns()
                 try:
                     async with asyncio.timeout(timeout):
-                        sock = await Sock.open(session, spec.url, token, self.tally)
+                        sock = await Sock.open(spec.url, token, self.tally)
                         connected.record_ns(time.monotonic_ns() - start)
                         if spec.stream_id is not None:
                             await sock.join(spec.stream_id)
@@ -236,7 +231,7 @@ class Child:
 def child_main(conn: Connection, secret: str) -> None:
     """Entry point of a client process; Ctrl-C is the parent's to handle."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    asyncio.run(Child(conn, secret).serve())
+    uvloop.run(Child(conn, secret).serve())
 
 
 class Fleet:

@@ -1,10 +1,12 @@
-"""A lean Socket.IO v5 / Engine.IO v4 client on one aiohttp websocket, for load generation.
+"""A lean Socket.IO v5 / Engine.IO v4 client over a bare WebSocket, for load generation.
 
-Only what the benchmark needs: the websocket handshake, the ``/streaming`` namespace connect
-(with a token), events with acknowledgements, Engine.IO ping/pong, and counting received
-``chat_message`` events with the send-to-receive latency read from the message text. One
-python-socketio AsyncClient costs far more per connection and per packet; thousands of these
-fit in one process.
+Only what the benchmark needs: the WebSocket handshake (RFC 6455, text frames, no extensions),
+the ``/streaming`` namespace connect (with a token), events with acknowledgements, Engine.IO
+ping/pong, and counting received ``chat_message`` events with the send-to-receive latency read
+from the message text. Each socket is an asyncio protocol that parses frames as bytes arrive:
+no task, future or message object per frame. One python-socketio AsyncClient costs far more per
+connection and per packet; thousands of these fit in one process, and the load client takes
+as little as it can of the machine it shares with the hub.
 
 Packet formats (python-socketio ``packet.py``, python-engineio ``packet.py``):
 ``0{...}`` open, ``2``/``3`` ping/pong, ``40/streaming,{auth}`` connect, ``40/streaming,{"sid"}``
@@ -16,11 +18,15 @@ namespace disconnect, ``1`` close.
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
+import socket
+import struct
 import time
 from collections import defaultdict
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 
 NAMESPACE = "/streaming"
@@ -91,41 +97,78 @@ class Refused(Exception):
     """The namespace connect was refused (``44``) or the handshake failed."""
 
 
-class Sock:
-    """One Engine.IO websocket connected to ``/streaming``."""
+_LEN2, _LEN8 = struct.Struct("!H"), struct.Struct("!Q")
+_NO_MASK = b"\0\0\0\0"  # a zero masking key leaves the payload as it is
 
-    __slots__ = ("_acks", "_next_id", "_reader", "chat", "close_reason", "closed", "stream_id", "tally",
-                 "ws")
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, tally: Tally) -> None:
-        self.ws = ws
+def _client_frame(text: str, opcode: int = 0x1) -> bytes:
+    """One final, masked (with a zero key) client frame."""
+    payload = text.encode()
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x80 | opcode, 0x80 | n))
+    elif n < 65536:
+        head = bytes((0x80 | opcode, 0x80 | 126)) + _LEN2.pack(n)
+    else:
+        head = bytes((0x80 | opcode, 0x80 | 127)) + _LEN8.pack(n)
+    return head + _NO_MASK + payload
+
+
+class Sock(asyncio.Protocol):
+    """One Engine.IO WebSocket connected to ``/streaming``."""
+
+    def __init__(self, tally: Tally) -> None:
         self.tally = tally
         self.chat = 0
         self.closed = False
         self.close_reason = ""  # who ended the connection, when it was not us
         self.stream_id: str | None = None
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._upgraded = False
+        self._waiter: asyncio.Future[str] | None = None  # the next text, during the handshake
         self._acks: dict[int, asyncio.Future[Any]] = {}
         self._next_id = 0
-        self._reader: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, session: aiohttp.ClientSession, url: str, token: str | None,
-                   tally: Tally, timeout: float = 10.0) -> Sock:
-        ws = await session.ws_connect(f"{url}/socket.io/?EIO=4&transport=websocket",
-                                      autoping=True, max_msg_size=0)
+    async def open(cls, url: str, token: str | None, tally: Tally, timeout: float = 10.0) -> Sock:
+        parts = urlsplit(url)
+        loop = asyncio.get_running_loop()
+        _, sock = await loop.create_connection(lambda: cls(tally), parts.hostname, parts.port)
         try:
-            await _expect(ws, "0", timeout)
+            key = base64.b64encode(os.urandom(16)).decode()
+            sock._waiter = loop.create_future()
+            sock.transport.write(  # type: ignore[union-attr]
+                f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
+                f"Host: {parts.netloc}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+            await sock._expect("0", timeout)
             auth = orjson.dumps({"token": token}).decode() if token else ""
-            await ws.send_str(CONNECT + auth)
-            reply = await _expect(ws, "4", timeout)
+            sock._waiter = loop.create_future()
+            sock.send(CONNECT + auth)
+            reply = await sock._expect("4", timeout)
             if not reply.startswith(CONNECT):
                 raise Refused(reply)
         except BaseException:
-            await ws.close()
+            sock.abort()
             raise
-        sock = cls(ws, tally)
-        sock._reader = asyncio.create_task(sock._read())
         return sock
+
+    async def _expect(self, first: str, timeout: float) -> str:
+        """The next text frame, which must start with ``first``."""
+        assert self._waiter is not None
+        try:
+            text = await asyncio.wait_for(self._waiter, timeout)
+        finally:
+            self._waiter = None
+        if not text.startswith(first):
+            raise Refused(f"expected a {first!r} packet, got {text[:200]!r}")
+        return text
+
+    # -- sending --------------------------------------------------------------------
+    def send(self, text: str) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(_client_frame(text))
 
     async def call(self, event: str, data: Any, timeout: float = 10.0) -> Any:
         return await asyncio.wait_for(await self.emit_with_ack(event, data), timeout)
@@ -139,7 +182,7 @@ class Sock:
             future.set_exception(ConnectionError("socket closed"))
             return future
         self._acks[ack_id] = future
-        await self.ws.send_str(f"{EVENT}{ack_id}" + orjson.dumps([event, data]).decode())
+        self.send(f"{EVENT}{ack_id}" + orjson.dumps([event, data]).decode())
         return future
 
     async def join(self, stream_id: str, timeout: float = 10.0) -> dict[str, Any]:
@@ -150,46 +193,98 @@ class Sock:
         return reply
 
     async def close(self) -> None:
-        self.closed = True
-        try:
-            await asyncio.wait_for(self.ws.close(), 5)
-        except (TimeoutError, aiohttp.ClientError, OSError):
-            pass
-        if self._reader is not None:
-            self._reader.cancel()
+        if self.transport is not None and not self.closed:
+            self.transport.write(_client_frame("", 0x8))
+        self.abort()
 
-    async def _read(self) -> None:
-        ws, tally = self.ws, self.tally
-        try:
-            while True:
-                msg = await ws.receive()
-                if msg.type is not aiohttp.WSMsgType.TEXT:
-                    if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
-                                    aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.ERROR):
-                        self.close_reason = f"websocket {msg.type.name.lower()}"
-                        return
-                    continue
-                data: str = msg.data
-                if data.startswith(CHAT):
-                    self._on_chat(data, tally)
-                elif data == "2":
-                    await ws.send_str("3")
-                elif data.startswith(ACK):
-                    self._on_ack(data)
-                elif data.startswith(EVENT):
-                    tally.events[data[15:data.find('"', 15)]] += 1
-                elif data.startswith(DISCONNECT) or data == "1":
-                    self.close_reason = "namespace disconnect" if data != "1" else "engine.io close"
-                    return
-        except Exception as exc:
-            self.close_reason = type(exc).__name__
-            raise
-        finally:
-            self.closed = True
-            for future in self._acks.values():
-                if not future.done():
-                    future.set_exception(ConnectionError("socket closed"))
-            self._acks.clear()
+    def abort(self) -> None:
+        self._closed()
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- receiving ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed:
+            self.close_reason = "connection lost"
+        self._closed()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buffer
+        buf += data
+        if not self._upgraded:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            status = bytes(buf[:buf.find(b"\r\n")])
+            del buf[:end + 4]
+            if b" 101 " not in status:
+                self._fail(Refused(f"websocket handshake: {status.decode(errors='replace')}"))
+                return
+            self._upgraded = True
+        pos, n = 0, len(buf)
+        while n - pos >= 2:
+            opcode, length = buf[pos] & 0x0F, buf[pos + 1] & 0x7F
+            start = pos + 2
+            if length == 126:
+                if n - start < 2:
+                    break
+                length = _LEN2.unpack_from(buf, start)[0]
+                start += 2
+            elif length == 127:
+                if n - start < 8:
+                    break
+                length = _LEN8.unpack_from(buf, start)[0]
+                start += 8
+            if n - start < length:
+                break
+            pos = start + length
+            if opcode == 0x1:
+                self._text(buf[start:pos].decode())
+            elif opcode == 0x8:
+                self.close_reason = "websocket close"
+                self.abort()
+                return
+            elif opcode == 0x9:
+                self.transport.write(_client_frame(buf[start:pos].decode(), 0xA))  # type: ignore[union-attr]
+        if pos:
+            del buf[:pos]
+
+    def _text(self, data: str) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(data)
+            return
+        if data.startswith(CHAT):
+            self._on_chat(data, self.tally)
+        elif data == "2":
+            self.send("3")
+        elif data.startswith(ACK):
+            self._on_ack(data)
+        elif data.startswith(EVENT):
+            self.tally.events[data[15:data.find('"', 15)]] += 1
+        elif data.startswith(DISCONNECT) or data == "1":
+            self.close_reason = "namespace disconnect" if data != "1" else "engine.io close"
+            self.abort()
+
+    def _fail(self, exc: Exception) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(exc)
+        self.close_reason = str(exc)[:120]
+        self.abort()
+
+    def _closed(self) -> None:
+        self.closed = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(ConnectionError("socket closed"))
+        for future in self._acks.values():
+            if not future.done():
+                future.set_exception(ConnectionError("socket closed"))
+        self._acks.clear()
 
     def _on_chat(self, data: str, tally: Tally) -> None:
         now = time.monotonic_ns()
@@ -214,11 +309,3 @@ class Sock:
         if future is not None and not future.done():
             args = orjson.loads(data[j:])
             future.set_result(args[0] if args else None)
-
-
-async def _expect(ws: aiohttp.ClientWebSocketResponse, first: str, timeout: float) -> str:
-    """The next text frame, which must start with ``first``."""
-    msg = await ws.receive(timeout)
-    if msg.type is not aiohttp.WSMsgType.TEXT or not msg.data.startswith(first):
-        raise Refused(f"expected a {first!r} packet, got {msg.type.name} {str(msg.data)[:200]!r}")
-    return str(msg.data)
