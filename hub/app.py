@@ -49,6 +49,7 @@ class FanoutCollector:
             ("hub_socket_writes", "Writes to WebSocket transports (one may carry several events)",
              sio.writer.writes),
             ("hub_cut_off", "Connections cut off for not reading", sio.writer.cut_off),
+            ("hub_paced_events", "Room events held for a paced room's next write", sio.pacer.held),
             ("hub_room_messages", "Room messages received from the streams' Redis channels",
              getattr(manager, "room_messages", 0)),
         ):
@@ -115,6 +116,8 @@ def create_app(settings: Settings) -> web.Application:
     sio = HubServer(
         send_queue_limit=settings.send_queue_limit,
         send_buffer_limit=settings.send_buffer_limit,
+        fanout_interval=settings.fanout_interval,
+        fanout_pace_above=settings.fanout_pace_above,
         async_mode="aiohttp",
         client_manager=manager,
         serializer=HubPacket,

@@ -97,6 +97,8 @@ class Settings:
     send_buffer_limit: int = 1024 * 1024
     viewer_events_coalesce_above: int = 100
     viewer_events_interval: float = 0.5
+    fanout_pace_above: int = 100
+    fanout_interval: float = 0.025
     shutdown_deadline: float = 15.0
 
     @property
@@ -156,6 +158,8 @@ class Settings:
                                               default.viewer_events_coalesce_above, 1, 100_000_000),
             viewer_events_interval=_float(env, "HUB_VIEWER_EVENTS_INTERVAL", default.viewer_events_interval,
                                           0.05, 10.0),
+            fanout_pace_above=_int(env, "HUB_FANOUT_PACE_ABOVE", default.fanout_pace_above, 0, 100_000_000),
+            fanout_interval=_float(env, "HUB_FANOUT_INTERVAL", default.fanout_interval, 0.0, 1.0),
             send_buffer_limit=_int(env, "HUB_SEND_BUFFER_LIMIT", default.send_buffer_limit, 4096, 1 << 30),
             drain_seconds=_float(env, "HUB_DRAIN_SECONDS", default.drain_seconds, 0.0, 300.0),
             shutdown_deadline=_float(env, "HUB_SHUTDOWN_DEADLINE", default.shutdown_deadline, 1.0, 600.0),

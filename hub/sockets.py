@@ -23,7 +23,7 @@ from hub import payloads
 from hub.auth import Verifier, bearer
 from hub.codec import json_module
 from hub.errors import HubError, TokenExpired
-from hub.fanout import DirectWebSocket, Writer
+from hub.fanout import DirectWebSocket, Pacer, Run, Writer
 from hub.keys import NAMESPACE
 from hub.presence import Conn, Presence
 from hub.service import Hub
@@ -159,6 +159,7 @@ class HubRedisManager(socketio.AsyncRedisManager):
                 retry = min(retry * 2, self.RETRY_MAX)
 
     async def _order(self, room: str, data: bytes) -> None:
+        self.server.pacer.release(room)  # the events before the order go out before it
         try:
             if data == b"!close":
                 await socketio.AsyncManager.close_room(self, room, NAMESPACE)
@@ -215,20 +216,40 @@ class HubServer(socketio.AsyncServer):
     """python-socketio's server whose packets to a WebSocket are written straight to its
     transport (``hub.fanout.Writer``), with a bounded send buffer per connection: a client that
     stops reading is cut off instead of holding an ever-growing buffer, and the other clients
-    are never made to wait for it."""
+    are never made to wait for it. Busy large rooms are paced (``hub.fanout.Pacer``)."""
 
     def __init__(self, *args: Any, send_queue_limit: int, send_buffer_limit: int, event_limit: int,
-                 **kwargs: Any) -> None:
+                 fanout_interval: float = 0.0, fanout_pace_above: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.event_limit = event_limit
         self.eio._async = dict(self.eio._async, websocket=DirectWebSocket)
         self.writer = Writer(self.eio, send_buffer_limit, send_queue_limit)
+        self.pacer = Pacer(self._write_runs, self._room_size, fanout_interval, fanout_pace_above)
 
     def broadcast(self, room: str, skip_sid: str | None, texts: list[bytes]) -> None:
         """Encoded room events (Engine.IO texts) to this worker's sockets in ``room``."""
+        self.pacer.events(room, skip_sid, texts)
+
+    def _room_size(self, room: str) -> int:
+        return len(self.manager.rooms.get(NAMESPACE, {}).get(room) or ())
+
+    def _write_runs(self, room: str, runs: list[Run]) -> None:
         members = self.manager.rooms.get(NAMESPACE, {}).get(room)
         if members:
-            self.writer.broadcast(members, skip_sid, texts)
+            self.writer.broadcast_runs(members, runs)
+
+    # A room's held events go out before its membership changes.
+    async def enter_room(self, sid: str, room: str, namespace: str | None = None) -> None:
+        self.pacer.release(room)
+        await super().enter_room(sid, room, namespace=namespace)
+
+    async def leave_room(self, sid: str, room: str, namespace: str | None = None) -> None:
+        self.pacer.release(room)
+        await super().leave_room(sid, room, namespace=namespace)
+
+    async def close_room(self, room: str, namespace: str | None = None) -> None:
+        self.pacer.release(room)
+        await super().close_room(room, namespace=namespace)
 
     # An event packet's head: type 2, namespace, ack id, and the event name if it comes first.
     _EVENT_HEAD = re.compile(r'2(/[^,\[]*,)?(\d{1,12})?(?:\["([^"\\]{1,64})")?')

@@ -54,6 +54,9 @@ def test_values_are_read_exactly():
     ({"HUB_CHAT_RATE": "0"}, "HUB_CHAT_RATE"),
     ({"HUB_PRESENCE_TTL": "100"}, "HUB_PRESENCE_TTL"),
     ({"HUB_CURRENCY": "DOLLARS"}, "HUB_CURRENCY"),
+    ({"HUB_FANOUT_INTERVAL": "2"}, "HUB_FANOUT_INTERVAL"),
+    ({"HUB_FANOUT_INTERVAL": "-0.01"}, "HUB_FANOUT_INTERVAL"),
+    ({"HUB_FANOUT_PACE_ABOVE": "-1"}, "HUB_FANOUT_PACE_ABOVE"),
 ])
 def test_bad_value_names_the_variable(env, variable):
     with pytest.raises(SettingsError) as err:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from decimal import Decimal
 
@@ -199,4 +200,72 @@ async def test_viewer_events_of_a_large_stream_are_coalesced_and_end_exact(worke
     finally:
         await watcher.close()
         for c in viewers:
+            await c.close()
+
+
+async def test_a_paced_room_keeps_order_and_who_gets_what(workers, http, token):
+    """Pacing every room (threshold 0) with a long interval: events held for a room go out in
+    order, before anyone enters or leaves it, so each socket gets exactly the events sent while
+    it was in the room."""
+    w1, w2 = await workers(2, HUB_FANOUT_PACE_ABOVE="0", HUB_FANOUT_INTERVAL="1")
+    streamer = token(unique("streamer"), "streamer")
+    sid = (await Api(http, w1.url).create_stream(streamer))["stream_id"]
+    from tests.conftest import Client
+
+    async def held() -> int:
+        async with http.get(f"{w2.url}/metrics") as r:
+            text = await r.text()
+        return int(float(re.search(r"^hub_paced_events_total (\S+)$", text, re.M).group(1)))
+
+    async def say(text: str) -> str:
+        sent = await s.call("send_message", {"stream_id": sid, "message": text})
+        assert sent["success"], sent
+        return sent["message"]["message_id"]
+
+    async def say_held(text: str) -> str:
+        before = await held()
+        message_id = await say(text)
+
+        async def waiting() -> bool:
+            return await held() > before
+
+        await eventually(waiting, what=f"{text!r} held on worker 2")
+        return message_id
+
+    def chat(c: Client) -> list[str]:
+        return [m["message_id"] for m in c.events["chat_message"]]
+
+    s, a, b = Client(), Client(), Client()
+    try:
+        await s.connect(w1.url, streamer)
+        assert (await s.call("join_stream", {"stream_id": sid}))["success"]
+        await a.connect(w2.url, token(unique("a")))
+        assert (await a.call("join_stream", {"stream_id": sid}))["success"]
+        sent = [await say(f"m{i}") for i in range(1, 4)]  # the first written, then held
+        await a.wait_for("chat_message", lambda m: m["message_id"] == sent[-1])
+        assert chat(a) == sent
+        # Held when b enters: a gets it, b does not (it is in b's recent messages instead).
+        sent.append(await say_held("before b"))
+        b_id = unique("b")
+        await b.connect(w2.url, token(b_id))
+        joined = await b.call("join_stream", {"stream_id": sid})
+        assert sent[-1] in [m["message_id"] for m in joined["recent_messages"]]
+        sent.append(await say("with b"))
+        await b.wait_for("chat_message", lambda m: m["message_id"] == sent[-1])
+        await a.wait_for("chat_message", lambda m: m["message_id"] == sent[-1])
+        assert chat(a) == sent
+        assert chat(b) == sent[-1:]
+        # a is told b joined; b, skipped, is not.
+        await a.wait_for("viewer_joined", lambda e: e["user_id"] == b_id)
+        assert not [e for e in b.events["viewer_joined"] if e["user_id"] == b_id]
+        # Held when a leaves: a still gets it; what follows, only b.
+        sent.append(await say_held("before a leaves"))
+        assert (await a.call("leave_stream"))["success"]
+        assert chat(a) == sent
+        sent.append(await say("after a left"))
+        await b.wait_for("chat_message", lambda m: m["message_id"] == sent[-1])
+        assert chat(b) == sent[-3:]
+        assert chat(a) == sent[:-1]
+    finally:
+        for c in (s, a, b):
             await c.close()
