@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import multiprocessing as mp
 import signal
+import threading
 import time
 import traceback
 from collections import Counter
@@ -60,16 +61,20 @@ class Child:
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue[Any] = asyncio.Queue()
-        fd = self.conn.fileno()
 
-        def readable() -> None:
-            try:
-                inbox.put_nowait(self.conn.recv())
-            except (EOFError, OSError):
-                loop.remove_reader(fd)
-                inbox.put_nowait(None)
+        def receive() -> None:
+            """Commands read in a thread: uvloop makes a descriptor given to add_reader
+            non-blocking, and a command larger than the pipe's buffer then reads half."""
+            while True:
+                try:
+                    command = self.conn.recv()
+                except (EOFError, OSError):
+                    command = None
+                loop.call_soon_threadsafe(inbox.put_nowait, command)
+                if command is None or command[0] == "exit":
+                    return
 
-        loop.add_reader(fd, readable)
+        threading.Thread(target=receive, name="commands", daemon=True).start()
         try:
             while (command := await inbox.get()) is not None and command[0] != "exit":
                 name, args = command
@@ -268,7 +273,10 @@ class Fleet:
             try:
                 answer.set_result(conn.recv())
             except (EOFError, OSError) as exc:
-                answer.set_exception(RuntimeError(f"client process {i} died ({exc!r})"))
+                proc = self.procs[i]
+                proc.join(1)
+                answer.set_exception(RuntimeError(
+                    f"client process {i} died ({exc!r}, exit code {proc.exitcode})"))
 
         loop.add_reader(fd, readable)
         self._waiting[fd] = (loop, answer)

@@ -55,7 +55,7 @@ class Sizes:
     fanout_viewers: int = 2000
     fanout_users: int = 20  # viewers sign in as this many users (see workloads.fanout)
     fanout_senders: int = 2
-    fanout_rate: float = 75.0  # messages/s, all senders together
+    fanout_rate: float = 80.0  # messages/s, all senders together: 160,160 deliveries/s
     streams: int = 200
     stream_viewers: int = 10
     stream_rate: float = 5.0  # messages/s per stream
