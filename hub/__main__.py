@@ -47,7 +47,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
               f"(Socket.IO namespace /streaming, REST /api/v1/streaming)", flush=True)
 
     try:
-        run(serve(settings, args.host, args.port, listening))
+        run(serve(settings, args.host, args.port, listening), settings.gc_thresholds)
     except StartupError as exc:
         print(f"❌ {exc}", file=sys.stderr)
         return 1

@@ -99,6 +99,8 @@ class Settings:
     viewer_events_interval: float = 0.5
     fanout_pace_above: int = 100
     fanout_interval: float = 0.025
+    # The cyclic garbage collector's thresholds (gc.set_threshold); None leaves Python's.
+    gc_thresholds: tuple[int, int, int] | None = (50_000, 20, 100)
     shutdown_deadline: float = 15.0
 
     @property
@@ -160,6 +162,7 @@ class Settings:
                                           0.05, 10.0),
             fanout_pace_above=_int(env, "HUB_FANOUT_PACE_ABOVE", default.fanout_pace_above, 0, 100_000_000),
             fanout_interval=_float(env, "HUB_FANOUT_INTERVAL", default.fanout_interval, 0.0, 1.0),
+            gc_thresholds=_gc_thresholds(env, default.gc_thresholds),
             send_buffer_limit=_int(env, "HUB_SEND_BUFFER_LIMIT", default.send_buffer_limit, 4096, 1 << 30),
             drain_seconds=_float(env, "HUB_DRAIN_SECONDS", default.drain_seconds, 0.0, 300.0),
             shutdown_deadline=_float(env, "HUB_SHUTDOWN_DEADLINE", default.shutdown_deadline, 1.0, 600.0),
@@ -233,6 +236,23 @@ def _number(env: Mapping[str, str], name: str, default: N, low: N, high: N,
     if not within:
         raise SettingsError(f"{name}: must be between {low} and {high}, got {raw!r}")
     return value
+
+
+def _gc_thresholds(env: Mapping[str, str],
+                   default: tuple[int, int, int] | None) -> tuple[int, int, int] | None:
+    raw = env.get("HUB_GC_THRESHOLDS")
+    if raw is None:
+        return default
+    if raw.strip().lower() in ("", "python", "default"):
+        return None
+    try:
+        values = tuple(int(part) for part in raw.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not 1 <= values[0] <= 10_000_000 or not all(1 <= v <= 10_000 for v in values[1:]):
+        raise SettingsError(f"HUB_GC_THRESHOLDS: expected three whole numbers like 50000,20,100 "
+                            f"(or 'python' for Python's own), got {raw!r}")
+    return values  # type: ignore[return-value]
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:

@@ -23,6 +23,12 @@ def test_defaults_match_the_contract():
     assert s.currency == "USD" and s.jwt_secret is None and s.cors_origins == ()
 
 
+def test_gc_thresholds_are_three_numbers_or_pythons_own():
+    assert Settings.from_env({}).gc_thresholds == (50_000, 20, 100)
+    assert Settings.from_env({"HUB_GC_THRESHOLDS": "700,10,10"}).gc_thresholds == (700, 10, 10)
+    assert Settings.from_env({"HUB_GC_THRESHOLDS": "python"}).gc_thresholds is None
+
+
 def test_values_are_read_exactly():
     s = Settings.from_env({
         "HUB_PLATFORM_FEE": "0.1", "HUB_TIP_MIN": "2.50", "HUB_TIP_MAX": "99.99",
@@ -57,6 +63,9 @@ def test_values_are_read_exactly():
     ({"HUB_FANOUT_INTERVAL": "2"}, "HUB_FANOUT_INTERVAL"),
     ({"HUB_FANOUT_INTERVAL": "-0.01"}, "HUB_FANOUT_INTERVAL"),
     ({"HUB_FANOUT_PACE_ABOVE": "-1"}, "HUB_FANOUT_PACE_ABOVE"),
+    ({"HUB_GC_THRESHOLDS": "700,10"}, "HUB_GC_THRESHOLDS"),
+    ({"HUB_GC_THRESHOLDS": "0,10,10"}, "HUB_GC_THRESHOLDS"),
+    ({"HUB_GC_THRESHOLDS": "a,b,c"}, "HUB_GC_THRESHOLDS"),
 ])
 def test_bad_value_names_the_variable(env, variable):
     with pytest.raises(SettingsError) as err:

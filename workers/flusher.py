@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_or_exit()
     if isinstance(settings, int):
         return settings
-    return run(main_async(settings, args.burst))
+    return run(main_async(settings, args.burst), settings.gc_thresholds)
 
 
 if __name__ == "__main__":

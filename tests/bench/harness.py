@@ -61,7 +61,7 @@ class Sizes:
     stream_rate: float = 5.0  # messages/s per stream
     joins: int = 3000
     join_streams: int = 100
-    join_concurrency: int = 64  # per client process
+    join_concurrency: int = 16  # per client process: 32 in flight saturate the hub (more only queue)
     ingress_streams: int = 100
     ingress_senders: int = 2  # per stream; each keeps one message in flight
     flush_rows: int = 200_000
