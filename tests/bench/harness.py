@@ -62,8 +62,10 @@ class Sizes:
     joins: int = 3000
     join_streams: int = 100
     join_concurrency: int = 16  # per client process: 32 in flight saturate the hub (more only queue)
-    ingress_streams: int = 100
-    ingress_senders: int = 2  # per stream; each keeps one message in flight
+    ingress_streams: int = 10
+    ingress_senders: int = 20  # per stream; each keeps one message in flight
+    spread_streams: int = 100  # ingress-spread: the same 200 senders over more streams
+    spread_senders: int = 2
     flush_rows: int = 200_000
     lag_streams: int = 20
     lag_rate: float = 1000.0  # messages/s, all streams together
@@ -71,7 +73,7 @@ class Sizes:
 
 SMOKE = Sizes(seconds=1.0, client_procs=2, stall_timeout=10.0, fanout_viewers=50, fanout_users=5,
               fanout_senders=1, fanout_rate=20.0, streams=20, stream_viewers=3, stream_rate=5.0,
-              joins=100, join_streams=5, join_concurrency=16, ingress_streams=10, ingress_senders=2,
+              joins=100, join_streams=5, join_concurrency=16, ingress_streams=5, ingress_senders=4, spread_streams=10, spread_senders=2,
               flush_rows=2000, lag_streams=4, lag_rate=200.0)
 
 

@@ -126,7 +126,8 @@ def _flush(r: dict[str, Any]) -> Row:
 
 
 ROWS: dict[str, Callable[[dict[str, Any]], Row]] = {
-    "fanout": _fanout, "streams": _streams, "joins": _joins, "ingress": _ingress, "flush": _flush}
+    "fanout": _fanout, "streams": _streams, "joins": _joins, "ingress": _ingress, "ingress-spread": _ingress,
+    "flush": _flush}
 HEAD = ("workload", "throughput", "p50 ms", "p99 ms", "hub µs/op", "client µs/op", "lost",
         "notes", "target", "met")
 

@@ -26,6 +26,8 @@ EXPECTED = {
     "joins": {"joins", "joins_per_s", "join_p50_ms", "join_p99_ms", "kib_per_viewer"},
     "ingress": DELIVERY | {"accepted_msgs_per_s", "ack_p99_ms", "redis_evalsha_per_msg",
                            "redis_calls_per_msg"},
+    "ingress-spread": DELIVERY | {"accepted_msgs_per_s", "ack_p99_ms", "redis_evalsha_per_msg",
+                                  "redis_calls_per_msg"},
     "flush": {"rows", "rows_stored", "rows_missing", "rows_per_s", "lag_p50_s", "lag_p99_s",
               "lag_missing"},
 }
@@ -59,7 +61,7 @@ def test_bench_smoke_reports_every_workload_without_loss() -> None:
     assert set(results) == set(EXPECTED), done.stdout
     for name, keys in EXPECTED.items():
         assert keys | COMMON <= results[name].keys(), (name, sorted(keys | COMMON - results[name].keys()))
-    for name in ("fanout", "streams", "ingress"):
+    for name in ("fanout", "streams", "ingress", "ingress-spread"):
         r = results[name]
         assert r["messages"] > 0, r
         assert r["deliveries"] == r["expected_deliveries"] > 0, r

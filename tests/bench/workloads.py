@@ -124,20 +124,31 @@ async def joins(b: Bench) -> dict[str, Any]:
 
 # -- 4. chat ingress ------------------------------------------------------------------
 
-async def ingress(b: Bench) -> dict[str, Any]:
-    """Many senders, few viewers: ``ingress_senders`` per stream (on alternating workers),
-    each with one message in flight, for ``seconds``."""
-    z = b.sizes
+async def _ingress(b: Bench, name: str, streams: int, senders: int) -> dict[str, Any]:
+    """``senders`` per stream (on alternating workers), each with one message in flight, for
+    ``seconds``; the stream's sender is its only viewer of another sender's messages."""
     workers = await b.fresh_workers()
-    ids = await b.create_streams(z.ingress_streams, "ingress")
-    specs = [Spec(workers[k % 2].url, f"ingress-sender-{s}-{k}", stream, sender=True)
-             for s, stream in enumerate(ids) for k in range(z.ingress_senders)]
+    ids = await b.create_streams(streams, name)
+    specs = [Spec(workers[k % 2].url, f"{name}-sender-{s}-{k}", stream, sender=True)
+             for s, stream in enumerate(ids) for k in range(senders)]
     await b.open(specs)
-    r = await b.chat_round(None, z.seconds)
-    result = _chat_result("ingress", r, {"streams": z.ingress_streams,
-                                         "senders": z.ingress_streams * z.ingress_senders})
+    r = await b.chat_round(None, b.sizes.seconds)
+    result = _chat_result(name, r, {"streams": streams, "senders": streams * senders})
     result["accepted_msgs_per_s"] = round(r.messages / r.send_seconds, 1) if r.send_seconds else None
     return result
+
+
+async def ingress(b: Bench) -> dict[str, Any]:
+    """Many senders, few viewers: the chat of a few busy streams, so that one batch holds
+    several messages of a stream."""
+    return await _ingress(b, "ingress", b.sizes.ingress_streams, b.sizes.ingress_senders)
+
+
+async def ingress_spread(b: Bench) -> dict[str, Any]:
+    """The same senders spread over many streams, two each: a batch holds about one message
+    per stream, so the per-stream commands (the stream's state, counter, recent list and
+    channel) are not shared; RPUSH and PUBLISH alone make two commands per message."""
+    return await _ingress(b, "ingress-spread", b.sizes.spread_streams, b.sizes.spread_senders)
 
 
 # -- 5. flush -------------------------------------------------------------------------
@@ -239,5 +250,6 @@ async def _flush_lag(b: Bench) -> dict[str, Any]:
 
 
 WORKLOADS: dict[str, Workload] = {
-    "fanout": fanout, "streams": streams, "joins": joins, "ingress": ingress, "flush": flush,
+    "fanout": fanout, "streams": streams, "joins": joins, "ingress": ingress,
+    "ingress-spread": ingress_spread, "flush": flush,
 }
