@@ -119,6 +119,9 @@ async def joins(b: Bench) -> dict[str, Any]:
         "viewer_joined_received": sum(c["events"].get("viewer_joined", 0) for c in counts),
         **cpu_figures(cpu, n),
         "redis_calls_per_join": round((sum(calls1.values()) - sum(calls0.values())) / n, 2) if n else None,
+        "redis_calls_breakdown_per_join": {
+            k: round((v - calls0.get(k, 0)) / n, 2)
+            for k, v in sorted(calls1.items(), key=lambda kv: calls0.get(kv[0], 0) - kv[1])[:12]} if n else {},
     }
 
 
