@@ -1,4 +1,4 @@
-"""``python -m hub serve|migrate|token|check|run-local``."""
+"""``python -m hub serve|run-local|migrate|check|token|inspect``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from hub.connections import settings_or_exit
+from hub.errors import HubError
 from hub.settings import Settings
 
 
@@ -27,13 +28,19 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--name")
     token.add_argument("--role", action="append", default=[], dest="roles")
     token.add_argument("--ttl", type=int, default=24 * 3600)
+    inspect = sub.add_parser("inspect",
+                             help="live streams, workers and outbox lag (or one stream), from Redis")
+    inspect.add_argument("stream_id", nargs="?",
+                         help="one stream: its figures, viewers per worker, recent chat")
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
+    inspect.add_argument("--chat", type=int, default=10, help="recent chat messages to show (default 10)")
     args = parser.parse_args(argv)
 
     settings = settings_or_exit()
     if isinstance(settings, int):
         return settings
     commands = {"serve": _serve, "run-local": _run_local, "migrate": _migrate,
-                "check": _check, "token": _token}
+                "check": _check, "token": _token, "inspect": _inspect}
     return commands[args.command](settings, args)
 
 
@@ -125,6 +132,43 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
     except HubError as exc:
         print(exc.message, file=sys.stderr)
         return 1
+    return 0
+
+
+def _inspect(settings: Settings, args: argparse.Namespace) -> int:
+    import orjson
+    import redis
+
+    from hub import inspection
+    from hub.connections import redacted
+    from hub.keys import Keys
+    from hub.payloads import path_stream_id
+
+    keys = Keys(settings.redis_prefix)
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True, socket_connect_timeout=3)
+    try:
+        if args.stream_id is None:
+            found: dict | None = inspection.overview(client, keys)
+        else:
+            try:
+                stream_id = path_stream_id(args.stream_id)
+            except HubError:
+                print(f"❌ {args.stream_id!r} is not a stream id", file=sys.stderr)
+                return 2
+            found = inspection.stream(client, keys, stream_id, max(0, args.chat))
+            if found is None:
+                print(f"❌ No stream {stream_id} in Redis (an ended stream's keys expire after "
+                      f"HUB_ENDED_RETENTION; its rows are in MySQL)", file=sys.stderr)
+                return 1
+    except redis.RedisError as exc:
+        print(f"❌ Redis at {redacted(settings.redis_url)}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
+    elif args.stream_id is None:
+        print(inspection.overview_text(found))
+    else:
+        print(inspection.stream_text(found))
     return 0
 
 

@@ -5,17 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
+import orjson
 import redis.asyncio as aioredis
 import socketio
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from prometheus_client.core import CounterMetricFamily
 
+from hub import metrics as m
 from hub import rest
 from hub.auth import Verifier
 from hub.connections import StartupError, connect_mysql, connect_redis, redacted
@@ -25,11 +31,10 @@ from hub.presence import Presence, every
 from hub.service import Hub
 from hub.settings import Settings
 from hub.sockets import HubPacket, HubRedisManager, HubServer, StreamingNamespace
-from hub.state import State, outbox_lag, persistence_warning
+from hub.state import State, heartbeat, outbox_lag, persistence_warning
 
 log = logging.getLogger(__name__)
 
-CONNECTIONS = Gauge("hub_connections", "Socket.IO connections on this worker")
 
 
 class FanoutCollector:
@@ -58,7 +63,6 @@ class FanoutCollector:
 
 FANOUT = FanoutCollector()
 REGISTRY.register(FANOUT)  # type: ignore[arg-type]
-WATCHING = Gauge("hub_watching", "Connections on this worker that watch a stream")
 
 
 @dataclass
@@ -69,6 +73,7 @@ class Runtime:
     presence: Presence | None = None
     redis: aioredis.Redis | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    worker_id: str = field(default_factory=lambda: _worker_id())
 
     def require_hub(self) -> Hub:
         if self.hub is None:
@@ -79,6 +84,11 @@ class Runtime:
         if self.presence is None:
             raise RuntimeError("the worker is not started")
         return self.presence
+
+
+def _worker_id() -> str:
+    """Host, process and a random tail: unique even when pids repeat across containers."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -95,7 +105,7 @@ def create_app(settings: Settings) -> web.Application:
     keys = Keys(settings.redis_prefix)
     app = web.Application(
         client_max_size=settings.max_payload,
-        middlewares=[rest.cors(settings), rest.errors],
+        middlewares=[rest.log_context, rest.cors(settings), rest.errors],
     )
     app[rest.SETTINGS] = settings
     app[rest.VERIFIER] = Verifier(settings)
@@ -131,6 +141,11 @@ def create_app(settings: Settings) -> web.Application:
         engineio_logger=False,
     )
     sio.attach(app, socketio_path="socket.io")
+    if settings.admin_username and settings.admin_password:
+        # The Socket.IO Admin UI on the /admin namespace (off unless both are set). Production
+        # mode: server statistics only, no per-event hooks; read-only: no emit/join/disconnect.
+        sio.instrument(auth={"username": settings.admin_username, "password": settings.admin_password},
+                       mode=settings.admin_mode, read_only=True, namespace="/admin")
     FANOUT.sio = sio
     app[SIO] = sio
     holder.append(StreamingNamespace(sio, settings, app[rest.VERIFIER], runtime.require_hub,
@@ -168,7 +183,10 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     sio.manager.initialize()
     say(f"✅ Socket.IO streaming initialized on {NAMESPACE}")
     say(f"✅ Streaming routes loaded at {rest.PREFIX}")
+    beat = _heartbeat(settings, client, presence, runtime)
+    await beat()
     runtime.tasks = [
+        asyncio.create_task(every(settings.presence_refresh, beat, "heartbeat")),
         asyncio.create_task(presence.refresh_loop(settings.presence_refresh)),
         asyncio.create_task(presence.reap_loop(settings.reap_interval)),
         asyncio.create_task(every(settings.presence_refresh, manager.unwatch_idle, "room unsubscribe")),
@@ -181,9 +199,29 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await asyncio.gather(*runtime.tasks, return_exceptions=True)
         await manager.close()
         await _leave_all(runtime)
+        with contextlib.suppress(Exception):
+            await client.delete(Keys(settings.redis_prefix).worker(runtime.worker_id))
         pool.close()
         await pool.wait_closed()
         await client.aclose()
+
+
+def _heartbeat(settings: Settings, client: aioredis.Redis, presence: Presence,
+               runtime: Runtime) -> Callable[[], Awaitable[None]]:
+    """What this worker tells ``python -m hub inspect``, every HUB_PRESENCE_REFRESH seconds."""
+    keys = Keys(settings.redis_prefix)
+    started_ms = int(time.time() * 1000)
+    host = socket.gethostname()
+
+    async def beat() -> None:
+        streams = {stream_id: len(sids) for stream_id, sids in presence.rooms.items() if sids}
+        await heartbeat(client, keys, runtime.worker_id, {
+            "host": host, "pid": os.getpid(), "started_ms": started_ms,
+            "updated_ms": int(time.time() * 1000), "connections": len(presence.conns),
+            "watching": sum(streams.values()), "streams": orjson.dumps(streams).decode(),
+        }, int(settings.presence_ttl * 1000))
+
+    return beat
 
 
 def _namespace(sio: socketio.AsyncServer) -> StreamingNamespace:
@@ -263,6 +301,11 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     if runtime.presence is not None:
-        CONNECTIONS.set(len(runtime.presence.conns))
-        WATCHING.set(sum(len(s) for s in runtime.presence.rooms.values()))
+        m.CONNECTIONS.set(len(runtime.presence.conns))
+        m.WATCHING.set(sum(len(s) for s in runtime.presence.rooms.values()))
+        m.STREAMS_WATCHED.set(sum(1 for s in runtime.presence.rooms.values() if s))
+    if runtime.redis is not None:
+        with contextlib.suppress(Exception):  # a scrape while Redis is down keeps the last figures
+            m.set_outbox(await asyncio.wait_for(
+                outbox_lag(runtime.redis, Keys(request.app[rest.SETTINGS].redis_prefix)), 2))
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import logging
 import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -15,6 +14,7 @@ import aiomysql
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from hub import logs
 from hub.db import create_pool
 from hub.settings import Settings, SettingsError
 
@@ -54,7 +54,7 @@ def settings_or_exit() -> Settings | int:
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.setup(settings.log_level, settings.log_format)
     return settings
 
 

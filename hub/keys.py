@@ -51,6 +51,17 @@ class Keys:
     def live_category(self, category: str) -> str:
         return f"{self.prefix}live:cat:{category}"
 
+    @property
+    def workers(self) -> str:
+        """Sorted set of web worker ids scored by their last heartbeat (ms)."""
+        return f"{self.prefix}workers"
+
+    def worker(self, worker_id: str) -> str:
+        """Hash: one web worker's heartbeat (host, pid, started_ms, updated_ms, connections,
+        watching, streams: JSON stream id -> its viewers' connections there); expires when the
+        worker stops beating."""
+        return f"{self.prefix}worker:{worker_id}"
+
     # -- per stream -----------------------------------------------------------
     def stream(self, stream_id: str) -> str:
         """Hash: the stream record and its live counters (money in integer cents)."""

@@ -11,7 +11,7 @@ import pymysql
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from hub import payloads
+from hub import logs, metrics, payloads
 from hub.auth import Identity, Verifier, bearer
 from hub.codec import loads_exact
 from hub.errors import HubError
@@ -32,10 +32,24 @@ def json_response(body: dict[str, Any], status: int = 200) -> web.Response:
 
 
 def error_response(exc: HubError) -> web.Response:
+    metrics.error(exc.code, "rest")
     response = json_response({"success": False, "error": exc.body()}, exc.status)
     if exc.retry_after is not None:
         response.headers["Retry-After"] = str(exc.retry_after_seconds)
     return response
+
+
+@web.middleware
+async def log_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The request's log lines name it, its stream and (once the token is read) its user."""
+    route = request.match_info.route.resource
+    token = logs.CONTEXT.set({
+        "request": f"{request.method} {route.canonical if route is not None else request.path}",
+        "stream_id": request.match_info.get("stream_id")})
+    try:
+        return await handler(request)
+    finally:
+        logs.CONTEXT.reset(token)
 
 
 @web.middleware
@@ -101,7 +115,11 @@ def identity(request: web.Request) -> Identity:
     token = bearer(request.headers.get("Authorization"))
     if token is None:
         raise HubError("unauthorized")
-    return request.app[VERIFIER].verify(token)
+    found = request.app[VERIFIER].verify(token)
+    context = logs.CONTEXT.get()
+    if isinstance(context, dict):  # the request's log lines name the user from now on
+        context["user_id"] = found.user_id
+    return found
 
 
 def _hub(request: web.Request) -> Hub:

@@ -232,6 +232,7 @@ class Hub:
             if await self.history.stream(m.stream_id) is not None:
                 raise HubError("stream_not_live", "The stream has ended.") from None
             raise HubError("not_found") from None
+        log.info("moderation: %s", m.action, extra={"stream_id": m.stream_id, "user_id": who.user_id})
         ack: dict[str, Any] = {"success": True, "action": record}
         if moderators is not None:
             ack["moderators"] = loads(moderators)
@@ -278,6 +279,7 @@ class Hub:
             if exc.code == "conflict":
                 raise HubError("conflict", "You already have a live stream.") from exc
             raise
+        log.info("stream created (%s)", status, extra={"stream_id": stream_id, "user_id": identity.user_id})
         return records.stream_from_hash(fields, 0)
 
     async def _owned(self, identity: Identity, stream_id: str) -> dict[str, str]:
@@ -295,6 +297,7 @@ class Hub:
     async def start_stream(self, identity: Identity, stream_id: str) -> dict[str, Any]:
         h = await self._owned(identity, stream_id)
         await self.state.start_stream(stream_id, h["streamer_id"])
+        log.info("stream started", extra={"stream_id": stream_id, "user_id": identity.user_id})
         return await self.get_stream(stream_id)
 
     async def end_stream(self, identity: Identity, stream_id: str) -> dict[str, Any]:
@@ -305,6 +308,7 @@ class Hub:
             if exc.code == "conflict":
                 raise HubError("conflict", "The stream is not live.") from exc
             raise
+        log.info("stream ended", extra={"stream_id": stream_id, "user_id": identity.user_id})
         stream = await self.get_stream(stream_id)
         stats = await self.stats(stream_id)
         return dict(stream, **{k: v for k, v in stats.items() if k not in stream})

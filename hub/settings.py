@@ -99,6 +99,12 @@ class Settings:
     viewer_events_interval: float = 0.5
     fanout_pace_above: int = 100
     fanout_interval: float = 0.025
+    log_format: str = "text"
+    flusher_metrics_port: int = 9101
+    flusher_metrics_host: str = "127.0.0.1"
+    admin_username: str | None = None
+    admin_password: str | None = None
+    admin_mode: str = "production"
     # The cyclic garbage collector's thresholds (gc.set_threshold); None leaves Python's.
     gc_thresholds: tuple[int, int, int] | None = (50_000, 20, 100)
     shutdown_deadline: float = 15.0
@@ -163,6 +169,13 @@ class Settings:
             fanout_pace_above=_int(env, "HUB_FANOUT_PACE_ABOVE", default.fanout_pace_above, 0, 100_000_000),
             fanout_interval=_float(env, "HUB_FANOUT_INTERVAL", default.fanout_interval, 0.0, 1.0),
             gc_thresholds=_gc_thresholds(env, default.gc_thresholds),
+            log_format=env.get("HUB_LOG_FORMAT", default.log_format).strip().lower(),
+            flusher_metrics_port=_int(env, "HUB_FLUSHER_METRICS_PORT", default.flusher_metrics_port,
+                                      0, 65535),
+            flusher_metrics_host=env.get("HUB_FLUSHER_METRICS_HOST", default.flusher_metrics_host),
+            admin_username=env.get("HUB_ADMIN_USERNAME") or None,
+            admin_password=env.get("HUB_ADMIN_PASSWORD") or None,
+            admin_mode=env.get("HUB_ADMIN_MODE", default.admin_mode).strip().lower(),
             send_buffer_limit=_int(env, "HUB_SEND_BUFFER_LIMIT", default.send_buffer_limit, 4096, 1 << 30),
             drain_seconds=_float(env, "HUB_DRAIN_SECONDS", default.drain_seconds, 0.0, 300.0),
             shutdown_deadline=_float(env, "HUB_SHUTDOWN_DEADLINE", default.shutdown_deadline, 1.0, 600.0),
@@ -189,6 +202,14 @@ class Settings:
             raise SettingsError("HUB_DRAIN_SECONDS: must be shorter than HUB_SHUTDOWN_DEADLINE")
         if any(o == "*" for o in self.cors_origins):
             raise SettingsError("HUB_CORS_ORIGINS: list the allowed origins; '*' is not accepted")
+        if self.log_format not in ("text", "json"):
+            raise SettingsError(f"HUB_LOG_FORMAT: use text or json, not {self.log_format!r}")
+        if (self.admin_username is None) != (self.admin_password is None):
+            raise SettingsError("HUB_ADMIN_USERNAME: set it together with HUB_ADMIN_PASSWORD, or neither")
+        if self.admin_password is not None and len(self.admin_password) < 12:
+            raise SettingsError("HUB_ADMIN_PASSWORD: must be at least 12 characters")
+        if self.admin_mode not in ("production", "development"):
+            raise SettingsError(f"HUB_ADMIN_MODE: use production or development, not {self.admin_mode!r}")
 
 
 def _read_key(value: str | None) -> str | None:

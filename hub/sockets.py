@@ -19,7 +19,7 @@ import orjson
 import socketio
 from redis.exceptions import RedisError
 
-from hub import payloads
+from hub import logs, metrics, payloads
 from hub.auth import Verifier, bearer
 from hub.codec import json_module
 from hub.errors import HubError, TokenExpired
@@ -225,6 +225,7 @@ class HubServer(socketio.AsyncServer):
         self.eio._async = dict(self.eio._async, websocket=DirectWebSocket)
         self.writer = Writer(self.eio, send_buffer_limit, send_queue_limit)
         self.pacer = Pacer(self._write_runs, self._room_size, fanout_interval, fanout_pace_above)
+        self._fanout_size = metrics.BROADCAST_SOCKETS.observe
 
     def broadcast(self, room: str, skip_sid: str | None, texts: list[bytes]) -> None:
         """Encoded room events (Engine.IO texts) to this worker's sockets in ``room``."""
@@ -236,6 +237,7 @@ class HubServer(socketio.AsyncServer):
     def _write_runs(self, room: str, runs: list[Run]) -> None:
         members = self.manager.rooms.get(NAMESPACE, {}).get(room)
         if members:
+            self._fanout_size(len(members))
             self.writer.broadcast_runs(members, runs)
 
     # A room's held events go out before its membership changes.
@@ -305,6 +307,12 @@ class HubServer(socketio.AsyncServer):
         await self.eio.send_packet(eio_sid, eio_pkt)
 
 
+def _refused(exc: HubError) -> socketio.exceptions.ConnectionRefusedError:
+    """A refused connection (``connect_error`` with the error body), counted."""
+    metrics.error(exc.code, "connect")
+    return socketio.exceptions.ConnectionRefusedError(exc.code, exc.body())
+
+
 class StreamingNamespace:
     """Wires the namespace's events to the hub service."""
 
@@ -333,8 +341,7 @@ class StreamingNamespace:
 
     async def connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         if self.draining:
-            refusal = HubError("unavailable", "This worker is shutting down; connect again.")
-            raise socketio.exceptions.ConnectionRefusedError(refusal.code, refusal.body())
+            raise _refused(HubError("unavailable", "This worker is shutting down; connect again."))
         token = auth.get("token") if isinstance(auth, dict) else None
         token = token or bearer(environ.get("HTTP_AUTHORIZATION"))
         identity = None
@@ -342,15 +349,14 @@ class StreamingNamespace:
             try:
                 identity = self.verifier.verify(token)
             except HubError as exc:
-                raise socketio.exceptions.ConnectionRefusedError(exc.code, exc.body()) from exc
+                raise _refused(exc) from exc
         conn = Conn(sid, identity, client_address(environ))
         try:
             await self._hub().admit(conn)
         except HubError as exc:
-            raise socketio.exceptions.ConnectionRefusedError(exc.code, exc.body()) from exc
+            raise _refused(exc) from exc
         except (RedisError, OSError) as exc:
-            refusal = HubError("unavailable")
-            raise socketio.exceptions.ConnectionRefusedError(refusal.code, refusal.body()) from exc
+            raise _refused(HubError("unavailable")) from exc
         self._presence().add(conn)
 
     async def disconnect(self, sid: str, *_: Any) -> None:
@@ -364,8 +370,18 @@ class StreamingNamespace:
             log.warning("leave on disconnect failed for %s: %s", sid, exc)
 
     def _handler(self, event: str, action: Action) -> Callable[..., Awaitable[dict[str, Any]]]:
+        received = metrics.EVENTS.labels(event).inc
+
         async def handle(sid: str, *args: Any) -> dict[str, Any]:
+            received()
             conn = self._presence().conns.get(sid)
+            context = logs.CONTEXT.set((event, sid, conn, args))
+            try:
+                return await run(sid, conn, args)
+            finally:
+                logs.CONTEXT.reset(context)
+
+        async def run(sid: str, conn: Conn | None, args: tuple[Any, ...]) -> dict[str, Any]:
             try:
                 if conn is None:
                     raise HubError("unauthorized", "Not connected.")
@@ -392,6 +408,7 @@ class StreamingNamespace:
         task.add_done_callback(self._pending.discard)
 
     async def _refuse(self, sid: str, event: str, exc: HubError) -> dict[str, Any]:
+        metrics.error(exc.code, "socket")
         body = exc.body()
         await self.sio.emit("error", dict(body, event=event), to=sid, namespace=NAMESPACE,
                             ignore_queue=True)
@@ -413,6 +430,7 @@ class StreamingNamespace:
             raise
         if previous is not None and previous != payload.stream_id:
             await self.sio.leave_room(conn.sid, previous, namespace=NAMESPACE)
+        metrics.JOINS.inc()
         encoded = orjson.Fragment(orjson.dumps(joined))  # once, for the event and the ack
         await self.sio.emit("joined_stream", encoded, to=conn.sid, namespace=NAMESPACE,
                             ignore_queue=True)

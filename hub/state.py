@@ -4,6 +4,7 @@ atomic with its outbox record and its broadcast."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
@@ -12,6 +13,7 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
+from hub import metrics
 from hub.errors import HubError
 from hub.keys import NAMESPACE, OUTBOX_GROUP, Keys
 from hub.settings import Settings
@@ -116,6 +118,20 @@ async def outbox_lag(client: aioredis.Redis, keys: Keys) -> dict[str, Any]:
     return {"entries": int(length), "pending": pending_count, "oldest_age_seconds": round(age, 3)}
 
 
+async def heartbeat(client: aioredis.Redis, keys: Keys, worker_id: str, fields: dict[str, Any],
+                    ttl_ms: int) -> None:
+    """One web worker's heartbeat (``python -m hub inspect`` reads them): its hash, expiring
+    after ``ttl_ms`` unless beaten again, and its place in the workers' sorted set (entries of
+    workers gone for a day are dropped)."""
+    now = int(fields["updated_ms"])
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.hset(keys.worker(worker_id), mapping=fields)
+        pipe.pexpire(keys.worker(worker_id), ttl_ms)
+        pipe.zadd(keys.workers, {worker_id: now})
+        pipe.zremrangebyscore(keys.workers, 0, now - 24 * 3600 * 1000)
+        await pipe.execute()
+
+
 async def persistence_warning(client: aioredis.Redis) -> str | None:
     """A warning when Redis would lose accepted, unflushed tips and messages in a crash."""
     try:
@@ -136,9 +152,14 @@ class State:
         self._scripts = _load_scripts(client, settings)
         self._chat = Batcher(self._chat_batch, CHAT_BATCH_MAX)
         self._base = [self.keys.prefix, self.keys.room_prefix, NAMESPACE]
+        self._timers = {name: metrics.REDIS_SECONDS.labels(name).observe for name in self._scripts}
 
     async def _run(self, name: str, keys: list[str], args: list[Any]) -> list[Any]:
-        return _result(await self._scripts[name](keys=keys, args=args))
+        start = time.perf_counter()
+        try:
+            return _result(await self._scripts[name](keys=keys, args=args))
+        finally:
+            self._timers[name](time.perf_counter() - start)
 
     # -- streams ------------------------------------------------------------------
     async def create_stream(self, fields: dict[str, str]) -> None:
@@ -306,11 +327,15 @@ class State:
 
     async def _chat_batch(self, items: list[tuple[Any, ...]]) -> list[list[Any]]:
         k, s = self.keys, self.settings
-        return list(await self._scripts["chat_batch"](
-            keys=[k.outbox],
-            args=[k.prefix, k.room_prefix, s.chat_rate, s.chat_rate_privileged, s.chat_period * 1000,
-                  s.recent_size, len(items), k.chat_rate_windows, *(x for item in items for x in item)],
-        ))
+        start = time.perf_counter()
+        try:
+            return list(await self._scripts["chat_batch"](
+                keys=[k.outbox],
+                args=[k.prefix, k.room_prefix, s.chat_rate, s.chat_rate_privileged, s.chat_period * 1000,
+                      s.recent_size, len(items), k.chat_rate_windows, *(x for item in items for x in item)],
+            ))
+        finally:
+            self._timers["chat_batch"](time.perf_counter() - start)
 
     async def tip(
         self, stream_id: str, user_id: str, client_tip_id: str | None, amount_cents: int,

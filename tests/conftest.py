@@ -71,6 +71,7 @@ def env(run_id: str) -> dict[str, str]:
         "HUB_CONN_RATE": "100000",
         "HUB_ADDRESS_MAX_CONNS": "100000",
         "HUB_JOIN_RATE": "1000",
+        "HUB_FLUSHER_METRICS_PORT": "0",  # a test that reads them gives a free port
     }
 
 

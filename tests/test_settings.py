@@ -122,3 +122,17 @@ def test_migrate_is_idempotent(env):
         result = subprocess.run([sys.executable, "-m", "hub", "migrate"], cwd=ROOT, capture_output=True,
                                 text=True, env={**os.environ, **env}, timeout=60)
         assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(("env", "variable"), [
+    ({"HUB_LOG_FORMAT": "xml"}, "HUB_LOG_FORMAT"),
+    ({"HUB_FLUSHER_METRICS_PORT": "70000"}, "HUB_FLUSHER_METRICS_PORT"),
+    ({"HUB_ADMIN_USERNAME": "ops"}, "HUB_ADMIN_USERNAME"),
+    ({"HUB_ADMIN_USERNAME": "ops", "HUB_ADMIN_PASSWORD": "short"}, "HUB_ADMIN_PASSWORD"),
+    ({"HUB_ADMIN_USERNAME": "ops", "HUB_ADMIN_PASSWORD": "long-enough-pass", "HUB_ADMIN_MODE": "x"},
+     "HUB_ADMIN_MODE"),
+])
+def test_bad_operations_settings_name_the_variable(env, variable):
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env(env)
+    assert str(err.value).startswith(variable)

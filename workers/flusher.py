@@ -24,12 +24,14 @@ from typing import Any
 import orjson
 import pymysql
 import redis.asyncio as aioredis
+from prometheus_client import start_http_server
 from redis.exceptions import RedisError, ResponseError
 
+from hub import metrics
 from hub.connections import StartupError, connect_mysql, connect_redis, run, settings_or_exit
 from hub.keys import OUTBOX_GROUP, Keys
 from hub.settings import Settings
-from hub.state import persistence_warning
+from hub.state import outbox_lag, persistence_warning
 from workers.store import BadRecord, Batch, Store
 
 log = logging.getLogger("workers.flusher")
@@ -68,6 +70,7 @@ class Flusher:
         self.written = 0
         self._stopping = asyncio.Event()
         self._next_claim = 0.0
+        self._next_observe = 0.0
 
     async def ensure_group(self) -> None:
         try:
@@ -111,13 +114,23 @@ class Flusher:
         read, entries, batch, bad = ready
         if not read:
             return 0
+        start = time.perf_counter()
         try:
             await self._write(batch)
         except pymysql.MySQLError as exc:
+            metrics.MYSQL_ERRORS.labels("refused").inc()
             log.error("MySQL refused a batch of %d (%s); writing its entries one by one",
                       len(entries), exc)
             bad = await self._write_each(entries)
+        else:
+            metrics.FLUSH_BATCH_SECONDS.observe(time.perf_counter() - start)
+            metrics.FLUSH_BATCH_RECORDS.observe(len(batch))
+            for table, rows in batch.tables().items():
+                if rows:
+                    metrics.FLUSH_ROWS.labels(table).inc(rows)
         await self._settle([eid for eid, _ in read], bad)
+        if bad:
+            metrics.FLUSH_DEAD.inc(len(bad))
         self.written += len(batch)
         return len(read)
 
@@ -139,6 +152,7 @@ class Flusher:
             try:
                 await self._write(batch)
             except pymysql.MySQLError as exc:
+                metrics.MYSQL_ERRORS.labels("refused").inc()
                 log.error("outbox entry %s refused by MySQL (%s); moved to %s",
                           entry[0], exc, self.keys.outbox_dead)
                 refused = [entry]
@@ -167,6 +181,7 @@ class Flusher:
             except (pymysql.err.OperationalError, pymysql.err.InterfaceError, OSError) as exc:
                 if isinstance(exc, pymysql.err.OperationalError) and _refusal(exc):
                     raise
+                metrics.MYSQL_ERRORS.labels("down").inc()
                 log.warning("MySQL write failed (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
@@ -197,6 +212,16 @@ class Flusher:
     def stop(self) -> None:
         self._stopping.set()
 
+    async def _observe_outbox(self) -> None:
+        """The outbox's length and oldest entry's age, for /metrics, at most once a second."""
+        now = time.monotonic()
+        if now < self._next_observe:
+            return
+        self._next_observe = now + 1.0
+        lag = await outbox_lag(self.redis, self.keys)
+        metrics.FLUSHER_OUTBOX_ENTRIES.set(lag["entries"])
+        metrics.FLUSHER_OUTBOX_AGE.set(lag["oldest_age_seconds"])
+
     async def run(self) -> None:
         """Until stopped: each batch written and settled before the next, while the next one is
         read from Redis (so MySQL is kept busy); a stop ends after the batches read."""
@@ -216,6 +241,7 @@ class Flusher:
                     ahead = asyncio.ensure_future(self._read_ahead())
                 if ready[0]:
                     await self.step(ready=ready)
+                await self._observe_outbox()
                 delay = 0.5
             except asyncio.CancelledError:
                 if ahead is not None:
@@ -227,6 +253,22 @@ class Flusher:
                 delay = min(delay * 2, BACKOFF_MAX)
                 with contextlib.suppress(RedisError, OSError):
                     await self.ensure_group()
+
+
+def serve_metrics(settings: Settings) -> None:
+    """The flusher's /metrics on a port of its own (HUB_FLUSHER_METRICS_PORT; 0: none). A port
+    already taken is logged, not fatal: flushing matters more than its figures."""
+    if not settings.flusher_metrics_port:
+        return
+    try:
+        start_http_server(settings.flusher_metrics_port, settings.flusher_metrics_host,
+                          registry=metrics.FLUSHER)
+    except OSError as exc:
+        log.error("flusher metrics not served on %s:%d (%s)", settings.flusher_metrics_host,
+                  settings.flusher_metrics_port, exc)
+        return
+    print(f"✅ Flusher metrics on http://{settings.flusher_metrics_host}:{settings.flusher_metrics_port}"
+          "/metrics", flush=True)
 
 
 def _refusal(exc: pymysql.err.OperationalError) -> bool:
@@ -252,6 +294,7 @@ async def main_async(settings: Settings, burst: bool) -> int:
         log.warning(warning)
     flusher = Flusher(settings, client, Store(pool))
     await flusher.ensure_group()
+    serve_metrics(settings)
     print(f"✅ Flusher {flusher.consumer} draining {flusher.keys.outbox} into "
           f"{settings.mysql.database}", flush=True)
     loop = asyncio.get_running_loop()

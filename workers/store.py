@@ -261,6 +261,11 @@ class Batch:
             ]
         return self._statements
 
+    def tables(self) -> dict[str, int]:
+        """Rows of the batch by MySQL table."""
+        return {"streams": len(self.streams), "chat_messages": len(self.messages), "tips": len(self.tips),
+                "viewing_sessions": len(self.sessions), "moderation_actions": len(self.actions)}
+
     def __len__(self) -> int:
         return (len(self.streams) + len(self.messages) + len(self.tips) + len(self.sessions)
                 + len(self.actions))

@@ -134,6 +134,7 @@ class HubEnv:
             "HUB_DRAIN_SECONDS": "0",
             "HUB_SHUTDOWN_DEADLINE": "10",
             "HUB_LOG_LEVEL": "WARNING",
+            "HUB_FLUSHER_METRICS_PORT": "0",
         }
 
     def migrate(self) -> None:

@@ -1,0 +1,161 @@
+"""``python -m hub inspect [STREAM_ID] [--json] [--chat N]``: what is live, read from Redis.
+
+Without a stream id: the live streams (by viewers), the web workers' heartbeats and the outbox's
+lag. With one: that stream's figures, its viewers on each worker, its moderation state and its
+recent chat. Everything comes from the keys the README lists, read-only, so it works while the
+hub runs and shows what ``redis-cli`` would.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import redis
+
+from hub.keys import OUTBOX_GROUP, Keys
+from hub.records import stats_from_hash, stream_from_hash
+
+
+def overview(client: redis.Redis, keys: Keys, limit: int = 50) -> dict[str, Any]:
+    now = _now_ms(client)
+    live = client.zrevrange(keys.live, 0, limit - 1, withscores=True)
+    streams = []
+    with client.pipeline(transaction=False) as pipe:
+        for stream_id, _ in live:
+            pipe.hgetall(keys.stream(stream_id))
+            pipe.hlen(keys.viewers(stream_id))
+            pipe.scard(keys.unique(stream_id))
+        replies = pipe.execute()
+    for i, _ in enumerate(live):
+        h, viewers, unique = replies[3 * i:3 * i + 3]
+        if h:
+            streams.append(dict(stream_from_hash(h, viewers), **stats_from_hash(h, viewers, unique, now)))
+    return {"live_streams": streams, "live_total": client.zcard(keys.live),
+            "workers": workers(client, keys, now), "outbox": outbox(client, keys, now)}
+
+
+def stream(client: redis.Redis, keys: Keys, stream_id: str, chat: int = 10) -> dict[str, Any] | None:
+    now = _now_ms(client)
+    with client.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.stream(stream_id))
+        pipe.hlen(keys.viewers(stream_id))
+        pipe.scard(keys.unique(stream_id))
+        pipe.zcard(keys.conns(stream_id))
+        pipe.lrange(keys.recent(stream_id), -max(chat, 1), -1)
+        pipe.smembers(keys.moderators(stream_id))
+        pipe.hgetall(keys.sanctions(stream_id))
+        h, viewers, unique, conns, recent, mods, sanctions = pipe.execute()
+    if not h:
+        return None
+    per_worker = {w["worker_id"]: w["streams"].get(stream_id, 0) for w in workers(client, keys, now)}
+    messages = [orjson.loads(item) for item in recent][-chat:] if chat > 0 else []
+    return {
+        **stream_from_hash(h, viewers),
+        **stats_from_hash(h, viewers, unique, now),
+        "connections": conns,
+        "connections_per_worker": {w: n for w, n in per_worker.items() if n},
+        "slow_mode_seconds": int(h.get("slow_mode") or 0),
+        "moderators": sorted(mods),
+        "sanctions": {user: ("ban" if v == "ban" else f"timeout until {_iso(int(v[2:]))}")
+                      for user, v in sorted(sanctions.items())},
+        "recent_messages": messages,
+    }
+
+
+def workers(client: redis.Redis, keys: Keys, now: int) -> list[dict[str, Any]]:
+    """The web workers whose heartbeat has not expired, newest beat first."""
+    ids = client.zrevrange(keys.workers, 0, -1)
+    with client.pipeline(transaction=False) as pipe:
+        for worker_id in ids:
+            pipe.hgetall(keys.worker(worker_id))
+        beats = pipe.execute()
+    found = []
+    for worker_id, beat in zip(ids, beats, strict=True):
+        if not beat:
+            continue  # stopped, or gone longer than its expiry
+        found.append({
+            "worker_id": worker_id, "host": beat.get("host"), "pid": int(beat.get("pid") or 0),
+            "beat_age_seconds": round(max(0, now - int(beat["updated_ms"])) / 1000, 1),
+            "uptime_seconds": max(0, now - int(beat["started_ms"])) // 1000,
+            "connections": int(beat.get("connections") or 0),
+            "watching": int(beat.get("watching") or 0),
+            "streams": orjson.loads(beat.get("streams") or "{}"),
+        })
+    return found
+
+
+def outbox(client: redis.Redis, keys: Keys, now: int) -> dict[str, Any]:
+    with client.pipeline(transaction=False) as pipe:
+        pipe.xlen(keys.outbox)
+        pipe.xrange(keys.outbox, count=1)
+        pipe.xpending(keys.outbox, OUTBOX_GROUP)
+        pipe.xlen(keys.outbox_dead)
+        length, first, pending, dead = pipe.execute(raise_on_error=False)
+    age = 0.0
+    if first and not isinstance(first, Exception):
+        age = max(0.0, (now - int(first[0][0].split("-")[0])) / 1000)
+    pending_count = 0 if isinstance(pending, Exception) else int(pending["pending"])
+    return {"entries": int(length), "pending": pending_count, "oldest_age_seconds": round(age, 3),
+            "dead_letters": int(dead)}
+
+
+# -- text -----------------------------------------------------------------------------------
+
+def overview_text(o: dict[str, Any]) -> str:
+    lines = [f"Live streams: {o['live_total']}" + (" (by viewers)" if o["live_streams"] else "")]
+    for s in o["live_streams"]:
+        lines.append(f"  {s['stream_id']}  {s['viewer_count']:>6} viewers  "
+                     f"{s['message_count']:>7} messages  {s['tip_count']:>5} tips ({s['tips_total']})  "
+                     f"{_short(s['title'], 40)!r} by {s['streamer_id']}")
+    lines.append(f"Workers: {len(o['workers'])}")
+    for w in o["workers"]:
+        lines.append(f"  {w['worker_id']}  beat {w['beat_age_seconds']}s ago  "
+                     f"up {_duration(w['uptime_seconds'])}  {w['connections']} connections, "
+                     f"{w['watching']} watching {len(w['streams'])} streams")
+    b = o["outbox"]
+    lines.append(f"Outbox: {b['entries']} entries ({b['pending']} read, not yet written), oldest "
+                 f"{b['oldest_age_seconds']} s; dead letters: {b['dead_letters']}")
+    return "\n".join(lines)
+
+
+def stream_text(s: dict[str, Any]) -> str:
+    lines = [
+        f"Stream {s['stream_id']}  {s['status']}  {_short(s['title'], 60)!r}  ({s['category']})",
+        f"  streamer {s['streamer_id']} ({s['streamer_name'] or '-'}); started {s['started_at'] or '-'}"
+        f", ended {s['ended_at'] or '-'}, {s['duration_seconds'] or 0} s",
+        f"  viewers {s['viewer_count']} (peak {s['peak_viewers']}, unique {s['unique_viewers']}), "
+        f"connections {s['connections']}",
+        f"  messages {s['message_count']}, tips {s['tip_count']} totalling {s['tips_total']} "
+        f"(fees {s['platform_fees_total']})",
+        f"  slow mode {s['slow_mode_seconds'] or 'off'}; moderators: {', '.join(s['moderators']) or '-'}; "
+        f"sanctions: {', '.join(f'{u} {v}' for u, v in s['sanctions'].items()) or '-'}",
+        "  connections per worker: "
+        + (", ".join(f"{w} {n}" for w, n in s["connections_per_worker"].items()) or "-"),
+        f"Recent chat ({len(s['recent_messages'])}):",
+    ]
+    for m in s["recent_messages"]:
+        kind = m.get("message_type")
+        amount = f" [{kind} {m.get('tip_amount') or ''}]" if kind != "TEXT" else ""
+        lines.append(f"  {m.get('created_at', '')}  {m.get('username') or m.get('user_id')}:{amount} "
+                     f"{_short(m.get('message', ''), 100)}")
+    return "\n".join(lines)
+
+
+def _now_ms(client: redis.Redis) -> int:
+    seconds, micros = client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def _iso(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+
+def _duration(seconds: int) -> str:
+    h, rest = divmod(seconds, 3600)
+    return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def _short(text: str, n: int) -> str:
+    return text if len(text) <= n else text[:n - 1] + "…"

@@ -1,0 +1,107 @@
+"""Logging: plain text by default, one JSON object per line with ``HUB_LOG_FORMAT=json``.
+
+Whatever a line is about is bound once where the work starts (a Socket.IO event, a REST
+request) and added to every line logged while it runs: ``stream_id``, ``user_id``, ``sid``,
+``event``, ``request``. Lines never carry message bodies or tokens: the hub logs ids, codes
+and counts, and what it binds is checked to be an id-sized string.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from contextvars import ContextVar
+from typing import Any
+
+import orjson
+
+FIELDS = ("stream_id", "user_id", "sid", "event", "request")
+
+# What the running task's lines are about: a dict of fields (a REST request), or a Socket.IO
+# event's (event, sid, conn, args), turned into fields only when a line is logged.
+CONTEXT: ContextVar[Any] = ContextVar("hub_log_context", default=None)
+
+
+def _id_like(value: Any) -> str | None:
+    """A bound value is kept only if it looks like an id (a client controls some of them)."""
+    if isinstance(value, str) and 0 < len(value) <= 128 and value.isprintable():
+        return value
+    return None
+
+
+@contextlib.contextmanager
+def bound(**fields: Any) -> Iterator[None]:
+    """Add ``fields`` (None values skipped) to every line logged inside the block."""
+    outer = CONTEXT.get()
+    token = CONTEXT.set({**_fields(outer), **fields})
+    try:
+        yield
+    finally:
+        CONTEXT.reset(token)
+
+
+def _fields(source: Any) -> dict[str, Any]:
+    if source is None:
+        return {}
+    if isinstance(source, tuple):  # a Socket.IO event: (event, sid, conn, args)
+        event, sid, conn, args = source
+        identity = getattr(conn, "identity", None)
+        data = args[0] if len(args) == 1 and isinstance(args[0], dict) else {}
+        return {"event": event, "sid": sid, "user_id": identity.user_id if identity else None,
+                "stream_id": data.get("stream_id") or getattr(conn, "stream_id", None)}
+    return source
+
+
+class ContextFilter(logging.Filter):
+    """Copies the bound fields onto each record (fields given with ``extra=`` win)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in _fields(CONTEXT.get()).items():
+            value = _id_like(value)
+            if value is not None and not hasattr(record, key):
+                setattr(record, key, value)
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+                  + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in FIELDS:
+            value = getattr(record, key, None)
+            if value is not None:
+                line[key] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(line).decode()
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        bound_fields = " ".join(f"{key}={getattr(record, key)}" for key in FIELDS
+                                if getattr(record, key, None) is not None)
+        return f"{text} [{bound_fields}]" if bound_fields else text
+
+
+def setup(level: str, fmt: str) -> None:
+    """The root logger writes to stderr in ``fmt`` (text or json) at ``level``."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(ContextFilter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
