@@ -8,7 +8,7 @@ PORT ?= 8080
 # Development secret for `make run` only; production sets HUB_JWT_SECRET itself.
 DEV_SECRET := dev-secret-change-me-0123456789abcdef
 
-.PHONY: venv run test lint check-services migrate token clean bench
+.PHONY: venv run test lint check-services migrate token clean bench nginx
 
 venv: $(STAMP)
 
@@ -34,7 +34,12 @@ token: venv
 	@HUB_JWT_SECRET=$${HUB_JWT_SECRET:-$(DEV_SECRET)} $(BIN)/python -m hub token $(ID) \
 	  $(if $(ROLE),--role $(ROLE),) $(if $(NAME),--name $(NAME),)
 
-test: venv
+# tests/test_load_balancer.py runs its own nginx (deploy/nginx.conf) in front of two workers:
+# installed here when missing (root with apt-get: nginx-light), never started as a service.
+nginx:
+	@sh scripts/ensure-nginx.sh
+
+test: venv nginx
 	$(BIN)/python -m pytest
 
 # Benchmarks against the local Redis and MySQL: two workers, a flusher, five workloads, a few

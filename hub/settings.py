@@ -5,6 +5,7 @@ Nothing else in the hub or the workers reads ``os.environ``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -108,6 +109,8 @@ class Settings:
     # The cyclic garbage collector's thresholds (gc.set_threshold); None leaves Python's.
     gc_thresholds: tuple[int, int, int] | None = (50_000, 20, 100)
     shutdown_deadline: float = 15.0
+    # Proxies whose X-Forwarded-For names the client (hub.sockets.client_address); none by default.
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @property
     def jwt_algorithms(self) -> list[str]:
@@ -179,6 +182,7 @@ class Settings:
             send_buffer_limit=_int(env, "HUB_SEND_BUFFER_LIMIT", default.send_buffer_limit, 4096, 1 << 30),
             drain_seconds=_float(env, "HUB_DRAIN_SECONDS", default.drain_seconds, 0.0, 300.0),
             shutdown_deadline=_float(env, "HUB_SHUTDOWN_DEADLINE", default.shutdown_deadline, 1.0, 600.0),
+            trusted_proxies=_networks(env, "HUB_TRUSTED_PROXIES"),
         )
         settings.check()
         return settings
@@ -274,6 +278,25 @@ def _gc_thresholds(env: Mapping[str, str],
         raise SettingsError(f"HUB_GC_THRESHOLDS: expected three whole numbers like 50000,20,100 "
                             f"(or 'python' for Python's own), got {raw!r}")
     return values  # type: ignore[return-value]
+
+
+def _networks(env: Mapping[str, str],
+              name: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Comma-separated addresses or CIDR blocks; a bare address is a block of one. A block
+    holding every address is refused: it would let any client name its own address."""
+    networks = []
+    for part in env.get(name, "").split(","):
+        if not part.strip():
+            continue
+        try:
+            network = ipaddress.ip_network(part.strip())
+        except ValueError as exc:
+            raise SettingsError(f"{name}: expected IP addresses or CIDR blocks like 10.0.0.0/8, "
+                                f"got {part.strip()!r} ({exc})") from exc
+        if network.prefixlen == 0:
+            raise SettingsError(f"{name}: {part.strip()!r} trusts every address; list the proxies")
+        networks.append(network)
+    return tuple(networks)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import random
 import re
@@ -194,12 +195,48 @@ class HubRedisManager(socketio.AsyncRedisManager):
         await self._close_connections()
 
 
-def client_address(environ: dict[str, Any]) -> str:
-    """The peer's address. engine.io's aiohttp environ fixes REMOTE_ADDR at 127.0.0.1, so
-    the address comes from the aiohttp request itself."""
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+def client_address(environ: dict[str, Any], trusted: Networks) -> str:
+    """The client's address, for the per-address limits: the TCP peer's, unless the peer is a
+    trusted proxy (``HUB_TRUSTED_PROXIES``); then the rightmost X-Forwarded-For entry that is
+    not itself a trusted proxy. Entries left of it were written by whoever sent the request
+    and prove nothing. engine.io's aiohttp environ fixes REMOTE_ADDR at 127.0.0.1, so the peer
+    comes from the aiohttp request itself."""
     request = environ.get("aiohttp.request")
     remote = getattr(request, "remote", None)
-    return str(remote) if remote else "unknown"
+    peer = _ip(remote) if remote else None
+    if peer is None:
+        return str(remote) if remote else "unknown"
+    if not trusted or not _within(peer, trusted):
+        return str(peer)
+    hops = [hop.strip() for value in request.headers.getall("X-Forwarded-For", ())
+            for hop in value.split(",")]
+    for hop in reversed(hops):
+        address = _ip(hop)
+        if address is None:
+            break  # a trusted proxy never writes this: stop at the last proxy known
+        peer = address
+        if not _within(address, trusted):
+            break
+    return str(peer)
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An address, IPv4-mapped IPv6 as plain IPv4 (one client, one rate-limit key); None if
+    ``text`` is not one."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _within(address: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: Networks) -> bool:
+    return any(address in network for network in networks)
 
 
 class HubPacket(socketio.packet.Packet):
@@ -350,7 +387,7 @@ class StreamingNamespace:
                 identity = self.verifier.verify(token)
             except HubError as exc:
                 raise _refused(exc) from exc
-        conn = Conn(sid, identity, client_address(environ))
+        conn = Conn(sid, identity, client_address(environ, self.settings.trusted_proxies))
         try:
             await self._hub().admit(conn)
         except HubError as exc:
@@ -481,9 +518,16 @@ class StreamingNamespace:
         pause = seconds / len(sids) if sids else 0.0
         for sid in sids:
             eio_sid = self.sio.manager.eio_sid_from_sid(sid, NAMESPACE)
-            if eio_sid is not None:
+            eio_socket = self.sio.eio.sockets.get(eio_sid) if eio_sid is not None else None
+            if eio_socket is not None:
+                # No Engine.IO close packet: after one, python-engineio clients take the close
+                # as meant and do not reconnect. A lost transport makes every client reconnect.
                 with contextlib.suppress(Exception):
-                    await self.sio.eio.disconnect(eio_sid)
+                    transport = getattr(eio_socket, "hub_transport", None)
+                    if transport is not None:
+                        transport.close()
+                    else:
+                        await eio_socket.close(wait=False, abort=True)
             await asyncio.sleep(pause)
 
     # -- room housekeeping --------------------------------------------------------

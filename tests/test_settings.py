@@ -29,6 +29,12 @@ def test_gc_thresholds_are_three_numbers_or_pythons_own():
     assert Settings.from_env({"HUB_GC_THRESHOLDS": "python"}).gc_thresholds is None
 
 
+def test_trusted_proxies_are_addresses_or_blocks():
+    assert Settings.from_env({}).trusted_proxies == ()
+    proxies = Settings.from_env({"HUB_TRUSTED_PROXIES": " 127.0.0.1, 10.0.0.0/8,fd00::/8, "}).trusted_proxies
+    assert [str(p) for p in proxies] == ["127.0.0.1/32", "10.0.0.0/8", "fd00::/8"]
+
+
 def test_values_are_read_exactly():
     s = Settings.from_env({
         "HUB_PLATFORM_FEE": "0.1", "HUB_TIP_MIN": "2.50", "HUB_TIP_MAX": "99.99",
@@ -66,6 +72,13 @@ def test_values_are_read_exactly():
     ({"HUB_GC_THRESHOLDS": "700,10"}, "HUB_GC_THRESHOLDS"),
     ({"HUB_GC_THRESHOLDS": "0,10,10"}, "HUB_GC_THRESHOLDS"),
     ({"HUB_GC_THRESHOLDS": "a,b,c"}, "HUB_GC_THRESHOLDS"),
+    ({"HUB_TRUSTED_PROXIES": "10.0.0.300"}, "HUB_TRUSTED_PROXIES"),
+    ({"HUB_TRUSTED_PROXIES": "127.0.0.1, proxy.internal"}, "HUB_TRUSTED_PROXIES"),
+    ({"HUB_TRUSTED_PROXIES": "10.0.0.1/8"}, "HUB_TRUSTED_PROXIES"),
+    ({"HUB_TRUSTED_PROXIES": "10.0.0.0/33"}, "HUB_TRUSTED_PROXIES"),
+    ({"HUB_TRUSTED_PROXIES": "127.0.0.1:8080"}, "HUB_TRUSTED_PROXIES"),
+    ({"HUB_TRUSTED_PROXIES": "0.0.0.0/0"}, "HUB_TRUSTED_PROXIES"),
+    ({"HUB_TRUSTED_PROXIES": "::/0"}, "HUB_TRUSTED_PROXIES"),
 ])
 def test_bad_value_names_the_variable(env, variable):
     with pytest.raises(SettingsError) as err:
