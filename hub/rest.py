@@ -11,7 +11,7 @@ import pymysql
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from hub import logs, metrics, payloads
+from hub import logs, metrics, openapi, payloads
 from hub.auth import Identity, Verifier, bearer
 from hub.codec import loads_exact
 from hub.errors import HubError
@@ -218,7 +218,13 @@ async def moderation_log(request: web.Request) -> web.Response:
     return json_response({"success": True, "count": len(actions), "actions": actions})
 
 
+async def openapi_document(request: web.Request) -> web.Response:
+    """This API's OpenAPI 3.1 description (``hub/openapi.py``); no token needed."""
+    return web.Response(body=openapi.encoded(PREFIX), content_type="application/json")
+
+
 def setup_routes(app: web.Application) -> None:
+    app.router.add_get(openapi.PATH, openapi_document)
     app.router.add_get(f"{PREFIX}/live", live)
     app.router.add_post(f"{PREFIX}/create", create)
     app.router.add_get(f"{PREFIX}/user/{{user_id}}/streams", user_streams)
