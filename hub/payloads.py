@@ -181,8 +181,12 @@ class CreateStream:
             raise invalid("'category' may hold letters, digits, spaces and - _ . only.")
         thumbnail = _string(data, "thumbnail_url")
         if thumbnail is not None:
-            parsed = urlparse(thumbnail)
-            if len(thumbnail) > URL_MAX or parsed.scheme not in ("http", "https") or not parsed.netloc:
+            try:
+                parsed = urlparse(thumbnail)
+            except ValueError:  # e.g. an unclosed [ in the host
+                parsed = None
+            if parsed is None or len(thumbnail) > URL_MAX or parsed.scheme not in ("http", "https") \
+                    or not parsed.netloc:
                 raise invalid("'thumbnail_url' must be an http(s) URL.")
         scheduled = _string(data, "scheduled_at")
         scheduled_ms = None

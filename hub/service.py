@@ -359,13 +359,15 @@ class Hub:
                 raise HubError("not_found")
             rows = await self.history.messages_before(stream_id, before, limit)
             return [records.message_from_row(r) for r in reversed(rows)]
-        messages = _sorted_messages(buffered)
+        # The buffered JSON goes out as it is (exact amounts and prices), sorted by id.
+        by_id = sorted((_message_id(item), item) for item in buffered)
         if before:
-            messages = [m for m in messages if m["message_id"] < before]
-        page = messages[-limit:]
+            by_id = [pair for pair in by_id if pair[0] < before]
+        by_id = by_id[-limit:]
+        page: list[Any] = [orjson.Fragment(item) for _, item in by_id]
         if len(page) < limit and total > len(buffered):
             # Deletions and a clear not flushed yet are hidden here; MySQL has the rest marked.
-            oldest = page[0]["message_id"] if page else before
+            oldest = by_id[0][0] if by_id else before
             wanted = limit - len(page)
             rows = await self.history.messages_before(stream_id, oldest, wanted + len(deleted), cleared)
             rows = [r for r in rows if r["message_id"] not in deleted][:wanted]
@@ -395,10 +397,3 @@ def _message_id(item: str) -> str:
 def _may_act(identity: Identity, streamer_id: str) -> None:
     if streamer_id != identity.user_id and not identity.is_admin:
         raise HubError("forbidden", "Only the stream's streamer or an admin may do this.")
-
-
-def _sorted_messages(items: list[str]) -> list[dict[str, Any]]:
-    """Recent-buffer entries by id (ids are time-ordered UUIDs)."""
-    messages = [loads(item) for item in items]
-    messages.sort(key=lambda m: m["message_id"])
-    return messages

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -350,3 +351,17 @@ async def test_health_and_readiness(api):
 async def test_wrong_method_is_refused_as_json(api):
     status, body = await api.request("DELETE", "live")
     assert status == 405 and body["error"]["code"] == "invalid"
+
+
+async def test_chat_pages_from_the_buffer_keep_amounts_as_written(api, token, clients, base_url, http):
+    """The recent buffer's JSON goes out as it was made: 1.30, not 1.3."""
+    sid = (await api.create_stream(token(unique("streamer"), "streamer")))["stream_id"]
+    fan = await clients(base_url, token(unique("fan")))
+    await fan.call("join_stream", {"stream_id": sid})
+    assert (await fan.call("send_tip", {"stream_id": sid, "amount": "1.30"}))["success"]
+    assert (await fan.call("send_message", {"stream_id": sid, "message": "after the tip"}))["success"]
+    async with http.get(f"{base_url}/api/v1/streaming/{sid}/chat") as resp:
+        text = await resp.text()
+    assert '"tip_amount":1.30' in text
+    body = json.loads(text)
+    assert [m["message_type"] for m in body["messages"]] == ["TIP", "TEXT"] and body["count"] == 2
