@@ -99,12 +99,15 @@ def _check(settings: Settings, _: argparse.Namespace) -> int:
     import pymysql
     import redis
 
-    from hub.connections import redacted
+    from hub.connections import redacted, sync_redis
 
     ok = True
     try:
-        redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3).ping()
-        print(f"✅ Redis reachable at {redacted(settings.redis_url)}")
+        client = sync_redis(settings, socket_connect_timeout=3)
+        client.ping()
+        server = client.connection_pool.connection_kwargs
+        print(f"✅ Redis reachable at {redacted(settings.redis_url)}"
+              + (f" (master {server['host']}:{server['port']})" if settings.redis_sentinel else ""))
     except redis.RedisError as exc:
         ok = False
         print(f"❌ Redis is not reachable at {redacted(settings.redis_url)}: {exc}\n"
@@ -140,13 +143,13 @@ def _inspect(settings: Settings, args: argparse.Namespace) -> int:
     import redis
 
     from hub import inspection
-    from hub.connections import redacted
+    from hub.connections import redacted, sync_redis
     from hub.keys import Keys
     from hub.payloads import path_stream_id
 
     keys = Keys(settings.redis_prefix)
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True, socket_connect_timeout=3)
     try:
+        client = sync_redis(settings, decode_responses=True, socket_connect_timeout=3)
         if args.stream_id is None:
             found: dict | None = inspection.overview(client, keys)
         else:

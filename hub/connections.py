@@ -11,12 +11,26 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import aiomysql
+import redis
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+import redis.retry
+import redis.sentinel
+from redis.asyncio.connection import BlockingConnectionPool, Connection
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import (
+    MasterNotFoundError,
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+)
+from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, ReadOnlyError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from hub import logs
 from hub.db import create_pool
-from hub.settings import Settings, SettingsError
+from hub.settings import SentinelSettings, Settings, SettingsError
 
 T = TypeVar("T")
 
@@ -63,11 +77,17 @@ REDIS_MAX_CONNECTIONS = 64
 
 async def connect_redis(settings: Settings, socket_timeout: float) -> aioredis.Redis:
     """A client whose pool waits (up to 5 s) for a free connection when all are busy, rather
-    than failing the call (redis-py's default pool raises "Too many connections")."""
-    pool = aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url, max_connections=REDIS_MAX_CONNECTIONS, timeout=5, decode_responses=True,
+    than failing the call (redis-py's default pool raises "Too many connections"). With
+    sentinels in REDIS_URL, the same pool on whichever server they name the master."""
+    options: dict[str, Any] = dict(
+        max_connections=REDIS_MAX_CONNECTIONS, timeout=5, decode_responses=True,
         socket_connect_timeout=5, socket_timeout=socket_timeout, health_check_interval=10)
-    client = aioredis.Redis.from_pool(pool)  # closing the client closes its pool
+    sentinel = settings.redis_sentinel
+    if sentinel is not None:
+        client = master_client(sentinel, **options)
+    else:
+        pool = aioredis.BlockingConnectionPool.from_url(settings.redis_url, **options)
+        client = aioredis.Redis.from_pool(pool)  # closing the client closes its pool
     try:
         await client.ping()
     except (RedisError, OSError) as exc:
@@ -75,6 +95,120 @@ async def connect_redis(settings: Settings, socket_timeout: float) -> aioredis.R
         raise StartupError(f"Redis is not reachable at {redacted(settings.redis_url)} ({exc}); "
                            "start redis-server or set REDIS_URL") from exc
     return client
+
+
+# -- Redis behind Sentinel --------------------------------------------------------------
+
+# How long a connection keeps trying to reach the master while the sentinels fail over: the
+# old master refusing, or the sentinels naming none yet. Nothing has been sent, so trying again
+# is always safe; past this the call fails and the client is told `unavailable`.
+MASTER_PATIENCE = 2.0
+# The sentinels are asked once each, in turn, without redis-py's retries (ten by default).
+SENTINEL_TIMEOUT = 2.0
+
+
+class MasterDemoted(RedisConnectionError):
+    """The server we took for the master answered READONLY: it was demoted (a failover, or a
+    partition healed) and refused the command, which therefore never ran."""
+
+
+class FailoverConnection(SentinelManagedConnection):
+    """A connection to the master the sentinels name now, asked again at every (re)connect.
+
+    Connecting is retried for up to MASTER_PATIENCE. A READONLY refusal closes the connection
+    and raises MasterDemoted, which the client's retry policy (``COMMAND_RETRY``) answers by
+    sending the command once more, on a connection to the new master. Nothing else is retried:
+    a connection lost after a command was sent leaves its outcome unknown (a script may have
+    run), so that call fails and the client is told ``unavailable``."""
+
+    async def connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + MASTER_PATIENCE
+        delay = 0.05
+        while True:
+            try:
+                await self._connect_retry()
+                return
+            except AuthenticationError:
+                raise  # a wrong password stays wrong
+            except (RedisConnectionError, RedisTimeoutError):  # MasterNotFoundError included
+                await self.disconnect()
+                if loop.time() + delay >= deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        # redis-py reconnects here to the address it last used; ask the sentinels instead.
+        if not self.is_connected:
+            await self.connect()
+        await super().send_packed_command(command, check_health)
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await Connection.read_response(self, *args, **kwargs)
+        except ReadOnlyError as exc:
+            await self.disconnect()
+            raise MasterDemoted(f"{self.host}:{self.port} is no longer the master") from exc
+
+
+class FailoverPool(SentinelConnectionPool, BlockingConnectionPool):
+    """redis-py's sentinel pool, blocking like the hub's plain pool (waits ``timeout`` seconds
+    for a free connection when all are busy). Each pool has its own Sentinel, closed with it."""
+
+    async def get_master_address(self) -> tuple[str, int]:
+        try:
+            return await super().get_master_address()  # type: ignore[no-any-return]
+        except MasterNotFoundError:
+            raise _no_master(self.service_name) from None
+
+    async def aclose(self) -> None:
+        try:
+            await super().aclose()
+        finally:
+            await self.sentinel_manager.aclose()
+
+
+# Only a refusal that proves the command did not run is sent again.
+COMMAND_RETRY = Retry(NoBackoff(), 1, supported_errors=(MasterDemoted,))
+
+
+def master_client(target: SentinelSettings, **options: Any) -> aioredis.Redis:
+    """An asyncio client of the master that ``target``'s sentinels name; ``options`` are the
+    connection and pool options (``max_connections``, ``timeout``, ``socket_timeout``…)."""
+    sentinel = Sentinel(target.sentinels, sentinel_kwargs=_sentinel_options(Retry(NoBackoff(), 0)))
+    return sentinel.master_for(  # type: ignore[no-any-return]
+        target.service, connection_pool_class=FailoverPool, connection_class=FailoverConnection,
+        retry=COMMAND_RETRY, db=target.db, username=target.username, password=target.password, **options)
+
+
+def sync_redis(settings: Settings, **options: Any) -> redis.Redis:
+    """A blocking client for the command line (``check``, ``inspect``): from REDIS_URL, or of
+    the server its sentinels name the master (asked once: a command lasts a moment)."""
+    target = settings.redis_sentinel
+    if target is None:
+        return redis.Redis.from_url(settings.redis_url, **options)
+    sentinel = redis.sentinel.Sentinel(target.sentinels,
+                                       sentinel_kwargs=_sentinel_options(redis.retry.Retry(NoBackoff(), 0)))
+    try:
+        host, port = sentinel.discover_master(target.service)
+    except redis.sentinel.MasterNotFoundError:
+        raise _no_master(target.service) from None
+    finally:
+        sentinel.close()
+    return redis.Redis(host=host, port=port, db=target.db, username=target.username,
+                       password=target.password, **options)
+
+
+def _no_master(service: str) -> MasterNotFoundError:
+    """redis-py's own text lists every sentinel client's settings; this one says what is wrong."""
+    return MasterNotFoundError(f"no sentinel named a master for {service!r} (sentinels unreachable, "
+                               "a failover under way, or another service name)")
+
+
+def _sentinel_options(no_retry: Any) -> dict[str, Any]:
+    return {"socket_connect_timeout": SENTINEL_TIMEOUT, "socket_timeout": SENTINEL_TIMEOUT,
+            "retry": no_retry}
 
 
 async def connect_mysql(settings: Settings, maxsize: int) -> aiomysql.Pool:

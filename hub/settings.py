@@ -54,6 +54,49 @@ class MySQLSettings:
         return MySQLSettings.from_url(url)
 
 
+SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_FORM = "redis+sentinel://[:password@]host:port[,host:port...]/db/service"
+
+
+def is_sentinel_url(url: str) -> bool:
+    return urlparse(url).scheme == SENTINEL_SCHEME
+
+
+@dataclass(frozen=True)
+class SentinelSettings:
+    """``REDIS_URL=redis+sentinel://[:password@]host1:port1[,host2:port2...]/DB/SERVICE``: the
+    sentinels to ask for SERVICE's master, and the database and password to use on it (the
+    sentinels themselves are asked without one). python-socketio reads the same form."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int
+    username: str | None
+    password: str | None
+
+    @classmethod
+    def from_url(cls, url: str) -> SentinelSettings:
+        parsed = urlparse(url)
+        if parsed.scheme != SENTINEL_SCHEME:
+            raise SettingsError(f"REDIS_URL: expected {SENTINEL_FORM}")
+        sentinels = tuple(_sentinel_address(part) for part in parsed.netloc.rpartition("@")[2].split(","))
+        parts = parsed.path.split("/")
+        if len(parts) != 3 or not parts[1].isdigit() or not parts[2]:
+            raise SettingsError(f"REDIS_URL: expected {SENTINEL_FORM} (the database number and the "
+                                f"service name the sentinels monitor), got the path {parsed.path!r}")
+        return cls(sentinels=sentinels, service=unquote(parts[2]), db=int(parts[1]),
+                   username=unquote(parsed.username) if parsed.username else None,
+                   password=unquote(parsed.password) if parsed.password else None)
+
+
+def _sentinel_address(part: str) -> tuple[str, int]:
+    host, _, port = part.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")  # [::1]:26379
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingsError(f"REDIS_URL: each sentinel is host:port, got {part!r} ({SENTINEL_FORM})")
+    return host, int(port)
+
+
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -113,6 +156,11 @@ class Settings:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @property
+    def redis_sentinel(self) -> SentinelSettings | None:
+        """Where to find the Redis master when REDIS_URL names sentinels; None for a plain URL."""
+        return SentinelSettings.from_url(self.redis_url) if is_sentinel_url(self.redis_url) else None
+
+    @property
     def jwt_algorithms(self) -> list[str]:
         if self.jwt_public_key or self.jwt_public_keys:
             return ["RS256", "ES256"]
@@ -123,8 +171,11 @@ class Settings:
         env = os.environ if env is None else env
         default = cls()
         redis_url = env.get("REDIS_URL", default.redis_url)
-        if urlparse(redis_url).scheme not in ("redis", "rediss", "unix"):
-            raise SettingsError(f"REDIS_URL: expected redis://host:port/db, got {redis_url!r}")
+        if is_sentinel_url(redis_url):
+            SentinelSettings.from_url(redis_url)  # a bad one stops the process here
+        elif urlparse(redis_url).scheme not in ("redis", "rediss", "unix"):
+            raise SettingsError(f"REDIS_URL: expected redis://host:port/db or {SENTINEL_FORM}, "
+                                f"got {redis_url!r}")
         mysql = MySQLSettings.from_url(env.get("MYSQL_URL", default.mysql.url))
         settings = cls(
             redis_url=redis_url,

@@ -23,12 +23,13 @@ from redis.exceptions import RedisError
 from hub import logs, metrics, payloads
 from hub.auth import Verifier, bearer
 from hub.codec import json_module
+from hub.connections import master_client
 from hub.errors import HubError, TokenExpired
 from hub.fanout import DirectWebSocket, Pacer, Run, Writer
 from hub.keys import NAMESPACE
 from hub.presence import Conn, Presence
 from hub.service import Hub
-from hub.settings import Settings
+from hub.settings import SentinelSettings, Settings, is_sentinel_url
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,17 @@ class HubRedisManager(socketio.AsyncRedisManager):
             self.server.broadcast(room, None, texts)
 
     # -- the listener -----------------------------------------------------------------
+    def _redis_connect(self) -> None:
+        """python-socketio's, except behind sentinels: the hub's own master client, whose
+        Sentinel is closed with it, so each reconnect of the listener asks the sentinels which
+        server is the master now (after a failover, the promoted replica)."""
+        if not is_sentinel_url(self.redis_url):
+            super()._redis_connect()
+            return
+        self.redis = master_client(SentinelSettings.from_url(self.redis_url), **self.redis_options)
+        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        self.connected = True
+
     async def _redis_listen_with_retries(self) -> AsyncIterator[dict[str, Any]]:
         """Subscribe, listen, and on any failure close the old connection and start over with
         capped backoff. A closing worker stops here even if redis-py turned the cancellation
