@@ -196,7 +196,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     finally:
         for task in runtime.tasks:
             task.cancel()
-        await asyncio.gather(*runtime.tasks, return_exceptions=True)
+        with contextlib.suppress(TimeoutError):  # a task that ignores its cancellation is left
+            await asyncio.wait_for(asyncio.gather(*runtime.tasks, return_exceptions=True), 5)
         await manager.close()
         await _leave_all(runtime)
         with contextlib.suppress(Exception):

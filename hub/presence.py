@@ -124,6 +124,7 @@ class Presence:
 async def every(interval: float, step: Callable[[], Awaitable[object]], what: str) -> None:
     """Run ``step`` every ``interval`` seconds; a failure is logged and retried with backoff."""
     delay = interval
+    task = asyncio.current_task()
     while True:
         await asyncio.sleep(delay)
         try:
@@ -137,3 +138,6 @@ async def every(interval: float, step: Callable[[], Awaitable[object]], what: st
         except Exception:
             delay = min(delay * 2, 10.0)
             log.exception("%s failed; retrying in %.1fs", what, delay)
+        # redis-py can turn a cancellation into a connection error: a loop told to stop stops.
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
