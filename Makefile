@@ -42,7 +42,7 @@ nginx:
 test: venv nginx
 	$(BIN)/python -m pytest
 
-# Benchmarks against the local Redis and MySQL: two workers, a flusher, five workloads, a few
+# Benchmarks against the local Redis and MySQL: two workers, a flusher, six workloads, a few
 # minutes. One workload: .venv/bin/python -m tests.bench.run --workload joins [--seconds S] [--smoke]
 bench: venv
 	$(BIN)/python -m tests.bench.run

@@ -1,4 +1,4 @@
-"""The five workloads of the benchmark. Each starts fresh web workers, measures, tears down,
+"""The six workloads of the benchmark. Each starts fresh web workers, measures, tears down,
 and returns one flat-ish dict: the figures of its issue plus CPU per operation."""
 
 from __future__ import annotations
