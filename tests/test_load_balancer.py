@@ -165,7 +165,8 @@ class Browser(Client):
 
     ``reconnect``: python-socketio's own reconnection, which starts when a transport drops.
     ``like_js``: also what socket.io-client does and python-engineio does not, reconnect after
-    the server closed the Engine.IO session (its ``close`` packet); the hub's drain sends one."""
+    the server closed the Engine.IO session with a ``close`` packet. The hub's drain sends none
+    (it drops the transport), so both kinds reconnect; the test runs both."""
 
     def __init__(self, source: str | None = None, reconnect: bool = False, like_js: bool = False) -> None:
         super().__init__(source)

@@ -1,5 +1,5 @@
 """The six workloads of the benchmark. Each starts fresh web workers, measures, tears down,
-and returns one flat-ish dict: the figures of its issue plus CPU per operation."""
+and returns one flat-ish dict: the figures its target names, plus CPU per operation."""
 
 from __future__ import annotations
 
