@@ -164,9 +164,10 @@ class Pacer:
     held, with any that follow, until the interval is up, then all go in one write per socket.
     A quiet room is written at once; a busy one waits at most ``interval``.
 
-    Held events are released before the room's membership changes (``release``), so a socket
-    gets exactly the events it would have got had they been written when they arrived: none
-    from before it entered the room, all from before it left. Order within a room is kept."""
+    Held events are released before the room's membership changes (``release``, which the
+    manager calls whenever a socket enters or leaves a room), so a socket gets exactly the
+    events it would have got had they been written when they arrived: none from before it
+    entered the room, all from before it left. Order within a room is kept."""
 
     def __init__(self, write: Callable[[str, list[Run]], None], size: Callable[[str], int],
                  interval: float, above: int) -> None:
@@ -213,10 +214,6 @@ class Pacer:
         if held is not None:
             self._last[room] = asyncio.get_running_loop().time()
             self._write(room, held)
-
-    def release_all(self) -> None:
-        for room in list(self._held):
-            self.release(room)
 
     def _forget(self, now: float) -> None:
         for room, last in list(self._last.items()):

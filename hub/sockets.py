@@ -59,6 +59,18 @@ class HubRedisManager(socketio.AsyncRedisManager):
         self._confirmations: dict[bytes, asyncio.Future[None]] = {}
         self.room_messages = 0
 
+    # -- room membership --------------------------------------------------------------
+    # Every way into or out of a room (a join, a leave, a ban, a closed room, a disconnect)
+    # comes through these two: a paced room's held events go out before its members change.
+    def basic_enter_room(self, sid: str, namespace: str, room: str | None,
+                         eio_sid: str | None = None) -> None:
+        self.server.pacer.release(room)
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+
+    def basic_leave_room(self, sid: str, namespace: str, room: str | None) -> None:
+        self.server.pacer.release(room)
+        super().basic_leave_room(sid, namespace, room)
+
     # -- per-stream channels ----------------------------------------------------------
     async def watch(self, room: str) -> None:
         """Receive this stream's events from now on: returns once Redis has confirmed the
@@ -172,7 +184,6 @@ class HubRedisManager(socketio.AsyncRedisManager):
                 retry = min(retry * 2, self.RETRY_MAX)
 
     async def _order(self, room: str, data: bytes) -> None:
-        self.server.pacer.release(room)  # the events before the order go out before it
         try:
             if data == b"!close":
                 await socketio.AsyncManager.close_room(self, room, NAMESPACE)
@@ -288,19 +299,6 @@ class HubServer(socketio.AsyncServer):
         if members:
             self._fanout_size(len(members))
             self.writer.broadcast_runs(members, runs)
-
-    # A room's held events go out before its membership changes.
-    async def enter_room(self, sid: str, room: str, namespace: str | None = None) -> None:
-        self.pacer.release(room)
-        await super().enter_room(sid, room, namespace=namespace)
-
-    async def leave_room(self, sid: str, room: str, namespace: str | None = None) -> None:
-        self.pacer.release(room)
-        await super().leave_room(sid, room, namespace=namespace)
-
-    async def close_room(self, room: str, namespace: str | None = None) -> None:
-        self.pacer.release(room)
-        await super().close_room(room, namespace=namespace)
 
     # An event packet's head: type 2, namespace, ack id, and the event name if it comes first.
     _EVENT_HEAD = re.compile(r'2(/[^,\[]*,)?(\d{1,12})?(?:\["([^"\\]{1,64})")?')

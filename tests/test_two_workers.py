@@ -266,6 +266,12 @@ async def test_a_paced_room_keeps_order_and_who_gets_what(workers, http, token):
         await b.wait_for("chat_message", lambda m: m["message_id"] == sent[-1])
         assert chat(b) == sent[-3:]
         assert chat(a) == sent[:-1]
+        # Held when the stream ends: the room is emptied only after it went out.
+        sent.append(await say_held("last words"))
+        status, _ = await Api(http, w1.url).request("POST", f"/api/v1/streaming/{sid}/end", streamer)
+        assert status == 200
+        await b.wait_for("stream_ended")
+        assert chat(b) == sent[-4:]
     finally:
         for c in (s, a, b):
             await c.close()
