@@ -154,12 +154,16 @@ class State:
         self._base = [self.keys.prefix, self.keys.room_prefix, NAMESPACE]
         self._timers = {name: metrics.REDIS_SECONDS.labels(name).observe for name in self._scripts}
 
-    async def _run(self, name: str, keys: list[str], args: list[Any]) -> list[Any]:
+    async def _call(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """One script call, its round trip timed for /metrics."""
         start = time.perf_counter()
         try:
-            return _result(await self._scripts[name](keys=keys, args=args))
+            return await self._scripts[name](keys=keys, args=args)
         finally:
             self._timers[name](time.perf_counter() - start)
+
+    async def _run(self, name: str, keys: list[str], args: list[Any]) -> list[Any]:
+        return _result(await self._call(name, keys, args))
 
     # -- streams ------------------------------------------------------------------
     async def create_stream(self, fields: dict[str, str]) -> None:
@@ -327,15 +331,10 @@ class State:
 
     async def _chat_batch(self, items: list[tuple[Any, ...]]) -> list[list[Any]]:
         k, s = self.keys, self.settings
-        start = time.perf_counter()
-        try:
-            return list(await self._scripts["chat_batch"](
-                keys=[k.outbox],
-                args=[k.prefix, k.room_prefix, s.chat_rate, s.chat_rate_privileged, s.chat_period * 1000,
-                      s.recent_size, len(items), k.chat_rate_windows, *(x for item in items for x in item)],
-            ))
-        finally:
-            self._timers["chat_batch"](time.perf_counter() - start)
+        return list(await self._call(
+            "chat_batch", [k.outbox],
+            [k.prefix, k.room_prefix, s.chat_rate, s.chat_rate_privileged, s.chat_period * 1000,
+             s.recent_size, len(items), k.chat_rate_windows, *(x for item in items for x in item)]))
 
     async def tip(
         self, stream_id: str, user_id: str, client_tip_id: str | None, amount_cents: int,
