@@ -16,6 +16,7 @@ import redis
 
 from hub.keys import OUTBOX_GROUP, Keys
 from hub.records import stats_from_hash, stream_from_hash
+from hub.state import outbox_figures
 
 
 def overview(client: redis.Redis, keys: Keys, limit: int = 50) -> dict[str, Any]:
@@ -93,12 +94,7 @@ def outbox(client: redis.Redis, keys: Keys, now: int) -> dict[str, Any]:
         pipe.xpending(keys.outbox, OUTBOX_GROUP)
         pipe.xlen(keys.outbox_dead)
         length, first, pending, dead = pipe.execute(raise_on_error=False)
-    age = 0.0
-    if first and not isinstance(first, Exception):
-        age = max(0.0, (now - int(first[0][0].split("-")[0])) / 1000)
-    pending_count = 0 if isinstance(pending, Exception) else int(pending["pending"])
-    return {"entries": int(length), "pending": pending_count, "oldest_age_seconds": round(age, 3),
-            "dead_letters": int(dead)}
+    return dict(outbox_figures(length, first, pending, now), dead_letters=int(dead))
 
 
 # -- text -----------------------------------------------------------------------------------

@@ -110,10 +110,16 @@ async def outbox_lag(client: aioredis.Redis, keys: Keys) -> dict[str, Any]:
         pipe.time()
         pipe.xpending(keys.outbox, OUTBOX_GROUP)
         length, first, now, pending = await pipe.execute(raise_on_error=False)
+    return outbox_figures(length, first, pending, now[0] * 1000 + now[1] // 1000)
+
+
+def outbox_figures(length: int, first: Any, pending: Any, now_ms: int) -> dict[str, Any]:
+    """The replies of XLEN, XRANGE … COUNT 1 and XPENDING (either may be an error: no group
+    yet) as the outbox's lag."""
     age = 0.0
     if first and not isinstance(first, Exception):
         oldest_ms = int(first[0][0].split("-")[0])
-        age = max(0.0, (now[0] * 1000 + now[1] // 1000 - oldest_ms) / 1000)
+        age = max(0.0, (now_ms - oldest_ms) / 1000)
     pending_count = 0 if isinstance(pending, Exception) else int(pending["pending"])
     return {"entries": int(length), "pending": pending_count, "oldest_age_seconds": round(age, 3)}
 
