@@ -8,11 +8,9 @@ and counts, and what it binds is checked to be an id-sized string.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
 import time
-from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -30,17 +28,6 @@ def _id_like(value: Any) -> str | None:
     if isinstance(value, str) and 0 < len(value) <= 128 and value.isprintable():
         return value
     return None
-
-
-@contextlib.contextmanager
-def bound(**fields: Any) -> Iterator[None]:
-    """Add ``fields`` (None values skipped) to every line logged inside the block."""
-    outer = CONTEXT.get()
-    token = CONTEXT.set({**_fields(outer), **fields})
-    try:
-        yield
-    finally:
-        CONTEXT.reset(token)
 
 
 def _fields(source: Any) -> dict[str, Any]:
