@@ -147,7 +147,7 @@ def _inspect(settings: Settings, args: argparse.Namespace) -> int:
     from hub.keys import Keys
     from hub.payloads import path_stream_id
 
-    keys = Keys(settings.redis_prefix)
+    keys = Keys.of_settings(settings)
     try:
         client = sync_redis(settings, decode_responses=True, socket_connect_timeout=3)
         if args.stream_id is None:

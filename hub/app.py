@@ -102,7 +102,7 @@ def say(line: str) -> None:
 
 def create_app(settings: Settings) -> web.Application:
     runtime = Runtime()
-    keys = Keys(settings.redis_prefix)
+    keys = Keys.of_settings(settings)
     app = web.Application(
         client_max_size=settings.max_payload,
         middlewares=[rest.log_context, rest.cors(settings), rest.errors],
@@ -120,8 +120,8 @@ def create_app(settings: Settings) -> web.Application:
     async def banned(room: str, user_id: str, reason: str | None) -> None:
         await holder[0].banned(room, user_id, reason)
 
-    manager = HubRedisManager(settings.redis_url, channel=keys.channel, room_prefix=keys.room_prefix,
-                              on_close_room=close_room, on_banned=banned,
+    manager = HubRedisManager(settings.redis_url, channel=keys.channel, keys=keys,
+                              cluster=settings.redis_cluster, on_close_room=close_room, on_banned=banned,
                               redis_options={"health_check_interval": 10})
     sio = HubServer(
         send_queue_limit=settings.send_queue_limit,
@@ -201,7 +201,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await manager.close()
         await _leave_all(runtime)
         with contextlib.suppress(Exception):
-            await client.delete(Keys(settings.redis_prefix).worker(runtime.worker_id))
+            await client.delete(Keys.of_settings(settings).worker(runtime.worker_id))
         pool.close()
         await pool.wait_closed()
         await client.aclose()
@@ -210,7 +210,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 def _heartbeat(settings: Settings, client: aioredis.Redis, presence: Presence,
                runtime: Runtime) -> Callable[[], Awaitable[None]]:
     """What this worker tells ``python -m hub inspect``, every HUB_PRESENCE_REFRESH seconds."""
-    keys = Keys(settings.redis_prefix)
+    keys = Keys.of_settings(settings)
     started_ms = int(time.time() * 1000)
     host = socket.gethostname()
 
@@ -295,7 +295,7 @@ async def readyz(request: web.Request) -> web.Response:
     ready = all(v == "up" for v in checks.values())
     body: dict[str, object] = {"success": ready, "checks": checks}
     if checks["redis"] == "up" and runtime.redis is not None:
-        body["outbox"] = await outbox_lag(runtime.redis, Keys(request.app[rest.SETTINGS].redis_prefix))
+        body["outbox"] = await outbox_lag(runtime.redis, Keys.of_settings(request.app[rest.SETTINGS]))
     return rest.json_response(body, 200 if ready else 503)
 
 
@@ -308,5 +308,5 @@ async def metrics(request: web.Request) -> web.Response:
     if runtime.redis is not None:
         with contextlib.suppress(Exception):  # a scrape while Redis is down keeps the last figures
             m.set_outbox(await asyncio.wait_for(
-                outbox_lag(runtime.redis, Keys(request.app[rest.SETTINGS].redis_prefix)), 2))
+                outbox_lag(runtime.redis, Keys.of_settings(request.app[rest.SETTINGS])), 2))
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -13,8 +13,10 @@ from urllib.parse import urlparse
 import aiomysql
 import redis
 import redis.asyncio as aioredis
+import redis.cluster
 import redis.retry
 import redis.sentinel
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool, Connection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import (
@@ -30,7 +32,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from hub import logs
 from hub.db import create_pool
-from hub.settings import SentinelSettings, Settings, SettingsError
+from hub.settings import ClusterSettings, SentinelSettings, Settings, SettingsError
 
 T = TypeVar("T")
 
@@ -78,23 +80,42 @@ REDIS_MAX_CONNECTIONS = 64
 async def connect_redis(settings: Settings, socket_timeout: float) -> aioredis.Redis:
     """A client whose pool waits (up to 5 s) for a free connection when all are busy, rather
     than failing the call (redis-py's default pool raises "Too many connections"). With
-    sentinels in REDIS_URL, the same pool on whichever server they name the master."""
+    sentinels in REDIS_URL, the same pool on whichever server they name the master; with a
+    cluster, a cluster client (``cluster_client``)."""
     options: dict[str, Any] = dict(
         max_connections=REDIS_MAX_CONNECTIONS, timeout=5, decode_responses=True,
         socket_connect_timeout=5, socket_timeout=socket_timeout, health_check_interval=10)
-    sentinel = settings.redis_sentinel
-    if sentinel is not None:
+    sentinel, cluster = settings.redis_sentinel, settings.redis_cluster
+    if cluster is not None:
+        client = cluster_client(cluster, socket_timeout=socket_timeout)
+    elif sentinel is not None:
         client = master_client(sentinel, **options)
     else:
         pool = aioredis.BlockingConnectionPool.from_url(settings.redis_url, **options)
         client = aioredis.Redis.from_pool(pool)  # closing the client closes its pool
     try:
+        if isinstance(client, RedisCluster):
+            await client.initialize()
         await client.ping()
     except (RedisError, OSError) as exc:
         await client.aclose()
         raise StartupError(f"Redis is not reachable at {redacted(settings.redis_url)} ({exc}); "
                            "start redis-server or set REDIS_URL") from exc
     return client
+
+
+# -- Redis Cluster ------------------------------------------------------------------------
+
+def cluster_client(target: ClusterSettings, socket_timeout: float | None = None,
+                   decode_responses: bool = True) -> RedisCluster:
+    """An asyncio Redis Cluster client. MOVED and ASK redirections are followed (the command
+    did not run); a lost connection is not retried, for the same reason as behind sentinels:
+    a script may have run, so the call fails and the client is told ``unavailable``."""
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
+        username=target.username, password=target.password, decode_responses=decode_responses,
+        max_connections=REDIS_MAX_CONNECTIONS, socket_connect_timeout=5,
+        socket_timeout=socket_timeout, retry=Retry(NoBackoff(), 0))
 
 
 # -- Redis behind Sentinel --------------------------------------------------------------
@@ -184,7 +205,13 @@ def master_client(target: SentinelSettings, **options: Any) -> aioredis.Redis:
 
 def sync_redis(settings: Settings, **options: Any) -> redis.Redis:
     """A blocking client for the command line (``check``, ``inspect``): from REDIS_URL, or of
-    the server its sentinels name the master (asked once: a command lasts a moment)."""
+    the server its sentinels name the master (asked once: a command lasts a moment), or a
+    cluster client."""
+    cluster = settings.redis_cluster
+    if cluster is not None:
+        return redis.cluster.RedisCluster(  # type: ignore[return-value]
+            startup_nodes=[redis.cluster.ClusterNode(host, port) for host, port in cluster.nodes],
+            username=cluster.username, password=cluster.password, **options)
     target = settings.redis_sentinel
     if target is None:
         return redis.Redis.from_url(settings.redis_url, **options)

@@ -21,24 +21,31 @@ from hub.state import outbox_figures
 
 def overview(client: redis.Redis, keys: Keys, limit: int = 50) -> dict[str, Any]:
     now = _now_ms(client)
-    live = client.zrevrange(keys.live, 0, limit - 1, withscores=True)
+    with client.pipeline(transaction=False) as pipe:  # each shard's live set
+        for shard in keys.all:
+            pipe.zrevrange(shard.live, 0, limit - 1, withscores=True)
+            pipe.zcard(shard.live)
+        replies = pipe.execute()
+    live = sorted((pair for reply in replies[::2] for pair in reply), key=lambda p: (-p[1], p[0]))[:limit]
     streams = []
     with client.pipeline(transaction=False) as pipe:
         for stream_id, _ in live:
-            pipe.hgetall(keys.stream(stream_id))
-            pipe.hlen(keys.viewers(stream_id))
-            pipe.scard(keys.unique(stream_id))
-        replies = pipe.execute()
+            k = keys.of(stream_id)
+            pipe.hgetall(k.stream(stream_id))
+            pipe.hlen(k.viewers(stream_id))
+            pipe.scard(k.unique(stream_id))
+        replies_of = pipe.execute()
     for i, _ in enumerate(live):
-        h, viewers, unique = replies[3 * i:3 * i + 3]
+        h, viewers, unique = replies_of[3 * i:3 * i + 3]
         if h:
             streams.append(dict(stream_from_hash(h, viewers), **stats_from_hash(h, viewers, unique, now)))
-    return {"live_streams": streams, "live_total": client.zcard(keys.live),
+    return {"live_streams": streams, "live_total": sum(replies[1::2]),
             "workers": workers(client, keys, now), "outbox": outbox(client, keys, now)}
 
 
-def stream(client: redis.Redis, keys: Keys, stream_id: str, chat: int = 10) -> dict[str, Any] | None:
+def stream(client: redis.Redis, base: Keys, stream_id: str, chat: int = 10) -> dict[str, Any] | None:
     now = _now_ms(client)
+    keys = base.of(stream_id)
     with client.pipeline(transaction=False) as pipe:
         pipe.hgetall(keys.stream(stream_id))
         pipe.hlen(keys.viewers(stream_id))
@@ -50,7 +57,7 @@ def stream(client: redis.Redis, keys: Keys, stream_id: str, chat: int = 10) -> d
         h, viewers, unique, conns, recent, mods, sanctions = pipe.execute()
     if not h:
         return None
-    per_worker = {w["worker_id"]: w["streams"].get(stream_id, 0) for w in workers(client, keys, now)}
+    per_worker = {w["worker_id"]: w["streams"].get(stream_id, 0) for w in workers(client, base, now)}
     messages = [orjson.loads(item) for item in recent][-chat:] if chat > 0 else []
     return {
         **stream_from_hash(h, viewers),
@@ -88,13 +95,17 @@ def workers(client: redis.Redis, keys: Keys, now: int) -> list[dict[str, Any]]:
 
 
 def outbox(client: redis.Redis, keys: Keys, now: int) -> dict[str, Any]:
+    """The outbox's lag and dead letters, over every shard."""
     with client.pipeline(transaction=False) as pipe:
-        pipe.xlen(keys.outbox)
-        pipe.xrange(keys.outbox, count=1)
-        pipe.xpending(keys.outbox, OUTBOX_GROUP)
-        pipe.xlen(keys.outbox_dead)
-        length, first, pending, dead = pipe.execute(raise_on_error=False)
-    return dict(outbox_figures(length, first, pending, now), dead_letters=int(dead))
+        for shard in keys.all:
+            pipe.xlen(shard.outbox)
+            pipe.xrange(shard.outbox, count=1)
+            pipe.xpending(shard.outbox, OUTBOX_GROUP)
+        for shard in keys.all:
+            pipe.xlen(shard.outbox_dead)
+        replies = pipe.execute(raise_on_error=False)
+    lag = len(keys.all) * 3
+    return dict(outbox_figures(replies[:lag], now), dead_letters=sum(int(n) for n in replies[lag:]))
 
 
 # -- text -----------------------------------------------------------------------------------

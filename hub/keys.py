@@ -5,15 +5,71 @@ The README's key list is written from this module; ``redis-cli`` users read it t
 
 from __future__ import annotations
 
+import binascii
+import functools
+import zlib
 from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hub.settings import Settings
 
 NAMESPACE = "/streaming"
 OUTBOX_GROUP = "flushers"
+SLOTS = 16384
+
+
+def slot(tag: str) -> int:
+    """Redis Cluster's slot of a key whose hash tag is ``tag`` (CRC16/XMODEM, mod 16384)."""
+    return binascii.crc_hqx(tag.encode(), 0) % SLOTS
+
+
+@functools.lru_cache(maxsize=8)
+def shard_tags(shards: int) -> tuple[str, ...]:
+    """One hash tag per shard, shard i's slot in the i-th of ``shards`` equal slot ranges, so
+    that shards spread over a cluster's nodes as evenly as its slots do."""
+    tags = []
+    for i in range(shards):
+        low, high = i * SLOTS // shards, (i + 1) * SLOTS // shards
+        n = 0
+        while not low <= slot(f"{i}.{n}") < high:
+            n += 1
+        tags.append(f"{i}.{n}")
+    return tuple(tags)
 
 
 @dataclass(frozen=True)
 class Keys:
+    """The hub's keys under ``prefix``, in ``shards`` shards.
+
+    Everything a Lua script touches in one call lives in one shard, so that on Redis Cluster
+    it is in one slot: a stream's keys, its room channel, and the shard's outbox, live sets and
+    rate-limit state share the hash tag of the stream's shard (``hub:{3.17}:stream:ID``). A
+    streamer's keys are in the streamer's shard, and a stream's id is drawn in its streamer's
+    shard. With one shard (one Redis), no tag: the names are the prefix's own."""
+
     prefix: str
+    shards: int = 1
+
+    @classmethod
+    def of_settings(cls, settings: Settings) -> Keys:
+        return cls(settings.redis_prefix, settings.redis_shards)
+
+    @cached_property
+    def all(self) -> tuple[Keys, ...]:
+        """The keys of each shard."""
+        if self.shards == 1:
+            return (self,)
+        return tuple(Keys(f"{self.prefix}{{{tag}}}:") for tag in shard_tags(self.shards))
+
+    def shard_of(self, name: str) -> int:
+        """The shard of a stream, user or address."""
+        return 0 if self.shards == 1 else zlib.crc32(name.encode()) % self.shards
+
+    def of(self, name: str) -> Keys:
+        """The keys of the shard of a stream, user or address."""
+        return self.all[self.shard_of(name)]
 
     # -- global ---------------------------------------------------------------
     @property
@@ -35,17 +91,18 @@ class Keys:
 
     @property
     def outbox(self) -> str:
-        """Redis Stream of records waiting for the flusher (consumer group ``flushers``)."""
+        """Redis Stream of records waiting for the flusher (consumer group ``flushers``), one
+        per shard."""
         return f"{self.prefix}outbox"
 
     @property
     def outbox_dead(self) -> str:
-        """Records the flusher could not decode, kept for an operator to read."""
+        """Records the flusher could not decode, kept for an operator to read (one per shard)."""
         return f"{self.prefix}outbox:dead"
 
     @property
     def live(self) -> str:
-        """Sorted set of LIVE stream ids scored by viewer count."""
+        """Sorted set of LIVE stream ids scored by viewer count (one per shard)."""
         return f"{self.prefix}live"
 
     def live_category(self, category: str) -> str:

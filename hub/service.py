@@ -260,7 +260,7 @@ class Hub:
     async def create_stream(self, identity: Identity, payload: CreateStream) -> dict[str, Any]:
         if not identity.is_streamer:
             raise HubError("forbidden", "Only streamers may create streams.")
-        stream_id, now = uuid7(), now_ms()
+        stream_id, now = self.state.new_stream_id(identity.user_id), now_ms()
         status = "SCHEDULED" if payload.scheduled_at else "LIVE"
         fields = {
             "stream_id": stream_id, "streamer_id": identity.user_id,

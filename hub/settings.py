@@ -89,12 +89,44 @@ class SentinelSettings:
                    password=unquote(parsed.password) if parsed.password else None)
 
 
-def _sentinel_address(part: str) -> tuple[str, int]:
+def _sentinel_address(part: str, form: str = SENTINEL_FORM, what: str = "sentinel") -> tuple[str, int]:
     host, _, port = part.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")  # [::1]:26379
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise SettingsError(f"REDIS_URL: each sentinel is host:port, got {part!r} ({SENTINEL_FORM})")
+        raise SettingsError(f"REDIS_URL: each {what} is host:port, got {part!r} ({form})")
     return host, int(port)
+
+
+CLUSTER_SCHEME = "redis+cluster"
+CLUSTER_FORM = "redis+cluster://[[user]:password@]host:port[,host:port...]"
+
+
+def is_cluster_url(url: str) -> bool:
+    return urlparse(url).scheme == CLUSTER_SCHEME
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """``REDIS_URL=redis+cluster://[:password@]host1:port1[,host2:port2...]``: Redis Cluster
+    nodes to learn the cluster's layout from (one that answers is enough; the others are asked
+    when it does not), and the password of the nodes. A cluster has database 0 only."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None
+    password: str | None
+
+    @classmethod
+    def from_url(cls, url: str) -> ClusterSettings:
+        parsed = urlparse(url)
+        if parsed.scheme != CLUSTER_SCHEME:
+            raise SettingsError(f"REDIS_URL: expected {CLUSTER_FORM}")
+        nodes = tuple(_sentinel_address(part, CLUSTER_FORM, "cluster node")
+                      for part in parsed.netloc.rpartition("@")[2].split(","))
+        if parsed.path not in ("", "/", "/0"):
+            raise SettingsError(f"REDIS_URL: a cluster has database 0 only ({CLUSTER_FORM}), "
+                                f"got the path {parsed.path!r}")
+        return cls(nodes=nodes, username=unquote(parsed.username) if parsed.username else None,
+                   password=unquote(parsed.password) if parsed.password else None)
 
 
 @dataclass(frozen=True)
@@ -104,6 +136,8 @@ class Settings:
         default_factory=lambda: MySQLSettings.from_url("mysql://root@127.0.0.1:3306/hub")
     )
     redis_prefix: str = "hub:"
+    # Shards of the live state (hub.keys): 1 on one Redis; on a cluster, 16 unless set.
+    redis_shards: int = 1
     jwt_secret: str | None = None
     jwt_public_key: str | None = None
     jwt_public_keys: tuple[tuple[str, str], ...] = ()
@@ -161,6 +195,11 @@ class Settings:
         return SentinelSettings.from_url(self.redis_url) if is_sentinel_url(self.redis_url) else None
 
     @property
+    def redis_cluster(self) -> ClusterSettings | None:
+        """The Redis Cluster nodes when REDIS_URL names a cluster; None otherwise."""
+        return ClusterSettings.from_url(self.redis_url) if is_cluster_url(self.redis_url) else None
+
+    @property
     def jwt_algorithms(self) -> list[str]:
         if self.jwt_public_key or self.jwt_public_keys:
             return ["RS256", "ES256"]
@@ -173,14 +212,17 @@ class Settings:
         redis_url = env.get("REDIS_URL", default.redis_url)
         if is_sentinel_url(redis_url):
             SentinelSettings.from_url(redis_url)  # a bad one stops the process here
+        elif is_cluster_url(redis_url):
+            ClusterSettings.from_url(redis_url)
         elif urlparse(redis_url).scheme not in ("redis", "rediss", "unix"):
-            raise SettingsError(f"REDIS_URL: expected redis://host:port/db or {SENTINEL_FORM}, "
-                                f"got {redis_url!r}")
+            raise SettingsError(f"REDIS_URL: expected redis://host:port/db, {SENTINEL_FORM} or "
+                                f"{CLUSTER_FORM}, got {redis_url!r}")
         mysql = MySQLSettings.from_url(env.get("MYSQL_URL", default.mysql.url))
         settings = cls(
             redis_url=redis_url,
             mysql=mysql,
             redis_prefix=env.get("HUB_REDIS_PREFIX", default.redis_prefix),
+            redis_shards=_int(env, "HUB_REDIS_SHARDS", 16 if is_cluster_url(redis_url) else 1, 1, 1024),
             jwt_secret=env.get("HUB_JWT_SECRET") or None,
             jwt_public_key=_read_key(env.get("HUB_JWT_PUBLIC_KEY")),
             jwt_public_keys=_read_keys(env.get("HUB_JWT_PUBLIC_KEYS_DIR")),

@@ -23,13 +23,14 @@ from redis.exceptions import RedisError
 from hub import logs, metrics, payloads
 from hub.auth import Verifier, bearer
 from hub.codec import json_module
-from hub.connections import master_client
+from hub.connections import cluster_client, master_client
 from hub.errors import HubError, TokenExpired
 from hub.fanout import DirectWebSocket, Pacer, Run, Writer
-from hub.keys import NAMESPACE
+from hub.keys import NAMESPACE, Keys
 from hub.presence import Conn, Presence
+from hub.pubsub import ShardedSubscriber
 from hub.service import Hub
-from hub.settings import SentinelSettings, Settings, is_sentinel_url
+from hub.settings import ClusterSettings, SentinelSettings, Settings, is_sentinel_url
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +41,22 @@ class HubRedisManager(socketio.AsyncRedisManager):
     """python-socketio's Redis manager with a listener that reconnects by itself and stops when
     told, extended with the hub's own channels on the same connection:
 
-    one channel per stream (``room:{id}``), subscribed only while this worker has a socket in
-    that stream's room. Its events are written to the sockets without being decoded
-    (``HubServer.broadcast``); its orders go to the namespace: ``!close`` (the stream ended,
-    the room is emptied) and ``!ban {"user_id", "reason"}`` (the user's sockets leave the room)."""
+    one channel per stream (``room:{id}``, in the stream's shard), subscribed only while this
+    worker has a socket in that stream's room. Its events are written to the sockets without
+    being decoded (``HubServer.broadcast``); its orders go to the namespace: ``!close`` (the
+    stream ended, the room is emptied) and ``!ban {"user_id", "reason"}`` (the user's sockets
+    leave the room). On Redis Cluster every channel, python-socketio's own included, is a
+    sharded one (``SSUBSCRIBE``/``SPUBLISH``, ``hub.pubsub``)."""
 
     RETRY_MAX = 5.0
 
-    def __init__(self, *args: Any, room_prefix: str, on_close_room: Callable[[str], Awaitable[None]],
-                 on_banned: Callable[[str, str, str | None], Awaitable[None]], **kwargs: Any):
+    def __init__(self, *args: Any, keys: Keys, on_close_room: Callable[[str], Awaitable[None]],
+                 on_banned: Callable[[str, str, str | None], Awaitable[None]],
+                 cluster: ClusterSettings | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.room_prefix = room_prefix
-        self._room_prefix = room_prefix.encode()
+        self.keys = keys
+        self.cluster = cluster
+        self._channel_bytes = self.channel.encode()
         self._on_close_room = on_close_room
         self._on_banned = on_banned
         self.closing = False
@@ -75,15 +80,15 @@ class HubRedisManager(socketio.AsyncRedisManager):
     async def watch(self, room: str) -> None:
         """Receive this stream's events from now on: returns once Redis has confirmed the
         subscription, so nothing published after it is missed."""
+        channel = self.keys.of(room).room(room)
         if room in self.watched:
-            pending = self._confirmations.get((self.room_prefix + room).encode())
+            pending = self._confirmations.get(channel.encode())
             if pending is not None:
                 await asyncio.wait_for(asyncio.shield(pending), 5)
             return
         self.watched.add(room)
         if self.pubsub is None or not self.connected:
             return  # the listener subscribes to every watched room when it (re)connects
-        channel = self.room_prefix + room
         confirmed = asyncio.get_running_loop().create_future()
         self._confirmations[channel.encode()] = confirmed
         try:
@@ -101,12 +106,12 @@ class HubRedisManager(socketio.AsyncRedisManager):
             return
         self.watched.difference_update(idle)
         if self.pubsub is not None and self.connected:
-            await self.pubsub.unsubscribe(*(self.room_prefix + room for room in idle))
+            await self.pubsub.unsubscribe(*(self.keys.of(room).room(room) for room in idle))
 
     async def _room_messages(self, channel: bytes, items: list[bytes]) -> None:
         """One room's messages of one read, in order: runs of events for every socket are
         written together; an event that skips a socket, and an order, go on their own."""
-        room = channel[len(self._room_prefix):].decode()
+        room = channel[channel.rindex(b":") + 1:].decode()  # ``…room:{stream id}``
         texts: list[bytes] = []
         for data in items:
             self.room_messages += 1
@@ -128,13 +133,33 @@ class HubRedisManager(socketio.AsyncRedisManager):
     def _redis_connect(self) -> None:
         """python-socketio's, except behind sentinels: the hub's own master client, whose
         Sentinel is closed with it, so each reconnect of the listener asks the sentinels which
-        server is the master now (after a failover, the promoted replica)."""
+        server is the master now (after a failover, the promoted replica). On a cluster, a
+        cluster client, and a subscriber with a connection per node."""
+        if self.cluster is not None:
+            self.redis = cluster_client(self.cluster, decode_responses=False)
+            self.pubsub = ShardedSubscriber(self.redis, self.cluster.username, self.cluster.password)
+            self.connected = True
+            return
         if not is_sentinel_url(self.redis_url):
             super()._redis_connect()
             return
         self.redis = master_client(SentinelSettings.from_url(self.redis_url), **self.redis_options)
         self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         self.connected = True
+
+    async def _publish(self, data: Any) -> Any:
+        """python-socketio's, except on a cluster: SPUBLISH, to the node of its channel's slot."""
+        if self.cluster is None:
+            return await super()._publish(data)
+        for retries_left in (1, 0):
+            try:
+                if not self.connected:
+                    self._redis_connect()
+                return await self.redis.spublish(self.channel, self.json.dumps(data))
+            except Exception as exc:
+                log.error("cannot publish to Redis (%s)%s", exc, ", retrying" if retries_left else "")
+                self.connected = False
+        return None
 
     async def _redis_listen_with_retries(self) -> AsyncIterator[dict[str, Any]]:
         """Subscribe, listen, and on any failure close the old connection and start over with
@@ -147,7 +172,7 @@ class HubRedisManager(socketio.AsyncRedisManager):
                 self._redis_connect()
                 self.pubsub.ignore_subscribe_messages = False  # confirmations end watch()
                 await self.pubsub.subscribe(self.channel,
-                                            *(self.room_prefix + room for room in self.watched))
+                                            *(self.keys.of(room).room(room) for room in self.watched))
                 self.connected = True
                 retry = 0.25
                 while not self.closing:
@@ -160,7 +185,7 @@ class HubRedisManager(socketio.AsyncRedisManager):
                     while message is not None:
                         kind, channel = message["type"], message["channel"]
                         if kind == "message":
-                            if channel.startswith(self._room_prefix):
+                            if channel != self._channel_bytes:
                                 rooms.setdefault(channel, []).append(message["data"])
                             else:
                                 yield message

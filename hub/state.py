@@ -4,6 +4,7 @@ atomic with its outbox record and its broadcast."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -14,6 +15,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from hub import metrics
+from hub.codec import uuid7
 from hub.errors import HubError
 from hub.keys import NAMESPACE, OUTBOX_GROUP, Keys
 from hub.settings import Settings
@@ -26,8 +28,12 @@ MODLOG_SIZE = 200
 
 def _load_scripts(client: aioredis.Redis, settings: Settings) -> dict[str, AsyncScript]:
     folder = resources.files("hub") / "lua"
+    # On a cluster, room events go out on sharded pub/sub: to the subscribers of the node that
+    # holds the stream's slot, not to every node.
+    publish = "SPUBLISH" if settings.redis_cluster is not None else "PUBLISH"
     common = (f"local COALESCE_ABOVE = {settings.viewer_events_coalesce_above}\n"
               f"local COALESCE_MS = {int(settings.viewer_events_interval * 1000)}\n"
+              f"local PUBLISH = '{publish}'\n"
               + (folder / "common.lua").read_text())
     return {
         name: client.register_script(common + "\n" + (folder / f"{name}.lua").read_text())
@@ -103,25 +109,32 @@ class Stale(Exception):
 
 
 async def outbox_lag(client: aioredis.Redis, keys: Keys) -> dict[str, Any]:
-    """Outbox entries not yet written (read or not), pending ones, and the oldest one's age."""
+    """Outbox entries not yet written (read or not), pending ones, and the oldest one's age,
+    over every shard's outbox."""
     async with client.pipeline(transaction=False) as pipe:
-        pipe.xlen(keys.outbox)
-        pipe.xrange(keys.outbox, count=1)
-        pipe.time()
-        pipe.xpending(keys.outbox, OUTBOX_GROUP)
-        length, first, now, pending = await pipe.execute(raise_on_error=False)
-    return outbox_figures(length, first, pending, now[0] * 1000 + now[1] // 1000)
+        for shard in keys.all:
+            pipe.xlen(shard.outbox)
+            pipe.xrange(shard.outbox, count=1)
+            pipe.xpending(shard.outbox, OUTBOX_GROUP)
+        replies = await pipe.execute(raise_on_error=False)
+    now = await client.time()  # not in the pipeline: a cluster's pipelines take keyed commands only
+    return outbox_figures(replies, now[0] * 1000 + now[1] // 1000)
 
 
-def outbox_figures(length: int, first: Any, pending: Any, now_ms: int) -> dict[str, Any]:
-    """The replies of XLEN, XRANGE … COUNT 1 and XPENDING (either may be an error: no group
-    yet) as the outbox's lag."""
-    age = 0.0
-    if first and not isinstance(first, Exception):
-        oldest_ms = int(first[0][0].split("-")[0])
-        age = max(0.0, (now_ms - oldest_ms) / 1000)
-    pending_count = 0 if isinstance(pending, Exception) else int(pending["pending"])
-    return {"entries": int(length), "pending": pending_count, "oldest_age_seconds": round(age, 3)}
+def outbox_figures(replies: list[Any], now_ms: int) -> dict[str, Any]:
+    """The replies of XLEN, XRANGE … COUNT 1 and XPENDING of each shard's outbox, in turn (an
+    XPENDING may be an error: no group yet), as the outbox's lag."""
+    entries = pending = 0
+    oldest_ms: int | None = None
+    for length, first, waiting in zip(replies[::3], replies[1::3], replies[2::3], strict=True):
+        entries += int(length)
+        if first and not isinstance(first, Exception):
+            first_ms = int(first[0][0].split("-")[0])
+            oldest_ms = first_ms if oldest_ms is None else min(oldest_ms, first_ms)
+        if not isinstance(waiting, Exception):
+            pending += int(waiting["pending"])
+    age = 0.0 if oldest_ms is None else max(0.0, (now_ms - oldest_ms) / 1000)
+    return {"entries": entries, "pending": pending, "oldest_age_seconds": round(age, 3)}
 
 
 async def heartbeat(client: aioredis.Redis, keys: Keys, worker_id: str, fields: dict[str, Any],
@@ -154,10 +167,11 @@ class State:
     def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
         self.redis = client
         self.settings = settings
-        self.keys = Keys(settings.redis_prefix)
+        self.keys = Keys.of_settings(settings)
+        # On a cluster a script may touch only the keys of one slot (one shard).
+        self.cluster = settings.redis_cluster is not None
         self._scripts = _load_scripts(client, settings)
         self._chat = Batcher(self._chat_batch, CHAT_BATCH_MAX)
-        self._base = [self.keys.prefix, self.keys.room_prefix, NAMESPACE]
         self._timers = {name: metrics.REDIS_SECONDS.labels(name).observe for name in self._scripts}
 
     async def _call(self, name: str, keys: list[str], args: list[Any]) -> Any:
@@ -171,9 +185,26 @@ class State:
     async def _run(self, name: str, keys: list[str], args: list[Any]) -> list[Any]:
         return _result(await self._call(name, keys, args))
 
+    @staticmethod
+    def _base(k: Keys) -> list[str]:
+        """What a script needs to name the keys and channel of a shard's streams."""
+        return [k.prefix, k.room_prefix, NAMESPACE]
+
     # -- streams ------------------------------------------------------------------
+    def new_stream_id(self, streamer_id: str) -> str:
+        """A new stream's id (a UUIDv7), drawn until it falls in its streamer's shard, so that
+        creating, starting and ending it touch one shard (on average as many draws as shards)."""
+        shard = self.keys.shard_of(streamer_id)
+        while True:
+            stream_id = uuid7()
+            if self.keys.shard_of(stream_id) == shard:
+                return stream_id
+
     async def create_stream(self, fields: dict[str, str]) -> None:
-        k, sid, user = self.keys, fields["stream_id"], fields["streamer_id"]
+        sid, user = fields["stream_id"], fields["streamer_id"]
+        k = self.keys.of(sid)
+        if k is not self.keys.of(user):
+            raise ValueError("a stream's id is drawn in its streamer's shard (hub.service)")
         flat = [x for pair in fields.items() for x in pair]
         await self._run(
             "create",
@@ -182,22 +213,22 @@ class State:
         )
 
     async def start_stream(self, stream_id: str, streamer_id: str) -> None:
-        k = self.keys
+        k = self.keys.of(stream_id)
         await self._run("start", [k.stream(stream_id), k.streamer_live(streamer_id)],
                         [k.prefix, stream_id])
 
     async def end_stream(self, stream_id: str, streamer_id: str) -> int:
-        k = self.keys
+        k = self.keys.of(stream_id)
         reply = await self._run(
             "end",
             [k.stream(stream_id), k.streamer_live(streamer_id)],
-            [*self._base, stream_id, self.settings.ended_retention],
+            [*self._base(k), stream_id, self.settings.ended_retention],
         )
         return int(reply[1])
 
     async def stream(self, stream_id: str) -> tuple[dict[str, str], int, int] | None:
         """The stream hash, its viewer count and its unique viewers, or None."""
-        k = self.keys
+        k = self.keys.of(stream_id)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(k.stream(stream_id))
             pipe.hlen(k.viewers(stream_id))
@@ -210,9 +241,9 @@ class State:
     async def streams(self, ids: list[str]) -> list[tuple[dict[str, str], int]]:
         if not ids:
             return []
-        k = self.keys
         async with self.redis.pipeline(transaction=False) as pipe:
             for sid in ids:
+                k = self.keys.of(sid)
                 pipe.hgetall(k.stream(sid))
                 pipe.hlen(k.viewers(sid))
             replies = await pipe.execute()
@@ -220,20 +251,30 @@ class State:
         return [(h, count) for h, count in pairs if h]
 
     async def live_ids(self, category: str | None, offset: int, limit: int) -> list[str]:
-        key = self.keys.live_category(category) if category else self.keys.live
-        return list(await self.redis.zrevrange(key, offset, offset + limit - 1))
+        """Live stream ids by viewers, most first; with shards, the top ``offset + limit`` of
+        each shard's live set, merged."""
+        def key(k: Keys) -> str:
+            return k.live_category(category) if category else k.live
+        if len(self.keys.all) == 1:
+            return list(await self.redis.zrevrange(key(self.keys), offset, offset + limit - 1))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard in self.keys.all:
+                pipe.zrevrange(key(shard), 0, offset + limit - 1, withscores=True)
+            replies = await pipe.execute()
+        merged = sorted((pair for reply in replies for pair in reply), key=lambda p: (-p[1], p[0]))
+        return [sid for sid, _ in merged[offset:offset + limit]]
 
     async def streamer_stream_ids(self, user_id: str) -> list[str]:
-        return list(await self.redis.zrevrange(self.keys.streamer_streams(user_id), 0, -1))
+        return list(await self.redis.zrevrange(self.keys.of(user_id).streamer_streams(user_id), 0, -1))
 
     async def forget_streamer_streams(self, user_id: str, ids: list[str]) -> None:
         if ids:
-            await self.redis.zrem(self.keys.streamer_streams(user_id), *ids)
+            await self.redis.zrem(self.keys.of(user_id).streamer_streams(user_id), *ids)
 
     async def recent(self, stream_id: str) -> tuple[list[str], int, set[str], str | None]:
         """The recent buffer (JSON texts), the stream's message count (-1: no live state), the
         deleted message ids, and the id below which the chat was cleared (None: never)."""
-        k = self.keys
+        k = self.keys.of(stream_id)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.lrange(k.recent(stream_id), 0, -1)
             pipe.hmget(k.stream(stream_id), "message_count", "cleared_before")
@@ -243,11 +284,11 @@ class State:
 
     async def moderation_log(self, stream_id: str) -> list[str]:
         """The newest moderation actions (JSON texts), newest first."""
-        return list(await self.redis.lrange(self.keys.modlog(stream_id), 0, -1))
+        return list(await self.redis.lrange(self.keys.of(stream_id).modlog(stream_id), 0, -1))
 
     async def standing(self, stream_id: str, user_id: str) -> tuple[str | None, bool]:
         """The stream's streamer (None: no live state) and whether the user is a moderator."""
-        k = self.keys
+        k = self.keys.of(stream_id)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hget(k.stream(stream_id), "streamer_id")
             pipe.sismember(k.moderators(stream_id), user_id)
@@ -257,20 +298,35 @@ class State:
     # -- presence -----------------------------------------------------------------
     async def admit(self, address: str, sid: str, user_id: str | None) -> None:
         """A new connection: within the address's rate and the open connections allowed to the
-        address and to the user."""
-        k, s = self.keys, self.settings
-        await self._run(
-            "admit",
-            [k.conn_rate(address), k.address_conns(address), k.user_conns(user_id or "-")],
-            [s.conn_rate, s.conn_period * 1000, sid, s.address_max_conns, s.user_max_conns,
-             self._ttl_ms, "1" if user_id else "0"],
-        )
+        address and to the user. On a cluster, where the address's and the user's keys are in
+        different shards, the address is admitted first, then the user, and the address's
+        count given back if the user is refused."""
+        s, at = self.settings, self.keys.of(address)
+        rate = [s.conn_rate, s.conn_period * 1000, sid, self._ttl_ms]
+        if user_id is None:
+            await self._run("admit", [at.conn_rate(address), at.address_conns(address)],
+                            [*rate, "1", s.address_max_conns])
+            return
+        mine = self.keys.of(user_id)
+        if not self.cluster or mine is at:
+            await self._run("admit", [at.conn_rate(address), at.address_conns(address),
+                                      mine.user_conns(user_id)],
+                            [*rate, "1", s.address_max_conns, s.user_max_conns])
+            return
+        await self._run("admit", [at.conn_rate(address), at.address_conns(address)],
+                        [*rate, "1", s.address_max_conns])
+        try:
+            await self._run("admit", [mine.user_conns(user_id)], [*rate, "0", s.user_max_conns])
+        except BaseException:
+            with contextlib.suppress(RedisError):
+                await self.redis.zrem(at.address_conns(address), sid)
+            raise
 
     def holders(self, address: str, user_id: str | None) -> list[str]:
         """The sets that count a connection: its address's, and its user's if signed in."""
-        keys = [self.keys.address_conns(address)]
+        keys = [self.keys.of(address).address_conns(address)]
         if user_id is not None:
-            keys.append(self.keys.user_conns(user_id))
+            keys.append(self.keys.of(user_id).user_conns(user_id))
         return keys
 
     async def release(self, address: str, user_id: str | None, sid: str) -> None:
@@ -280,43 +336,56 @@ class State:
             await pipe.execute()
 
     async def touch(self, pairs: list[tuple[str, str]]) -> None:
-        """Extend connections, as (holder key, socket id) pairs, in the sets that count them."""
-        if pairs:
+        """Extend connections, as (holder key, socket id) pairs, in the sets that count them:
+        one call, or on a cluster one per shard."""
+        if not pairs:
+            return
+        if not self.cluster:
             await self._run("touch", [], [self._ttl_ms, *(x for pair in pairs for x in pair)])
+            return
+        shards: dict[str, list[tuple[str, str]]] = {}
+        for key, sid in pairs:
+            shards.setdefault(key[key.find("{"):key.find("}")], []).append((key, sid))
+        await asyncio.gather(*(
+            self._run("touch", [group[0][0]], [self._ttl_ms, *(x for pair in group for x in pair)])
+            for group in shards.values()))
 
     async def join(
         self, stream_id: str, member: str, sid: str, username: str, viewer: str, wanted: int
     ) -> tuple[int, dict[str, str], list[str]]:
         """Start watching; returns the viewer count, the stream hash and the newest ``wanted``
         messages of the recent buffer (0: all of it)."""
-        k, s = self.keys, self.settings
+        k, s = self.keys.of(stream_id), self.settings
         reply = await self._run(
             "join",
             [k.stream(stream_id), k.conns(stream_id), k.recent(stream_id), k.join_rate(viewer),
              k.sanctions(stream_id)],
-            [*self._base, stream_id, member, self._ttl_ms, sid, username, s.join_rate,
+            [*self._base(k), stream_id, member, self._ttl_ms, sid, username, s.join_rate,
              s.join_period * 1000, wanted],
         )
         flat = reply[2]
         return int(reply[1]), dict(zip(flat[::2], flat[1::2], strict=True)), reply[3]
 
     async def leave(self, stream_id: str, member: str) -> None:
-        await self._run("leave", [self.keys.conns(stream_id)], [*self._base, stream_id, member])
+        k = self.keys.of(stream_id)
+        await self._run("leave", [k.conns(stream_id)], [*self._base(k), stream_id, member])
 
     async def refresh(self, stream_id: str, members: list[tuple[str, str, str]]) -> int:
         """Extend these connections' expiry; returns how many had to be re-asserted."""
-        k = self.keys
+        k = self.keys.of(stream_id)
         flat = [x for triple in members for x in triple]
         reply = await self._run(
             "refresh",
             [k.stream(stream_id), k.conns(stream_id), k.sanctions(stream_id)],
-            [*self._base, stream_id, self._ttl_ms, *flat],
+            [*self._base(k), stream_id, self._ttl_ms, *flat],
         )
         return int(reply[1])
 
     async def reap(self) -> int:
-        reply = await self._run("reap", [self.keys.live], [*self._base, 1000])
-        return int(reply[1])
+        """Sweep every shard's live streams; returns how many connections were swept."""
+        replies = await asyncio.gather(*(self._run("reap", [k.live], [*self._base(k), 1000])
+                                         for k in self.keys.all))
+        return sum(int(reply[1]) for reply in replies)
 
     @property
     def _ttl_ms(self) -> int:
@@ -336,7 +405,22 @@ class State:
         _result(reply)
 
     async def _chat_batch(self, items: list[tuple[Any, ...]]) -> list[list[Any]]:
-        k, s = self.keys, self.settings
+        """The tick's messages in one script call per shard of their streams (one on one Redis)."""
+        if len(self.keys.all) == 1:
+            return await self._chat_shard(self.keys, items)
+        shards: dict[int, list[int]] = {}
+        for i, item in enumerate(items):
+            shards.setdefault(self.keys.shard_of(item[0]), []).append(i)
+        results = await asyncio.gather(*(
+            self._chat_shard(self.keys.all[shard], [items[i] for i in at]) for shard, at in shards.items()))
+        replies: list[list[Any]] = [[] for _ in items]
+        for at, result in zip(shards.values(), results, strict=True):
+            for i, reply in zip(at, result, strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _chat_shard(self, k: Keys, items: list[tuple[Any, ...]]) -> list[list[Any]]:
+        s = self.settings
         return list(await self._call(
             "chat_batch", [k.outbox],
             [k.prefix, k.room_prefix, s.chat_rate, s.chat_rate_privileged, s.chat_period * 1000,
@@ -349,7 +433,7 @@ class State:
     ) -> bytes | None:
         """Apply a tip; returns the first ack when this ``client_tip_id`` was seen before.
         Raises Stale like ``chat``."""
-        k, s = self.keys, self.settings
+        k, s = self.keys.of(stream_id), self.settings
         idem = k.tip_idempotency(user_id, client_tip_id or "-")
         reply = await self._run(
             "tip",
@@ -371,13 +455,13 @@ class State:
     ) -> str | None:
         """Apply one moderation action. Returns the moderators (JSON list) after a change of
         moderators; raises MessageMissing when a message to delete is not in the recent buffer."""
-        k = self.keys
+        k = self.keys.of(stream_id)
         reply = await self._run(
             "moderate",
             [k.stream(stream_id), k.moderators(stream_id), k.sanctions(stream_id),
              k.recent(stream_id), k.deleted(stream_id), k.conns(stream_id), k.outbox, k.room(stream_id),
              k.modlog(stream_id)],
-            [*self._base, stream_id, action, actor, "1" if is_admin else "0", target, message_id,
+            [*self._base(k), stream_id, action, actor, "1" if is_admin else "0", target, message_id,
              value, record_json, pub_json, pub_tail, ban_order, MODLOG_SIZE,
              "1" if found else "0"],
         )

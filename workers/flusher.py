@@ -5,6 +5,13 @@ transaction commits, so a flusher that dies mid-batch leaves them pending, and t
 flusher claims them once they have been idle for ``HUB_FLUSH_CLAIM_IDLE_MS``. Writes are
 idempotent, so a batch written twice is written once.
 
+With shards (``HUB_REDIS_SHARDS``) there is one outbox per shard. An entry's id is then
+``SHARD/ID`` inside the flusher, so that entries of two shards never mix; each shard's entries
+are acknowledged in a transaction of their own (on a cluster, one slot each). One Redis is read
+with one blocking XREADGROUP over every outbox; a cluster, where a call names one slot's keys,
+with one non-blocking XREADGROUP per shard in a pipeline, again every IDLE_POLL seconds while
+all are empty.
+
 ``python -m workers.flusher [--burst]``; ``--burst`` stops when the outbox is empty.
 """
 
@@ -37,6 +44,7 @@ from workers.store import BadRecord, Batch, Store
 log = logging.getLogger("workers.flusher")
 
 Entry = tuple[str, dict[str, Any]]
+IDLE_POLL = 0.02
 Prepared = tuple[list[Entry], list[Entry], Batch, list[Entry]]  # read, records, batch, bad
 BACKOFF_MAX = 5.0
 
@@ -65,7 +73,12 @@ class Flusher:
         self.settings = settings
         self.redis = client
         self.store = store
-        self.keys = Keys(settings.redis_prefix)
+        self.keys = Keys.of_settings(settings)
+        self.outboxes = [k.outbox for k in self.keys.all]
+        self.cluster = settings.redis_cluster is not None
+        # Per outbox and read: all of a batch from one outbox, a share of it from each of several.
+        self._count = settings.flush_batch if len(self.outboxes) == 1 else \
+            max(50, settings.flush_batch // len(self.outboxes))
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.written = 0
         self._stopping = asyncio.Event()
@@ -73,11 +86,26 @@ class Flusher:
         self._next_observe = 0.0
 
     async def ensure_group(self) -> None:
-        try:
-            await self.redis.xgroup_create(self.keys.outbox, OUTBOX_GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        for outbox in self.outboxes:
+            try:
+                await self.redis.xgroup_create(outbox, OUTBOX_GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    def _tagged(self, shard: int, entries: list[Entry]) -> list[Entry]:
+        if len(self.outboxes) == 1:
+            return entries
+        return [(f"{shard}/{entry_id}", fields) for entry_id, fields in entries]
+
+    def _by_shard(self, ids: list[str]) -> dict[int, list[str]]:
+        if len(self.outboxes) == 1:
+            return {0: ids} if ids else {}
+        shards: dict[int, list[str]] = {}
+        for tagged in ids:
+            shard, _, entry_id = tagged.partition("/")
+            shards.setdefault(int(shard), []).append(entry_id)
+        return shards
 
     async def read(self, block_ms: int | None) -> list[Entry]:
         """Entries left pending by a flusher that died, else new ones. Pending entries are
@@ -85,26 +113,40 @@ class Flusher:
         entries = await self._claim()
         if entries:
             return entries
-        reply = await self.redis.xreadgroup(
-            OUTBOX_GROUP, self.consumer, {self.keys.outbox: ">"},
-            count=self.settings.flush_batch, block=block_ms)
-        return reply[0][1] if reply else []
+        if not self.cluster:
+            reply = await self.redis.xreadgroup(
+                OUTBOX_GROUP, self.consumer, dict.fromkeys(self.outboxes, ">"),
+                count=self._count, block=block_ms)
+            index = {outbox: i for i, outbox in enumerate(self.outboxes)}
+            return [entry for outbox, found in reply or () for entry in self._tagged(index[outbox], found)]
+        while True:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for outbox in self.outboxes:
+                    pipe.xreadgroup(OUTBOX_GROUP, self.consumer, {outbox: ">"}, count=self._count)
+                replies = await pipe.execute()
+            entries = [entry for i, reply in enumerate(replies) if reply
+                       for entry in self._tagged(i, reply[0][1])]
+            if entries or block_ms is None or self._stopping.is_set():
+                return entries
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), IDLE_POLL)
 
     async def _claim(self) -> list[Entry]:
         now = time.monotonic()
         if now < self._next_claim:
             return []
-        claimed = await self.redis.xautoclaim(
-            self.keys.outbox, OUTBOX_GROUP, self.consumer,
-            min_idle_time=self.settings.flush_claim_idle_ms, start_id="0-0",
-            count=self.settings.flush_batch)
-        entries: list[Entry] = claimed[1]
-        gone: list[str] = claimed[2] if len(claimed) > 2 else []
-        if gone:  # deleted while still pending: nothing left to write
-            await self.redis.xack(self.keys.outbox, OUTBOX_GROUP, *gone)
-        if not entries:  # none left to claim: look again in half a claim interval
+        found: list[Entry] = []
+        for shard, outbox in enumerate(self.outboxes):
+            claimed = await self.redis.xautoclaim(
+                outbox, OUTBOX_GROUP, self.consumer,
+                min_idle_time=self.settings.flush_claim_idle_ms, start_id="0-0", count=self._count)
+            gone: list[str] = claimed[2] if len(claimed) > 2 else []
+            if gone:  # deleted while still pending: nothing left to write
+                await self.redis.xack(outbox, OUTBOX_GROUP, *gone)
+            found.extend(self._tagged(shard, claimed[1]))
+        if not found:  # none left to claim: look again in half a claim interval
             self._next_claim = now + self.settings.flush_claim_idle_ms / 2000
-        return entries
+        return found
 
     async def step(self, block_ms: int | None = 1000, ready: Prepared | None = None) -> int:
         """One batch: read and prepare (unless given), write, acknowledge. Returns how many
@@ -153,8 +195,8 @@ class Flusher:
                 await self._write(batch)
             except pymysql.MySQLError as exc:
                 metrics.MYSQL_ERRORS.labels("refused").inc()
-                log.error("outbox entry %s refused by MySQL (%s); moved to %s",
-                          entry[0], exc, self.keys.outbox_dead)
+                log.error("outbox entry %s refused by MySQL (%s); moved to the dead letters",
+                          entry[0], exc)
                 refused = [entry]
             bad.extend(refused)
         return bad
@@ -165,8 +207,8 @@ class Flusher:
             try:
                 batch.add(fields.get("t", ""), fields.get("d", ""))
             except BadRecord as exc:
-                log.error("outbox entry %s cannot be written (%s); moved to %s",
-                          entry_id, exc, self.keys.outbox_dead)
+                log.error("outbox entry %s cannot be written (%s); moved to the dead letters",
+                          entry_id, exc)
                 bad.append((entry_id, fields))
         return batch, bad
 
@@ -187,15 +229,29 @@ class Flusher:
                 delay = min(delay * 2, BACKOFF_MAX)
 
     async def _settle(self, ids: list[str], bad: list[Entry]) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for entry_id, fields in bad:
-                data = fields.get("d", "")
-                if not isinstance(data, str):  # one record of a multi-record entry
-                    data = orjson.dumps(data).decode()
-                pipe.xadd(self.keys.outbox_dead, dict(fields, d=data, entry=entry_id))
-            pipe.xack(self.keys.outbox, OUTBOX_GROUP, *ids)
-            pipe.xdel(self.keys.outbox, *ids)
-            await pipe.execute()
+        """Acknowledge and delete a batch's entries, the bad ones kept in the dead letters of
+        their shard: one transaction per shard."""
+        dead: dict[int, list[Entry]] = {}
+        for tagged, fields in bad:
+            (shard, (entry_id,)), = self._by_shard([tagged]).items()
+            dead.setdefault(shard, []).append((entry_id, fields))
+        for shard, entry_ids in self._by_shard(ids).items():
+            keys = self.keys.all[shard]
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for entry_id, fields in dead.get(shard, ()):
+                    data = fields.get("d", "")
+                    if not isinstance(data, str):  # one record of a multi-record entry
+                        data = orjson.dumps(data).decode()
+                    pipe.xadd(keys.outbox_dead, dict(fields, d=data, entry=entry_id))
+                pipe.xack(keys.outbox, OUTBOX_GROUP, *entry_ids)
+                pipe.xdel(keys.outbox, *entry_ids)
+                await pipe.execute()
+
+    async def _left(self) -> int:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for outbox in self.outboxes:
+                pipe.xlen(outbox)
+            return sum(await pipe.execute())
 
     async def drain(self) -> int:
         """Flush until the outbox is empty (tests, ``--burst``)."""
@@ -203,7 +259,7 @@ class Flusher:
         while True:
             settled = await self.step(block_ms=None)
             total += settled
-            if settled == 0 and await self.redis.xlen(self.keys.outbox) == 0:
+            if settled == 0 and await self._left() == 0:
                 return total
             if settled == 0:
                 # Entries pending for another consumer, not idle long enough to claim yet.
@@ -295,7 +351,9 @@ async def main_async(settings: Settings, burst: bool) -> int:
     flusher = Flusher(settings, client, Store(pool))
     await flusher.ensure_group()
     serve_metrics(settings)
-    print(f"✅ Flusher {flusher.consumer} draining {flusher.keys.outbox} into "
+    outboxes = flusher.outboxes[0] if len(flusher.outboxes) == 1 else \
+        f"{len(flusher.outboxes)} outboxes ({flusher.outboxes[0]}…)"
+    print(f"✅ Flusher {flusher.consumer} draining {outboxes} into "
           f"{settings.mysql.database}", flush=True)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

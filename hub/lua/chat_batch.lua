@@ -126,7 +126,7 @@ for _, sid in ipairs(stream_order) do
     if redis.call('RPUSH', s.base .. ':recent', unpack(s.messages)) > recent_size + recent_size / 10 then
       redis.call('LTRIM', s.base .. ':recent', -recent_size, -1)
     end
-    redis.call('PUBLISH', channel_prefix .. sid, '\n' .. table.concat(s.frames, '\n'))
+    redis.call(PUBLISH, channel_prefix .. sid, '\n' .. table.concat(s.frames, '\n'))
     for _, m in ipairs(s.messages) do records[#records + 1] = m end
   end
 end

@@ -14,7 +14,7 @@ end
 -- A room event on the stream's channel (channel prefix .. room): the socket to skip, a newline,
 -- then the event's Engine.IO text, which every subscribed worker writes to its sockets as is.
 local function emit(channel_prefix, namespace, event, data, room, skip_sid)
-  redis.call('PUBLISH', channel_prefix .. room,
+  redis.call(PUBLISH, channel_prefix .. room,
     (skip_sid or '') .. '\n42' .. namespace .. ',' .. cjson.encode({event, data}))
 end
 

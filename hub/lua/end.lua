@@ -23,7 +23,7 @@ if category and category ~= '' then redis.call('ZREM', prefix .. 'live:cat:' .. 
 if redis.call('GET', KEYS[2]) == stream_id then redis.call('DEL', KEYS[2]) end
 outbox(prefix .. 'outbox', 'stream', stream_record(prefix, stream_id))
 emit(channel, namespace, 'stream_ended', {stream_id = stream_id, duration = duration}, stream_id)
-redis.call('PUBLISH', channel .. stream_id, '!close')
+redis.call(PUBLISH, channel .. stream_id, '!close')
 for _, key in ipairs({base, base .. ':unique', base .. ':recent', base .. ':mods',
                       base .. ':sanctions', base .. ':deleted', base .. ':modlog'}) do
   redis.call('EXPIRE', key, retention)

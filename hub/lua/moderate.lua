@@ -98,14 +98,14 @@ if action == 'add_moderator' or action == 'remove_moderator' then
   local list = redis.call('SMEMBERS', KEYS[2])
   table.sort(list)
   moderators = #list == 0 and '[]' or cjson.encode(list)
-  redis.call('PUBLISH', KEYS[8], ARGV[12] .. moderators .. ARGV[13])
+  redis.call(PUBLISH, KEYS[8], ARGV[12] .. moderators .. ARGV[13])
 else
-  redis.call('PUBLISH', KEYS[8], ARGV[12])
+  redis.call(PUBLISH, KEYS[8], ARGV[12])
 end
 if action == 'ban_user' then
   -- An order on the stream's own channel: the workers with sockets in the room (the only ones
   -- subscribed) take the user's sockets out of it, before the viewer_left below goes out.
-  redis.call('PUBLISH', KEYS[8], '!ban ' .. ARGV[14])
+  redis.call(PUBLISH, KEYS[8], '!ban ' .. ARGV[14])
   -- The user's connections stop watching now.
   for _, member in ipairs(redis.call('ZRANGE', KEYS[6], 0, -1)) do
     local _, _, viewer = split_member(member)

@@ -30,5 +30,5 @@ redis.call('RPUSH', KEYS[4], ARGV[9])
 redis.call('LTRIM', KEYS[4], -tonumber(ARGV[3]), -1)
 redis.call('XADD', KEYS[5], '*', 't', 'tip', 'd', ARGV[8])
 redis.call('XADD', KEYS[5], '*', 't', 'message', 'd', ARGV[9])
-redis.call('PUBLISH', KEYS[6], ARGV[10])
+redis.call(PUBLISH, KEYS[6], ARGV[10])
 return {'ok'}

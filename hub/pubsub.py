@@ -1,0 +1,129 @@
+"""Sharded pub/sub on Redis Cluster for the web workers' listener.
+
+A sharded channel (``SSUBSCRIBE``) is served by the node that holds its slot, so a worker
+holds one subscriber connection per node that has a channel it listens to. redis-py's own
+cluster pub/sub polls its nodes' connections one after another, each for the whole timeout;
+here each node's connection is read by a task of its own and what they read is handed over in
+arrival order, so an event is written as soon as it arrives whichever node it came from.
+
+The object speaks as one ``PubSub`` would to ``HubRedisManager``: ``subscribe``,
+``unsubscribe``, ``get_message`` (``smessage`` read as ``message``, ``ssubscribe`` as
+``subscribe``) and ``aclose``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+TYPES = {"smessage": "message", "ssubscribe": "subscribe", "sunsubscribe": "unsubscribe"}
+
+
+class ShardedSubscriber:
+    def __init__(self, cluster: RedisCluster, username: str | None, password: str | None) -> None:
+        self.cluster = cluster
+        self._auth = {"username": username, "password": password}
+        self.ignore_subscribe_messages = False
+        self._pubsubs: dict[str, PubSub] = {}
+        self._readers: dict[str, asyncio.Task[None]] = {}
+        self._where: dict[bytes, str] = {}  # channel -> the node it was subscribed on
+        self._queue: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue()
+
+    async def subscribe(self, *channels: str) -> None:
+        """SSUBSCRIBE each channel on the node that holds its slot now."""
+        await self.cluster.initialize()
+        by_node: dict[str, list[str]] = {}
+        nodes = {}
+        for channel in channels:
+            node = self.cluster.get_node_from_key(channel)
+            if node is None:
+                raise RedisConnectionError(f"no cluster node holds the slot of {channel!r}")
+            nodes[node.name] = node
+            by_node.setdefault(node.name, []).append(channel)
+        for name, names in by_node.items():
+            pubsub = self._pubsub(name, nodes[name].host, nodes[name].port)
+            for channel in names:
+                self._where[channel.encode()] = name
+            await pubsub.ssubscribe(*names)
+            self._read(name, pubsub)
+
+    @property
+    def subscribed(self) -> bool:
+        return any(pubsub.subscribed for pubsub in self._pubsubs.values())
+
+    async def unsubscribe(self, *channels: str) -> None:
+        by_node: dict[str, list[str]] = {}
+        for channel in channels:
+            name = self._where.pop(channel.encode(), None)
+            if name is not None:
+                by_node.setdefault(name, []).append(channel)
+        for name, names in by_node.items():
+            await self._pubsubs[name].sunsubscribe(*names)
+
+    async def get_message(self, timeout: float = 0.0) -> dict[str, Any] | None:
+        """The next message from any node, waiting up to ``timeout`` seconds. A node's lost
+        connection, or a channel the cluster dropped (its slot moved to another node), raises
+        ConnectionError: the listener then subscribes everything again from scratch."""
+        try:
+            if timeout:
+                item = await asyncio.wait_for(self._queue.get(), timeout)
+            else:
+                item = self._queue.get_nowait()
+        except (TimeoutError, asyncio.QueueEmpty):
+            return None
+        if isinstance(item, BaseException):
+            raise item
+        kind = TYPES.get(item["type"], item["type"])
+        item["type"] = kind
+        if kind == "unsubscribe" and item["channel"] in self._where:
+            raise RedisConnectionError(f"the cluster dropped the subscription to {item['channel']!r} "
+                                       "(its slot moved)")
+        if kind in ("subscribe", "unsubscribe") and self.ignore_subscribe_messages:
+            return None
+        return item
+
+    def _pubsub(self, name: str, host: str, port: int) -> PubSub:
+        pubsub = self._pubsubs.get(name)
+        if pubsub is None:
+            client = aioredis.Redis(host=host, port=port, socket_connect_timeout=5,
+                                    health_check_interval=10, **self._auth)
+            pubsub = self._pubsubs[name] = client.pubsub()
+        return pubsub
+
+    def _read(self, name: str, pubsub: PubSub) -> None:
+        if name in self._readers:
+            return
+
+        async def read() -> None:
+            try:
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        self._queue.put_nowait(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._queue.put_nowait(exc)
+
+        self._readers[name] = asyncio.ensure_future(read())
+
+    async def aclose(self) -> None:
+        for task in self._readers.values():
+            task.cancel()
+        for task in self._readers.values():
+            with contextlib.suppress(BaseException):
+                await task
+        for pubsub in self._pubsubs.values():
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+            with contextlib.suppress(Exception):
+                await pubsub.connection_pool.disconnect()
+        self._readers.clear()
+        self._pubsubs.clear()
+        self._where.clear()
