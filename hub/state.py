@@ -20,8 +20,8 @@ from hub.errors import HubError
 from hub.keys import NAMESPACE, OUTBOX_GROUP, Keys
 from hub.settings import Settings
 
-SCRIPTS = ("admit", "touch", "join", "leave", "refresh", "reap", "chat_batch", "tip", "create", "start",
-           "end", "moderate")
+SCRIPTS = ("admit", "touch", "join", "leave", "refresh", "reap", "chat_batch", "chat_rate", "limit",
+           "tip", "create", "start", "end", "moderate")
 CHAT_BATCH_MAX = 256
 MODLOG_SIZE = 200
 
@@ -356,12 +356,15 @@ class State:
         """Start watching; returns the viewer count, the stream hash and the newest ``wanted``
         messages of the recent buffer (0: all of it)."""
         k, s = self.keys.of(stream_id), self.settings
+        here = self._here(viewer, stream_id)
+        if not here:
+            await self._limit(self.keys.of(viewer).join_rate(viewer), s.join_rate, s.join_period * 1000)
         reply = await self._run(
             "join",
             [k.stream(stream_id), k.conns(stream_id), k.recent(stream_id), k.join_rate(viewer),
              k.sanctions(stream_id)],
             [*self._base(k), stream_id, member, self._ttl_ms, sid, username, s.join_rate,
-             s.join_period * 1000, wanted],
+             s.join_period * 1000, wanted, "1" if here else "0"],
         )
         flat = reply[2]
         return int(reply[1]), dict(zip(flat[::2], flat[1::2], strict=True)), reply[3]
@@ -397,27 +400,72 @@ class State:
         """Accept a chat message (or, with ``kind`` alert, the streamer's trade alert): queued
         for this event-loop tick's one batched script call. Raises the refusal, or Stale when
         the message id is older than the stream's last chat clear."""
+        here = "1" if self._here(user_id, stream_id) else "0"
         reply = await self._chat.submit((stream_id, user_id, "1" if is_admin else "0", kind, message_id,
-                                         message_json, frame))
+                                         message_json, frame, here))
         status = reply[0]
         if status == "stale":
             raise Stale(reply[1])
         _result(reply)
 
+    def _here(self, user: str, stream_id: str) -> bool:
+        """Whether a user's rate state is in the stream's shard (always, with one shard), so
+        the stream's script counts it; if not, it is counted first in the user's shard."""
+        return self._one_shard or self.keys.shard_of(user) == self.keys.shard_of(stream_id)
+
+    @property
+    def _one_shard(self) -> bool:
+        return self.keys.shards == 1
+
     async def _chat_batch(self, items: list[tuple[Any, ...]]) -> list[list[Any]]:
-        """The tick's messages in one script call per shard of their streams (one on one Redis)."""
-        if len(self.keys.all) == 1:
+        """The tick's messages in one script call per shard of their streams (one on one Redis),
+        after the rate of senders whose rate state is in another shard (``_chat_rates``)."""
+        if self._one_shard:
             return await self._chat_shard(self.keys, items)
+        replies: list[list[Any]] = [[] for _ in items]
+        refused = await self._chat_rates(items)
         shards: dict[int, list[int]] = {}
         for i, item in enumerate(items):
-            shards.setdefault(self.keys.shard_of(item[0]), []).append(i)
+            if i in refused:
+                replies[i] = refused[i]
+            else:
+                shards.setdefault(self.keys.shard_of(item[0]), []).append(i)
         results = await asyncio.gather(*(
             self._chat_shard(self.keys.all[shard], [items[i] for i in at]) for shard, at in shards.items()))
-        replies: list[list[Any]] = [[] for _ in items]
         for at, result in zip(shards.values(), results, strict=True):
             for i, reply in zip(at, result, strict=True):
                 replies[i] = reply
         return replies
+
+    async def _chat_rates(self, items: list[tuple[Any, ...]]) -> dict[int, list[Any]]:
+        """The chat rate of the batch's senders whose rate state is not in the stream's shard,
+        counted in their own shards before the messages go to their streams: admins and the
+        stream's moderators at the privileged rate (a streamer's streams are in the streamer's
+        shard, so a streamer is never among them). Returns the refusals by message index."""
+        away = [i for i, item in enumerate(items) if item[7] == "0"]
+        if not away:
+            return {}
+        s = self.settings
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for i in away:
+                sid, user = items[i][0], items[i][1]
+                pipe.sismember(self.keys.of(sid).moderators(sid), user)
+            moderator = await pipe.execute()
+        shards: dict[int, list[tuple[int, int]]] = {}
+        for i, is_mod in zip(away, moderator, strict=True):
+            privileged = is_mod or items[i][2] == "1"
+            limit = s.chat_rate_privileged if privileged else s.chat_rate
+            shards.setdefault(self.keys.shard_of(items[i][1]), []).append((i, limit))
+        results = await asyncio.gather(*(
+            self._call("chat_rate", [self.keys.all[shard].chat_rate_windows],
+                       [s.chat_period * 1000, *(x for i, limit in pairs for x in (items[i][1], limit))])
+            for shard, pairs in shards.items()))
+        return {i: reply for pairs, result in zip(shards.values(), results, strict=True)
+                for (i, _), reply in zip(pairs, result, strict=True) if reply[0] != "ok"}
+
+    async def _limit(self, key: str, limit: int, period_ms: int) -> None:
+        """One rate limit counted on its own (a join's or a tip's, in the user's shard)."""
+        await self._run("limit", [key], [limit, period_ms])
 
     async def _chat_shard(self, k: Keys, items: list[tuple[Any, ...]]) -> list[list[Any]]:
         s = self.settings
@@ -435,13 +483,22 @@ class State:
         Raises Stale like ``chat``."""
         k, s = self.keys.of(stream_id), self.settings
         idem = k.tip_idempotency(user_id, client_tip_id or "-")
+        here = self._here(user_id, stream_id)
+        if not here:
+            try:
+                await self._limit(self.keys.of(user_id).tip_rate(user_id), s.tip_rate, s.tip_period * 1000)
+            except HubError:
+                first = await self.redis.get(idem) if client_tip_id else None
+                if first is not None:
+                    return first  # a retry of an accepted tip is answered, not counted
+                raise
         reply = await self._run(
             "tip",
             [k.stream(stream_id), k.tip_rate(user_id), idem, k.recent(stream_id), k.outbox,
              k.room(stream_id), k.sanctions(stream_id)],
             [s.tip_rate, s.tip_period * 1000, s.recent_size, amount_cents, fee_cents,
              s.tip_idempotency_ttl, ack_json, tip_json, message_json, room_message,
-             "1" if client_tip_id else "0", user_id, message_id],
+             "1" if client_tip_id else "0", user_id, message_id, "1" if here else "0"],
         )
         if reply[0] == "stale":
             raise Stale(reply[1])

@@ -1,25 +1,24 @@
--- The chat messages (and streamers' trade alerts) one worker received in one event-loop tick,
--- in one call: each is checked (stream, clear, role, sanctions, slow mode, rate); the accepted ones of a
--- stream share one counter update, one RPUSH, one LTRIM and one PUBLISH (their frames one per
--- line), and all of them one outbox entry (t = messages, d = a JSON list of the records).
--- Rate state lives in two hashes per period window (field = user, value = GCRA arrival time):
--- an arrival time written two windows ago has passed, so older hashes simply expire.
+-- The chat messages (and streamers' trade alerts) one worker received in one event-loop tick
+-- of one shard's streams, in one call: each is checked (stream, clear, role, sanctions, slow
+-- mode, rate); the accepted ones of a stream share one counter update, one RPUSH, one LTRIM and
+-- one PUBLISH (their frames one per line), and all of them one outbox entry (t = messages,
+-- d = a JSON list of the records). The rate state is the shard's (window_tats in common.lua);
+-- a message whose sender's rate lives in another shard comes with its rate already checked
+-- (chat_rate.lua) and is not counted here.
 -- KEYS: outbox
 -- ARGV: prefix, channel prefix, rate limit, privileged rate limit, period ms, recent size, n,
 --       rate window key prefix (the window number follows it),
 --       then n times: stream id, user id, admin ('1'/'0'), kind ('chat' | 'alert'), message id,
---       message json, frame (the Engine.IO text of its chat_message event)
+--       message json, frame (the Engine.IO text of its chat_message event), rate counted
+--       here ('1'/'0')
 -- Returns one reply per message: {'ok'}, {'err', code, retry ms}, or {'stale', cleared_before}.
-local FIELDS = 7
+local FIELDS = 8
 local prefix, channel_prefix, rate_prefix = ARGV[1], ARGV[2], ARGV[8]
 local limit, privileged, period = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local recent_size, n = tonumber(ARGV[6]), tonumber(ARGV[7])
 local now = now_ms()
-local window = math.floor(now / period)
-local rate_key = rate_prefix .. window
-local previous_key = rate_prefix .. (window - 1)
 
--- The streams and users of the batch.
+-- The streams of the batch, and the users whose rate is counted here.
 local streams, stream_order, users, user_order = {}, {}, {}, {}
 for i = 1, n do
   local at = 8 + (i - 1) * FIELDS
@@ -28,24 +27,12 @@ for i = 1, n do
     streams[sid] = {messages = {}, frames = {}}
     stream_order[#stream_order + 1] = sid
   end
-  if not users[user] then
+  if ARGV[at + 8] == '1' and users[user] == nil then
     users[user] = false
     user_order[#user_order + 1] = user
   end
 end
-
--- Everyone's arrival time: this window's hash, then the previous one for those not in it.
-local tats = redis.call('HMGET', rate_key, unpack(user_order))
-local missing = {}
-for i, user in ipairs(user_order) do
-  if tats[i] then users[user] = tonumber(tats[i]) else missing[#missing + 1] = i end
-end
-if #missing > 0 then
-  local names = {}
-  for j, i in ipairs(missing) do names[j] = user_order[i] end
-  local older = redis.call('HMGET', previous_key, unpack(names))
-  for j, i in ipairs(missing) do users[user_order[i]] = tonumber(older[j] or '0') or 0 end
-end
+window_tats(rate_prefix, period, now, users, user_order)
 
 -- Each stream's state, and its moderators and sanctions only where it has any.
 for _, sid in ipairs(stream_order) do
@@ -83,14 +70,18 @@ for i = 1, n do
       local wait = redis.call('PTTL', slow_key)
       if wait > 0 then reply = {'err', 'slow_mode', wait} end
     end
+    local counted = ARGV[at + 8] == '1'
     if not reply then
       -- GCRA on the arrival time held for this batch (written back once, below).
-      local new_tat, refusal = gcra(users[user], role and privileged or limit, period, now)
+      local new_tat, refusal = nil, nil
+      if counted then new_tat, refusal = gcra(users[user], role and privileged or limit, period, now) end
       if refusal then
         reply = refusal
       else
-        users[user] = new_tat
-        changed[#changed + 1] = user
+        if counted then
+          users[user] = new_tat
+          changed[#changed + 1] = user
+        end
         if slow > 0 then redis.call('SET', slow_key, '1', 'PX', slow * 1000) end
         s.messages[#s.messages + 1] = ARGV[at + 6]
         s.frames[#s.frames + 1] = ARGV[at + 7]
@@ -101,20 +92,7 @@ for i = 1, n do
   replies[i] = reply
 end
 
-if #changed > 0 then
-  local flat, seen = {}, {}
-  for _, user in ipairs(changed) do
-    if not seen[user] then
-      seen[user] = true
-      flat[#flat + 1] = user
-      flat[#flat + 1] = math.floor(users[user])
-    end
-  end
-  -- A window's hash gets its expiry when it gains a user (so, first of all, when it is new).
-  if redis.call('HSET', rate_key, unpack(flat)) > 0 then
-    redis.call('PEXPIRE', rate_key, period * 2 + 1000)
-  end
-end
+window_save(rate_prefix, period, now, users, changed)
 
 local records = {}
 for _, sid in ipairs(stream_order) do

@@ -156,6 +156,42 @@ local function rate_check(key, limit, period_ms, now)
   return nil
 end
 
+-- The chat rate's state: the users' GCRA arrival times in two hashes per period window
+-- (field = user), named by the window's number after `rate_prefix`. An arrival time written two
+-- windows ago has passed, so older hashes simply expire. Fills `users` (user -> arrival time)
+-- for the users listed in `order`: this window's hash, then the previous one for the others.
+local function window_tats(rate_prefix, period, now, users, order)
+  if #order == 0 then return end
+  local window = math.floor(now / period)
+  local tats = redis.call('HMGET', rate_prefix .. window, unpack(order))
+  local missing = {}
+  for i, user in ipairs(order) do
+    if tats[i] then users[user] = tonumber(tats[i]) else missing[#missing + 1] = user end
+  end
+  if #missing > 0 then
+    local older = redis.call('HMGET', rate_prefix .. (window - 1), unpack(missing))
+    for j, user in ipairs(missing) do users[user] = tonumber(older[j] or '0') or 0 end
+  end
+end
+
+-- Writes back the arrival times of the users in `changed` (a list, repeats allowed).
+local function window_save(rate_prefix, period, now, users, changed)
+  if #changed == 0 then return end
+  local key = rate_prefix .. math.floor(now / period)
+  local flat, seen = {}, {}
+  for _, user in ipairs(changed) do
+    if not seen[user] then
+      seen[user] = true
+      flat[#flat + 1] = user
+      flat[#flat + 1] = math.floor(users[user])
+    end
+  end
+  -- A window's hash gets its expiry when it gains a user (so, first of all, when it is new).
+  if redis.call('HSET', key, unpack(flat)) > 0 then
+    redis.call('PEXPIRE', key, period * 2 + 1000)
+  end
+end
+
 local function is_banned(sanctions_key, user)
   return user ~= nil and redis.call('HGET', sanctions_key, user) == 'ban'
 end

@@ -1,11 +1,13 @@
 -- KEYS: stream hash, conns, recent list, join rate key, sanctions
 -- ARGV: prefix, channel prefix, namespace, stream_id, member, ttl_ms, sid, username, join limit,
---       join period ms, recent messages wanted (0: all)
+--       join period ms, recent messages wanted (0: all), count the join rate here ('1'/'0': the
+--       caller counted it in the viewer's shard)
 -- Returns {'ok', viewer count, stream hash (flat), recent messages}.
 local prefix, channel, namespace, stream_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local member, ttl, sid, username = ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8]
 local now = now_ms()
-local bad = rate_check(KEYS[4], tonumber(ARGV[9]), tonumber(ARGV[10]), now)
+local bad = nil
+if ARGV[12] == '1' then bad = rate_check(KEYS[4], tonumber(ARGV[9]), tonumber(ARGV[10]), now) end
 if bad then return bad end
 bad = live_check(KEYS[1])
 if bad then return bad end

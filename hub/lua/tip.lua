@@ -3,7 +3,8 @@
 -- KEYS: stream hash, rate key, idempotency key, recent list, outbox, stream channel, sanctions
 -- ARGV: rate limit, rate period ms, recent size, amount cents, fee cents, idempotency ttl s,
 --       ack json, tip json, message json, room message (tip_received and chat_message),
---       has idempotency key, user id, TIP message id
+--       has idempotency key, user id, TIP message id, count the tip rate here ('1'/'0': the
+--       caller counted it in the user's shard)
 -- Returns {'ok'}, {'dup', first ack}, an error, or {'stale', cleared_before} when the TIP
 -- message's id is older than the last chat clear (the caller retries with a newer id).
 local bad = live_check(KEYS[1])
@@ -17,8 +18,10 @@ if cleared and ARGV[13] <= cleared then return {'stale', cleared} end
 local now = now_ms()
 bad = sanction_check(KEYS[7], ARGV[12], now)
 if bad then return bad end
-bad = rate_check(KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]), now)
-if bad then return bad end
+if ARGV[14] == '1' then
+  bad = rate_check(KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]), now)
+  if bad then return bad end
+end
 if ARGV[11] == '1' then
   redis.call('SET', KEYS[3], ARGV[7], 'EX', tonumber(ARGV[6]))
 end

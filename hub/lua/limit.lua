@@ -1,0 +1,7 @@
+-- One rate limit of a user (GCRA in a string key), counted on its own: a join's or a tip's,
+-- when the user's rate state and the stream are in different shards.
+-- KEYS: the rate key
+-- ARGV: limit, period ms
+local bad = rate_check(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), now_ms())
+if bad then return bad end
+return {'ok'}
