@@ -105,9 +105,15 @@ def _check(settings: Settings, _: argparse.Namespace) -> int:
     try:
         client = sync_redis(settings, socket_connect_timeout=3)
         client.ping()
-        server = client.connection_pool.connection_kwargs
-        print(f"✅ Redis reachable at {redacted(settings.redis_url)}"
-              + (f" (master {server['host']}:{server['port']})" if settings.redis_sentinel else ""))
+        if settings.redis_cluster is not None:
+            primaries = client.get_primaries()  # type: ignore[attr-defined]
+            where = f" (cluster of {len(primaries)} primaries, {settings.redis_shards} shards)"
+        elif settings.redis_sentinel is not None:
+            server = client.connection_pool.connection_kwargs
+            where = f" (master {server['host']}:{server['port']})"
+        else:
+            where = ""
+        print(f"✅ Redis reachable at {redacted(settings.redis_url)}{where}")
     except redis.RedisError as exc:
         ok = False
         print(f"❌ Redis is not reachable at {redacted(settings.redis_url)}: {exc}\n"

@@ -62,6 +62,8 @@ def env(run_id: str) -> dict[str, str]:
         "REDIS_URL": os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
         "MYSQL_URL": f"mysql://root@127.0.0.1:3306/hub_test_{run_id}",
         "HUB_REDIS_PREFIX": f"hubtest:{run_id}:",
+        # TEST_REDIS_SHARDS=4 runs the suite on one Redis with the live state in four shards.
+        "HUB_REDIS_SHARDS": os.environ.get("TEST_REDIS_SHARDS", "1"),
         "HUB_JWT_SECRET": SECRET,
         "HUB_PRESENCE_TTL": "3",
         "HUB_PRESENCE_REFRESH": "1",
@@ -311,6 +313,23 @@ class Worker:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Callable[[str, str], Awaitable[Client]]]:
+    """Socket.IO clients of the worker processes, closed afterwards (conftest's ``clients``
+    would also start an in-process worker this test has no use for)."""
+    made: list[Client] = []
+
+    async def open_client(url: str, token: str) -> Client:
+        client = Client()
+        made.append(client)
+        await client.connect(url, token)
+        return client
+
+    yield open_client
+    for client in made:
+        await client.close()
 
 
 @pytest.fixture

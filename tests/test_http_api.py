@@ -267,7 +267,7 @@ async def test_history_reads_mysql_past_the_recent_buffer(api, token, clients, b
         for i in range(20):
             sent.append((await c.call("send_message", {"stream_id": sid, "message": f"{n}-{i}"}))["message"])
     ids = sorted(m["message_id"] for m in sent)
-    keys = Keys(settings.redis_prefix)
+    keys = Keys.of_settings(settings).of(sid)
     assert 200 <= await rds.llen(keys.recent(sid)) <= 220  # trimmed once a tenth over its size
     await flusher.drain()
     status, body = await api.request("GET", f"{sid}/chat?limit=200&before={ids[100]}")
@@ -292,7 +292,7 @@ async def test_ended_stream_is_read_from_mysql_once_redis_forgets_it(api, token,
     status, ended = await api.request("POST", f"{sid}/end", who)
     _, stats_live = await api.request("GET", f"{sid}/stats")
     await flusher.drain()
-    keys = Keys(settings.redis_prefix)
+    keys = Keys.of_settings(settings).of(sid)
     await rds.delete(keys.stream(sid), keys.recent(sid), keys.unique(sid))
     status, body = await api.request("GET", sid)
     assert status == 200

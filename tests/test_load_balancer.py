@@ -239,12 +239,12 @@ async def refused(client: Browser, url: str, **kwargs: Any) -> str:
 async def counted_as(rds: aioredis.Redis, settings: Settings, client: Browser) -> list[str]:
     """The client addresses whose open-connection set holds this client's socket."""
     sid = client.sio.get_sid(NAMESPACE)
-    keys = Keys(settings.redis_prefix)
-    head, tail = keys.address_conns("\0").split("\0")
     found = []
-    async for key in rds.scan_iter(match=keys.address_conns("*"), count=1000):
-        if await rds.zscore(key, sid) is not None:
-            found.append(key[len(head):-len(tail)])
+    for keys in Keys.of_settings(settings).all:
+        head, tail = keys.address_conns("\0").split("\0")
+        async for key in rds.scan_iter(match=keys.address_conns("*"), count=1000):
+            if await rds.zscore(key, sid) is not None:
+                found.append(key[len(head):-len(tail)])
     return found
 
 

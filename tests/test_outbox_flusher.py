@@ -27,7 +27,8 @@ async def live_stream(api, clients, base_url, token, viewers: int = 1):
 
 
 async def outbox_entries(rds, settings) -> list[tuple[str, dict[str, str]]]:
-    return await rds.xrange(Keys(settings.redis_prefix).outbox)
+    """Every shard's outbox entries (one outbox unless TEST_REDIS_SHARDS is set)."""
+    return [e for shard in Keys.of_settings(settings).all for e in await rds.xrange(shard.outbox)]
 
 
 async def test_rows_land_with_exact_values(api, clients, base_url, token, flusher, sql):
@@ -81,7 +82,7 @@ async def test_a_replayed_batch_changes_nothing(api, clients, base_url, token, f
 
     before = snapshot()
     assert [len(t) for t in before] == [6, 1, 1, 1]
-    outbox = Keys(settings.redis_prefix).outbox
+    outbox = Keys.of_settings(settings).all[0].outbox
     for _, fields in entries:  # the whole batch again, as after a crash between commit and ack
         await rds.xadd(outbox, fields)
     await flusher.drain()
@@ -96,7 +97,7 @@ async def test_an_older_stream_version_never_overwrites_a_newer(api, token, flus
                if f["t"] == "stream" and orjson.loads(f["d"])["stream_id"] == sid]
     await api.request("POST", f"{sid}/end", token(streamer, "streamer"))
     await flusher.drain()
-    await rds.xadd(Keys(settings.redis_prefix).outbox, created[0])  # version 1, LIVE, arrives late
+    await rds.xadd(Keys.of_settings(settings).all[0].outbox, created[0])  # version 1, LIVE, arrives late
     await flusher.drain()
     row = sql("SELECT status, version FROM streams WHERE stream_id = %s", sid)[0]
     assert row == {"status": "ENDED", "version": 2}
@@ -110,7 +111,7 @@ async def test_a_flusher_that_dies_before_commit_leaves_entries_to_the_next(
     dead = Flusher(settings, rds, flusher.store, consumer=unique("dead-flusher"))
     taken = await dead.read(None)  # read, then "crash": no write, no ack
     assert len(taken) >= 4
-    keys = Keys(settings.redis_prefix)
+    keys = Keys.of_settings(settings).of(sid)
     pending = await rds.xpending(keys.outbox, OUTBOX_GROUP)
     assert pending["pending"] >= 4
     assert await rds.xlen(keys.outbox) >= 4  # nothing trimmed while unacknowledged
@@ -147,7 +148,7 @@ async def test_a_flusher_that_dies_after_commit_writes_nothing_twice(
 async def test_an_undecodable_entry_is_dead_lettered_and_the_batch_goes_on(
         fields, api, clients, base_url, token, flusher, sql, rds, settings):
     _, sid, (c,) = await live_stream(api, clients, base_url, token)
-    keys = Keys(settings.redis_prefix)
+    keys = Keys.of_settings(settings).of(sid)
     bad_id = await rds.xadd(keys.outbox, fields)
     ack = await c.call("send_message", {"stream_id": sid, "message": "still written"})
     await flusher.drain()
@@ -161,7 +162,7 @@ async def test_an_undecodable_entry_is_dead_lettered_and_the_batch_goes_on(
 async def test_a_row_mysql_refuses_is_dead_lettered_and_the_rest_written(
         api, clients, base_url, token, flusher, sql, rds, settings):
     _, sid, (c,) = await live_stream(api, clients, base_url, token)
-    keys = Keys(settings.redis_prefix)
+    keys = Keys.of_settings(settings).of(sid)
     good = await c.call("send_message", {"stream_id": sid, "message": "fine"})
     record = dict(good["message"], message_id=unique("x")[:36].ljust(36, "0"), message="y" * 600)
     bad_id = await rds.xadd(keys.outbox, {"t": "message", "d": orjson.dumps(record).decode()})
@@ -181,7 +182,7 @@ async def test_flusher_process_in_burst_mode_drains_and_exits(api, clients, base
     assert proc.returncode == 0, out.decode()
     assert sql("SELECT message FROM chat_messages WHERE message_id = %s", ack["message"]["message_id"]) == [
         {"message": "via the process"}]
-    assert await rds.xlen(Keys(settings.redis_prefix).outbox) == 0
+    assert await rds.xlen(Keys.of_settings(settings).of(sid).outbox) == 0
 
 
 async def test_one_bad_record_of_a_batched_entry_is_dead_lettered_alone(
@@ -189,7 +190,7 @@ async def test_one_bad_record_of_a_batched_entry_is_dead_lettered_alone(
     """Chat messages of one event-loop tick share one outbox entry (t = messages); a record
     MySQL refuses, or one that cannot be read, goes to the dead letters by itself."""
     _, sid, (c,) = await live_stream(api, clients, base_url, token)
-    keys = Keys(settings.redis_prefix)
+    keys = Keys.of_settings(settings).of(sid)
     good = (await c.call("send_message", {"stream_id": sid, "message": "fine"}))["message"]
     await flusher.drain()
     others = [dict(good, message_id=f"{good['message_id'][:-4]}{i:04d}", message=f"other {i}") for i in range(3)]

@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,23 +157,6 @@ class SentinelCluster:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-
-
-@pytest.fixture
-async def connect() -> AsyncIterator[Callable[[str, str], Awaitable[Client]]]:
-    """Socket.IO clients of the worker processes, closed afterwards (conftest's ``clients``
-    would also start an in-process worker this test has no use for)."""
-    made: list[Client] = []
-
-    async def open_client(url: str, token: str) -> Client:
-        client = Client()
-        made.append(client)
-        await client.connect(url, token)
-        return client
-
-    yield open_client
-    for client in made:
-        await client.close()
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import re
 import time
 from decimal import Decimal
 
+from hub.keys import Keys
 from tests.conftest import Api, eventually, unique
 
 
@@ -148,7 +149,7 @@ async def test_a_worker_subscribes_only_to_the_streams_it_has_viewers_of(workers
     w1, w2 = await workers(2)
     api = Api(http, w1.url)
     sid = (await api.create_stream(token(unique("streamer"), "streamer")))["stream_id"]
-    channel = f"{settings.redis_prefix}room:{sid}"
+    channel = Keys.of_settings(settings).of(sid).room(sid)
 
     async def subscribers(n: int) -> bool:
         ((_, count),) = await rds.pubsub_numsub(channel)

@@ -1,0 +1,272 @@
+"""Redis Cluster: the URL form, the shards' hash tags, then two workers and a flusher on a real
+three-node cluster.
+
+The cluster is private (three primaries on free loopback ports, under the test's own folder,
+created with ``redis-cli --cluster create``) and always stopped, whatever the test did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+from hub.keys import SLOTS, Keys, shard_tags, slot
+from hub.settings import ClusterSettings, Settings, SettingsError
+from tests.conftest import Api, free_port, unique
+from tests.faults import FlusherProcess, until
+from tests.test_sentinel import hub_command
+
+# -- the URL and the shards -----------------------------------------------------------
+
+
+def test_a_cluster_url_names_its_nodes_and_sets_sixteen_shards():
+    s = Settings.from_env({"REDIS_URL": "redis+cluster://:p%40ss@10.0.0.1:7000,node-b:7001,[::1]:7002"})
+    assert s.redis_cluster == ClusterSettings(
+        nodes=(("10.0.0.1", 7000), ("node-b", 7001), ("::1", 7002)), username=None, password="p@ss")
+    assert s.redis_shards == 16
+    assert Settings.from_env({"REDIS_URL": "redis+cluster://h:7000/", "HUB_REDIS_SHARDS": "64"}).redis_shards == 64
+    assert Settings.from_env({}).redis_cluster is None and Settings.from_env({}).redis_shards == 1
+
+
+@pytest.mark.parametrize("url", [
+    "redis+cluster://127.0.0.1:7000/1",          # a cluster has database 0 only
+    "redis+cluster://127.0.0.1/",                 # a node without its port
+    "redis+cluster://127.0.0.1:7000,:7001",
+    "redis+cluster://127.0.0.1:70000",
+])
+def test_a_bad_cluster_url_stops_the_process_naming_redis_url(url):
+    with pytest.raises(SettingsError, match=r"^REDIS_URL: "):
+        Settings.from_env({"REDIS_URL": url})
+
+
+@pytest.mark.parametrize("shards", [1, 3, 16, 100])
+def test_each_shard_has_a_tag_in_its_own_equal_range_of_slots(shards):
+    tags = shard_tags(shards)
+    assert len(set(tags)) == shards
+    for i, tag in enumerate(tags):
+        assert i * SLOTS // shards <= slot(tag) < (i + 1) * SLOTS // shards
+    keys = Keys("hub:", shards)
+    if shards == 1:
+        assert keys.of("anything") is keys and keys.stream("s") == "hub:stream:s"  # one Redis: no tag
+    else:
+        k = keys.of("stream-id")
+        tagged = [k.stream("stream-id"), k.conns("stream-id"), k.room("stream-id"), k.outbox, k.live,
+                  k.chat_rate_windows + "123", k.tip_idempotency("u", "t")]
+        assert len({slot(key[key.index("{") + 1:key.index("}")]) for key in tagged}) == 1
+
+
+# -- a private cluster ----------------------------------------------------------------
+
+class ClusterNodes:
+    """Three primaries, no replicas, every slot assigned. The URL lists two of them: the
+    third is learned from the cluster's own layout."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.ports = [free_port() for _ in range(3)]
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports[:2])
+
+    def _launch(self, port: int) -> None:
+        folder = self.folder / str(port)
+        folder.mkdir(parents=True)
+        self.procs.append(subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+             "--cluster-enabled", "yes", "--cluster-config-file", str(folder / "nodes.conf"),
+             "--cluster-port", str(free_port()),  # the bus; port + 10000 may not exist
+             "--cluster-node-timeout", "2000", "--logfile", str(folder / "redis.log"),
+             "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    async def start(self) -> None:
+        for port in self.ports:
+            self._launch(port)
+        for port in self.ports:
+            await until(lambda port=port: self._answers(port), 15, f"cluster node {port} answering")
+        create = await asyncio.create_subprocess_exec(
+            "redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+            "--cluster-replicas", "0", "--cluster-yes",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(create.communicate(), 60)
+        assert create.returncode == 0, out.decode()
+        await until(self._ok, 30, "every node seeing the cluster state ok")
+
+    async def _answers(self, port: int) -> bool:
+        client = aioredis.Redis(port=port, socket_connect_timeout=1)
+        try:
+            return bool(await client.ping())
+        except Exception:
+            return False
+        finally:
+            await client.aclose()
+
+    async def _ok(self) -> bool:
+        for port in self.ports:
+            client = aioredis.Redis(port=port, decode_responses=True, socket_connect_timeout=1)
+            try:
+                info = await client.execute_command("CLUSTER", "INFO")
+                if "cluster_state:ok" not in info or "cluster_known_nodes:3" not in info:
+                    return False
+            except Exception:
+                return False
+            finally:
+                await client.aclose()
+        return True
+
+    def client(self) -> RedisCluster:
+        return RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", self.ports[0])], decode_responses=True)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+async def nodes(tmp_path: Path) -> AsyncIterator[ClusterNodes]:
+    cluster = ClusterNodes(tmp_path / "cluster")
+    try:
+        await cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+async def shard_subscribers(cluster: RedisCluster, channel: str) -> int:
+    """Subscribers of a sharded channel, as the node that holds its slot counts them."""
+    node = cluster.get_node_from_key(channel)
+    client = aioredis.Redis(host=node.host, port=node.port, decode_responses=True)
+    try:
+        reply = await client.execute_command("PUBSUB", "SHARDNUMSUB", channel)
+        return int(reply[1])
+    finally:
+        await client.aclose()
+
+
+# -- the hub on the cluster -----------------------------------------------------------
+
+async def test_two_workers_watch_chat_tip_and_flush_on_a_three_node_cluster(
+        nodes, env, workers, http, connect, token, sql, tmp_path):
+    overrides = {"REDIS_URL": nodes.url, "HUB_REDIS_SHARDS": "16", "HUB_CHAT_RATE": "4",
+                 "HUB_CHAT_PERIOD": "60"}
+    hub_env = {**env, **overrides}
+    keys = Keys(env["HUB_REDIS_PREFIX"], 16)
+    cluster = nodes.client()
+    w1, w2 = await workers(2, **overrides)
+    flusher = FlusherProcess(hub_env, tmp_path / "flusher.log")
+    try:
+        await flusher.ready()
+        api1, api2 = Api(http, w1.url), Api(http, w2.url)
+
+        # Streams of several streamers land in several shards, on every node.
+        made = []
+        for _ in range(9):
+            streamer = unique("streamer")
+            made.append((streamer, (await api1.create_stream(token(streamer, "streamer")))["stream_id"]))
+        for streamer, sid in made:
+            assert keys.shard_of(sid) == keys.shard_of(streamer)  # drawn in its streamer's shard
+            assert await cluster.exists(keys.of(sid).stream(sid)) == 1
+        holders = {cluster.get_node_from_key(keys.of(sid).stream(sid)).name for _, sid in made}
+        assert len(holders) == 3, holders
+
+        # Two viewers on two workers: presence, and chat crossing the workers both ways.
+        streamer, sid = made[0]
+        a_user, b_user = unique("viewer-a"), unique("viewer-b")
+        a = await connect(w1.url, token(a_user, name="A"))
+        b = await connect(w2.url, token(b_user, name="B"))
+        assert (await a.call("join_stream", {"stream_id": sid}))["success"]
+        assert (await b.call("join_stream", {"stream_id": sid}))["success"]
+        await a.wait_for("viewer_joined", lambda e: e["user_id"] == b_user)
+
+        async def viewers(n: int) -> bool:
+            _, body = await api2.request("GET", sid)
+            return body["stream"]["viewer_count"] == n
+
+        await until(lambda: viewers(2), 10, "two viewers counted")
+        channel = keys.of(sid).room(sid)
+        assert await shard_subscribers(cluster, channel) == 2  # one sharded subscription per worker
+        sent = {}
+        for sender, receiver, text in ((a, b, "from worker 1"), (b, a, "from worker 2")):
+            ack = await sender.call("send_message", {"stream_id": sid, "message": text})
+            assert ack["success"], ack
+            sent[text] = ack["message"]["message_id"]
+            got = await receiver.wait_for("chat_message", lambda m, i=ack: m["message_id"] == i["message"]["message_id"])
+            assert got["message"] == text
+
+        # A tip from worker 2, seen on worker 1, counted in cents.
+        tip = await b.call("send_tip", {"stream_id": sid, "amount": "12.34", "client_tip_id": "t-1"})
+        assert tip["success"], tip
+        await a.wait_for("tip_received", lambda t: t["tip_id"] == tip["tip"]["tip_id"])
+        again = await b.call("send_tip", {"stream_id": sid, "amount": "12.34", "client_tip_id": "t-1"})
+        assert again["tip"]["tip_id"] == tip["tip"]["tip_id"]  # the retry charges nothing twice
+        _, stats = await api1.request("GET", f"{sid}/stats")
+        assert stats["stats"]["tip_count"] == 1 and Decimal(str(stats["stats"]["tips_total"])) == Decimal("12.34")
+
+        # The chat rate is one user's across streams of different shards: a user in two
+        # streams whose shards differ from each other gets four messages in all, not four each.
+        other = next(s for _, s in made[1:] if keys.shard_of(s) != keys.shard_of(sid))
+        c_user = unique("viewer-c")
+        c1, c2 = await connect(w1.url, token(c_user)), await connect(w2.url, token(c_user))
+        assert (await c1.call("join_stream", {"stream_id": sid}))["success"]
+        assert (await c2.call("join_stream", {"stream_id": other}))["success"]
+        codes = []
+        for n in range(6):
+            ack = await (c1, c2)[n % 2].call("send_message", {"stream_id": (sid, other)[n % 2], "message": f"c{n}"})
+            codes.append("ok" if ack["success"] else ack["error"]["code"])
+        assert codes == ["ok"] * 4 + ["rate_limited"] * 2, codes
+
+        # The live list merges every shard's live set, most viewers first.
+        status, body = await api2.request("GET", "live?limit=100")
+        listed = [s["stream_id"] for s in body["streams"]]
+        assert status == 200 and set(listed) >= {s for _, s in made}
+        assert listed.index(sid) < min(listed.index(s) for _, s in made[1:])
+
+        # A viewer leaves; the streamer ends the stream: both workers' viewers are told.
+        assert (await a.call("leave_stream"))["success"]
+        await b.wait_for("viewer_left", lambda e: e["user_id"] == a_user)
+        await until(lambda: viewers(2), 10, "b and c counted after a's leave")
+        status, ended = await api2.request("POST", f"{sid}/end", token(streamer, "streamer"))
+        assert status == 200, ended
+        await b.wait_for("stream_ended", lambda e: e["stream_id"] == sid)
+        await c1.wait_for("stream_ended", lambda e: e["stream_id"] == sid)
+
+        # The flusher drains every shard's outbox into MySQL: each row once.
+        async def flushed() -> bool:
+            rows = sql("SELECT status FROM streams WHERE stream_id = %s", sid)
+            return bool(rows) and rows[0]["status"] == "ENDED" and len(
+                sql("SELECT 1 FROM viewing_sessions WHERE stream_id = %s", sid)) == 3
+
+        await until(flushed, 20, "the ended stream and its sessions in MySQL")
+        texts = [r["message"] for r in sql("SELECT message FROM chat_messages WHERE stream_id IN (%s, %s) "
+                                           "AND message_type <> 'TIP'", sid, other)]
+        assert sorted(texts) == ["c0", "c1", "c2", "c3", "from worker 1", "from worker 2"]
+        tips = sql("SELECT amount FROM tips WHERE stream_id = %s", sid)
+        assert [t["amount"] for t in tips] == [Decimal("12.34")]
+        row = sql("SELECT tips_total, message_count FROM streams WHERE stream_id = %s", sid)[0]
+        assert row["tips_total"] == Decimal("12.34")
+
+        async def outboxes_empty() -> bool:
+            return sum([await cluster.xlen(k.outbox) for k in keys.all]) == 0
+
+        await until(outboxes_empty, 20, "every shard's outbox drained")
+
+        # Operators read the same state from the command line.
+        shown = hub_command(hub_env, "inspect", "--json")
+        assert shown.returncode == 0, shown.stderr
+        overview = json.loads(shown.stdout)
+        assert overview["live_total"] >= 8 and len(overview["workers"]) == 2
+        assert overview["outbox"]["entries"] == 0
+        checked = hub_command(hub_env, "check")
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    finally:
+        flusher.stop()
+        await cluster.aclose()
