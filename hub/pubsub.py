@@ -50,7 +50,8 @@ class ShardedSubscriber:
             pubsub = self._pubsub(name, nodes[name].host, nodes[name].port)
             for channel in names:
                 self._where[channel.encode()] = name
-            await pubsub.ssubscribe(*names)
+            for same_slot in self._by_slot(names):  # one command names channels of one slot
+                await pubsub.ssubscribe(*same_slot)
             self._read(name, pubsub)
 
     @property
@@ -64,7 +65,14 @@ class ShardedSubscriber:
             if name is not None:
                 by_node.setdefault(name, []).append(channel)
         for name, names in by_node.items():
-            await self._pubsubs[name].sunsubscribe(*names)
+            for same_slot in self._by_slot(names):
+                await self._pubsubs[name].sunsubscribe(*same_slot)
+
+    def _by_slot(self, channels: list[str]) -> list[list[str]]:
+        slots: dict[int, list[str]] = {}
+        for channel in channels:
+            slots.setdefault(self.cluster.keyslot(channel), []).append(channel)
+        return list(slots.values())
 
     async def get_message(self, timeout: float = 0.0) -> dict[str, Any] | None:
         """The next message from any node, waiting up to ``timeout`` seconds. A node's lost

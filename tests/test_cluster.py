@@ -73,18 +73,30 @@ class ClusterNodes:
         self.folder = folder
         self.ports = [free_port() for _ in range(3)]
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.by_port: dict[int, subprocess.Popen[bytes]] = {}
         self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports[:2])
 
     def _launch(self, port: int) -> None:
         folder = self.folder / str(port)
-        folder.mkdir(parents=True)
+        folder.mkdir(parents=True, exist_ok=True)
         self.procs.append(subprocess.Popen(
             ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
              "--cluster-enabled", "yes", "--cluster-config-file", str(folder / "nodes.conf"),
              "--cluster-port", str(free_port()),  # the bus; port + 10000 may not exist
              "--cluster-node-timeout", "2000", "--logfile", str(folder / "redis.log"),
-             "--save", "", "--appendonly", "no"],
+             "--save", "", "--appendonly", "yes", "--appendfsync", "always"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        self.by_port[port] = self.procs[-1]
+
+    async def restart(self, port: int) -> None:
+        """SIGKILL one node and start it again on its own files (its append-only log and
+        nodes.conf): it comes back with its slots and its data."""
+        proc = self.by_port[port]
+        proc.kill()
+        proc.wait()
+        self._launch(port)
+        await until(lambda: self._answers(port), 15, f"cluster node {port} answering again")
+        await until(self._ok, 30, "the cluster state ok again")
 
     async def start(self) -> None:
         for port in self.ports:
@@ -269,4 +281,46 @@ async def test_two_workers_watch_chat_tip_and_flush_on_a_three_node_cluster(
         assert checked.returncode == 0, checked.stdout + checked.stderr
     finally:
         flusher.stop()
+        await cluster.aclose()
+
+
+async def test_a_restarted_node_is_reconnected_and_resubscribed_by_both_workers(
+        nodes, env, workers, http, connect, token):
+    # Chat is retried every 50 ms until it crosses: a rate that polling never reaches.
+    overrides = {"REDIS_URL": nodes.url, "HUB_REDIS_SHARDS": "16", "HUB_PRESENCE_TTL": "10",
+                 "HUB_CHAT_RATE": "100000"}
+    keys = Keys(env["HUB_REDIS_PREFIX"], 16)
+    cluster = nodes.client()
+    try:
+        w1, w2 = await workers(2, **overrides)
+        api = Api(http, w1.url)
+        sid = (await api.create_stream(token(unique("streamer"), "streamer")))["stream_id"]
+        a = await connect(w1.url, token(unique("a")))
+        b = await connect(w2.url, token(unique("b")))
+        for c in (a, b):
+            assert (await c.call("join_stream", {"stream_id": sid}))["success"]
+        await cluster.initialize()
+        node = cluster.get_node_from_key(keys.of(sid).room(sid))
+        assert await shard_subscribers(cluster, keys.of(sid).room(sid)) == 2
+
+        await nodes.restart(node.port)  # the node that holds the stream, its channel and outbox
+
+        # Calls during the outage may be refused (unavailable); then chat crosses both ways
+        # again, on subscriptions the workers made anew on the restarted node.
+        for sender, receiver in ((a, b), (b, a)):
+            sent: set[str] = set()
+
+            async def crossed(sender=sender, receiver=receiver, sent=sent) -> bool:
+                ack = await sender.call("send_message", {"stream_id": sid, "message": "after the restart"})
+                if ack["success"]:
+                    sent.add(ack["message"]["message_id"])
+                else:
+                    assert ack["error"]["code"] == "unavailable", ack
+                return any(m["message_id"] in sent for m in receiver.events["chat_message"])
+
+            await until(crossed, 20, "chat crossing the workers after the node's restart")
+        assert await shard_subscribers(cluster, keys.of(sid).room(sid)) == 2
+        _, body = await api.request("GET", sid)
+        assert body["stream"]["viewer_count"] == 2
+    finally:
         await cluster.aclose()
