@@ -305,6 +305,8 @@ class Settings:
             raise SettingsError("HUB_ADMIN_USERNAME: set it together with HUB_ADMIN_PASSWORD, or neither")
         if self.admin_password is not None and len(self.admin_password) < 12:
             raise SettingsError("HUB_ADMIN_PASSWORD: must be at least 12 characters")
+        if "{" in self.redis_prefix or "}" in self.redis_prefix:
+            raise SettingsError("HUB_REDIS_PREFIX: no braces; the hub puts each shard's hash tag after it")
         if self.admin_mode not in ("production", "development"):
             raise SettingsError(f"HUB_ADMIN_MODE: use production or development, not {self.admin_mode!r}")
 

@@ -7,21 +7,19 @@ created with ``redis-cli --cluster create``) and always stopped, whatever the te
 
 from __future__ import annotations
 
-import asyncio
 import json
-import subprocess
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import RedisCluster
 
 from hub.keys import SLOTS, Keys, shard_tags, slot
 from hub.settings import ClusterSettings, Settings, SettingsError
-from tests.conftest import Api, free_port, unique
-from tests.faults import FlusherProcess, until
+from tests.conftest import Api, unique
+from tests.faults import ClusterNodes, FlusherProcess, until
 from tests.test_sentinel import hub_command
 
 # -- the URL and the shards -----------------------------------------------------------
@@ -47,6 +45,11 @@ def test_a_bad_cluster_url_stops_the_process_naming_redis_url(url):
         Settings.from_env({"REDIS_URL": url})
 
 
+def test_braces_in_the_prefix_are_refused_they_would_make_a_hash_tag():
+    with pytest.raises(SettingsError, match=r"^HUB_REDIS_PREFIX: "):
+        Settings.from_env({"HUB_REDIS_PREFIX": "hub:{x}:"})
+
+
 @pytest.mark.parametrize("shards", [1, 3, 16, 100])
 def test_each_shard_has_a_tag_in_its_own_equal_range_of_slots(shards):
     tags = shard_tags(shards)
@@ -64,84 +67,6 @@ def test_each_shard_has_a_tag_in_its_own_equal_range_of_slots(shards):
 
 
 # -- a private cluster ----------------------------------------------------------------
-
-class ClusterNodes:
-    """Three primaries, no replicas, every slot assigned. The URL lists two of them: the
-    third is learned from the cluster's own layout."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.ports = [free_port() for _ in range(3)]
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.by_port: dict[int, subprocess.Popen[bytes]] = {}
-        self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports[:2])
-
-    def _launch(self, port: int) -> None:
-        folder = self.folder / str(port)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.procs.append(subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
-             "--cluster-enabled", "yes", "--cluster-config-file", str(folder / "nodes.conf"),
-             "--cluster-port", str(free_port()),  # the bus; port + 10000 may not exist
-             "--cluster-node-timeout", "2000", "--logfile", str(folder / "redis.log"),
-             "--save", "", "--appendonly", "yes", "--appendfsync", "always"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        self.by_port[port] = self.procs[-1]
-
-    async def restart(self, port: int) -> None:
-        """SIGKILL one node and start it again on its own files (its append-only log and
-        nodes.conf): it comes back with its slots and its data."""
-        proc = self.by_port[port]
-        proc.kill()
-        proc.wait()
-        self._launch(port)
-        await until(lambda: self._answers(port), 15, f"cluster node {port} answering again")
-        await until(self._ok, 30, "the cluster state ok again")
-
-    async def start(self) -> None:
-        for port in self.ports:
-            self._launch(port)
-        for port in self.ports:
-            await until(lambda port=port: self._answers(port), 15, f"cluster node {port} answering")
-        create = await asyncio.create_subprocess_exec(
-            "redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
-            "--cluster-replicas", "0", "--cluster-yes",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-        out, _ = await asyncio.wait_for(create.communicate(), 60)
-        assert create.returncode == 0, out.decode()
-        await until(self._ok, 30, "every node seeing the cluster state ok")
-
-    async def _answers(self, port: int) -> bool:
-        client = aioredis.Redis(port=port, socket_connect_timeout=1)
-        try:
-            return bool(await client.ping())
-        except Exception:
-            return False
-        finally:
-            await client.aclose()
-
-    async def _ok(self) -> bool:
-        for port in self.ports:
-            client = aioredis.Redis(port=port, decode_responses=True, socket_connect_timeout=1)
-            try:
-                info = await client.execute_command("CLUSTER", "INFO")
-                if "cluster_state:ok" not in info or "cluster_known_nodes:3" not in info:
-                    return False
-            except Exception:
-                return False
-            finally:
-                await client.aclose()
-        return True
-
-    def client(self) -> RedisCluster:
-        return RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", self.ports[0])], decode_responses=True)
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-
 
 @pytest.fixture
 async def nodes(tmp_path: Path) -> AsyncIterator[ClusterNodes]:
