@@ -63,6 +63,7 @@ def stream(client: redis.Redis, base: Keys, stream_id: str, chat: int = 10) -> d
         **stream_from_hash(h, viewers),
         **stats_from_hash(h, viewers, unique, now),
         "connections": conns,
+        "keys": keys.stream(stream_id),  # with shards, the shard's hash tag is in the name
         "connections_per_worker": {w: n for w, n in per_worker.items() if n},
         "slow_mode_seconds": int(h.get("slow_mode") or 0),
         "moderators": sorted(mods),
@@ -134,6 +135,7 @@ def stream_text(s: dict[str, Any]) -> str:
         f", ended {s['ended_at'] or '-'}, {s['duration_seconds'] or 0} s",
         f"  viewers {s['viewer_count']} (peak {s['peak_viewers']}, unique {s['unique_viewers']}), "
         f"connections {s['connections']}",
+        f"  keys {s['keys']}…",
         f"  messages {s['message_count']}, tips {s['tip_count']} totalling {s['tips_total']} "
         f"(fees {s['platform_fees_total']})",
         f"  slow mode {s['slow_mode_seconds'] or 'off'}; moderators: {', '.join(s['moderators']) or '-'}; "

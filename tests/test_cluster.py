@@ -202,6 +202,11 @@ async def test_two_workers_watch_chat_tip_and_flush_on_a_three_node_cluster(
         overview = json.loads(shown.stdout)
         assert overview["live_total"] >= 8 and len(overview["workers"]) == 2
         assert overview["outbox"]["entries"] == 0
+        shown = hub_command(hub_env, "inspect", other, "--json")
+        assert shown.returncode == 0, shown.stderr
+        one = json.loads(shown.stdout)
+        assert one["keys"] == keys.of(other).stream(other) and one["viewer_count"] == 1
+        assert [m["message"] for m in one["recent_messages"]] == ["c1", "c3"]
         checked = hub_command(hub_env, "check")
         assert checked.returncode == 0, checked.stdout + checked.stderr
     finally:
