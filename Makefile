@@ -8,7 +8,7 @@ PORT ?= 8080
 # Development secret for `make run` only; production sets HUB_JWT_SECRET itself.
 DEV_SECRET := dev-secret-change-me-0123456789abcdef
 
-.PHONY: venv run test lint check-services migrate token clean bench nginx
+.PHONY: venv run test lint check-services migrate token clean bench nginx chromium
 
 venv: $(STAMP)
 
@@ -25,7 +25,7 @@ migrate: venv
 	$(BIN)/python -m hub migrate
 
 run: venv check-services migrate
-	@HUB_JWT_SECRET=$${HUB_JWT_SECRET:-$(DEV_SECRET)} \
+	@HUB_JWT_SECRET=$${HUB_JWT_SECRET:-$(DEV_SECRET)} HUB_CONSOLE_DEV_TOKENS=$${HUB_CONSOLE_DEV_TOKENS:-1} \
 	  $(BIN)/python -m hub run-local --host $(HOST) --port $(PORT)
 
 # A development token for `make run`'s secret: make token ID=alice ROLE=streamer
@@ -39,7 +39,11 @@ token: venv
 nginx:
 	@sh scripts/ensure-nginx.sh
 
-test: venv nginx
+# tests/test_console.py drives the web console in Debian's Chromium (installed here when missing).
+chromium:
+	@sh scripts/ensure-chromium.sh
+
+test: venv nginx chromium
 	$(BIN)/python -m pytest
 
 # Benchmarks against the local Redis and MySQL: two workers, a flusher, six workloads, a few

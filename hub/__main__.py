@@ -52,6 +52,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     def listening() -> None:
         print(f"✅ Hub worker listening on http://{args.host}:{args.port} "
               f"(Socket.IO namespace /streaming, REST /api/v1/streaming)", flush=True)
+        print(f"🖥️  Web console: http://{args.host}:{args.port}/ (streams), /studio (go live)"
+              + (", with a development-token button" if settings.console_dev_tokens else ""), flush=True)
 
     try:
         run(serve(settings, args.host, args.port, listening), settings.gc_thresholds)

@@ -21,8 +21,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from prometheus_client.core import CounterMetricFamily
 
+from hub import console, rest
 from hub import metrics as m
-from hub import rest
 from hub.auth import Verifier
 from hub.connections import StartupError, connect_mysql, connect_redis, redacted
 from hub.db import History
@@ -151,6 +151,7 @@ def create_app(settings: Settings) -> web.Application:
     holder.append(StreamingNamespace(sio, settings, app[rest.VERIFIER], runtime.require_hub,
                                      runtime.require_presence))
     rest.setup_routes(app)
+    console.setup_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

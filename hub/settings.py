@@ -183,6 +183,8 @@ class Settings:
     admin_username: str | None = None
     admin_password: str | None = None
     admin_mode: str = "production"
+    # The web console's "get a development token" button (POST /console/dev-token): make run only.
+    console_dev_tokens: bool = False
     # The cyclic garbage collector's thresholds (gc.set_threshold); None leaves Python's.
     gc_thresholds: tuple[int, int, int] | None = (50_000, 20, 100)
     shutdown_deadline: float = 15.0
@@ -272,6 +274,7 @@ class Settings:
             admin_username=env.get("HUB_ADMIN_USERNAME") or None,
             admin_password=env.get("HUB_ADMIN_PASSWORD") or None,
             admin_mode=env.get("HUB_ADMIN_MODE", default.admin_mode).strip().lower(),
+            console_dev_tokens=_flag(env, "HUB_CONSOLE_DEV_TOKENS"),
             send_buffer_limit=_int(env, "HUB_SEND_BUFFER_LIMIT", default.send_buffer_limit, 4096, 1 << 30),
             drain_seconds=_float(env, "HUB_DRAIN_SECONDS", default.drain_seconds, 0.0, 300.0),
             shutdown_deadline=_float(env, "HUB_SHUTDOWN_DEADLINE", default.shutdown_deadline, 1.0, 600.0),
@@ -305,6 +308,9 @@ class Settings:
             raise SettingsError("HUB_ADMIN_USERNAME: set it together with HUB_ADMIN_PASSWORD, or neither")
         if self.admin_password is not None and len(self.admin_password) < 12:
             raise SettingsError("HUB_ADMIN_PASSWORD: must be at least 12 characters")
+        if self.console_dev_tokens and not self.jwt_secret:
+            raise SettingsError("HUB_CONSOLE_DEV_TOKENS: development tokens are signed with "
+                                "HUB_JWT_SECRET; set it")
         if "{" in self.redis_prefix or "}" in self.redis_prefix:
             raise SettingsError("HUB_REDIS_PREFIX: no braces; the hub puts each shard's hash tag after it")
         if self.admin_mode not in ("production", "development"):
@@ -392,6 +398,13 @@ def _networks(env: Mapping[str, str],
             raise SettingsError(f"{name}: {part.strip()!r} trusts every address; list the proxies")
         networks.append(network)
     return tuple(networks)
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    value = env.get(name, "").strip().lower()
+    if value not in ("", "0", "1", "true", "false", "yes", "no"):
+        raise SettingsError(f"{name}: use 1 or 0, not {value!r}")
+    return value in ("1", "true", "yes")
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:

@@ -1,0 +1,146 @@
+// The viewer page: the stream, its live viewer count, chat with history, emoji and tips.
+import {
+  ChatLog, api, call, cents, config, connect, duration, el, feeCents, formatCents, header, identity, money, notice,
+  plainWords, randomId,
+} from "/console/console.js";
+
+const streamId = new URLSearchParams(location.search).get("stream") || "";
+const $ = (id) => document.getElementById(id);
+const chat = new ChatLog($("chat"));
+const me = identity();
+const signedIn = Boolean(me && me.id);
+let socket = null;
+let stream = null;
+let ended = false;
+
+function showStream(s) {
+  stream = s;
+  document.title = `${s.title} · Streaming hub`;
+  $("stream-head").replaceChildren(el("h1", { id: "title" }, s.title),
+    el("p", { class: "meta" }, `${s.streamer_name || s.streamer_id} · ${s.category || "general"}`));
+  $("about").replaceChildren(s.description || "No description.");
+  setViewers(s.viewer_count);
+}
+
+function setViewers(n) {
+  $("viewer-count").textContent = String(n);
+}
+
+function endedBanner(seconds) {
+  ended = true;
+  notice($("banner"), `The stream has ended${seconds ? ` after ${duration(seconds)}` : ""}. Thanks for watching!`, "info");
+  for (const control of document.querySelectorAll("#chat-form *, #emoji button, #tip-form *")) control.disabled = true;
+}
+
+function forms(enabled, why) {
+  for (const control of document.querySelectorAll("#chat-form input, #chat-form button, #emoji button, #tip-form input, #tip-form button")) {
+    control.disabled = !enabled;
+  }
+  if (why) notice($("chat-notice"), why, "info");
+}
+
+async function join() {
+  const payload = { stream_id: streamId };
+  if (chat.last) payload.last_message_id = chat.last;  // after a reconnect: only what was missed
+  const ack = await call(socket, "join_stream", payload);
+  if (!ack.success) {
+    if (ack.error?.code === "stream_not_live") return endedBanner();
+    return notice($("banner"), plainWords(ack.error));
+  }
+  notice($("banner"), "");
+  showStream(ack.stream);
+  setViewers(ack.viewer_count);
+  for (const m of ack.recent_messages) chat.add(m);
+}
+
+async function send(message, type) {
+  const ack = await call(socket, "send_message", { stream_id: streamId, message, message_type: type });
+  notice($("chat-notice"), ack.success ? "" : plainWords(ack.error));
+  return ack.success;
+}
+
+function tipAmount() {
+  const custom = $("tip-custom").value.trim();
+  if (custom) return custom;
+  return document.querySelector('input[name="amount"]:checked')?.value || "";
+}
+
+async function showFee() {
+  const cfg = await config();
+  const amount = cents(tipAmount());
+  if (amount === null) {
+    $("tip-fee").textContent = "–";
+    $("tip-share").textContent = "–";
+    return;
+  }
+  const fee = feeCents(amount, cfg.platform_fee);
+  $("tip-fee").textContent = money(formatCents(fee), cfg.currency);
+  $("tip-share").textContent = money(formatCents(amount - fee), cfg.currency);
+}
+
+async function start() {
+  await header(() => location.reload());
+  if (!streamId) return notice($("banner"), "No stream given: pick one from the list of streams.");
+  const found = await api("GET", encodeURIComponent(streamId));
+  if (!found.success) return notice($("banner"), plainWords(found.error));
+  showStream(found.stream);
+  forms(signedIn, signedIn ? "" : "You are watching anonymously: sign in to chat and tip.");
+  if (found.stream.status === "ENDED") return endedBanner(found.stream.duration_seconds);
+  if (found.stream.status !== "LIVE") return notice($("banner"), "This stream has not started yet.", "info");
+
+  socket = connect();
+  socket.on("connect", join);
+  socket.on("connect_error", (err) => notice($("banner"), plainWords(err?.data || { code: "unavailable" })));
+  socket.on("disconnect", () => !ended && notice($("banner"), "Connection lost, reconnecting…", "info"));
+  socket.on("chat_message", (m) => {
+    if (m.stream_id !== streamId) return;
+    chat.add(m);
+    if (m.message_type === "ALERT") notice($("highlight"), `📣 ${m.username || "The streamer"}: ${m.message}`, "alert");
+  });
+  socket.on("viewer_joined", (e) => e.stream_id === streamId && setViewers(e.viewer_count));
+  socket.on("viewer_left", (e) => e.stream_id === streamId && setViewers(e.viewer_count));
+  socket.on("message_deleted", (e) => chat.remove(e.message_id));
+  socket.on("chat_cleared", () => chat.clear());
+  socket.on("tip_received", (t) => {
+    notice($("highlight"), `💸 ${t.from_username || t.from_user} tipped ${money(t.amount, t.currency)}!`, "tip");
+  });
+  socket.on("stream_ended", (e) => endedBanner(e.duration));
+  socket.on("banned", () => { forms(false); notice($("banner"), plainWords({ code: "banned" })); });
+  socket.on("user_timed_out", (e) => {
+    if (signedIn && e.user_id === me.id) notice($("chat-notice"), `You were timed out until ${new Date(e.until).toLocaleTimeString()}.`);
+  });
+  socket.on("slow_mode", (e) => notice($("chat-notice"), e.seconds ? `Slow mode is on: one message every ${e.seconds} s.` : "Slow mode is off.", "info"));
+}
+
+$("chat-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const input = $("chat-input");
+  if (!input.value.trim()) return;
+  if (await send(input.value, "TEXT")) input.value = "";
+  input.focus();
+});
+for (const button of document.querySelectorAll("#emoji button")) {
+  button.addEventListener("click", () => send(button.dataset.emoji, "EMOJI"));
+}
+$("tip-form").addEventListener("input", showFee);
+$("tip-custom").addEventListener("input", () => {
+  if ($("tip-custom").value.trim()) for (const r of document.querySelectorAll('input[name="amount"]')) r.checked = false;
+});
+$("tip-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const cfg = await config();
+  const amount = tipAmount();
+  if (cents(amount) === null || cents(amount) <= 0n) return notice($("tip-notice"), "Choose an amount, like 5 or 12.50.");
+  // A JSON number: at most two decimals, so its shortest form is exactly what was typed.
+  const payload = { stream_id: streamId, amount: Number(amount), client_tip_id: randomId(), currency: cfg.currency };
+  const message = $("tip-message").value.trim();
+  if (message) payload.message = message;
+  let ack = await call(socket, "send_tip", payload);
+  if (!ack.success && ack.error?.code === "unavailable") ack = await call(socket, "send_tip", payload);  // same id: never twice
+  if (!ack.success) return notice($("tip-notice"), plainWords(ack.error));
+  $("tip-message").value = "";
+  notice($("tip-notice"), `Thank you! You tipped ${money(ack.tip.amount, ack.tip.currency)} (fee ${money(ack.tip.platform_fee, ack.tip.currency)}).`, "info");
+});
+
+showFee();
+start();

@@ -1,0 +1,227 @@
+"""The web console: its routes, then two pages in headless Chromium on two worker processes.
+
+The browser is Debian's Chromium (``scripts/ensure-chromium.sh``, run by ``make test``), driven
+by Playwright with its executable path set. Screenshots of every page are written to
+``test-artifacts/console/`` (``HUB_TEST_ARTIFACTS`` to put them elsewhere).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, Api, unique
+
+CHROMIUM = Path("/usr/bin/chromium")
+VENDORED = ROOT / "hub" / "console" / "vendor" / "socket.io.min.js"
+ARTIFACTS = Path(os.environ.get("HUB_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "console"
+# The flags a root process needs in a container, and no calls to Google's services, which this
+# machine's closed network would refuse.
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+         "--disable-background-networking", "--disable-component-update", "--disable-dev-shm-usage"]
+
+
+# -- the routes -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", ["/", "/watch", "/studio"])
+async def test_pages_are_served_with_a_strict_content_security_policy(path, http, base_url):
+    async with http.get(base_url + path) as resp:
+        assert resp.status == 200 and resp.content_type == "text/html"
+        policy = resp.headers["Content-Security-Policy"]
+        assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        assert '<script src="/console/vendor/socket.io.min.js"></script>' in await resp.text()
+
+
+async def test_assets_are_served_and_nothing_outside_the_console_folder(http, base_url):
+    for name, kind in (("console.js", "javascript"), ("console.css", "text/css"),
+                       ("vendor/socket.io.min.js", "javascript")):
+        async with http.get(f"{base_url}/console/{name}") as resp:
+            assert resp.status == 200 and kind in resp.content_type, name
+    for path in ("/console/../app.py", "/console/%2e%2e/app.py", "/console/nothing.js"):
+        async with http.get(base_url + path) as resp:
+            assert resp.status == 404, path
+
+
+async def test_the_console_config_shows_the_fee_rate_and_development_tokens_are_off(api, http, base_url):
+    status, body = await api.request("GET", "/console/config")
+    assert status == 200 and body == {"success": True, "platform_fee": "0.05", "currency": "USD",
+                                      "tip_min": "1.00", "tip_max": "10000.00", "dev_tokens": False}
+    async with http.post(f"{base_url}/console/dev-token", json={"user_id": "mallory"}) as resp:
+        assert resp.status == 404 and (await resp.json())["error"]["code"] == "not_found"
+
+
+async def test_development_tokens_when_on_sign_anyone_and_refuse_bad_requests(workers, http):
+    (w,) = await workers(1, HUB_CONSOLE_DEV_TOKENS="1")
+    api = Api(http, w.url)
+    for body in ({"user_id": ""}, {"user_id": "a b"}, {"user_id": "x" * 65}, {"user_id": 5},
+                 {"user_id": "bob", "role": "admin"}, {"role": "streamer"}, [], "text"):
+        status, answer = await api.request("POST", "/console/dev-token", json=body)
+        assert status == 400 and answer["error"]["code"] == "invalid", body
+    status, answer = await api.request("POST", "/console/dev-token", data=b"{not json")
+    assert status == 400 and answer["error"]["code"] == "invalid"
+    streamer = unique("dev")
+    status, answer = await api.request("POST", "/console/dev-token", json={"user_id": streamer, "role": "streamer"})
+    assert status == 200
+    made = await api.create_stream(answer["token"])
+    assert made["streamer_id"] == streamer
+    status, answer = await api.request("POST", "/console/dev-token", json={"user_id": unique("viewer")})
+    status, refused = await api.request("POST", "create", answer["token"], json={"title": "no"})
+    assert status == 403 and refused["error"]["code"] == "forbidden"  # a viewer's token: no streamer role
+
+
+def test_the_served_socket_io_client_is_the_npm_package_the_js_tests_install():
+    installed = ROOT / "tests" / "js" / "node_modules" / "socket.io-client" / "dist" / "socket.io.min.js"
+    lock = json.loads((ROOT / "tests" / "js" / "package-lock.json").read_text())
+    version = lock["packages"]["node_modules/socket.io-client"]["version"]
+    assert VENDORED.read_text().startswith(f"/*!\n * Socket.IO v{version}\n")
+    if installed.exists():  # after tests/test_js_client.py's npm install
+        assert hashlib.sha256(VENDORED.read_bytes()).digest() == hashlib.sha256(installed.read_bytes()).digest()
+
+
+# -- in a browser ---------------------------------------------------------------------
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    if not os.path.exists(CHROMIUM):  # noqa: ASYNC240 (one stat before the browser starts)
+        if os.environ.get("CI"):
+            pytest.fail("Debian's chromium is missing: make test installs it (scripts/ensure-chromium.sh)")
+        pytest.skip("Debian's chromium is not installed (scripts/ensure-chromium.sh installs it)")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        chromium = await p.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS, headless=True)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+async def unlabelled(page: Any) -> list[str]:
+    """Form controls a screen reader could not name."""
+    return await page.evaluate("""() => [...document.querySelectorAll('input, select, textarea, button')]
+        .filter((e) => !e.closest('[hidden]') && !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
+                       && !(e.tagName === 'BUTTON' && e.textContent.trim()))
+        .map((e) => e.outerHTML)""")
+
+
+async def test_a_streamer_and_a_viewer_on_two_workers_see_each_other_in_the_browser(
+        workers, http, token, browser):
+    from playwright.async_api import expect
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    w1, w2 = await workers(2, HUB_CONSOLE_DEV_TOKENS="1")
+    streamer, viewer = unique("streamer"), unique("viewer")
+    title = f"Morning session {unique('t')}"
+    studio = await (await browser.new_context(viewport={"width": 1280, "height": 900})).new_page()
+    watch = await (await browser.new_context(viewport={"width": 1280, "height": 900})).new_page()
+    problems: list[str] = []
+    for page in (studio, watch):
+        page.on("pageerror", lambda exc: problems.append(str(exc)))
+        page.on("console", lambda msg: msg.type == "error" and problems.append(msg.text))
+        page.on("dialog", lambda dialog: dialog.accept())
+
+    # The streamer signs in with the development-token button on worker 1 and goes live.
+    await studio.goto(f"{w1.url}/studio")
+    await studio.get_by_label("User id").fill(streamer)
+    await studio.get_by_label("as", exact=True).select_option("streamer")
+    await studio.get_by_role("button", name="Get a development token").click()
+    await expect(studio.get_by_text(f"Signed in as {streamer}")).to_be_visible()
+    await studio.get_by_label("Title", exact=True).fill(title)
+    await studio.get_by_label("Description", exact=True).fill("Opening range and the day's levels")
+    await studio.get_by_label("Category", exact=True).fill("crypto")
+    await studio.get_by_role("button", name="Go live").click()
+    await expect(studio.locator("#dash-heading")).to_have_text(f"Live: {title}")
+    assert await unlabelled(studio) == []
+
+    # Anyone's stream list, on worker 1: the stream with its viewers (the streamer's studio so far).
+    lobby = await (await browser.new_context(viewport={"width": 1280, "height": 800})).new_page()
+    lobby.on("pageerror", lambda exc: problems.append(str(exc)))
+    await lobby.goto(f"{w1.url}/")
+    listed = lobby.locator(".card", has_text=title)
+    await expect(listed).to_contain_text("1 watching")
+
+    # The viewer, on worker 2, signs in by pasting a token, finds the stream in the list and opens it.
+    await watch.goto(f"{w2.url}/")
+    await watch.get_by_label("Token").fill(token(viewer, name="Viewer Vic"))
+    await watch.get_by_role("button", name="Sign in").click()
+    await expect(watch.get_by_text("Signed in as Viewer Vic")).to_be_visible()
+    card = watch.locator(".card", has_text=title)
+    await expect(card).to_contain_text("crypto")
+    assert await unlabelled(watch) == []
+    await watch.screenshot(path=str(ARTIFACTS / "streams.png"), full_page=True)
+    await card.get_by_role("link", name=title).click()
+    await expect(watch.locator("#title")).to_have_text(title)
+    await expect(watch.locator("#viewer-count")).to_have_text("2")  # the streamer's studio and the viewer
+    await expect(studio.locator("#f-viewers")).to_have_text("2")
+    await expect(listed).to_contain_text("2 watching")  # the list follows the count by itself
+    assert await unlabelled(watch) == []
+
+    # Chat and an emoji from worker 2 reach the studio on worker 1.
+    await watch.get_by_label("Message", exact=True).fill("Good morning from the browser")
+    await watch.get_by_role("button", name="Send", exact=True).click()
+    await expect(studio.locator("#chat li", has_text="Good morning from the browser")).to_be_visible()
+    await watch.get_by_role("button", name="Rocket").click()
+    await expect(studio.locator("#chat li.emoji", has_text="🚀")).to_be_visible()
+
+    # A tip: the fee shown before sending is the hub's (5 %, half up), then the studio's figures.
+    await watch.get_by_label("$10").check()
+    await expect(watch.locator("#tip-fee")).to_have_text("$0.50")
+    await expect(watch.locator("#tip-share")).to_have_text("$9.50")
+    await watch.get_by_label("Other amount").fill("12.50")
+    await expect(watch.locator("#tip-fee")).to_have_text("$0.63")
+    await expect(watch.locator("#tip-share")).to_have_text("$11.87")
+    await watch.get_by_label("Message with your tip").fill("great call")
+    await watch.get_by_role("button", name="Send tip").click()
+    await expect(watch.locator("#tip-notice")).to_contain_text("You tipped $12.50 (fee $0.63)")
+    await expect(watch.locator("#highlight")).to_contain_text("Viewer Vic tipped $12.50!")
+    await expect(studio.locator("#chat li.tip", has_text="tipped $12.50: great call")).to_be_visible()
+    await expect(studio.locator("#f-tips")).to_have_text("1")
+    await expect(studio.locator("#f-total")).to_have_text("$12.50")
+    await expect(studio.locator("#f-fees")).to_have_text("$0.63")
+
+    # The streamer's trade alert, highlighted on the viewer's page.
+    await studio.get_by_label("Alert message").fill("Taking profit here")
+    await studio.get_by_label("Symbol", exact=True).fill("BTC")
+    await studio.get_by_label("Side", exact=True).select_option("SELL")
+    await studio.get_by_label("Price", exact=True).fill("64250.5")
+    await studio.get_by_role("button", name="Post alert").click()
+    await expect(watch.locator("#chat li.alert", has_text="SELL BTC @ 64250.5")).to_contain_text("Taking profit here")
+    await expect(watch.locator("#highlight")).to_contain_text("Taking profit here")
+
+    # Moderation from the studio: a deleted message disappears, a timeout is told in plain words.
+    await studio.get_by_role("button", name="Delete Viewer Vic's message").first.click()
+    await expect(watch.locator("#chat li", has_text="Good morning from the browser")).to_have_count(0)
+    await studio.get_by_role("button", name="Time Viewer Vic out for 5 minutes").first.click()
+    await watch.get_by_label("Message", exact=True).fill("can I still talk?")
+    await watch.get_by_role("button", name="Send", exact=True).click()
+    await expect(watch.locator("#chat-notice")).to_contain_text("You are timed out: you can write again in")
+
+    await watch.screenshot(path=str(ARTIFACTS / "watch.png"), full_page=True)
+    await studio.screenshot(path=str(ARTIFACTS / "studio.png"), full_page=True)
+
+    # On a phone-sized screen the viewer page fits its width.
+    phone = await (await browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)).new_page()
+    await phone.goto(watch.url)
+    await expect(phone.locator("#title")).to_have_text(title)
+    assert await phone.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    await phone.screenshot(path=str(ARTIFACTS / "watch-phone.png"), full_page=True)
+
+    # The streamer ends the stream: the final figures, and the viewer is told.
+    await studio.get_by_role("button", name="End the stream").click()
+    await expect(studio.locator("#final-heading")).to_have_text(f"Stream ended: {title}")
+    await expect(studio.locator("#final-figures")).to_contain_text("$12.50")
+    await expect(watch.locator("#banner")).to_contain_text("The stream has ended")
+    await expect(watch.get_by_role("button", name="Send tip")).to_be_disabled()
+    await studio.screenshot(path=str(ARTIFACTS / "studio-ended.png"), full_page=True)
+    await expect(lobby.locator(".card", has_text=title)).to_have_count(0)
+    await lobby.get_by_label("Streamer id").fill(streamer)
+    await lobby.get_by_role("button", name="Show ended streams").click()
+    await expect(lobby.locator("#ended .card", has_text=title)).to_contain_text("peak 3 viewers")
+    assert problems == []
