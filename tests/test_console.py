@@ -147,6 +147,15 @@ async def test_a_streamer_and_a_viewer_on_two_workers_see_each_other_in_the_brow
     listed = lobby.locator(".card", has_text=title)
     await expect(listed).to_contain_text("1 watching")
 
+    words = await lobby.evaluate("""async () => {
+        const { plainWords } = await import('/console/console.js');
+        return [plainWords({code: 'rate_limited', retry_after: 2.2}), plainWords({code: 'slow_mode', retry_after: 10}),
+                plainWords({code: 'banned'}), plainWords({code: 'no_such_code'}), plainWords(undefined)];
+    }""")
+    assert words == ["You're going too fast. Try again in 3 s.", "Slow mode is on: you can write again in 10 s.",
+                     "You are banned from this stream.", "Something went wrong.",
+                     "The hub can't be reached right now. Try again in a moment."]
+
     # The viewer, on worker 2, signs in by pasting a token, finds the stream in the list and opens it.
     await watch.goto(f"{w2.url}/")
     await watch.get_by_label("Token").fill(token(viewer, name="Viewer Vic"))
@@ -210,6 +219,9 @@ async def test_a_streamer_and_a_viewer_on_two_workers_see_each_other_in_the_brow
     phone = await (await browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)).new_page()
     await phone.goto(watch.url)
     await expect(phone.locator("#title")).to_have_text(title)
+    await expect(phone.locator("#chat li.tip")).to_contain_text("tipped $12.50")  # history on join
+    await expect(phone.locator("#chat-notice")).to_contain_text("sign in to chat and tip")
+    await expect(phone.get_by_role("button", name="Send tip")).to_be_disabled()
     assert await phone.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     await phone.screenshot(path=str(ARTIFACTS / "watch-phone.png"), full_page=True)
 
