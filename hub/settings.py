@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import unquote, urlparse
+from urllib.parse import ParseResult, unquote, urlparse
 
 
 class SettingsError(ValueError):
@@ -79,22 +79,29 @@ class SentinelSettings:
         parsed = urlparse(url)
         if parsed.scheme != SENTINEL_SCHEME:
             raise SettingsError(f"REDIS_URL: expected {SENTINEL_FORM}")
-        sentinels = tuple(_sentinel_address(part) for part in parsed.netloc.rpartition("@")[2].split(","))
+        sentinels = _addresses(parsed, SENTINEL_FORM, "sentinel")
         parts = parsed.path.split("/")
         if len(parts) != 3 or not parts[1].isdigit() or not parts[2]:
             raise SettingsError(f"REDIS_URL: expected {SENTINEL_FORM} (the database number and the "
                                 f"service name the sentinels monitor), got the path {parsed.path!r}")
-        return cls(sentinels=sentinels, service=unquote(parts[2]), db=int(parts[1]),
-                   username=unquote(parsed.username) if parsed.username else None,
-                   password=unquote(parsed.password) if parsed.password else None)
+        return cls(sentinels, unquote(parts[2]), int(parts[1]), *_credentials(parsed))
 
 
-def _sentinel_address(part: str, form: str = SENTINEL_FORM, what: str = "sentinel") -> tuple[str, int]:
-    host, _, port = part.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")  # [::1]:26379
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise SettingsError(f"REDIS_URL: each {what} is host:port, got {part!r} ({form})")
-    return host, int(port)
+def _addresses(parsed: ParseResult, form: str, what: str) -> tuple[tuple[str, int], ...]:
+    """The comma-separated ``host:port`` list of a URL's network location."""
+    found = []
+    for part in parsed.netloc.rpartition("@")[2].split(","):
+        host, _, port = part.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")  # [::1]:26379
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingsError(f"REDIS_URL: each {what} is host:port, got {part!r} ({form})")
+        found.append((host, int(port)))
+    return tuple(found)
+
+
+def _credentials(parsed: ParseResult) -> tuple[str | None, str | None]:
+    return (unquote(parsed.username) if parsed.username else None,
+            unquote(parsed.password) if parsed.password else None)
 
 
 CLUSTER_SCHEME = "redis+cluster"
@@ -120,13 +127,11 @@ class ClusterSettings:
         parsed = urlparse(url)
         if parsed.scheme != CLUSTER_SCHEME:
             raise SettingsError(f"REDIS_URL: expected {CLUSTER_FORM}")
-        nodes = tuple(_sentinel_address(part, CLUSTER_FORM, "cluster node")
-                      for part in parsed.netloc.rpartition("@")[2].split(","))
+        nodes = _addresses(parsed, CLUSTER_FORM, "cluster node")
         if parsed.path not in ("", "/", "/0"):
             raise SettingsError(f"REDIS_URL: a cluster has database 0 only ({CLUSTER_FORM}), "
                                 f"got the path {parsed.path!r}")
-        return cls(nodes=nodes, username=unquote(parsed.username) if parsed.username else None,
-                   password=unquote(parsed.password) if parsed.password else None)
+        return cls(nodes, *_credentials(parsed))
 
 
 @dataclass(frozen=True)
