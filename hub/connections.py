@@ -4,9 +4,11 @@ the flusher and the command line."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import gc
 import sys
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
@@ -16,7 +18,7 @@ import redis.asyncio as aioredis
 import redis.cluster
 import redis.retry
 import redis.sentinel
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool, Connection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import (
@@ -106,12 +108,63 @@ async def connect_redis(settings: Settings, socket_timeout: float) -> aioredis.R
 
 # -- Redis Cluster ------------------------------------------------------------------------
 
+_TURN: contextvars.ContextVar[bool] = contextvars.ContextVar("hub_cluster_turn", default=False)
+
+
+class WaitingCluster(RedisCluster):
+    """redis-py's asyncio cluster client, which refuses a command at once (MaxConnectionsError)
+    when all of a node's connections are busy, made to wait for one as the hub's plain pool does:
+    at most ``max_connections`` commands and pipelines are under way at once (each holds at most
+    one connection per node), the others wait up to POOL_WAIT seconds for their turn. A command a
+    pipeline sends again after a redirection runs on the pipeline's turn."""
+
+    POOL_WAIT = 5.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.turns = asyncio.Semaphore(kwargs.get("max_connections", REDIS_MAX_CONNECTIONS))
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        if _TURN.get():
+            yield
+            return
+        try:
+            await asyncio.wait_for(self.turns.acquire(), self.POOL_WAIT)
+        except TimeoutError:
+            raise RedisConnectionError(f"no free Redis connection within {self.POOL_WAIT:g}s") from None
+        token = _TURN.set(True)
+        try:
+            yield
+        finally:
+            _TURN.reset(token)
+            self.turns.release()
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with self.turn():
+            return await super().execute_command(*args, **kwargs)
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
+        if shard_hint:
+            return super().pipeline(transaction, shard_hint)  # refused by redis-py
+        return WaitingPipeline(self, transaction)
+
+
+class WaitingPipeline(ClusterPipeline):
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        client = self.cluster_client
+        assert isinstance(client, WaitingCluster)
+        async with client.turn():
+            return await super().execute(*args, **kwargs)
+
+
 def cluster_client(target: ClusterSettings, socket_timeout: float | None = None,
                    decode_responses: bool = True) -> RedisCluster:
-    """An asyncio Redis Cluster client. MOVED and ASK redirections are followed (the command
-    did not run); a lost connection is not retried, for the same reason as behind sentinels:
-    a script may have run, so the call fails and the client is told ``unavailable``."""
-    return RedisCluster(
+    """An asyncio Redis Cluster client that waits for a free connection (``WaitingCluster``).
+    MOVED and ASK redirections are followed (the command did not run); a lost connection is not
+    retried, for the same reason as behind sentinels: a script may have run, so the call fails
+    and the client is told ``unavailable``."""
+    return WaitingCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
         username=target.username, password=target.password, decode_responses=decode_responses,
         max_connections=REDIS_MAX_CONNECTIONS, socket_connect_timeout=5,

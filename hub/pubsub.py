@@ -34,9 +34,17 @@ class ShardedSubscriber:
         self._readers: dict[str, asyncio.Task[None]] = {}
         self._where: dict[bytes, str] = {}  # channel -> the node it was subscribed on
         self._queue: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue()
+        # One command at a time on the subscriber connections: redis-py's PubSub opens its
+        # connection on its first command, and first commands that overlap each open one, of
+        # which only the last is read (the others' subscriptions are never confirmed).
+        self._lock = asyncio.Lock()
 
     async def subscribe(self, *channels: str) -> None:
         """SSUBSCRIBE each channel on the node that holds its slot now."""
+        async with self._lock:
+            await self._subscribe(channels)
+
+    async def _subscribe(self, channels: tuple[str, ...]) -> None:
         await self.cluster.initialize()
         by_node: dict[str, list[str]] = {}
         nodes = {}
@@ -59,6 +67,10 @@ class ShardedSubscriber:
         return any(pubsub.subscribed for pubsub in self._pubsubs.values())
 
     async def unsubscribe(self, *channels: str) -> None:
+        async with self._lock:
+            await self._unsubscribe(channels)
+
+    async def _unsubscribe(self, channels: tuple[str, ...]) -> None:
         by_node: dict[str, list[str]] = {}
         for channel in channels:
             name = self._where.pop(channel.encode(), None)

@@ -7,6 +7,7 @@ created with ``redis-cli --cluster create``) and always stopped, whatever the te
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -16,11 +17,14 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
+from hub.connections import cluster_client, connect_redis
 from hub.keys import SLOTS, Keys, shard_tags, slot
+from hub.pubsub import ShardedSubscriber
 from hub.settings import ClusterSettings, Settings, SettingsError
 from tests.conftest import Api, unique
 from tests.faults import ClusterNodes, FlusherProcess, until
 from tests.test_sentinel import hub_command
+from workers.flusher import Flusher
 
 # -- the URL and the shards -----------------------------------------------------------
 
@@ -105,14 +109,19 @@ async def test_two_workers_watch_chat_tip_and_flush_on_a_three_node_cluster(
         api1, api2 = Api(http, w1.url), Api(http, w2.url)
 
         # Streams of several streamers land in several shards, on every node.
-        made = []
-        for _ in range(9):
+        # (Streamers are drawn until every node holds a stream: 9 at least, and 3 of 40 random
+        # ones all landing on two nodes is next to impossible.)
+        made: list[tuple[str, str]] = []
+        await cluster.initialize()
+        holders: set[str] = set()
+        while len(made) < 9 or (len(holders) < 3 and len(made) < 40):
             streamer = unique("streamer")
-            made.append((streamer, (await api1.create_stream(token(streamer, "streamer")))["stream_id"]))
+            sid = (await api1.create_stream(token(streamer, "streamer")))["stream_id"]
+            made.append((streamer, sid))
+            holders.add(cluster.get_node_from_key(keys.of(sid).stream(sid)).name)
         for streamer, sid in made:
             assert keys.shard_of(sid) == keys.shard_of(streamer)  # drawn in its streamer's shard
             assert await cluster.exists(keys.of(sid).stream(sid)) == 1
-        holders = {cluster.get_node_from_key(keys.of(sid).stream(sid)).name for _, sid in made}
         assert len(holders) == 3, holders
 
         # Two viewers on two workers: presence, and chat crossing the workers both ways.
@@ -200,7 +209,7 @@ async def test_two_workers_watch_chat_tip_and_flush_on_a_three_node_cluster(
         shown = hub_command(hub_env, "inspect", "--json")
         assert shown.returncode == 0, shown.stderr
         overview = json.loads(shown.stdout)
-        assert overview["live_total"] >= 8 and len(overview["workers"]) == 2
+        assert overview["live_total"] == len(made) - 1 and len(overview["workers"]) == 2
         assert overview["outbox"]["entries"] == 0
         shown = hub_command(hub_env, "inspect", other, "--json")
         assert shown.returncode == 0, shown.stderr
@@ -254,3 +263,71 @@ async def test_a_restarted_node_is_reconnected_and_resubscribed_by_both_workers(
         assert body["stream"]["viewer_count"] == 2
     finally:
         await cluster.aclose()
+
+
+# -- the cluster client and subscriber under load ------------------------------------
+
+async def test_first_subscriptions_made_at_once_on_a_node_are_all_confirmed(nodes):
+    """redis-py opens a PubSub's connection on its first command; overlapping first commands
+    each opened one and only the last was read, so the others were never confirmed."""
+    client = cluster_client(ClusterSettings(nodes=(("127.0.0.1", nodes.ports[0]),), username=None,
+                                            password=None), decode_responses=False)
+    subscriber = ShardedSubscriber(client, None, None)
+    channels = [f"hubtest:{{{i}}}:room:x" for i in range(24)]
+    try:
+        await asyncio.gather(*(subscriber.subscribe(c) for c in channels))
+        confirmed: set[bytes] = set()
+
+        async def all_confirmed() -> bool:
+            message = await subscriber.get_message(timeout=0.2)
+            if message is not None and message["type"] == "subscribe":
+                confirmed.add(message["channel"])
+            return len(confirmed) == len(channels)
+
+        await until(all_confirmed, 10, "every subscription confirmed")
+        for channel in channels:
+            assert await shard_subscribers(client, channel) == 1
+    finally:
+        await subscriber.aclose()
+        await client.aclose()
+
+
+async def test_the_cluster_client_waits_for_a_free_connection_instead_of_failing(nodes):
+    """redis-py's cluster client refuses a command when all of a node's connections are busy;
+    the hub's waits for one, as its pool on one Redis does."""
+    client = cluster_client(ClusterSettings(nodes=(("127.0.0.1", nodes.ports[0]),), username=None,
+                                            password=None))
+    script = client.register_script("return redis.call('INCR', KEYS[1])")
+    try:
+        await client.initialize()  # as connect_redis does: redis-py's lazy one under load is not safe
+        replies = await asyncio.gather(*(script(keys=["hubtest:{1}:n"]) for _ in range(300)))
+        assert sorted(replies) == list(range(1, 301))
+        async with client.pipeline(transaction=False) as pipe:
+            for i in range(16):
+                pipe.get(f"hubtest:{{{i}}}:n")
+            assert (await pipe.execute())[1] == "300"
+    finally:
+        await client.aclose()
+
+
+async def test_a_backlog_in_one_shard_fills_whole_batches(nodes, env, settings, rds):
+    hub_settings = Settings.from_env({**env, "REDIS_URL": nodes.url, "HUB_REDIS_SHARDS": "16",
+                                     "HUB_FLUSH_BATCH": "500"})
+    client = await connect_redis(hub_settings, socket_timeout=5)
+    try:
+        flusher = Flusher(hub_settings, client, store=None)  # type: ignore[arg-type]
+        await flusher.ensure_group()
+        hot = flusher.keys.all[5].outbox
+        async with client.pipeline(transaction=False) as pipe:
+            for n in range(1200):
+                pipe.xadd(hot, {"t": "message", "d": str(n)})
+            await pipe.execute()
+        await client.xadd(flusher.keys.all[9].outbox, {"t": "message", "d": "other"})
+        first = await flusher.read(None)
+        assert len(first) == 500  # a whole batch, not one shard's sixteenth of it
+        assert {entry_id.split("/")[0] for entry_id, _ in first} == {"5", "9"}
+        second, third = await flusher.read(None), await flusher.read(None)
+        assert [len(second), len(third)] == [500, 201]
+        assert await flusher.read(None) == []
+    finally:
+        await client.aclose()

@@ -9,8 +9,8 @@ With shards (``HUB_REDIS_SHARDS``) there is one outbox per shard. An entry's id 
 ``SHARD/ID`` inside the flusher, so that entries of two shards never mix; each shard's entries
 are acknowledged in a transaction of their own (on a cluster, one slot each). One Redis is read
 with one blocking XREADGROUP over every outbox; a cluster, where a call names one slot's keys,
-with one non-blocking XREADGROUP per shard in a pipeline, again every IDLE_POLL seconds while
-all are empty.
+with one non-blocking XREADGROUP per shard, all at once, again after IDLE_POLL seconds while all
+are empty (doubling up to IDLE_POLL_MAX while they stay empty).
 
 ``python -m workers.flusher [--burst]``; ``--burst`` stops when the outbox is empty.
 """
@@ -45,6 +45,7 @@ log = logging.getLogger("workers.flusher")
 
 Entry = tuple[str, dict[str, Any]]
 IDLE_POLL = 0.02
+IDLE_POLL_MAX = 0.25
 Prepared = tuple[list[Entry], list[Entry], Batch, list[Entry]]  # read, records, batch, bad
 BACKOFF_MAX = 5.0
 
@@ -84,6 +85,7 @@ class Flusher:
         self._stopping = asyncio.Event()
         self._next_claim = 0.0
         self._next_observe = 0.0
+        self._idle = IDLE_POLL
 
     async def ensure_group(self) -> None:
         for outbox in self.outboxes:
@@ -109,27 +111,60 @@ class Flusher:
 
     async def read(self, block_ms: int | None) -> list[Entry]:
         """Entries left pending by a flusher that died, else new ones. Pending entries are
-        looked for at most twice per claim interval, not before every batch."""
+        looked for at most twice per claim interval, not before every batch.
+
+        With shards, each outbox is first asked for its share of a batch; those that had that
+        many are asked again for what the batch has room left for, so a backlog in one shard
+        still fills whole batches. A cluster is polled while every outbox is empty: after
+        IDLE_POLL seconds, then twice as long each time up to IDLE_POLL_MAX."""
         entries = await self._claim()
         if entries:
             return entries
-        if not self.cluster:
-            reply = await self.redis.xreadgroup(
-                OUTBOX_GROUP, self.consumer, dict.fromkeys(self.outboxes, ">"),
-                count=self._count, block=block_ms)
-            index = {outbox: i for i, outbox in enumerate(self.outboxes)}
-            return [entry for outbox, found in reply or () for entry in self._tagged(index[outbox], found)]
         while True:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for outbox in self.outboxes:
-                    pipe.xreadgroup(OUTBOX_GROUP, self.consumer, {outbox: ">"}, count=self._count)
-                replies = await pipe.execute()
-            entries = [entry for i, reply in enumerate(replies) if reply
-                       for entry in self._tagged(i, reply[0][1])]
-            if entries or block_ms is None or self._stopping.is_set():
+            entries = await self._fill(block_ms if not self.cluster else None)
+            if entries or not self.cluster or block_ms is None or self._stopping.is_set():
+                self._idle = IDLE_POLL
                 return entries
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), IDLE_POLL)
+                await asyncio.wait_for(self._stopping.wait(), self._idle)
+            self._idle = min(self._idle * 2, IDLE_POLL_MAX)
+
+    async def _fill(self, block_ms: int | None) -> list[Entry]:
+        found: list[Entry] = []
+        room, shards, count = self.settings.flush_batch, list(range(len(self.outboxes))), self._count
+        while shards and room > 0:
+            asked = min(count, room)
+            replies = await self._read_shards(shards, asked, block_ms)
+            block_ms = None  # only the first read waits
+            full = []
+            for shard, entries in replies:
+                found.extend(self._tagged(shard, entries))
+                room -= len(entries)
+                if len(entries) >= asked:  # it may have more
+                    full.append(shard)
+            shards = full
+            count = max(1, room // max(1, len(full)))
+        return found
+
+    async def _read_shards(self, shards: list[int], count: int,
+                           block_ms: int | None) -> list[tuple[int, list[Entry]]]:
+        """New entries of these shards' outboxes, at most ``count`` each: on one Redis in one
+        XREADGROUP (waiting up to ``block_ms`` for any); on a cluster one XREADGROUP per shard,
+        all at once, each sent to the node that holds it (redis-py would otherwise ask the
+        server which keys an XREADGROUP names, twice per call)."""
+        if not self.cluster:
+            reply = await self.redis.xreadgroup(
+                OUTBOX_GROUP, self.consumer, {self.outboxes[i]: ">" for i in shards},
+                count=count, block=block_ms)
+            index = {outbox: i for i, outbox in enumerate(self.outboxes)}
+            return [(index[outbox], entries) for outbox, entries in reply or ()]
+        replies = await asyncio.gather(*(
+            self.redis.execute_command(
+                "XREADGROUP", "GROUP", OUTBOX_GROUP, self.consumer, "COUNT", count,
+                "STREAMS", self.outboxes[i], ">",
+                target_nodes=self.redis.get_node_from_key(self.outboxes[i]))
+            for i in shards))
+        return [(i, reply[0][1]) for i, reply in zip(shards, replies, strict=True) if reply]
 
     async def _claim(self) -> list[Entry]:
         now = time.monotonic()
