@@ -132,10 +132,13 @@ async def until(check, timeout: float, what: str) -> float:
 
 class ClusterNodes:
     """Three primaries, no replicas, every slot assigned. The URL lists two of them: the
-    third is learned from the cluster's own layout."""
+    third is learned from the cluster's own layout. With ``persistence=False`` the nodes keep
+    no append-only log (the benchmark's, like the local Redis): a restarted node then comes
+    back with its slots but without its data."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, persistence: bool = True) -> None:
         self.folder = folder
+        self.persistence = persistence
         self.ports = [free_port() for _ in range(3)]
         self.procs: list[subprocess.Popen[bytes]] = []
         self.by_port: dict[int, subprocess.Popen[bytes]] = {}
@@ -149,7 +152,8 @@ class ClusterNodes:
              "--cluster-enabled", "yes", "--cluster-config-file", str(folder / "nodes.conf"),
              "--cluster-port", str(free_port()),  # the bus; port + 10000 may not exist
              "--cluster-node-timeout", "2000", "--logfile", str(folder / "redis.log"),
-             "--save", "", "--appendonly", "yes", "--appendfsync", "always"],
+             "--save", "", *(("--appendonly", "yes", "--appendfsync", "always") if self.persistence
+                             else ("--appendonly", "no"))],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         self.by_port[port] = self.procs[-1]
 

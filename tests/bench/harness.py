@@ -21,6 +21,7 @@ import aiohttp
 import redis
 import redis.asyncio as aioredis
 
+from tests.bench.cluster import SHARDS, BenchCluster, calls_delta, node_share
 from tests.bench.fleet import Fleet, Spec, mint
 from tests.bench.procs import (
     SECRET,
@@ -87,6 +88,7 @@ class Round:
     redis_calls: dict[str, int]
     pubsub: dict[str, int] = field(default_factory=dict)
     lag: list[float] = field(default_factory=list)
+    redis_nodes: dict[str, int] = field(default_factory=dict)  # calls per cluster node
 
     @property
     def accepted(self) -> dict[str, int]:
@@ -158,9 +160,10 @@ def cpu_figures(cpu: dict[str, float], ops: int) -> dict[str, Any]:
             "cpu_s": {k: v for k, v in cpu.items() if k != "wall"}}
 
 
-def redis_figures(calls: dict[str, int], messages: int) -> dict[str, Any]:
+def redis_figures(calls: dict[str, int], messages: int, nodes: dict[str, int] | None = None) -> dict[str, Any]:
     """Redis commands per message, from INFO commandstats deltas (the Redis is shared:
-    anything else using it in the same seconds is counted too)."""
+    anything else using it in the same seconds is counted too). On a cluster ``nodes`` are
+    the calls per node: each node's share of them is shown too."""
     if not messages:
         return {}
     evals = calls.get("evalsha", 0) + calls.get("eval", 0)
@@ -171,7 +174,16 @@ def redis_figures(calls: dict[str, int], messages: int) -> dict[str, Any]:
         "redis_calls_per_msg": round(sum(calls.values()) / messages, 3),
         "redis_calls_per_msg_excl_flusher": round(sum(hub_side.values()) / messages, 3),
         "redis_calls_breakdown_per_msg": {k: round(v / messages, 3) for k, v in top},
+        **({"redis_node_share": node_share(nodes)} if nodes else {}),
     }
+
+
+def total_calls(counts: dict[str, dict[str, int]]) -> dict[str, int]:
+    """Calls per command summed over the nodes of ``Bench.command_counts()``."""
+    total: Counter[str] = Counter()
+    for calls in counts.values():
+        total.update(calls)
+    return dict(total)
 
 
 def log_summary(workers: list[Worker], marks: dict[int, int]) -> dict[str, Any]:
@@ -203,18 +215,25 @@ def _shape(message: str) -> str:
 
 
 class Bench:
-    def __init__(self, sizes: Sizes, logdir: Path) -> None:
+    """``cluster=True``: the hub's Redis is a private three-node cluster (``BenchCluster``),
+    started by start() and stopped by close(), and the hub keeps its keys in 16 shards."""
+
+    def __init__(self, sizes: Sizes, logdir: Path, cluster: bool = False) -> None:
         self.sizes = sizes
         self.logdir = logdir
-        self.env = HubEnv()
+        self.cluster = BenchCluster(logdir / "cluster") if cluster else None
+        self.env = HubEnv() if self.cluster is None else HubEnv(
+            redis_url=self.cluster.url, cluster=True, redis_shards=SHARDS)
+        self.keys = self.env.keys
         self.workers: list[Worker] = []
         self.flusher: Flusher | None = None
         self._flushers = 0
         self.fleet: Fleet | None = None
         self.http: aiohttp.ClientSession | None = None
-        self.redis = redis.Redis.from_url(self.env.redis_url, decode_responses=True)
-        self.aredis: aioredis.Redis | None = None
-        self.redis_pid: int | None = None
+        # On a cluster both are cluster clients, made once the cluster is up (start()).
+        self.redis: Any = None if cluster else redis.Redis.from_url(self.env.redis_url, decode_responses=True)
+        self.aredis: Any = None
+        self.redis_pids: dict[str, int] = {}  # "redis" or, on a cluster, each node's host:port
         self.mysql_pid: int | None = None
         self.streamers: dict[str, str] = {}  # stream id -> its streamer's token
         self.meter = Meter(self.groups)
@@ -222,11 +241,18 @@ class Bench:
 
     # -- life cycle ---------------------------------------------------------------
     async def start(self) -> None:
+        if self.cluster is not None:
+            await self.cluster.start()
+            self.redis, self.aredis = self.cluster.redis, self.cluster.aredis
+            self.redis_pids = self.cluster.pids()
+        else:
+            pid = redis_server_pid(self.redis)
+            self.redis_pids = {"redis": pid} if pid else {}
         self.env.migrate()
-        self.redis_pid = redis_server_pid(self.redis)
         self.mysql_pid = mysql_server_pid(self.env)
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=50))
-        self.aredis = aioredis.from_url(self.env.redis_url, decode_responses=True)
+        if self.cluster is None:
+            self.aredis = aioredis.from_url(self.env.redis_url, decode_responses=True)
         self.fleet = Fleet(self.sizes.client_procs, SECRET)
         self.start_flusher()
 
@@ -239,25 +265,51 @@ class Bench:
         self.stop_workers()
         self.stop_flusher()
         self.env.cleanup()
-        with contextlib.suppress(Exception):
-            self.redis.close()
+        if self.cluster is not None:
+            self.cluster.stop()
+        else:
+            with contextlib.suppress(Exception):
+                self.redis.close()
 
     async def aclose(self) -> None:
         if self.http is not None:
             await self.http.close()
-        if self.aredis is not None:
+        if self.cluster is not None:
+            await self.cluster.aclose()
+        elif self.aredis is not None:
             await self.aredis.aclose()
 
     def groups(self) -> dict[str, list[int]]:
         groups = {
             "workers": [w.pid for w in self.workers],
-            "redis": [self.redis_pid] if self.redis_pid else [],
+            "redis": list(self.redis_pids.values()),
             "flusher": [self.flusher.pid] if self.flusher else [],
             "client": [os.getpid(), *(self.fleet.pids if self.fleet else [])],
         }
         if self.mysql_pid:
             groups["mysql"] = [self.mysql_pid]
+        if self.cluster is not None:  # each node's CPU too, to see the load spread
+            groups.update({f"redis {name}": [pid] for name, pid in self.redis_pids.items()})
         return groups
+
+    # -- what the bench reads from Redis ------------------------------------------
+    def command_counts(self) -> dict[str, dict[str, int]]:
+        """INFO commandstats calls per command, per Redis node (the one Redis: "redis")."""
+        if self.cluster is not None:
+            return self.cluster.commandstats()
+        return {"redis": commandstats(self.redis)}
+
+    def calls_between(self, before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]
+                      ) -> tuple[dict[str, int], dict[str, int]]:
+        """Calls per command over every node, and (on a cluster only) calls per node."""
+        calls, nodes = calls_delta(before, after)
+        return calls, nodes if self.cluster is not None else {}
+
+    async def outbox_len(self) -> int:
+        """Entries in the outbox (on a cluster, in every shard's outbox)."""
+        if self.cluster is not None:
+            return await self.cluster.outbox_len(self.keys)
+        return int(await self.aredis.xlen(self.keys.outbox))
 
     def start_flusher(self) -> None:
         self._flushers += 1
@@ -272,6 +324,7 @@ class Bench:
         for w in self.workers:
             w.stop()
         self.workers = []
+        self._subscribed = set()
 
     async def fresh_workers(self, n: int = 2) -> list[Worker]:
         """Stop the previous workload's workers; start ``n`` new ones and wait until ready."""
@@ -366,12 +419,11 @@ class Bench:
 
     async def outbox_drained(self, timeout: float) -> None:
         assert self.aredis is not None
-        outbox = f"{self.env.prefix}outbox"
 
         async def empty() -> bool:
             if self.flusher is not None and not self.flusher.alive():
                 raise RuntimeError(f"flusher exited:\n{self.flusher.log_tail()}")
-            return int(await self.aredis.xlen(outbox)) == 0  # type: ignore[union-attr]
+            return await self.outbox_len() == 0
 
         await eventually(empty, timeout, "outbox drained", every=0.05)
 
@@ -384,7 +436,7 @@ class Bench:
         assert self.fleet is not None
         await self.fleet.ask_all("reset")
         async with self._pubsub_counter(pubsub) as channels, self._lag_sampler(lag) as ages:
-            calls0, snap0 = commandstats(self.redis), self.meter.snap()
+            calls0, snap0 = self.command_counts(), self.meter.snap()
             sends = await self.fleet.ask_all("send", rate, seconds, self.sizes.ack_timeout,
                                              timeout=seconds + self.sizes.ack_timeout + 60)
             targets: Counter[str] = Counter()
@@ -392,17 +444,23 @@ class Bench:
                 targets.update(s["accepted"])
             arrivals = await self.fleet.ask_all("expect", dict(targets), self.sizes.stall_timeout,
                                                 timeout=3600)
-            snap1, calls1 = self.meter.snap(), commandstats(self.redis)
+            snap1, calls1 = self.meter.snap(), self.command_counts()
             self.mark_logs()
-        calls = {k: v - calls0.get(k, 0) for k, v in calls1.items() if v - calls0.get(k, 0) > 0}
-        return Round(sends, arrivals, Meter.delta(snap0, snap1), calls, dict(channels), ages)
+        calls, nodes = self.calls_between(calls0, calls1)
+        return Round(sends, arrivals, Meter.delta(snap0, snap1), calls, dict(channels), ages, nodes)
 
     @contextlib.asynccontextmanager
     async def _pubsub_counter(self, enabled: bool) -> AsyncIterator[Counter[str]]:
-        """Messages per channel under this run's prefix, while the block runs."""
+        """Messages per channel under this run's prefix, while the block runs (on a cluster:
+        python-socketio's channel and the room channel of every stream of the workload)."""
         counts: Counter[str] = Counter()
         if not enabled:
             yield counts
+            return
+        if self.cluster is not None:
+            channels = [self.keys.channel, *(self.keys.of(s).room(s) for s in self.streamers)]
+            async with self.cluster.counter(channels) as counts:
+                yield counts
             return
         assert self.aredis is not None
         pubsub = self.aredis.pubsub()
@@ -445,8 +503,12 @@ class Bench:
 
     async def _sample_lag(self, ages: list[float], every: float) -> None:
         assert self.aredis is not None
-        outbox = f"{self.env.prefix}outbox"
+        outbox = self.keys.outbox
         while True:
+            if self.cluster is not None:
+                ages.append(await self.cluster.outbox_age(self.keys))
+                await asyncio.sleep(every)  # a sampling period, not a wait for a condition
+                continue
             async with self.aredis.pipeline(transaction=False) as pipe:
                 pipe.xrange(outbox, count=1)
                 pipe.time()
@@ -458,6 +520,8 @@ class Bench:
     def numsub(self, channels: list[str]) -> dict[str, int]:
         if not channels:
             return {}
+        if self.cluster is not None:
+            return self.cluster.numsub(channels)
         return {str(ch): int(n) for ch, n in self.redis.pubsub_numsub(*channels)}
 
     def mark_logs(self) -> None:

@@ -26,6 +26,8 @@ import aiohttp
 import pymysql
 import redis
 
+from hub.keys import Keys
+
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "bench-secret-" + "x" * 40
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -103,10 +105,16 @@ class HubEnv:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
     redis_url: str = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
     mysql_server: str = os.environ.get("BENCH_MYSQL_URL", "mysql://root@127.0.0.1:3306")
+    cluster: bool = False  # redis_url names a private cluster (thrown away at the end)
+    redis_shards: int = 1
 
     @property
     def prefix(self) -> str:
         return f"hubbench:{self.run_id}:"
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.prefix, self.redis_shards)
 
     @property
     def database(self) -> str:
@@ -135,6 +143,7 @@ class HubEnv:
             "HUB_SHUTDOWN_DEADLINE": "10",
             "HUB_LOG_LEVEL": "WARNING",
             "HUB_FLUSHER_METRICS_PORT": "0",
+            **({"HUB_REDIS_SHARDS": str(self.redis_shards)} if self.cluster else {}),
         }
 
     def migrate(self) -> None:
@@ -152,12 +161,15 @@ class HubEnv:
                                database=database, autocommit=True)
 
     def cleanup(self) -> None:
-        """Drop this run's database and unlink this run's keys (nothing else)."""
+        """Drop this run's database and unlink this run's keys (nothing else; a private
+        cluster's keys go with the cluster)."""
         with contextlib.suppress(Exception):
             conn = self.mysql()
             with conn.cursor() as cur:
                 cur.execute(f"DROP DATABASE IF EXISTS `{self.database}`")
             conn.close()
+        if self.cluster:
+            return
         with contextlib.suppress(Exception):
             r = redis.Redis.from_url(self.redis_url)
             batch: list[bytes] = []

@@ -1,10 +1,15 @@
-"""``python -m tests.bench.run [--workload NAME ...] [--seconds S] [--smoke] [--set name=value]``
+"""``python -m tests.bench.run [--workload NAME ...] [--seconds S] [--smoke] [--set name=value] [--cluster]``
 
 Starts two web workers and a flusher on a private Redis prefix and MySQL database, drives
 them from lean websocket clients on loopback, and prints one JSON line per workload, then a
 table. Hub CPU is the user+sys time of the web workers, redis-server and the flusher over the
 measured interval (/proc/<pid>/stat); client CPU is this process and the client processes.
 Every process, key and the database are removed at the end, on failure and on Ctrl-C too.
+
+With ``--cluster`` the hub's Redis is a private three-node Redis Cluster (no persistence, like
+the local Redis) that the run starts and always stops, with HUB_REDIS_SHARDS=16: Redis
+commands are counted on every node (each node's share is shown), and redis-server CPU is the
+three nodes'.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, about a second each")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="override a size, e.g. --set fanout_rate=50 (see harness.Sizes)")
+    parser.add_argument("--cluster", action="store_true",
+                        help="run on a private three-node Redis Cluster (16 shards) instead of the local Redis")
     return parser.parse_args(argv)
 
 
@@ -113,6 +120,12 @@ def _ingress(r: dict[str, Any]) -> Row:
             "≤1 round trip, ≤2 commands/msg", "yes" if met else "no")
 
 
+def _nodes(r: dict[str, Any]) -> str:
+    """On a cluster: each node's share of the Redis commands, in percent (node order)."""
+    share = r.get("redis_node_share")
+    return f"; nodes {'/'.join(f'{v * 100:.0f}' for v in share.values())}%" if share else ""
+
+
 def _flush(r: dict[str, Any]) -> Row:
     met = _ge(r["rows_per_s"], 50_000) and _le(r["lag_p99_s"], 2)
 
@@ -138,7 +151,8 @@ def table(results: list[dict[str, Any]]) -> str:
         if "error" in r:
             rows.append((r["workload"], "ERROR", "", "", "", "", "", r["error"][:60], "", ""))
         else:
-            rows.append((r["workload"], *ROWS[r["workload"]](r)))
+            row = ROWS[r["workload"]](r)
+            rows.append((r["workload"], *row[:6], row[6] + _nodes(r), *row[7:]))
     widths = [max(len(row[i]) for row in rows) for i in range(len(HEAD))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -151,6 +165,11 @@ async def run(bench: Bench, names: list[str]) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     try:
         await bench.start()
+        if bench.cluster is not None:
+            shards = bench.cluster.shards_per_node(bench.keys)
+            print(f"cluster: nodes {', '.join(bench.cluster.names)} (no persistence); "
+                  f"HUB_REDIS_SHARDS={bench.keys.shards}, shards per node "
+                  f"{'/'.join(str(shards.get(n, 0)) for n in bench.cluster.names)}", flush=True)
         for name in names:
             try:
                 result = await WORKLOADS[name](bench)
@@ -174,11 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sizes = sizes_from(args)
     names = args.workloads or list(WORKLOADS)
+    if args.cluster and node_reference():
+        raise SystemExit("--cluster: the Node.js reference (BENCH_SERVER=node) speaks to one Redis only")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     signal.signal(signal.SIGTERM, _interrupt)
     logdir = Path(tempfile.mkdtemp(prefix="hubbench-"))
-    bench = Bench(sizes, logdir)
+    bench = Bench(sizes, logdir, cluster=args.cluster)
     print(f"hub bench: run {bench.env.run_id}, prefix {bench.env.prefix}, database {bench.env.database}, "
           f"{sizes.seconds:g}s per workload, {sizes.client_procs} client processes, logs in {logdir}",
           flush=True)

@@ -1,6 +1,7 @@
 """The benchmark suite end to end at tiny sizes (``--smoke``), as a subprocess: it exits 0,
 prints one JSON line per workload with its figures, loses no chat message and no outbox row,
-and leaves no Redis key and no database behind. No timing target is checked."""
+and leaves no Redis key and no database behind; with ``--cluster`` (two workloads), counts
+every node's commands and leaves no cluster node running. No timing target is checked."""
 
 from __future__ import annotations
 
@@ -70,6 +71,32 @@ def test_bench_smoke_reports_every_workload_without_loss() -> None:
     assert results["flush"]["rows_stored"] == results["flush"]["rows"] == 2000
     assert results["flush"]["rows_missing"] == results["flush"]["lag_missing"] == 0
     _assert_cleaned_up(_run_id(done.stdout))
+
+
+@pytest.mark.timeout(150)
+def test_bench_smoke_on_a_private_cluster_counts_every_node_and_stops_it() -> None:
+    done = subprocess.run([sys.executable, "-m", "tests.bench.run", "--smoke", "--cluster",
+                           "--workload", "ingress-spread", "flush"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=130)
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    results = _results(done.stdout)
+    assert set(results) == {"ingress-spread", "flush"}, done.stdout
+    [line] = [line for line in done.stdout.splitlines() if line.startswith("cluster: nodes ")]
+    nodes = line.removeprefix("cluster: nodes ").split(" (")[0].split(", ")
+    r = results["ingress-spread"]
+    assert EXPECTED["ingress-spread"] | COMMON <= r.keys()
+    assert r["messages"] > 0 and r["deliveries"] == r["expected_deliveries"] > 0, r
+    assert r["missing"] == r["extra"] == r["closed_sockets"] == 0, r
+    assert list(r["redis_node_share"]) == nodes and len(nodes) == 3, (r["redis_node_share"], nodes)
+    assert abs(sum(r["redis_node_share"].values()) - 1) < 0.01, r["redis_node_share"]
+    assert all(r["cpu_s"][f"redis {node}"] >= 0 for node in nodes), r["cpu_s"]
+    f = results["flush"]
+    assert f["rows_stored"] == f["rows"] == 2000 and f["rows_missing"] == f["lag_missing"] == 0, f
+    _assert_cleaned_up(_run_id(done.stdout))
+    for node in nodes:  # the cluster went with the run
+        host, _, port = node.rpartition(":")
+        with pytest.raises(redis.ConnectionError):
+            redis.Redis(host=host, port=int(port), socket_connect_timeout=1).ping()
 
 
 def _assert_cleaned_up(run_id: str) -> None:

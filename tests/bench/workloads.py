@@ -11,9 +11,10 @@ from typing import Any
 
 import orjson
 
+from tests.bench.cluster import node_share
 from tests.bench.fleet import Spec
-from tests.bench.harness import Bench, Round, cpu_figures, redis_figures
-from tests.bench.procs import commandstats, eventually
+from tests.bench.harness import Bench, Round, cpu_figures, redis_figures, total_calls
+from tests.bench.procs import eventually
 from tests.bench.sio import merge, percentile_ms
 
 Workload = Callable[[Bench], Awaitable[dict[str, Any]]]
@@ -24,7 +25,7 @@ def _chat_result(name: str, r: Round, extra: dict[str, Any]) -> dict[str, Any]:
     return {"workload": name, **extra, **figures,
             **cpu_figures(r.cpu, figures["deliveries"]),
             "hub_cpu_us_per_msg": round(_hub(r.cpu) * 1e6 / r.messages, 2) if r.messages else None,
-            **redis_figures(r.redis_calls, r.messages)}
+            **redis_figures(r.redis_calls, r.messages, r.redis_nodes)}
 
 
 def _hub(cpu: dict[str, float]) -> float:
@@ -96,9 +97,10 @@ async def joins(b: Bench) -> dict[str, Any]:
     specs = [Spec(workers[i % 2].url, f"joins-viewer-{i}", ids[i % len(ids)]) for i in range(z.joins)]
     await b.fleet.ask_all("reset")
     rss0 = b.worker_rss_kib()
-    calls0, snap0 = commandstats(b.redis), b.meter.snap()
+    counts0, snap0 = b.command_counts(), b.meter.snap()
     replies = await b.open(specs, z.join_concurrency)
-    snap1, calls1 = b.meter.snap(), commandstats(b.redis)
+    snap1, counts1 = b.meter.snap(), b.command_counts()
+    calls0, calls1 = total_calls(counts0), total_calls(counts1)
     b.mark_logs()
     rss1 = b.worker_rss_kib()
     counts = await b.fleet.ask_all("count")
@@ -122,6 +124,7 @@ async def joins(b: Bench) -> dict[str, Any]:
         "redis_calls_breakdown_per_join": {
             k: round((v - calls0.get(k, 0)) / n, 2)
             for k, v in sorted(calls1.items(), key=lambda kv: calls0.get(kv[0], 0) - kv[1])[:12]} if n else {},
+        **({"redis_node_share": node_share(b.calls_between(counts0, counts1)[1])} if b.cluster is not None else {}),
     }
 
 
@@ -177,8 +180,9 @@ def _message_record(stream_id: str, i: int) -> bytes:
 
 
 def _backlog(b: Bench, stream_id: str, rows: int, batch: int = 5000) -> None:
-    """XADD ``rows`` message records (``t message d <json>``) while no flusher runs."""
-    outbox = f"{b.env.prefix}outbox"
+    """XADD ``rows`` message records (``t message d <json>``) to the stream's shard's outbox
+    while no flusher runs."""
+    outbox = b.keys.of(stream_id).outbox
     for start in range(0, rows, batch):
         with b.redis.pipeline(transaction=False) as pipe:
             for i in range(start, min(rows, start + batch)):
@@ -196,8 +200,6 @@ async def flush(b: Bench) -> dict[str, Any]:
 
 async def _flush_backlog(b: Bench) -> dict[str, Any]:
     z = b.sizes
-    assert b.aredis is not None
-    outbox = f"{b.env.prefix}outbox"
     await b.outbox_drained(60)
     b.stop_flusher()
     stream_id = _uuid7()
@@ -205,12 +207,14 @@ async def _flush_backlog(b: Bench) -> dict[str, Any]:
     b.start_flusher()
 
     async def started() -> bool:
-        return int(await b.aredis.xlen(outbox)) < z.flush_rows  # type: ignore[union-attr]
+        return await b.outbox_len() < z.flush_rows
 
     await eventually(started, 60, "flusher started", every=0.01)
-    snap0, rows0, t0 = b.meter.snap(), int(await b.aredis.xlen(outbox)), time.monotonic()
+    counts0 = b.command_counts() if b.cluster is not None else {}
+    snap0, rows0, t0 = b.meter.snap(), await b.outbox_len(), time.monotonic()
     await b.outbox_drained(600)
     t1, snap1 = time.monotonic(), b.meter.snap()
+    nodes = b.calls_between(counts0, b.command_counts())[1] if b.cluster is not None else {}
     stored = _count_rows(b, stream_id)
     cpu = b.meter.delta(snap0, snap1)
     mysql = cpu.get("mysql")
@@ -220,6 +224,7 @@ async def _flush_backlog(b: Bench) -> dict[str, Any]:
         "rows_per_s": round(rows0 / (t1 - t0), 1),
         **cpu_figures(cpu, rows0),
         "mysql_cpu_us_per_row": round(mysql * 1e6 / rows0, 2) if mysql is not None and rows0 else None,
+        **({"redis_node_share": node_share(nodes)} if nodes else {}),
     }
 
 
