@@ -44,10 +44,11 @@ class Keys:
     """The hub's keys under ``prefix``, in ``shards`` shards.
 
     Everything a Lua script touches in one call lives in one shard, so that on Redis Cluster
-    it is in one slot: a stream's keys, its room channel, and the shard's outbox, live sets and
-    rate-limit state share the hash tag of the stream's shard (``hub:{3.17}:stream:ID``). A
-    streamer's keys are in the streamer's shard, and a stream's id is drawn in its streamer's
-    shard. With one shard (one Redis), no tag: the names are the prefix's own."""
+    it is in one slot: a stream's keys and room channel share the hash tag of the stream's shard
+    (``hub:{3.17}:stream:ID``) with that shard's outbox and live sets. A user's keys and rate
+    state are in the user's shard, an address's in the address's; a stream's id is drawn in its
+    streamer's shard, so a streamer's keys are in the shard of the streamer's streams. With one
+    shard (one Redis), no tag: the names are the prefix's own."""
 
     prefix: str
     shards: int = 1
