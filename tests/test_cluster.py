@@ -170,6 +170,25 @@ async def test_two_workers_watch_chat_tip_and_flush_on_a_three_node_cluster(
             codes.append("ok" if ack["success"] else ack["error"]["code"])
         assert codes == ["ok"] * 4 + ["rate_limited"] * 2, codes
 
+        # A moderator whose rate lives in another shard gets the privileged rate (100), looked
+        # up in the stream's shard before the rate is counted in the moderator's.
+        mod = next(u for u in (unique("mod") for _ in range(200)) if keys.shard_of(u) != keys.shard_of(sid))
+        status, _ = await api1.request("POST", f"{sid}/moderators", token(streamer, "streamer"), json={"user_id": mod})
+        assert status == 200
+        m = await connect(w2.url, token(mod))
+        assert (await m.call("join_stream", {"stream_id": sid}))["success"]
+        for n in range(6):
+            assert (await m.call("send_message", {"stream_id": sid, "message": f"mod {n}"}))["success"], n
+
+        # A ban from worker 2 reaches c's socket on worker 1 (an order on the sharded channel).
+        status, _ = await api2.request("POST", f"{sid}/bans", token(streamer, "streamer"),
+                                       json={"user_id": c_user, "reason": "spam"})
+        assert status == 200
+        assert (await c1.wait_for("banned", lambda e: e["stream_id"] == sid))["reason"] == "spam"
+        await b.wait_for("user_banned", lambda e: e["user_id"] == c_user)
+        refused = await c1.call("join_stream", {"stream_id": sid})
+        assert refused["error"]["code"] == "banned"
+
         # The live list merges every shard's live set, most viewers first.
         status, body = await api2.request("GET", "live?limit=100")
         listed = [s["stream_id"] for s in body["streams"]]
@@ -179,22 +198,25 @@ async def test_two_workers_watch_chat_tip_and_flush_on_a_three_node_cluster(
         # A viewer leaves; the streamer ends the stream: both workers' viewers are told.
         assert (await a.call("leave_stream"))["success"]
         await b.wait_for("viewer_left", lambda e: e["user_id"] == a_user)
-        await until(lambda: viewers(2), 10, "b and c counted after a's leave")
+        await until(lambda: viewers(2), 10, "b and the moderator counted after a's leave")
         status, ended = await api2.request("POST", f"{sid}/end", token(streamer, "streamer"))
         assert status == 200, ended
         await b.wait_for("stream_ended", lambda e: e["stream_id"] == sid)
-        await c1.wait_for("stream_ended", lambda e: e["stream_id"] == sid)
+        await m.wait_for("stream_ended", lambda e: e["stream_id"] == sid)
 
         # The flusher drains every shard's outbox into MySQL: each row once.
         async def flushed() -> bool:
             rows = sql("SELECT status FROM streams WHERE stream_id = %s", sid)
             return bool(rows) and rows[0]["status"] == "ENDED" and len(
-                sql("SELECT 1 FROM viewing_sessions WHERE stream_id = %s", sid)) == 3
+                sql("SELECT 1 FROM viewing_sessions WHERE stream_id = %s", sid)) == 4  # a, b, c, m
 
         await until(flushed, 20, "the ended stream and its sessions in MySQL")
         texts = [r["message"] for r in sql("SELECT message FROM chat_messages WHERE stream_id IN (%s, %s) "
                                            "AND message_type <> 'TIP'", sid, other)]
-        assert sorted(texts) == ["c0", "c1", "c2", "c3", "from worker 1", "from worker 2"]
+        assert sorted(texts) == sorted(["c0", "c1", "c2", "c3", "from worker 1", "from worker 2",
+                                        *(f"mod {n}" for n in range(6))])
+        bans = sql("SELECT action, user_id FROM moderation_actions WHERE stream_id = %s AND action = 'ban_user'", sid)
+        assert bans == [{"action": "ban_user", "user_id": c_user}]
         tips = sql("SELECT amount FROM tips WHERE stream_id = %s", sid)
         assert [t["amount"] for t in tips] == [Decimal("12.34")]
         row = sql("SELECT tips_total, message_count FROM streams WHERE stream_id = %s", sid)[0]
