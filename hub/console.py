@@ -11,6 +11,7 @@ fee rate and tip bounds, to show a tip's fee before it is sent) and, when
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def setup_routes(app: web.Application) -> None:
     app.on_response_prepare.append(headers)
 
 
-def _page(path: Path):  # type: ignore[no-untyped-def]
+def _page(path: Path) -> Callable[[web.Request], Awaitable[web.FileResponse]]:
     async def page(_: web.Request) -> web.FileResponse:
         return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
 
