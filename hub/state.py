@@ -167,9 +167,8 @@ class State:
     def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
         self.redis = client
         self.settings = settings
+        # On a cluster a script may touch only the keys of one slot: one shard per call.
         self.keys = Keys.of_settings(settings)
-        # On a cluster a script may touch only the keys of one slot (one shard).
-        self.cluster = settings.redis_cluster is not None
         self._scripts = _load_scripts(client, settings)
         self._chat = Batcher(self._chat_batch, CHAT_BATCH_MAX)
         self._timers = {name: metrics.REDIS_SECONDS.labels(name).observe for name in self._scripts}
@@ -298,9 +297,9 @@ class State:
     # -- presence -----------------------------------------------------------------
     async def admit(self, address: str, sid: str, user_id: str | None) -> None:
         """A new connection: within the address's rate and the open connections allowed to the
-        address and to the user. On a cluster, where the address's and the user's keys are in
-        different shards, the address is admitted first, then the user, and the address's
-        count given back if the user is refused."""
+        address and to the user. Where the address's and the user's keys are in different
+        shards, the address is admitted first, then the user, and the address's count given
+        back if the user is refused."""
         s, at = self.settings, self.keys.of(address)
         rate = [s.conn_rate, s.conn_period * 1000, sid, self._ttl_ms]
         if user_id is None:
@@ -308,7 +307,7 @@ class State:
                             [*rate, "1", s.address_max_conns])
             return
         mine = self.keys.of(user_id)
-        if not self.cluster or mine is at:
+        if mine is at:
             await self._run("admit", [at.conn_rate(address), at.address_conns(address),
                                       mine.user_conns(user_id)],
                             [*rate, "1", s.address_max_conns, s.user_max_conns])
@@ -337,15 +336,10 @@ class State:
 
     async def touch(self, pairs: list[tuple[str, str]]) -> None:
         """Extend connections, as (holder key, socket id) pairs, in the sets that count them:
-        one call, or on a cluster one per shard."""
-        if not pairs:
-            return
-        if not self.cluster:
-            await self._run("touch", [], [self._ttl_ms, *(x for pair in pairs for x in pair)])
-            return
+        one call per shard (one in all with one shard)."""
         shards: dict[str, list[tuple[str, str]]] = {}
-        for key, sid in pairs:
-            shards.setdefault(key[key.find("{"):key.find("}")], []).append((key, sid))
+        for key, sid in pairs:  # by hash tag: '' for every key with one shard
+            shards.setdefault(key[key.find("{"):key.find("}") + 1], []).append((key, sid))
         await asyncio.gather(*(
             self._run("touch", [group[0][0]], [self._ttl_ms, *(x for pair in group for x in pair)])
             for group in shards.values()))
@@ -359,6 +353,8 @@ class State:
         here = self._here(viewer, stream_id)
         if not here:
             await self._limit(self.keys.of(viewer).join_rate(viewer), s.join_rate, s.join_period * 1000)
+        # KEYS[4] names the rate key in the stream's shard even when the rate was counted
+        # elsewhere (then unused): a cluster routes a call by its keys, all of one slot.
         reply = await self._run(
             "join",
             [k.stream(stream_id), k.conns(stream_id), k.recent(stream_id), k.join_rate(viewer),
@@ -483,7 +479,7 @@ class State:
         Raises Stale like ``chat``."""
         k, s = self.keys.of(stream_id), self.settings
         idem = k.tip_idempotency(user_id, client_tip_id or "-")
-        here = self._here(user_id, stream_id)
+        here = self._here(user_id, stream_id)  # if not, KEYS[2] is unused, as in ``join``
         if not here:
             try:
                 await self._limit(self.keys.of(user_id).tip_rate(user_id), s.tip_rate, s.tip_period * 1000)
