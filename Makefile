@@ -8,7 +8,7 @@ PORT ?= 8080
 # Development secret for `make run` only; production sets HUB_JWT_SECRET itself.
 DEV_SECRET := dev-secret-change-me-0123456789abcdef
 
-.PHONY: venv run test lint check-services migrate token clean bench proxies chromium
+.PHONY: venv run test lint check-services migrate token clean bench test-tools
 
 venv: $(STAMP)
 
@@ -34,17 +34,12 @@ token: venv
 	@HUB_JWT_SECRET=$${HUB_JWT_SECRET:-$(DEV_SECRET)} $(BIN)/python -m hub token $(ID) \
 	  $(if $(ROLE),--role $(ROLE),) $(if $(NAME),--name $(NAME),)
 
-# tests/test_load_balancer.py runs its own nginx (deploy/nginx.conf) in front of two workers and
-# checks deploy/haproxy.cfg with haproxy -c: both installed here when missing (root with apt-get:
-# nginx-light, haproxy), never left running as a service.
-proxies:
-	@sh scripts/ensure-proxies.sh
+# The programs the tests drive (nginx, haproxy, Debian's chromium), installed when missing (root
+# with apt-get), never left running as services.
+test-tools:
+	@sh scripts/ensure-test-tools.sh
 
-# tests/test_console.py drives the web console in Debian's Chromium (installed here when missing).
-chromium:
-	@sh scripts/ensure-chromium.sh
-
-test: venv proxies chromium
+test: venv test-tools
 	$(BIN)/python -m pytest
 
 # Benchmarks against the local Redis and MySQL: two workers, a flusher, six workloads, a few

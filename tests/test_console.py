@@ -1,6 +1,6 @@
 """The web console: its routes, then two pages in headless Chromium on two worker processes.
 
-The browser is Debian's Chromium (``scripts/ensure-chromium.sh``, run by ``make test``), driven
+The browser is Debian's Chromium (``scripts/ensure-test-tools.sh``, run by ``make test``), driven
 by Playwright with its executable path set. Screenshots of every page are written to
 ``test-artifacts/console/`` (``HUB_TEST_ARTIFACTS`` to put them elsewhere).
 """
@@ -91,8 +91,8 @@ def test_the_served_socket_io_client_is_the_npm_package_the_js_tests_install():
 async def browser() -> AsyncIterator[Any]:
     if not os.path.exists(CHROMIUM):  # noqa: ASYNC240 (one stat before the browser starts)
         if os.environ.get("CI"):
-            pytest.fail("Debian's chromium is missing: make test installs it (scripts/ensure-chromium.sh)")
-        pytest.skip("Debian's chromium is not installed (scripts/ensure-chromium.sh installs it)")
+            pytest.fail("Debian's chromium is missing: make test installs it (scripts/ensure-test-tools.sh)")
+        pytest.skip("Debian's chromium is not installed (scripts/ensure-test-tools.sh installs it)")
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:

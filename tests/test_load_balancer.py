@@ -46,12 +46,12 @@ def _nginx_binary() -> str | None:
 
 @pytest.fixture(scope="session")
 def nginx_binary() -> str:
-    """nginx, installed by scripts/ensure-proxies.sh when missing (as `make test` does first)."""
+    """nginx, installed by scripts/ensure-test-tools.sh when missing (as `make test` does first)."""
     if _nginx_binary() is None:
-        subprocess.run(["sh", str(ROOT / "scripts" / "ensure-proxies.sh")], check=False, timeout=600)
+        subprocess.run(["sh", str(ROOT / "scripts" / "ensure-test-tools.sh")], check=False, timeout=600)
     found = _nginx_binary()
     if found is None:
-        pytest.skip("nginx is not installed and scripts/ensure-proxies.sh could not install it "
+        pytest.skip("nginx is not installed and scripts/ensure-test-tools.sh could not install it "
                     "(it needs root and apt-get); install nginx to run the load-balancer tests")
     return found
 
