@@ -51,7 +51,7 @@ def stream(client: redis.Redis, base: Keys, stream_id: str, chat: int = 10) -> d
         pipe.hlen(keys.viewers(stream_id))
         pipe.scard(keys.unique(stream_id))
         pipe.zcard(keys.conns(stream_id))
-        pipe.lrange(keys.recent(stream_id), -max(chat, 1), -1)
+        pipe.zrange(keys.recent(stream_id), -max(chat, 1), -1)
         pipe.smembers(keys.moderators(stream_id))
         pipe.hgetall(keys.sanctions(stream_id))
         h, viewers, unique, conns, recent, mods, sanctions = pipe.execute()

@@ -102,6 +102,12 @@ class Keys:
         return f"{self.prefix}outbox:dead"
 
     @property
+    def epoch(self) -> str:
+        """String: the id of this Redis's (shard's) life, written when missing. A worker that
+        finds it gone knows Redis lost its data and heals the streams MySQL holds as live."""
+        return f"{self.prefix}epoch"
+
+    @property
     def live(self) -> str:
         """Sorted set of LIVE stream ids scored by viewer count (one per shard)."""
         return f"{self.prefix}live"
@@ -138,8 +144,17 @@ class Keys:
         return f"{self.prefix}stream:{stream_id}:unique"
 
     def recent(self, stream_id: str) -> str:
-        """List of the newest chat messages (JSON), oldest first."""
+        """Sorted set of the newest chat messages (JSON texts, each starting with its
+        ``message_id``), all scored 0 so that they sort by id; at most ``HUB_RECENT_SIZE`` (plus a
+        tenth), the lowest ids trimmed first. The stream hash's ``recent_floor`` is the highest id
+        ever trimmed: the set holds every kept message above it."""
         return f"{self.prefix}stream:{stream_id}:recent"
+
+    def unflushed(self, stream_id: str) -> str:
+        """Sorted set of the stream's accepted messages not yet written to MySQL (JSON texts,
+        scored 0, by id); the flusher removes each once its batch has committed. Bounded by the
+        outbox: empty, and so gone, when the flusher has caught up."""
+        return f"{self.prefix}stream:{stream_id}:unflushed"
 
     def moderators(self, stream_id: str) -> str:
         """Set of the user ids the streamer named moderators."""

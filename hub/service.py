@@ -52,22 +52,22 @@ class Hub:
         again = conn.stream_id == payload.stream_id and conn.member is not None
         # Joining again keeps the same presence (no viewer events).
         member = conn.member if again and conn.member else f"{uuid7()}|{now_ms()}|{conn.viewer}"
-        wanted = 0 if payload.last_message_id else RECENT_ON_JOIN
+        # The newest 50, or the newest of those after last_message_id up to the recent size;
+        # one more to tell whether older ones were left out.
+        limit = self.settings.recent_size if payload.last_message_id else RECENT_ON_JOIN
         count, h, recent = await self.state.join(payload.stream_id, member, conn.sid, conn.username,
-                                                 conn.viewer, wanted)
+                                                 conn.viewer, limit + 1, payload.last_message_id)
         if not again and conn.stream_id is not None:
             await self.leave(conn)  # only once the new stream has accepted the join
         self.presence.watch(conn, payload.stream_id, h["streamer_id"], member)
-        # The buffered JSON goes out as it is, sorted by id, never decoded here.
-        by_id = sorted((_message_id(item), item) for item in recent)
-        if payload.last_message_id:
-            by_id = [pair for pair in by_id if pair[0] > payload.last_message_id]
-        messages = [orjson.Fragment(item) for _, item in by_id]
+        messages = await self._messages(payload.stream_id, None, payload.last_message_id, limit + 1,
+                                        held=recent, floor=h.get("recent_floor"))
         return {
             "success": True,
             "stream": records.stream_from_hash(h, count),
             "viewer_count": count,
-            "recent_messages": messages,
+            "recent_messages": messages[:limit][::-1],
+            "has_more": len(messages) > limit,
         }
 
     async def leave(self, conn: Conn) -> dict[str, Any]:
@@ -350,29 +350,45 @@ class Hub:
         streams.sort(key=lambda s: s["created_at"] or "", reverse=True)
         return streams[:limit]
 
-    async def chat_history(self, stream_id: str, before: str | None, limit: int) -> list[dict[str, Any]]:
-        """The newest ``limit`` messages older than ``before``, oldest first: the recent buffer
-        in Redis first, then MySQL for what the buffer no longer holds."""
-        buffered, total, deleted, cleared = await self.state.recent(stream_id)
-        if total < 0:
-            if await self.history.stream(stream_id) is None:
-                raise HubError("not_found")
-            rows = await self.history.messages_before(stream_id, before, limit)
-            return [records.message_from_row(r) for r in reversed(rows)]
-        # The buffered JSON goes out as it is (exact amounts and prices), sorted by id.
-        by_id = sorted((_message_id(item), item) for item in buffered)
-        if before:
-            by_id = [pair for pair in by_id if pair[0] < before]
-        by_id = by_id[-limit:]
-        page: list[Any] = [orjson.Fragment(item) for _, item in by_id]
-        if len(page) < limit and total > len(buffered):
-            # Deletions and a clear not flushed yet are hidden here; MySQL has the rest marked.
-            oldest = by_id[0][0] if by_id else before
-            wanted = limit - len(page)
-            rows = await self.history.messages_before(stream_id, oldest, wanted + len(deleted), cleared)
-            rows = [r for r in rows if r["message_id"] not in deleted][:wanted]
-            page = [records.message_from_row(r) for r in reversed(rows)] + page
-        return page
+    async def chat_history(self, stream_id: str, before: str | None, limit: int) -> list[Any]:
+        """The newest ``limit`` messages older than ``before``, oldest first."""
+        return (await self._messages(stream_id, before, None, limit))[::-1]
+
+    async def _messages(self, stream_id: str, before: str | None, after: str | None, limit: int,
+                        held: list[str] | None = None, floor: str | None = None) -> list[Any]:
+        """The newest ``limit`` kept messages with ids between ``after`` and ``before``, newest
+        first, exactly: those of the recent set (``held``: already read, with its ``floor``),
+        whole when it has ``limit`` of them or was never trimmed; else merged with the
+        unflushed ones and MySQL's. Redis is read before MySQL, and the flusher takes a message
+        out of the unflushed set only once MySQL has it, so none falls between the two."""
+        page = None
+        if held is None:
+            page = await self.state.chat_page(stream_id, before, after, limit)
+            held, floor = page.recent, page.floor
+            if not page.live_state:
+                held = []
+        if page is None or page.live_state:
+            if floor is None or len(held) >= limit:  # the recent set holds all of them
+                # The stored JSON goes out as it is (exact amounts and prices), never decoded.
+                return [orjson.Fragment(item) for item in held[:limit]]
+        if page is None:
+            page = await self.state.chat_page(stream_id, before, after, limit, recent=False)
+        hidden, cleared = page.deleted, page.cleared
+        found: dict[str, Any] = {}
+        for item in (*held, *page.unflushed):
+            message_id = _message_id(item)
+            if message_id not in hidden and (cleared is None or message_id > cleared):
+                found[message_id] = orjson.Fragment(item)
+        if not page.live_state and not found and await self.history.stream(stream_id) is None:
+            raise HubError("not_found")
+        # Deletions and a clear not flushed yet are hidden here; MySQL has the rest marked.
+        since = max(after or "", cleared or "") or None
+        for row in await self.history.messages_before(stream_id, before, limit + len(hidden), since):
+            if row["message_id"] not in hidden:
+                found.setdefault(row["message_id"], row)
+        newest = sorted(found, reverse=True)[:limit]
+        return [item if isinstance(item := found[m], orjson.Fragment) else records.message_from_row(item)
+                for m in newest]
 
     # -- connections --------------------------------------------------------------
     async def admit(self, conn: Conn) -> None:

@@ -8,7 +8,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
@@ -98,6 +98,22 @@ class Batcher:
         for (_, future), reply in zip(batch, replies, strict=True):
             if not future.done():
                 future.set_result(reply)
+
+
+def _message_prefix(message_id: str) -> bytes:
+    """How a message's JSON text starts: sorted sets of such texts are in id order."""
+    return b'{"message_id":"' + message_id.encode()
+
+
+class ChatPage(NamedTuple):
+    """Redis's part of a chat page (texts newest first) and what tells whether it is whole."""
+
+    recent: list[str]  # from the recent set: every kept message above ``floor`` is there
+    unflushed: list[str]  # accepted, not yet in MySQL (deleted or cleared ones included)
+    live_state: bool  # the stream hash exists (else only MySQL and ``unflushed`` know)
+    floor: str | None  # the highest id ever trimmed from the recent set (None: never)
+    cleared: str | None  # every id up to this one was cleared
+    deleted: set[str]  # deleted ids MySQL may not have marked yet
 
 
 class Stale(Exception):
@@ -270,16 +286,25 @@ class State:
         if ids:
             await self.redis.zrem(self.keys.of(user_id).streamer_streams(user_id), *ids)
 
-    async def recent(self, stream_id: str) -> tuple[list[str], int, set[str], str | None]:
-        """The recent buffer (JSON texts), the stream's message count (-1: no live state), the
-        deleted message ids, and the id below which the chat was cleared (None: never)."""
+    async def chat_page(self, stream_id: str, before: str | None, after: str | None, limit: int,
+                        recent: bool = True) -> ChatPage:
+        """What Redis holds of a chat page: the newest ``limit`` messages with ids between
+        ``after`` and ``before`` (both excluded) of the recent set (unless ``recent`` is false:
+        the caller has them) and of the unflushed set, newest first, with what a reader needs
+        to know whether MySQL must complete them."""
         k = self.keys.of(stream_id)
+        high = b"+" if before is None else b"(" + _message_prefix(before)
+        low = b"-" if after is None else b"[" + _message_prefix(after) + b'"\xff'
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.lrange(k.recent(stream_id), 0, -1)
-            pipe.hmget(k.stream(stream_id), "message_count", "cleared_before")
+            if recent:
+                pipe.zrevrangebylex(k.recent(stream_id), high, low, 0, limit)
+            pipe.zrevrangebylex(k.unflushed(stream_id), high, low, 0, limit)
+            pipe.hmget(k.stream(stream_id), "status", "recent_floor", "cleared_before")
             pipe.smembers(k.deleted(stream_id))
-            items, (count, cleared), deleted = await pipe.execute()
-        return items, -1 if count is None else int(count), set(deleted), cleared
+            replies = await pipe.execute()
+        held = replies.pop(0) if recent else []
+        unflushed, (status, floor, cleared), deleted = replies
+        return ChatPage(held, unflushed, status is not None, floor, cleared, set(deleted))
 
     async def moderation_log(self, stream_id: str) -> list[str]:
         """The newest moderation actions (JSON texts), newest first."""
@@ -345,10 +370,11 @@ class State:
             for group in shards.values()))
 
     async def join(
-        self, stream_id: str, member: str, sid: str, username: str, viewer: str, wanted: int
+        self, stream_id: str, member: str, sid: str, username: str, viewer: str, wanted: int,
+        after: str | None = None,
     ) -> tuple[int, dict[str, str], list[str]]:
         """Start watching; returns the viewer count, the stream hash and the newest ``wanted``
-        messages of the recent buffer (0: all of it)."""
+        messages of the recent set (with ``after``, of those with a higher id), newest first."""
         k, s = self.keys.of(stream_id), self.settings
         here = self._here(viewer, stream_id)
         if not here:
@@ -360,7 +386,7 @@ class State:
             [k.stream(stream_id), k.conns(stream_id), k.recent(stream_id), k.join_rate(viewer),
              k.sanctions(stream_id)],
             [*self._base(k), stream_id, member, self._ttl_ms, sid, username, s.join_rate,
-             s.join_period * 1000, wanted, "1" if here else "0"],
+             s.join_period * 1000, wanted, "1" if here else "0", after or ""],
         )
         flat = reply[2]
         return int(reply[1]), dict(zip(flat[::2], flat[1::2], strict=True)), reply[3]
@@ -491,7 +517,7 @@ class State:
         reply = await self._run(
             "tip",
             [k.stream(stream_id), k.tip_rate(user_id), idem, k.recent(stream_id), k.outbox,
-             k.room(stream_id), k.sanctions(stream_id)],
+             k.room(stream_id), k.sanctions(stream_id), k.unflushed(stream_id)],
             [s.tip_rate, s.tip_period * 1000, s.recent_size, amount_cents, fee_cents,
              s.tip_idempotency_ttl, ack_json, tip_json, message_json, room_message,
              "1" if client_tip_id else "0", user_id, message_id, "1" if here else "0"],

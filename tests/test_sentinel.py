@@ -205,7 +205,7 @@ class Chatter:
 async def recent_ids(cluster: SentinelCluster, port: int, keys: Keys, stream_id: str) -> list[str]:
     client = cluster.client(port)
     try:
-        return [orjson.loads(m)["message_id"] for m in await client.lrange(keys.recent(stream_id), 0, -1)]
+        return [orjson.loads(m)["message_id"] for m in await client.zrange(keys.recent(stream_id), 0, -1)]
     finally:
         await client.aclose()
 

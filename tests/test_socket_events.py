@@ -89,7 +89,8 @@ async def test_join_answers_with_stream_count_and_recent_messages(clients, base_
     ack = await c.call("join_stream", {"stream_id": stream["id"]})
     event = await c.wait_for("joined_stream")
     assert ack == event
-    assert set(ack) == {"success", "stream", "viewer_count", "recent_messages"}
+    assert set(ack) == {"success", "stream", "viewer_count", "recent_messages", "has_more"}
+    assert ack["has_more"] is False
     assert ack["viewer_count"] == 2 and ack["stream"]["viewer_count"] == 2
     assert ack["stream"]["stream_id"] == stream["id"] and ack["stream"]["status"] == "LIVE"
     assert [m["message_id"] for m in ack["recent_messages"]] == [m["message_id"] for m in sent]

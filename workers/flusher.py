@@ -26,6 +26,7 @@ import signal
 import socket
 import sys
 import time
+from importlib import resources
 from typing import Any
 
 import orjson
@@ -48,6 +49,7 @@ IDLE_POLL = 0.02
 IDLE_POLL_MAX = 0.25
 Prepared = tuple[list[Entry], list[Entry], Batch, list[Entry]]  # read, records, batch, bad
 BACKOFF_MAX = 5.0
+FLUSHED_LUA = (resources.files("hub") / "lua" / "flushed.lua").read_text()
 
 
 def expand(entries: list[Entry]) -> list[Entry]:
@@ -68,6 +70,25 @@ def expand(entries: list[Entry]) -> list[Entry]:
     return records
 
 
+def _message_ids(records: list[Entry]) -> list[tuple[str, str]]:
+    """The (stream id, message id) of each chat message record readable as one."""
+    found = []
+    for _, fields in records:
+        if fields.get("t") != "message":
+            continue
+        data = fields.get("d")
+        if isinstance(data, str):
+            try:
+                data = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                continue
+        if isinstance(data, dict):
+            stream_id, message_id = data.get("stream_id"), data.get("message_id")
+            if isinstance(stream_id, str) and isinstance(message_id, str):
+                found.append((stream_id, message_id))
+    return found
+
+
 class Flusher:
     def __init__(self, settings: Settings, client: aioredis.Redis, store: Store,
                  consumer: str | None = None) -> None:
@@ -86,6 +107,17 @@ class Flusher:
         self._next_claim = 0.0
         self._next_observe = 0.0
         self._idle = IDLE_POLL
+
+    def _written(self, records: list[Entry], bad: list[Entry]) -> dict[int, dict[str, list[str]]]:
+        """The chat messages of a batch MySQL took (the dead-lettered left out: they stay
+        readable from the unflushed set until replayed), by shard and stream."""
+        refused = set(_message_ids(bad))
+        written: dict[int, dict[str, list[str]]] = {}
+        for stream_id, message_id in _message_ids(records):
+            if (stream_id, message_id) not in refused:
+                by_stream = written.setdefault(self.keys.shard_of(stream_id), {})
+                by_stream.setdefault(stream_id, []).append(message_id)
+        return written
 
     async def ensure_group(self) -> None:
         for outbox in self.outboxes:
@@ -205,7 +237,7 @@ class Flusher:
             for table, rows in batch.tables().items():
                 if rows:
                     metrics.FLUSH_ROWS.labels(table).inc(rows)
-        await self._settle([eid for eid, _ in read], bad)
+        await self._settle([eid for eid, _ in read], bad, entries)
         if bad:
             metrics.FLUSH_DEAD.inc(len(bad))
         self.written += len(batch)
@@ -263,16 +295,23 @@ class Flusher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
 
-    async def _settle(self, ids: list[str], bad: list[Entry]) -> None:
+    async def _settle(self, ids: list[str], bad: list[Entry], records: list[Entry] | None = None) -> None:
         """Acknowledge and delete a batch's entries, the bad ones kept in the dead letters of
-        their shard: one transaction per shard."""
+        their shard, and take the messages written out of their streams' unflushed sets: one
+        transaction per shard."""
         dead: dict[int, list[Entry]] = {}
         for tagged, fields in bad:
             (shard, (entry_id,)), = self._by_shard([tagged]).items()
             dead.setdefault(shard, []).append((entry_id, fields))
+        written = self._written(records or [], bad)
         for shard, entry_ids in self._by_shard(ids).items():
             keys = self.keys.all[shard]
             async with self.redis.pipeline(transaction=True) as pipe:
+                streams = written.get(shard)
+                if streams:
+                    # EVAL, not EVALSHA: a script in a cluster's pipeline is not loaded for it.
+                    pipe.eval(FLUSHED_LUA, len(streams), *(keys.unflushed(sid) for sid in streams),
+                              *(x for ids_ in streams.values() for x in (len(ids_), *ids_)))
                 for entry_id, fields in dead.get(shard, ()):
                     data = fields.get("d", "")
                     if not isinstance(data, str):  # one record of a multi-record entry

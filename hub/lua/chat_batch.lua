@@ -1,7 +1,8 @@
 -- The chat messages (and streamers' trade alerts) one worker received in one event-loop tick
 -- of one shard's streams, in one call: each is checked (stream, clear, role, sanctions, slow
--- mode, rate); the accepted ones of a stream share one counter update, one RPUSH, one LTRIM and
--- one PUBLISH (their frames one per line), and all of them one outbox entry (t = messages,
+-- mode, rate); the accepted ones of a stream share one counter update, one ZADD to its recent
+-- set and one to its unflushed set, and one PUBLISH (their frames one per line), and all of
+-- them one outbox entry (t = messages,
 -- d = a JSON list of the records). The rate state is the shard's (window_tats in common.lua);
 -- a message whose sender's rate lives in another shard comes with its rate already checked
 -- (chat_rate.lua) and is not counted here.
@@ -16,6 +17,7 @@ local FIELDS = 8
 local prefix, channel_prefix, rate_prefix = ARGV[1], ARGV[2], ARGV[8]
 local limit, privileged, period = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local recent_size, n = tonumber(ARGV[6]), tonumber(ARGV[7])
+local step = math.max(1, math.floor(recent_size / 10))
 local now = now_ms()
 
 -- The streams of the batch, and the users whose rate is counted here.
@@ -39,10 +41,11 @@ for _, sid in ipairs(stream_order) do
   local s = streams[sid]
   local base = prefix .. 'stream:' .. sid
   local h = redis.call('HMGET', base, 'status', 'streamer_id', 'slow_mode', 'cleared_before',
-                       'mod_count', 'sanction_count')
+                       'mod_count', 'sanction_count', 'recent_floor')
   s.status, s.streamer, s.slow, s.cleared = h[1], h[2], tonumber(h[3] or '0') or 0, h[4]
   s.has_mods = tonumber(h[5] or '0') > 0
   s.has_sanctions = tonumber(h[6] or '0') > 0
+  s.floor = h[7]
   s.base = base
 end
 
@@ -99,11 +102,11 @@ for _, sid in ipairs(stream_order) do
   local s = streams[sid]
   local k = #s.messages
   if k > 0 then
-    redis.call('HINCRBY', s.base, 'message_count', k)
-    -- The buffer may hold up to a tenth more than its size; trimmed once it holds more.
-    if redis.call('RPUSH', s.base .. ':recent', unpack(s.messages)) > recent_size + recent_size / 10 then
-      redis.call('LTRIM', s.base .. ':recent', -recent_size, -1)
-    end
+    local count = redis.call('HINCRBY', s.base, 'message_count', k)
+    keep_messages(s.base, s.messages, s.floor)
+    -- The recent set may hold up to a tenth more than its size: trimmed each time the message
+    -- count passes a tenth of it, so its length is not read per call.
+    if math.floor(count / step) ~= math.floor((count - k) / step) then trim_recent(s.base, recent_size) end
     redis.call(PUBLISH, channel_prefix .. sid, '\n' .. table.concat(s.frames, '\n'))
     for _, m in ipairs(s.messages) do records[#records + 1] = m end
   end

@@ -214,3 +214,39 @@ local function role_of(streamer, mods_key, user, is_admin, no_mods)
   if not no_mods and redis.call('SISMEMBER', mods_key, user) == 1 then return 'moderator' end
   return nil
 end
+
+-- A message's JSON text starts with its id ('{"message_id":"' then 36 characters), so sorted
+-- sets of message texts all scored 0 keep them in id order.
+local function message_id_of(json)
+  return string.sub(json, 16, 51)
+end
+
+-- One stream's newly accepted messages (JSON texts): all into its unflushed set (the flusher
+-- takes each out once MySQL has it), and those above the recent floor (the highest id ever
+-- trimmed) into its recent set, which thus holds every kept message above the floor. A lower
+-- id, from a worker whose message reached Redis late, would be trimmed at once: it is read
+-- from the unflushed set, then from MySQL.
+local function keep_messages(base, messages, floor)
+  local all, above = {}, {}
+  for _, m in ipairs(messages) do
+    all[#all + 1] = 0
+    all[#all + 1] = m
+    if not floor or message_id_of(m) > floor then
+      above[#above + 1] = 0
+      above[#above + 1] = m
+    end
+  end
+  redis.call('ZADD', base .. ':unflushed', unpack(all))
+  if #above > 0 then redis.call('ZADD', base .. ':recent', unpack(above)) end
+end
+
+-- The recent set trimmed back to `size`, the lowest ids first; the floor rises to the highest
+-- id trimmed.
+local function trim_recent(base, size)
+  local recent = base .. ':recent'
+  local cut = redis.call('ZCARD', recent) - size
+  if cut <= 0 then return end
+  local top = redis.call('ZRANGE', recent, cut - 1, cut - 1)[1]
+  redis.call('ZREMRANGEBYRANK', recent, 0, cut - 1)
+  redis.call('HSET', base, 'recent_floor', message_id_of(top))
+end

@@ -1,14 +1,14 @@
 -- One moderation action: role checks, the change to live state, the record (outbox and the
 -- stream's moderation log) and the broadcasts, together.
--- KEYS: stream hash, moderators, sanctions, recent list, deleted set, conns, outbox,
+-- KEYS: stream hash, moderators, sanctions, recent set, deleted set, conns, outbox,
 --       stream channel, moderation log
 -- ARGV: prefix, channel, namespace, stream_id, action, actor, admin ('1'/'0'), target user,
 --       message id, value (timeout end ms | watermark id | slow-mode seconds), record json,
 --       pub/sub json (for moderators_changed: its head), pub/sub tail, ban order json,
 --       log size, found ('1': the caller found the message in MySQL)
 -- Returns {'ok', moderators json}, an error, {'no_stream'} when the stream has no live state,
--- or {'missing'} when a message to delete is not in
--- the recent buffer (the caller looks in MySQL and calls again with found = '1').
+-- or {'missing'} when a message to delete is neither in the recent set nor among the
+-- unflushed messages (the caller looks in MySQL and calls again with found = '1').
 local prefix, channel, namespace, stream_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local action, actor, admin, target = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local h = redis.call('HMGET', KEYS[1], 'status', 'streamer_id', 'cleared_before')
@@ -43,15 +43,12 @@ if action == 'delete_message' then
   if (h[3] and id <= h[3]) or redis.call('SISMEMBER', KEYS[5], id) == 1 then
     return {'err', 'not_found', false, 'No such message.'}
   end
-  local needle = '"message_id":"' .. id .. '"'
-  local found = false
-  for _, item in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
-    if string.find(item, needle, 1, true) then
-      redis.call('LREM', KEYS[4], 1, item)
-      found = true
-      break
-    end
-  end
+  -- Its text in the recent set (taken out) or in the unflushed one (left for the flusher to
+  -- write, hidden by the deleted set), else the caller's word that MySQL has it.
+  local low = '[{"message_id":"' .. id .. '"'
+  local high = low .. '\255'
+  local found = redis.call('ZREMRANGEBYLEX', KEYS[4], low, high) > 0
+    or #redis.call('ZRANGEBYLEX', KEYS[1] .. ':unflushed', low, high, 'LIMIT', 0, 1) > 0
   if not found and ARGV[16] ~= '1' then return {'missing'} end
   redis.call('SADD', KEYS[5], id)
 elseif action == 'timeout_user' or action == 'ban_user' then

@@ -1,6 +1,7 @@
 -- One accepted tip: idempotency, checks, money counters (cents), the TIP chat message,
 -- outbox records and both broadcasts together.
--- KEYS: stream hash, rate key, idempotency key, recent list, outbox, stream channel, sanctions
+-- KEYS: stream hash, rate key, idempotency key, recent set, outbox, stream channel, sanctions,
+--       unflushed set
 -- ARGV: rate limit, rate period ms, recent size, amount cents, fee cents, idempotency ttl s,
 --       ack json, tip json, message json, room message (tip_received and chat_message),
 --       has idempotency key, user id, TIP message id, count the tip rate here ('1'/'0': the
@@ -29,8 +30,8 @@ redis.call('HINCRBY', KEYS[1], 'tip_count', 1)
 redis.call('HINCRBY', KEYS[1], 'tips_cents', tonumber(ARGV[4]))
 redis.call('HINCRBY', KEYS[1], 'fees_cents', tonumber(ARGV[5]))
 redis.call('HINCRBY', KEYS[1], 'message_count', 1)
-redis.call('RPUSH', KEYS[4], ARGV[9])
-redis.call('LTRIM', KEYS[4], -tonumber(ARGV[3]), -1)
+keep_messages(KEYS[1], {ARGV[9]}, redis.call('HGET', KEYS[1], 'recent_floor'))
+trim_recent(KEYS[1], tonumber(ARGV[3]))
 redis.call('XADD', KEYS[5], '*', 't', 'tip', 'd', ARGV[8])
 redis.call('XADD', KEYS[5], '*', 't', 'message', 'd', ARGV[9])
 redis.call(PUBLISH, KEYS[6], ARGV[10])
