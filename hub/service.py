@@ -49,6 +49,8 @@ class Hub:
 
     # -- watching -----------------------------------------------------------------
     async def join(self, conn: Conn, payload: Join) -> dict[str, Any]:
+        if conn.identity is not None:
+            self._current(conn.identity)  # a token that expired since the connect may not join
         again = conn.stream_id == payload.stream_id and conn.member is not None
         # Joining again keeps the same presence (no viewer events).
         member = conn.member if again and conn.member else f"{uuid7()}|{now_ms()}|{conn.viewer}"
@@ -86,9 +88,20 @@ class Hub:
             raise HubError("not_joined")
         return identity
 
+    def _ended(self, conn: Conn) -> HubError:
+        """Redis found the socket's stream no longer live: it ended, and its room was emptied
+        then, whether or not this worker has heard of it yet; the socket watches nothing."""
+        self.presence.unwatch(conn)
+        return HubError("not_joined", "The stream has ended.")
+
     async def chat(self, conn: Conn, payload: Chat) -> dict[str, Any]:
         identity = self._speaker(conn, payload.stream_id)
-        return await self._post(identity, payload.stream_id, payload.message, payload.message_type)
+        try:
+            return await self._post(identity, payload.stream_id, payload.message, payload.message_type)
+        except HubError as exc:
+            if exc.code == "stream_not_live":
+                raise self._ended(conn) from None
+            raise
 
     async def alert(self, identity: Identity | None, payload: Alert) -> dict[str, Any]:
         """The streamer's trade alert: a chat message of type ALERT (the sender need not watch)."""
@@ -166,6 +179,10 @@ class Hub:
             except Stale as exc:
                 message_id = uuid7(after=exc.cleared)
                 continue
+            except HubError as exc:
+                if exc.code == "stream_not_live":
+                    raise self._ended(conn) from None
+                raise
             if first is not None:
                 return dict(loads(first), duplicate=True)
             return orjson.Fragment(ack_json)  # type: ignore[return-value]  # encoded once

@@ -9,6 +9,13 @@ import aiohttp
 import pytest
 import socketio
 
+from hub.auth import Verifier
+from hub.db import History, create_pool
+from hub.errors import HubError
+from hub.payloads import Chat, Join, Tip
+from hub.presence import Conn, Presence
+from hub.service import Hub
+from hub.state import State
 from tests.conftest import Client, eventually, next_month, unique
 
 UNKNOWN = "01a20e30-0000-7000-8000-000000000000"
@@ -513,3 +520,69 @@ async def test_client_events_named_like_lifecycle_events_change_nothing(event, a
     await still_works(c, sid)  # still signed in, still joined
     assert all(e["user_id"] != uid for e in watcher.events["viewer_left"])
     assert (await stats(api, sid))["viewer_count"] == 2
+
+
+async def test_a_token_that_expires_mid_session_cannot_join_either(clients, base_url, token, stream):
+    c = await clients(base_url, token(unique("brief"), ttl=1))
+    refusals = []
+
+    async def refused() -> bool:
+        ack = await c.call("join_stream", {"stream_id": stream["id"]})
+        if not ack["success"]:
+            refusals.append(ack)
+        return bool(refusals)
+
+    await eventually(refused, 10, "join refused once the token expired", every=0.25)
+    assert refusals[0]["error"]["code"] == "unauthorized"
+
+    async def disconnected() -> bool:
+        return not c.sio.connected
+
+    await eventually(disconnected, 5, "the socket disconnected")
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+@pytest.mark.parametrize("wait", [True, False], ids=["after-stream-ended", "racing-the-end"])
+async def test_chat_and_tips_after_the_end_are_not_joined(wait, transport, api, clients, base_url, token):
+    """Once the stream has ended its room is empty: a socket that was in it is not joined,
+    whether it heard stream_ended yet or not."""
+    streamer = token(unique("streamer"), "streamer")
+    sid = (await api.create_stream(streamer))["stream_id"]
+    c = await clients(base_url, token(unique("viewer")), transport)
+    assert (await c.call("join_stream", {"stream_id": sid}))["success"]
+    status, body = await api.request("POST", f"{sid}/end", streamer)
+    assert status == 200, body
+    if wait:
+        await c.wait_for("stream_ended")
+    chat = await c.call("send_message", {"stream_id": sid, "message": "still here?"})
+    tip = await c.call("send_tip", {"stream_id": sid, "amount": 5})
+    assert chat["error"]["code"] == "not_joined", chat
+    assert tip["error"]["code"] == "not_joined", tip
+
+
+async def test_a_socket_the_end_has_not_reached_yet_is_not_joined(api, token, settings, rds):
+    """This worker has not heard of the end yet (its close order still on the way, or a join
+    that raced the end): Redis's word that the stream is over makes the socket not joined, and
+    it watches nothing from then on."""
+    streamer = token(unique("streamer"), "streamer")
+    sid = (await api.create_stream(streamer))["stream_id"]
+    pool = await create_pool(settings.mysql, maxsize=1)
+    state = State(rds, settings)
+    presence = Presence(state)
+    hub = Hub(settings, state, History(pool), presence)
+    try:
+        conn = Conn(unique("sock"), Verifier(settings).verify(token(unique("viewer"))))
+        presence.add(conn)
+        assert (await hub.join(conn, Join.parse({"stream_id": sid})))["success"]
+        status, body = await api.request("POST", f"{sid}/end", streamer)
+        assert status == 200, body
+        for attempt in (lambda: hub.chat(conn, Chat.parse({"stream_id": sid, "message": "hi"})),
+                        lambda: hub.tip(conn, Tip.parse({"stream_id": sid, "amount": 5}, settings))):
+            presence.watch(conn, sid, "someone", "member")  # the worker's view: still watching
+            with pytest.raises(HubError) as refused:
+                await attempt()
+            assert refused.value.code == "not_joined"
+            assert conn.stream_id is None and sid not in presence.rooms
+    finally:
+        pool.close()
+        await pool.wait_closed()
