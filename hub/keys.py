@@ -187,9 +187,10 @@ class Keys:
 
     @property
     def chat_rate_windows(self) -> str:
-        """Prefix of the hashes user -> GCRA arrival time (ms) of chat messages, one per rate
-        period window, named by the window's number (``now_ms // period_ms``)."""
-        return f"{self.prefix}rate:chatw:"
+        """Prefix of the hashes user -> the times (ms, ``t1,t2,…``) of the user's chat messages
+        accepted in the last period, one hash per rate period window, named by the window's
+        number (``now_ms // period_ms``); each expires two periods after it was made."""
+        return f"{self.prefix}rate:chatlog:"
 
     def user_conns(self, user_id: str) -> str:
         """Sorted set of the user's open connections (socket ids) scored by expiry (ms)."""
@@ -200,16 +201,19 @@ class Keys:
         return f"{self.prefix}addr:{address}:conns"
 
     def conn_rate(self, address: str) -> str:
-        """GCRA state of new connections from one client address."""
-        return f"{self.prefix}rate:conn:{address}"
+        """Sorted set: the new connections from one client address in the last period (members
+        ``ms:n``, scored by time); expires a period after the last."""
+        return f"{self.prefix}rate:conns:{address}"
 
     def join_rate(self, viewer: str) -> str:
-        """GCRA state of joins by one viewer (``u:USER`` or ``a:SOCKET``)."""
-        return f"{self.prefix}rate:join:{viewer}"
+        """Sorted set: the joins of one viewer (``u:USER`` or ``a:SOCKET``) in the last period."""
+        return f"{self.prefix}rate:joins:{viewer}"
 
     def tip_rate(self, user_id: str) -> str:
-        return f"{self.prefix}rate:tip:{user_id}"
+        """Sorted set: the user's tips in the last period."""
+        return f"{self.prefix}rate:tips:{user_id}"
 
     def tip_idempotency(self, user_id: str, client_tip_id: str) -> str:
-        """String: the ack of the first tip sent with this ``client_tip_id``."""
-        return f"{self.prefix}tipid:{user_id}:{client_tip_id}"
+        """String: the ack of the first tip sent with this ``client_tip_id``. The user id is
+        length-prefixed, so no user id and tip id can make another pair's key."""
+        return f"{self.prefix}tipid:{len(user_id)}:{user_id}:{client_tip_id}"

@@ -3,7 +3,7 @@
 -- mode, rate); the accepted ones of a stream share one counter update, one ZADD to its recent
 -- set and one to its unflushed set, and one PUBLISH (their frames one per line), and all of
 -- them one outbox entry (t = messages,
--- d = a JSON list of the records). The rate state is the shard's (window_tats in common.lua);
+-- d = a JSON list of the records). The rate state is the shard's (window_logs in common.lua);
 -- a message whose sender's rate lives in another shard comes with its rate already checked
 -- (chat_rate.lua) and is not counted here.
 -- KEYS: outbox
@@ -34,7 +34,7 @@ for i = 1, n do
     user_order[#user_order + 1] = user
   end
 end
-window_tats(rate_prefix, period, now, users, user_order)
+window_logs(rate_prefix, period, now, users, user_order)
 
 -- Each stream's state, and its moderators and sanctions only where it has any.
 for _, sid in ipairs(stream_order) do
@@ -75,14 +75,14 @@ for i = 1, n do
     end
     local counted = ARGV[at + 8] == '1'
     if not reply then
-      -- GCRA on the arrival time held for this batch (written back once, below).
-      local new_tat, refusal = nil, nil
-      if counted then new_tat, refusal = gcra(users[user], role and privileged or limit, period, now) end
+      -- The sender's log of accepted times, held for this batch (written back once, below).
+      local log, refusal = nil, nil
+      if counted then log, refusal = window_admit(users[user], role and privileged or limit, period, now) end
       if refusal then
         reply = refusal
       else
         if counted then
-          users[user] = new_tat
+          users[user] = log
           changed[#changed + 1] = user
         end
         if slow > 0 then redis.call('SET', slow_key, '1', 'PX', slow * 1000) end

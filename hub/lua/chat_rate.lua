@@ -13,15 +13,15 @@ for i = 2, #ARGV, 2 do
     order[#order + 1] = ARGV[i]
   end
 end
-window_tats(rate_prefix, period, now, users, order)
+window_logs(rate_prefix, period, now, users, order)
 local replies, changed = {}, {}
 for i = 2, #ARGV, 2 do
   local user = ARGV[i]
-  local new_tat, refusal = gcra(users[user], tonumber(ARGV[i + 1]), period, now)
+  local log, refusal = window_admit(users[user], tonumber(ARGV[i + 1]), period, now)
   if refusal then
     replies[#replies + 1] = refusal
   else
-    users[user] = new_tat
+    users[user] = log
     changed[#changed + 1] = user
     replies[#replies + 1] = {'ok'}
   end

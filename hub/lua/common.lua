@@ -138,44 +138,64 @@ local function live_check(skey)
   return nil
 end
 
--- GCRA: `limit` events per `period_ms`, as a burst then one every period/limit. From the
--- theoretical arrival time `tat` (ms), the next one, or nil and the refusal.
-local function gcra(tat, limit, period_ms, now)
-  if tat < now then tat = now end
-  local new_tat = tat + period_ms / limit
-  local allow_at = new_tat - period_ms
-  if allow_at > now then return nil, {'err', 'rate_limited', math.ceil(allow_at - now)} end
-  return new_tat, nil
+-- Rate limits are sliding windows, exact: at most `limit` events accepted in any `period_ms`,
+-- each refusal with the time until the oldest accepted event leaves the window.
+
+-- From a log of accepted times (ms, oldest first, only those still in the window), whether one
+-- more is accepted now: the log with it, or nil and the refusal.
+local function window_admit(log, limit, period_ms, now)
+  local count = #log
+  if count >= limit then
+    return nil, {'err', 'rate_limited', math.max(1, log[count - limit + 1] + period_ms - now)}
+  end
+  log[count + 1] = now
+  return log, nil
 end
 
--- GCRA with its state in a string key that expires once it no longer matters.
+-- A rate whose log is a sorted set of its own (members unique per event, scored by time), kept
+-- for one period after its last event.
 local function rate_check(key, limit, period_ms, now)
-  local new_tat, refusal = gcra(tonumber(redis.call('GET', key) or '0'), limit, period_ms, now)
-  if refusal then return refusal end
-  redis.call('SET', key, math.floor(new_tat), 'PX', math.ceil(new_tat - now) + 1)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - period_ms)
+  local count = redis.call('ZCARD', key)
+  if count >= limit then
+    local oldest = redis.call('ZRANGE', key, count - limit, count - limit, 'WITHSCORES')
+    return {'err', 'rate_limited', math.max(1, tonumber(oldest[2]) + period_ms - now)}
+  end
+  redis.call('ZADD', key, now, now .. ':' .. count)
+  redis.call('PEXPIRE', key, period_ms)
   return nil
 end
 
--- The chat rate's state: the users' GCRA arrival times in two hashes per period window
--- (field = user), named by the window's number after `rate_prefix`. An arrival time written two
--- windows ago has passed, so older hashes simply expire. Fills `users` (user -> arrival time)
--- for the users listed in `order`: this window's hash, then the previous one for the others.
-local function window_tats(rate_prefix, period, now, users, order)
+-- The chat rate's state: each user's log of accepted times ('t1,t2,…', ms, oldest first) in
+-- two hashes per period window (field = user), named by the window's number after
+-- `rate_prefix`. A log written two windows ago holds only times that have left the window, so
+-- older hashes simply expire. Fills `logs` (user -> list of times still in the window) for the
+-- users listed in `order`: this window's hash, then the previous one for the others.
+local function window_logs(rate_prefix, period, now, logs, order)
   if #order == 0 then return end
   local window = math.floor(now / period)
-  local tats = redis.call('HMGET', rate_prefix .. window, unpack(order))
-  local missing = {}
+  local found = redis.call('HMGET', rate_prefix .. window, unpack(order))
+  local missing, texts = {}, {}
   for i, user in ipairs(order) do
-    if tats[i] then users[user] = tonumber(tats[i]) else missing[#missing + 1] = user end
+    if found[i] then texts[user] = found[i] else missing[#missing + 1] = user end
   end
   if #missing > 0 then
     local older = redis.call('HMGET', rate_prefix .. (window - 1), unpack(missing))
-    for j, user in ipairs(missing) do users[user] = tonumber(older[j] or '0') or 0 end
+    for j, user in ipairs(missing) do texts[user] = older[j] end
+  end
+  local since = now - period
+  for _, user in ipairs(order) do
+    local log = {}
+    for t in string.gmatch(texts[user] or '', '%d+') do
+      local time = tonumber(t)
+      if time > since then log[#log + 1] = time end
+    end
+    logs[user] = log
   end
 end
 
--- Writes back the arrival times of the users in `changed` (a list, repeats allowed).
-local function window_save(rate_prefix, period, now, users, changed)
+-- Writes back the logs of the users in `changed` (a list, repeats allowed).
+local function window_save(rate_prefix, period, now, logs, changed)
   if #changed == 0 then return end
   local key = rate_prefix .. math.floor(now / period)
   local flat, seen = {}, {}
@@ -183,7 +203,7 @@ local function window_save(rate_prefix, period, now, users, changed)
     if not seen[user] then
       seen[user] = true
       flat[#flat + 1] = user
-      flat[#flat + 1] = math.floor(users[user])
+      flat[#flat + 1] = table.concat(logs[user], ',')
     end
   end
   -- A window's hash gets its expiry when it gains a user (so, first of all, when it is new).

@@ -1,4 +1,4 @@
--- One rate limit of a user (GCRA in a string key), counted on its own: a join's or a tip's,
+-- One rate limit of a user (a sliding window in a sorted set), counted on its own: a join's or a tip's,
 -- when the user's rate state and the stream are in different shards.
 -- KEYS: the rate key
 -- ARGV: limit, period ms
