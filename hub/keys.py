@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from hub.settings import Settings
 
 NAMESPACE = "/streaming"
+STREAMER_STREAMS_KEPT = 100
 OUTBOX_GROUP = "flushers"
 SLOTS = 16384
 
@@ -182,8 +183,20 @@ class Keys:
         return f"{self.prefix}user:{user_id}:live"
 
     def streamer_streams(self, user_id: str) -> str:
-        """Sorted set of this streamer's stream ids still held in Redis, by creation time."""
+        """Sorted set of this streamer's newest stream ids (at most ``STREAMER_STREAMS_KEPT``), by
+        creation time; expires ``HUB_ENDED_RETENTION`` after the last create (a live stream is
+        also found through ``user:{id}:live``, the older ones in MySQL)."""
         return f"{self.prefix}user:{user_id}:streams"
+
+    def streamer_scheduled(self, user_id: str) -> str:
+        """Sorted set of this streamer's SCHEDULED stream ids, scored by when each expires unstarted
+        (its time plus ``HUB_SCHEDULED_GRACE``, ms); at most ``HUB_SCHEDULED_MAX``; expires with
+        the last of them."""
+        return f"{self.prefix}user:{user_id}:scheduled"
+
+    def create_rate(self, user_id: str) -> str:
+        """Sorted set: the streams the user created in the last ``HUB_CREATE_PERIOD``."""
+        return f"{self.prefix}rate:creates:{user_id}"
 
     @property
     def chat_rate_windows(self) -> str:

@@ -399,6 +399,11 @@ def _streams(p: str) -> dict[str, Schema]:
             responses(ok("The stream, now LIVE.", STREAM), "Unauthorized", "Forbidden", "NotFound",
                       "Conflict"),
             auth=True, params=stream_id)},
+        f"{p}/{{stream_id}}/cancel": {"post": operation(
+            "cancelStream", "SCHEDULED → ENDED without going live (its streamer or an admin)", "streams",
+            responses(ok("The stream, now ENDED.", STREAM), "Unauthorized", "Forbidden", "NotFound",
+                      "Conflict"),
+            auth=True, params=stream_id)},
         f"{p}/{{stream_id}}/end": {"post": operation(
             "endStream", "End a LIVE stream (its streamer or an admin); emits `stream_ended`", "streams",
             responses(ok("The ended stream with its final figures.", {"stream": ref("FinalStream")}),

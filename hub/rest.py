@@ -158,6 +158,11 @@ async def end(request: web.Request) -> web.Response:
     return json_response({"success": True, "stream": stream})
 
 
+async def cancel(request: web.Request) -> web.Response:
+    stream = await _hub(request).cancel_stream(identity(request), _stream_id(request))
+    return json_response({"success": True, "stream": stream})
+
+
 async def get_stream(request: web.Request) -> web.Response:
     stream = await _hub(request).get_stream(_stream_id(request))
     return json_response({"success": True, "stream": stream})
@@ -229,6 +234,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post(f"{PREFIX}/create", create)
     app.router.add_get(f"{PREFIX}/user/{{user_id}}/streams", user_streams)
     app.router.add_post(f"{PREFIX}/{{stream_id}}/start", start)
+    app.router.add_post(f"{PREFIX}/{{stream_id}}/cancel", cancel)
     app.router.add_post(f"{PREFIX}/{{stream_id}}/end", end)
     app.router.add_get(f"{PREFIX}/{{stream_id}}/stats", stats)
     app.router.add_get(f"{PREFIX}/{{stream_id}}/chat", chat)

@@ -13,7 +13,7 @@ from hub.auth import Identity
 from hub.codec import dumps, iso_ms, loads, now_ms, uuid7, uuid7_ms
 from hub.db import History
 from hub.errors import HubError, TokenExpired
-from hub.keys import NAMESPACE
+from hub.keys import NAMESPACE, STREAMER_STREAMS_KEPT
 from hub.money import decimal_json, fee_cents, from_cents, money_json
 from hub.payloads import Alert, Chat, CreateStream, Join, Moderation, Tip
 from hub.presence import Conn, Presence
@@ -290,12 +290,7 @@ class Hub:
             "tip_count": "0", "tips_cents": "0", "fees_cents": "0",
             "created_at": str(now), "updated_at": str(now),
         }
-        try:
-            await self.state.create_stream(fields)
-        except HubError as exc:
-            if exc.code == "conflict":
-                raise HubError("conflict", "You already have a live stream.") from exc
-            raise
+        await self.state.create_stream(fields)
         log.info("stream created (%s)", status, extra={"stream_id": stream_id, "user_id": identity.user_id})
         return records.stream_from_hash(fields, 0)
 
@@ -315,6 +310,13 @@ class Hub:
         h = await self._owned(identity, stream_id)
         await self.state.start_stream(stream_id, h["streamer_id"])
         log.info("stream started", extra={"stream_id": stream_id, "user_id": identity.user_id})
+        return await self.get_stream(stream_id)
+
+    async def cancel_stream(self, identity: Identity, stream_id: str) -> dict[str, Any]:
+        """A SCHEDULED stream ends without going live."""
+        h = await self._owned(identity, stream_id)
+        await self.state.cancel_stream(stream_id, h["streamer_id"])
+        log.info("stream cancelled", extra={"stream_id": stream_id, "user_id": identity.user_id})
         return await self.get_stream(stream_id)
 
     async def end_stream(self, identity: Identity, stream_id: str) -> dict[str, Any]:
@@ -356,7 +358,9 @@ class Hub:
 
     async def user_streams(self, user_id: str, status: str | None, limit: int) -> list[dict[str, Any]]:
         """Streams held in Redis (the newest, maybe not flushed yet) merged with MySQL's."""
-        ids = await self.state.streamer_stream_ids(user_id)
+        # The newest `limit` held in Redis (all those kept when filtering by status) and MySQL's
+        # newest `limit`: the cost follows the limit, not how many streams the user ever had.
+        ids = await self.state.streamer_stream_ids(user_id, STREAMER_STREAMS_KEPT if status else limit)
         pairs = await self.state.streams(ids)
         held = {h["stream_id"] for h, _ in pairs}
         await self.state.forget_streamer_streams(user_id, [i for i in ids if i not in held])

@@ -171,6 +171,10 @@ class Settings:
     recent_size: int = 200
     max_payload: int = 16 * 1024
     ended_retention: int = 24 * 3600
+    scheduled_grace: int = 24 * 3600
+    scheduled_max: int = 10
+    create_rate: int = 20
+    create_period: int = 3600
     tip_idempotency_ttl: int = 7 * 24 * 3600
     flush_batch: int = 2000
     flush_claim_idle_ms: int = 30_000
@@ -259,6 +263,10 @@ class Settings:
             recent_size=_int(env, "HUB_RECENT_SIZE", default.recent_size, 50, 10_000),
             max_payload=_int(env, "HUB_MAX_PAYLOAD", default.max_payload, 1024, 16 * 1024 * 1024),
             ended_retention=_int(env, "HUB_ENDED_RETENTION", default.ended_retention, 60, 30 * 86_400),
+            scheduled_grace=_int(env, "HUB_SCHEDULED_GRACE", default.scheduled_grace, 60, 30 * 86_400),
+            scheduled_max=_int(env, "HUB_SCHEDULED_MAX", default.scheduled_max, 1, 1000),
+            create_rate=_int(env, "HUB_CREATE_RATE", default.create_rate, 1, 100_000),
+            create_period=_int(env, "HUB_CREATE_PERIOD", default.create_period, 1, 86_400),
             flush_batch=_int(env, "HUB_FLUSH_BATCH", default.flush_batch, 1, 10_000),
             flush_claim_idle_ms=_int(
                 env, "HUB_FLUSH_CLAIM_IDLE_MS", default.flush_claim_idle_ms, 100, 3_600_000

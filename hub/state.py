@@ -17,11 +17,11 @@ from redis.exceptions import RedisError
 from hub import metrics
 from hub.codec import uuid7
 from hub.errors import HubError
-from hub.keys import NAMESPACE, OUTBOX_GROUP, Keys
+from hub.keys import NAMESPACE, OUTBOX_GROUP, STREAMER_STREAMS_KEPT, Keys
 from hub.settings import Settings
 
 SCRIPTS = ("admit", "touch", "join", "leave", "refresh", "reap", "chat_batch", "chat_rate", "limit",
-           "tip", "create", "start", "end", "moderate")
+           "tip", "create", "start", "cancel", "end", "moderate")
 CHAT_BATCH_MAX = 256
 MODLOG_SIZE = 200
 
@@ -216,21 +216,33 @@ class State:
                 return stream_id
 
     async def create_stream(self, fields: dict[str, str]) -> None:
-        sid, user = fields["stream_id"], fields["streamer_id"]
+        """A new stream, within the streamer's create rate and, when SCHEDULED, the scheduled
+        streams a streamer may hold; a scheduled stream expires unstarted at its time plus
+        ``HUB_SCHEDULED_GRACE``."""
+        sid, user, s = fields["stream_id"], fields["streamer_id"], self.settings
         k = self.keys.of(sid)
         if k is not self.keys.of(user):
             raise ValueError("a stream's id is drawn in its streamer's shard (hub.service)")
+        expires = int(fields["scheduled_at"]) + s.scheduled_grace * 1000 if fields["scheduled_at"] else 0
         flat = [x for pair in fields.items() for x in pair]
         await self._run(
             "create",
-            [k.stream(sid), k.streamer_live(user), k.streamer_streams(user)],
-            [k.prefix, sid, fields["status"], fields["created_at"], *flat],
+            [k.stream(sid), k.streamer_live(user), k.streamer_streams(user), k.streamer_scheduled(user),
+             k.create_rate(user)],
+            [k.prefix, sid, fields["status"], fields["created_at"], s.create_rate, s.create_period * 1000,
+             s.scheduled_max, expires, STREAMER_STREAMS_KEPT, s.ended_retention, *flat],
         )
 
     async def start_stream(self, stream_id: str, streamer_id: str) -> None:
         k = self.keys.of(stream_id)
-        await self._run("start", [k.stream(stream_id), k.streamer_live(streamer_id)],
+        await self._run("start", [k.stream(stream_id), k.streamer_live(streamer_id),
+                                  k.streamer_scheduled(streamer_id)],
                         [k.prefix, stream_id])
+
+    async def cancel_stream(self, stream_id: str, streamer_id: str) -> None:
+        k = self.keys.of(stream_id)
+        await self._run("cancel", [k.stream(stream_id), k.streamer_scheduled(streamer_id)],
+                        [k.prefix, stream_id, self.settings.ended_retention])
 
     async def end_stream(self, stream_id: str, streamer_id: str) -> int:
         k = self.keys.of(stream_id)
@@ -279,8 +291,14 @@ class State:
         merged = sorted((pair for reply in replies for pair in reply), key=lambda p: (-p[1], p[0]))
         return [sid for sid, _ in merged[offset:offset + limit]]
 
-    async def streamer_stream_ids(self, user_id: str) -> list[str]:
-        return list(await self.redis.zrevrange(self.keys.of(user_id).streamer_streams(user_id), 0, -1))
+    async def streamer_stream_ids(self, user_id: str, limit: int) -> list[str]:
+        """The streamer's newest ``limit`` stream ids held in Redis, and its live stream's."""
+        k = self.keys.of(user_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrevrange(k.streamer_streams(user_id), 0, limit - 1)
+            pipe.get(k.streamer_live(user_id))
+            ids, live = await pipe.execute()
+        return list(ids) if live is None or live in ids else [live, *ids]
 
     async def forget_streamer_streams(self, user_id: str, ids: list[str]) -> None:
         if ids:

@@ -114,6 +114,7 @@ class World:
     scheduled: str = ""
     ended: str = ""
     to_end: str = ""  # LIVE, for endStream
+    to_cancel: str = ""  # SCHEDULED, for cancelStream
     messages: list[str] = field(default_factory=list)
     sanctioned: list[str] = field(default_factory=list)
     moderators: list[str] = field(default_factory=list)
@@ -126,6 +127,7 @@ class World:
             "listUserStreams": [{"user_id": user} for user in self.streamers],
             "startStream": [{"stream_id": s} for s in (self.scheduled, live, self.ended)],
             "endStream": [{"stream_id": s} for s in (self.to_end, self.scheduled, self.ended)],
+            "cancelStream": [{"stream_id": s} for s in (self.to_cancel, live, self.ended)],
             "deleteMessage": [{"stream_id": live, "message_id": m} for m in self.messages],
             "unbanUser": [{"stream_id": live, "user_id": u} for u in self.sanctioned],
             "removeModerator": [{"stream_id": live, "user_id": u} for u in self.moderators],
@@ -141,15 +143,17 @@ class World:
 
 
 async def make_streams(world: World, api: Any) -> None:
-    names = [unique(n) for n in ("alice", "bob", "carol", "dave")]
+    names = [unique(n) for n in ("alice", "bob", "carol", "dave", "erin")]
     owners = [world.mint(name, "streamer") for name in names]
     world.streamers = names[:2]
     world.live = (await api.create_stream(owners[0], thumbnail_url="https://img.example/t.png"))["stream_id"]
     world.scheduled = (await api.create_stream(owners[1], scheduled_at=next_month()))["stream_id"]
     world.ended = (await api.create_stream(owners[2]))["stream_id"]
     world.to_end = (await api.create_stream(owners[3]))["stream_id"]
+    world.to_cancel = (await api.create_stream(owners[4], scheduled_at=next_month()))["stream_id"]
     assert (await api.request("POST", f"{world.ended}/end", owners[2]))[0] == 200
-    world.owner_of = dict(zip((world.live, world.scheduled, world.ended, world.to_end), owners, strict=True))
+    world.owner_of = dict(zip((world.live, world.scheduled, world.ended, world.to_end, world.to_cancel),
+                              owners, strict=True))
 
 
 async def moderate_live_stream(world: World, api: Any) -> None:

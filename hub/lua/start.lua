@@ -1,5 +1,5 @@
 -- SCHEDULED -> LIVE.
--- KEYS: stream hash, streamer live key
+-- KEYS: stream hash, streamer live key, streamer scheduled
 -- ARGV: prefix, stream_id
 local prefix, stream_id = ARGV[1], ARGV[2]
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -12,6 +12,8 @@ end
 local now = now_ms()
 redis.call('SET', KEYS[2], stream_id)
 redis.call('HSET', KEYS[1], 'status', 'LIVE', 'started_at', now)
+redis.call('PERSIST', KEYS[1])  -- live: no longer expires unstarted
+redis.call('ZREM', KEYS[3], stream_id)
 bump(KEYS[1], now)
 set_live_score(prefix, stream_id, 0)
 outbox(prefix .. 'outbox', 'stream', stream_record(prefix, stream_id))
