@@ -159,7 +159,7 @@ async def test_an_undecodable_entry_is_dead_lettered_and_the_batch_goes_on(
     assert await rds.xlen(keys.outbox) == 0
 
 
-async def test_a_row_mysql_refuses_is_dead_lettered_and_the_rest_written(
+async def test_a_row_too_long_for_its_column_is_dead_lettered_and_the_rest_written(
         api, clients, base_url, token, flusher, sql, rds, settings):
     _, sid, (c,) = await live_stream(api, clients, base_url, token)
     keys = Keys.of_settings(settings).of(sid)
@@ -188,7 +188,7 @@ async def test_flusher_process_in_burst_mode_drains_and_exits(api, clients, base
 async def test_one_bad_record_of_a_batched_entry_is_dead_lettered_alone(
         api, clients, base_url, token, flusher, sql, rds, settings):
     """Chat messages of one event-loop tick share one outbox entry (t = messages); a record
-    MySQL refuses, or one that cannot be read, goes to the dead letters by itself."""
+    too long for its column, or one that cannot be read, goes to the dead letters by itself."""
     _, sid, (c,) = await live_stream(api, clients, base_url, token)
     keys = Keys.of_settings(settings).of(sid)
     good = (await c.call("send_message", {"stream_id": sid, "message": "fine"}))["message"]

@@ -2,15 +2,15 @@
 
 Every statement is ``INSERT ... ON DUPLICATE KEY UPDATE`` keyed by the record's UUID, so a
 batch replayed after a crash changes nothing. Stream rows carry absolute figures and a
-version; an older version never overwrites a newer one.
+version; an older version never overwrites a newer one. Each record is checked against its
+columns as it is folded into a batch, before any SQL (``workers.columns``): a malformed one
+raises ``BadRecord``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -18,8 +18,11 @@ import aiomysql
 import orjson
 from pymysql.converters import escape_item, escape_string
 
-from hub.codec import parse_iso
-from hub.money import decimal_json, exact_decimal, from_cents
+from hub.money import decimal_json, from_cents
+from workers import columns as col
+from workers.columns import BadRecord
+
+__all__ = ["BadRecord", "Batch", "Store"]
 
 STREAM_COLUMNS = (
     "stream_id", "streamer_id", "streamer_name", "title", "description", "thumbnail_url",
@@ -79,29 +82,6 @@ MARK_LATE_CLEARED = (
     "WHERE m.message_id IN ({}) AND m.deleted_at IS NULL")
 
 
-class BadRecord(ValueError):
-    """An outbox entry that cannot be turned into a row."""
-
-
-def _dt(ms: Any) -> datetime | None:
-    if ms in (None, ""):
-        return None
-    return datetime.fromtimestamp(int(ms) / 1000, tz=UTC).replace(tzinfo=None)
-
-
-_HUB_ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
-
-
-def _iso(text: str) -> datetime | str:
-    """An ISO 8601 time for a DATETIME(3) column. The hub's own form (``…T…\\.mmmZ``) becomes
-    MySQL's text directly (strict mode refuses an impossible date); any other is parsed."""
-    if not isinstance(text, str):
-        raise ValueError("a time must be an ISO 8601 string")
-    if _HUB_ISO.fullmatch(text):
-        return f"{text[:10]} {text[11:23]}"
-    return datetime.fromtimestamp(parse_iso(text) / 1000, tz=UTC).replace(tzinfo=None)
-
-
 def _literal(value: Any) -> str:
     """One SQL literal, as pymysql writes it, without its per-value dispatch for the common
     types. Strings are backslash-escaped: the pool's sql_mode (``hub.db.INIT_COMMAND``) leaves
@@ -136,28 +116,43 @@ def _rows_sql(upsert: Upsert, rows: list[tuple[Any, ...]]) -> list[str]:
     return statements
 
 
-def _int(value: Any) -> int | None:
-    return None if value in (None, "") else int(value)
+# Column limits of sql/*.sql that the rows below are checked against (workers.columns).
+ID, NAME, MESSAGE, CLIENT_TIP_ID, TITLE, CATEGORY, URL, ACTION = 191, 191, 500, 64, 200, 64, 2048, 32
+STATUSES = ("LIVE", "ENDED", "SCHEDULED")
+MESSAGE_TYPES = ("TEXT", "EMOJI", "TIP", "ALERT")
+ALERT_MAX = 1024  # an alert is a symbol, a side and a price
 
 
-def _exact(value: Any) -> Decimal | None:
-    """A money value from JSON (a float whose repr is the text that was sent), exactly."""
-    if value is None:
-        return None
-    return Decimal(repr(value) if isinstance(value, float) else str(value)).quantize(Decimal("0.01"))
+def _count(d: dict[str, Any], name: str, high: int = col.INT_UNSIGNED) -> int:
+    """An unsigned counter of a stream hash; missing or empty is 0."""
+    value = d.get(name)
+    return 0 if value in (None, "") else col.whole(value, name, 0, high)
+
+
+def _money(d: dict[str, Any], name: str) -> Decimal:
+    """A stream hash's total in integer cents (its decimal text), as a DECIMAL(12,2)."""
+    value = d.get(name)
+    return from_cents(0 if value in (None, "") else col.cents(value, name, digits=True))
 
 
 def stream_row(d: dict[str, Any]) -> tuple[Any, ...]:
+    duration = d.get("duration_seconds")
     return (
-        d["stream_id"], d["streamer_id"], d.get("streamer_name") or None, d["title"],
-        d.get("description") or "", d.get("thumbnail_url") or None, d["status"],
-        d.get("category") or "", d.get("is_recording") == "1", d.get("recording_url") or None,
-        _int(d.get("peak_viewers")) or 0, _int(d.get("unique_viewers")) or 0,
-        _int(d.get("message_count")) or 0, _int(d.get("tip_count")) or 0,
-        from_cents(_int(d.get("tips_cents")) or 0), from_cents(_int(d.get("fees_cents")) or 0),
-        _dt(d.get("scheduled_at")), _dt(d.get("started_at")), _dt(d.get("ended_at")),
-        _int(d.get("duration_seconds")), _dt(d["created_at"]), _dt(d["updated_at"]),
-        _int(d.get("version")) or 0,
+        col.uuid(d["stream_id"], "stream_id"), col.text(d["streamer_id"], "streamer_id", ID),
+        col.text(d.get("streamer_name") or None, "streamer_name", NAME, null=True),
+        col.text(d["title"], "title", TITLE), col.long_text(d.get("description") or "", "description"),
+        col.text(d.get("thumbnail_url") or None, "thumbnail_url", URL, null=True),
+        col.choice(d["status"], "status", STATUSES), col.text(d.get("category") or "", "category", CATEGORY),
+        d.get("is_recording") == "1",
+        col.text(d.get("recording_url") or None, "recording_url", URL, null=True),
+        _count(d, "peak_viewers"), _count(d, "unique_viewers"), _count(d, "message_count"),
+        _count(d, "tip_count"), _money(d, "tips_cents"), _money(d, "fees_cents"),
+        col.ms_time(d.get("scheduled_at"), "scheduled_at", null=True),
+        col.ms_time(d.get("started_at"), "started_at", null=True),
+        col.ms_time(d.get("ended_at"), "ended_at", null=True),
+        None if duration in (None, "") else col.whole(duration, "duration_seconds", 0, col.INT_UNSIGNED),
+        col.ms_time(d["created_at"], "created_at"), col.ms_time(d["updated_at"], "updated_at"),
+        _count(d, "version", col.BIGINT_UNSIGNED),
     )
 
 
@@ -166,45 +161,59 @@ def _alert_json(alert: Any) -> str | None:
     if alert is None:
         return None
     if not isinstance(alert, dict):
-        raise ValueError("an alert must be an object")
+        raise BadRecord("an alert must be an object")
     price = alert.get("price")
     if price is not None:
-        alert = dict(alert, price=decimal_json(exact_decimal(price)))
-    return orjson.dumps(alert).decode()
+        alert = dict(alert, price=decimal_json(col.number(price, "the alert's price")))
+    text = orjson.dumps(alert).decode()
+    if len(text) > ALERT_MAX:
+        raise BadRecord(f"the alert is longer than {ALERT_MAX} characters")
+    return text
 
 
 def message_row(d: dict[str, Any]) -> tuple[Any, ...]:
     return (
-        d["message_id"], d["stream_id"], d["user_id"], d.get("username"), d["message"],
-        d["message_type"], _exact(d.get("tip_amount")), _alert_json(d.get("alert")),
-        _iso(d["created_at"]),
+        col.uuid(d["message_id"], "message_id"), col.uuid(d["stream_id"], "stream_id"),
+        col.text(d["user_id"], "user_id", ID), col.text(d.get("username"), "username", NAME, null=True),
+        col.text(d["message"], "message", MESSAGE),
+        col.choice(d["message_type"], "message_type", MESSAGE_TYPES),
+        col.money(d.get("tip_amount"), "tip_amount"), _alert_json(d.get("alert")),
+        col.iso_time(d["created_at"], "created_at"),
     )
 
 
 def tip_row(d: dict[str, Any]) -> tuple[Any, ...]:
-    amount, fee = int(d["amount_cents"]), int(d["fee_cents"])
+    amount = col.cents(d["amount_cents"], "amount_cents", 1)
+    fee = col.cents(d["fee_cents"], "fee_cents", 0, amount)
     return (
-        d["tip_id"], d["stream_id"], d["from_user_id"], d["to_user_id"], from_cents(amount),
-        from_cents(fee), from_cents(amount - fee), d["currency"], d.get("message") or "",
-        d.get("client_tip_id"), _iso(d["created_at"]),
+        col.uuid(d["tip_id"], "tip_id"), col.uuid(d["stream_id"], "stream_id"),
+        col.text(d["from_user_id"], "from_user_id", ID), col.text(d["to_user_id"], "to_user_id", ID),
+        from_cents(amount), from_cents(fee), from_cents(amount - fee), col.code(d["currency"], "currency", 3),
+        col.text(d.get("message") or "", "message", MESSAGE),
+        col.text(d.get("client_tip_id"), "client_tip_id", CLIENT_TIP_ID, null=True),
+        col.iso_time(d["created_at"], "created_at"),
     )
 
 
 def session_row(d: dict[str, Any]) -> tuple[Any, ...]:
     return (
-        d["session_id"], d["stream_id"], d.get("user_id"), _dt(d["joined_at"]), _dt(d["left_at"]),
-        int(d["watch_seconds"]),
+        col.uuid(d["session_id"], "session_id"), col.uuid(d["stream_id"], "stream_id"),
+        col.text(d.get("user_id"), "user_id", ID, null=True), col.ms_time(d["joined_at"], "joined_at"),
+        col.ms_time(d["left_at"], "left_at"),
+        col.whole(d["watch_seconds"], "watch_seconds", 0, col.INT_UNSIGNED),
     )
 
 
 def action_row(d: dict[str, Any]) -> tuple[Any, ...]:
     seconds = d.get("seconds")
-    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, int)):
-        raise ValueError("seconds must be a whole number")
-    until = d.get("until")
     return (
-        d["action_id"], d["stream_id"], d["action"], d["by"], d.get("user_id"), d.get("message_id"),
-        seconds, d.get("reason"), None if until is None else _iso(until), _iso(d["created_at"]),
+        col.uuid(d["action_id"], "action_id"), col.uuid(d["stream_id"], "stream_id"),
+        col.text(d["action"], "action", ACTION), col.text(d["by"], "by", ID),
+        col.text(d.get("user_id"), "user_id", ID, null=True),
+        col.uuid(d.get("message_id"), "message_id", null=True),
+        None if seconds is None else col.whole(seconds, "seconds", 0, col.INT_UNSIGNED),
+        col.text(d.get("reason"), "reason", MESSAGE, null=True),
+        col.iso_time(d.get("until"), "until", null=True), col.iso_time(d["created_at"], "created_at"),
     )
 
 
@@ -220,6 +229,8 @@ class Batch:
     _statements: list[str] | None = field(default=None, repr=False)
 
     def add(self, kind: str, data: str | dict[str, Any]) -> None:
+        """One record (its type and JSON data) as a row of the batch; ``BadRecord`` if it is
+        malformed."""
         try:
             d = data if isinstance(data, dict) else orjson.loads(data)
             if not isinstance(d, dict):

@@ -1,0 +1,154 @@
+"""Outbox -> flusher -> MySQL: a malformed record is dead-lettered, decided before any SQL,
+and the rest of its batch lands."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import pytest
+
+from hub import metrics
+from hub.keys import Keys
+from tests.conftest import unique
+
+CREATED = "2025-01-02T03:04:05.678Z"
+CREATED_MS = 1735787045678
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+def mysql_errors(kind: str | None = None) -> float:
+    """The flusher's count of MySQL errors of one kind, or of every kind."""
+    total = 0.0
+    for family in metrics.MYSQL_ERRORS.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total") and kind in (None, sample.labels["kind"]):
+                total += sample.value
+    return total
+
+
+async def live_stream(api, clients, base_url, token) -> tuple[str, Any]:
+    sid = (await api.create_stream(token(unique("streamer"), "streamer")))["stream_id"]
+    viewer = await clients(base_url, token(unique("viewer"), name="Viewer"))
+    assert (await viewer.call("join_stream", {"stream_id": sid}))["success"]
+    return sid, viewer
+
+
+async def dead_letters_of(rds, keys: Keys, needle: str) -> list[tuple[str, dict[str, str]]]:
+    return [(i, f) for i, f in await rds.xrange(keys.outbox_dead) if needle in f.get("d", "")]
+
+
+def tip(sid: str, **changes: Any) -> dict[str, Any]:
+    return {"tip_id": str(uuid.uuid4()), "stream_id": sid, "from_user_id": "fan", "to_user_id": "star",
+            "amount_cents": 500, "fee_cents": 25, "currency": "USD", "message": "gg",
+            "client_tip_id": None, "created_at": CREATED, **changes}
+
+
+def message(sid: str, **changes: Any) -> dict[str, Any]:
+    return {"message_id": str(uuid.uuid4()), "stream_id": sid, "user_id": "fan", "username": "Fan",
+            "message": "hello", "message_type": "TEXT", "tip_amount": None, "created_at": CREATED,
+            **changes}
+
+
+def session(sid: str, **changes: Any) -> dict[str, Any]:
+    return {"session_id": str(uuid.uuid4()), "stream_id": sid, "user_id": "fan",
+            "joined_at": CREATED_MS, "left_at": CREATED_MS + 5000, "watch_seconds": 5, **changes}
+
+
+def stream(sid: str, **changes: Any) -> dict[str, Any]:
+    """A stream record as Redis's cjson writes the stream hash: every value a string."""
+    return {"stream_id": str(uuid.uuid4()), "streamer_id": "star", "streamer_name": "Star",
+            "title": "Live", "description": "", "thumbnail_url": "", "status": "ENDED",
+            "category": "crypto", "is_recording": "0", "recording_url": "", "peak_viewers": "3",
+            "unique_viewers": 4, "message_count": "2", "tip_count": "1", "tips_cents": "500",
+            "fees_cents": "25", "scheduled_at": "", "started_at": str(CREATED_MS),
+            "ended_at": str(CREATED_MS + 60_000), "duration_seconds": "60",
+            "created_at": str(CREATED_MS), "updated_at": str(CREATED_MS + 60_000), "version": "3",
+            **changes}
+
+
+def moderation(sid: str, **changes: Any) -> dict[str, Any]:
+    return {"action_id": str(uuid.uuid4()), "stream_id": sid, "action": "timeout_user", "by": "star",
+            "user_id": "fan", "seconds": 60, "reason": "calm down", "until": "2025-01-02T03:05:05.678Z",
+            "created_at": CREATED, **changes}
+
+
+RECORDS: dict[str, Callable[..., dict[str, Any]]] = {
+    "tip": tip, "message": message, "session": session, "stream": stream, "moderation": moderation}
+ID_OF = {"tip": "tip_id", "message": "message_id", "session": "session_id", "stream": "stream_id",
+         "moderation": "action_id"}
+TABLE_OF = {"tip": "tips", "message": "chat_messages", "session": "viewing_sessions", "stream": "streams",
+            "moderation": "moderation_actions"}
+
+
+# -- a malformed record is dead-lettered, before any SQL ----------------------------------------
+
+BAD = [
+    ("tip", {"amount_cents": 2.5}),
+    ("tip", {"amount_cents": "500"}),
+    ("tip", {"amount_cents": 10**12}),
+    ("tip", {"amount_cents": 0}),
+    ("tip", {"fee_cents": 600}),
+    ("tip", {"tip_id": "not-a-uuid"}),
+    ("tip", {"stream_id": 42}),
+    ("tip", {"currency": "DOLLARS"}),
+    ("tip", {"client_tip_id": "k" * 65}),
+    ("tip", {"created_at": "2025-02-30T03:04:05.678Z"}),
+    ("message", {"message": "y" * 501}),
+    ("message", {"message_type": "SHOUT"}),
+    ("message", {"tip_amount": 0.001}),
+    ("message", {"tip_amount": 1e10}),
+    ("message", {"username": "n" * 192}),
+    ("message", {"user_id": None}),
+    ("message", {"message_type": "ALERT", "alert": {"symbol": "BTC", "side": "buy", "price": "NaN"}}),
+    ("session", {"watch_seconds": -1}),
+    ("session", {"left_at": "yesterday"}),
+    ("session", {"joined_at": 2**62}),
+    ("stream", {"status": "PAUSED"}),
+    ("stream", {"title": "t" * 201}),
+    ("stream", {"peak_viewers": str(2**32)}),
+    ("stream", {"tips_cents": "12.5"}),
+    ("stream", {"thumbnail_url": "https://x/" + "a" * 2048}),
+    ("moderation", {"seconds": 2**32}),
+    ("moderation", {"message_id": "m1"}),
+    ("moderation", {"action": "a" * 33}),
+    ("moderation", {"until": "soon"}),
+]
+
+
+@pytest.mark.parametrize("kind, changes", BAD, ids=[f"{k}-{next(iter(c))}" for k, c in BAD])
+async def test_a_malformed_record_is_dead_lettered_before_any_sql_and_the_batch_lands(
+        kind, changes, api, clients, base_url, token, flusher, sql, rds, settings):
+    sid, viewer = await live_stream(api, clients, base_url, token)
+    keys = Keys.of_settings(settings).of(sid)
+    record = RECORDS[kind](sid, **changes)
+    fields = {"t": kind, "d": orjson.dumps(record).decode()}
+
+    _, _, batch, bad = flusher.prepare([("1-0", fields)])  # Python alone: no connection to MySQL
+    assert (len(batch), [entry_id for entry_id, _ in bad]) == (0, ["1-0"])
+
+    await flusher.drain()
+    errors = mysql_errors()
+    bad_id = await rds.xadd(keys.outbox, fields)
+    ack = await viewer.call("send_message", {"stream_id": sid, "message": "still written"})
+    await flusher.drain()
+    assert sql("SELECT message FROM chat_messages WHERE message_id = %s", ack["message"]["message_id"]) == [
+        {"message": "still written"}]
+    assert [f["entry"] for _, f in await rds.xrange(keys.outbox_dead) if f.get("entry") == bad_id] == [bad_id]
+    assert mysql_errors() == errors  # MySQL never saw it
+    record_id = record[ID_OF[kind]]
+    if isinstance(record_id, str):
+        assert sql(f"SELECT 1 FROM {TABLE_OF[kind]} WHERE {ID_OF[kind]} = %s", record_id) == []
+
+
+@pytest.mark.parametrize("kind", sorted(RECORDS))
+async def test_a_well_formed_record_of_each_kind_is_written(kind, flusher, sql, rds, settings):
+    sid = str(uuid.uuid4())
+    record = RECORDS[kind](sid)
+    await rds.xadd(Keys.of_settings(settings).of(sid).outbox, {"t": kind, "d": orjson.dumps(record).decode()})
+    await flusher.drain()
+    column = ID_OF[kind]
+    assert len(sql(f"SELECT 1 FROM {TABLE_OF[kind]} WHERE {column} = %s", record[column])) == 1
