@@ -40,10 +40,15 @@ FLUSH_BATCH_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
     registry=FLUSHER)
 FLUSH_ROWS = Counter("hub_flusher_rows", "Rows written to MySQL, by table", ["table"], registry=FLUSHER)
-FLUSH_DEAD = Counter("hub_flusher_dead_letters", "Outbox records moved to outbox:dead", registry=FLUSHER)
-MYSQL_ERRORS = Counter("hub_flusher_mysql_errors",
-                       "MySQL errors met by the flusher: down (retried) or refused (record set aside)",
-                       ["kind"], registry=FLUSHER)
+FLUSH_DEAD = Counter("hub_flusher_dead_letters", "Malformed outbox records moved to outbox:dead",
+                     registry=FLUSHER)
+MYSQL_ERRORS = Counter(
+    "hub_flusher_mysql_errors",
+    "Failed batch writes, each retried until it commits, by kind (workers.failures.KINDS: connection, "
+    "schema, permission, read_only, deadlock, lock_timeout, too_many_connections, disk_full, data, other)",
+    ["kind"], registry=FLUSHER)
+FLUSH_STALLED = Gauge("hub_flusher_stalled_seconds",
+                      "How long the batch being written has been failing (0: none failing)", registry=FLUSHER)
 FLUSHER_OUTBOX_ENTRIES = Gauge("hub_outbox_entries", "Outbox entries not yet written to MySQL",
                                registry=FLUSHER)
 FLUSHER_OUTBOX_AGE = Gauge("hub_outbox_oldest_age_seconds", "Age of the oldest outbox entry not yet written",

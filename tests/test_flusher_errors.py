@@ -1,18 +1,23 @@
-"""Outbox -> flusher -> MySQL: a malformed record is dead-lettered, decided before any SQL,
-and the rest of its batch lands."""
+"""Outbox -> flusher -> MySQL when something fails: an error of the database is retried until
+it passes (counted by kind, logged once a minute), only a malformed record is dead-lettered,
+decided before any SQL."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import orjson
+import pymysql
 import pytest
 
 from hub import metrics
 from hub.keys import Keys
-from tests.conftest import unique
+from tests.conftest import eventually, unique
+from workers.failures import kind_of
 
 CREATED = "2025-01-02T03:04:05.678Z"
 CREATED_MS = 1735787045678
@@ -82,6 +87,98 @@ ID_OF = {"tip": "tip_id", "message": "message_id", "session": "session_id", "str
          "moderation": "action_id"}
 TABLE_OF = {"tip": "tips", "message": "chat_messages", "session": "viewing_sessions", "stream": "streams",
             "moderation": "moderation_actions"}
+
+
+# -- what an error of MySQL is ------------------------------------------------------------------
+
+@pytest.mark.parametrize("error, kind", [
+    (pymysql.err.OperationalError(2013, "Lost connection to server during query"), "connection"),
+    (pymysql.err.OperationalError(2003, "Can't connect to MySQL server"), "connection"),
+    (pymysql.err.InterfaceError(0, ""), "connection"),
+    (ConnectionResetError(104, "Connection reset by peer"), "connection"),
+    (pymysql.err.ProgrammingError(1146, "Table 'hub.tips' doesn't exist"), "schema"),
+    (pymysql.err.OperationalError(1054, "Unknown column 'alert' in 'field list'"), "schema"),
+    (pymysql.err.OperationalError(1142, "INSERT command denied to user"), "permission"),
+    (pymysql.err.OperationalError(1290, "The MariaDB server is running with the --read-only option"),
+     "read_only"),
+    (pymysql.err.OperationalError(1213, "Deadlock found when trying to get lock"), "deadlock"),
+    (pymysql.err.OperationalError(1205, "Lock wait timeout exceeded"), "lock_timeout"),
+    (pymysql.err.OperationalError(1040, "Too many connections"), "too_many_connections"),
+    (pymysql.err.OperationalError(1021, "Disk full"), "disk_full"),
+    (pymysql.err.DataError(1406, "Data too long for column 'message'"), "data"),
+    (pymysql.err.InternalError(1105, "Unknown error"), "other"),
+])
+def test_each_mysql_error_has_a_kind(error: BaseException, kind: str) -> None:
+    assert kind_of(error) == kind
+
+
+# -- an error of the database is waited out ----------------------------------------------------
+
+async def test_a_missing_table_is_waited_out_and_every_acked_tip_lands_once(
+        api, clients, base_url, token, flusher, sql, rds, settings, caplog):
+    caplog.set_level(logging.INFO, logger="workers.flusher")
+    sid, viewer = await live_stream(api, clients, base_url, token)
+    keys = Keys.of_settings(settings).of(sid)
+    tips: set[str] = set()
+    messages: set[str] = set()
+
+    async def send(n: int) -> None:
+        sent = await viewer.call("send_tip", {"stream_id": sid, "amount": "2.50", "message": f"tip {n}"})
+        assert sent["success"], sent
+        tips.add(sent["tip"]["tip_id"])
+        messages.add(sent["message_id"])
+        said = await viewer.call("send_message", {"stream_id": sid, "message": f"chat {n}"})
+        assert said["success"], said
+        messages.add(said["message"]["message_id"])
+
+    def renamed() -> bool:
+        return bool(sql("SELECT 1 FROM information_schema.tables WHERE table_schema = DATABASE() "
+                        "AND table_name = 'tips_away'"))
+
+    def stored(table: str, column: str) -> list[str]:
+        return [r[column] for r in sql(f"SELECT {column} FROM {table} WHERE stream_id = %s", sid)]
+
+    task = asyncio.create_task(flusher.run())
+    try:
+        await send(0)
+
+        async def first_written() -> bool:
+            return stored("tips", "tip_id") == list(tips)
+
+        await eventually(first_written, what="the first tip written")
+        schema_errors = mysql_errors("schema")
+        sql("RENAME TABLE tips TO tips_away")
+        try:
+            for n in range(1, 4):
+                await send(n)
+
+            async def retried() -> bool:
+                return mysql_errors("schema") >= schema_errors + 3
+
+            await eventually(retried, 15, "three failed writes counted as schema errors")
+            status, ready = await api.request("GET", "/readyz")
+            assert status == 200, ready
+            lag = ready["outbox"]  # what waits shows in the outbox's lag
+            assert lag["entries"] >= 6 and lag["pending"] >= 1 and lag["oldest_age_seconds"] > 0, ready
+            assert await dead_letters_of(rds, keys, sid) == []
+        finally:
+            if renamed():
+                sql("RENAME TABLE tips_away TO tips")
+
+        async def all_written() -> bool:
+            return (sorted(stored("tips", "tip_id")) == sorted(tips)
+                    and sorted(stored("chat_messages", "message_id")) == sorted(messages))
+
+        await eventually(all_written, 15, "every acked tip and message written once the table is back")
+        assert await dead_letters_of(rds, keys, sid) == []
+        logged = [r for r in caplog.records if r.name == "workers.flusher" and "schema" in r.getMessage()
+                  and r.levelno >= logging.WARNING]
+        assert len(logged) == 1, [r.getMessage() for r in logged]  # once a minute, not once a retry
+    finally:
+        flusher.stop()
+        await asyncio.wait_for(task, 10)
+        if renamed():
+            sql("RENAME TABLE tips_away TO tips")
 
 
 # -- a malformed record is dead-lettered, before any SQL ----------------------------------------

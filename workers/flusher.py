@@ -12,6 +12,11 @@ with one blocking XREADGROUP over every outbox; a cluster, where a call names on
 with one non-blocking XREADGROUP per shard, all at once, again after IDLE_POLL seconds while all
 are empty (doubling up to IDLE_POLL_MAX while they stay empty).
 
+Records are checked in Python before any SQL: only a malformed one is set aside, in the dead
+letters of its shard (``outbox:dead``). Every error of MySQL is the database's, so a failed
+batch is retried with capped backoff until it commits, counted by kind and logged once a minute
+per kind; its entries stay pending meanwhile, in the outbox lag.
+
 ``python -m workers.flusher [--burst]``; ``--burst`` stops when the outbox is empty.
 """
 
@@ -40,6 +45,7 @@ from hub.connections import StartupError, connect_mysql, connect_redis, run, set
 from hub.keys import OUTBOX_GROUP, Keys
 from hub.settings import Settings
 from hub.state import outbox_lag, persistence_warning
+from workers.failures import FailureLog, kind_of
 from workers.store import BadRecord, Batch, Store
 
 log = logging.getLogger("workers.flusher")
@@ -55,7 +61,7 @@ FLUSHED_LUA = (resources.files("hub") / "lua" / "flushed.lua").read_text()
 def expand(entries: list[Entry]) -> list[Entry]:
     """Entries as records: a ``messages`` entry (a JSON list of chat messages, written by one
     batched chat script) becomes one ``message`` entry per record, with the same entry id, so
-    that a record MySQL refuses is dead-lettered alone."""
+    that a malformed record is dead-lettered alone."""
     records: list[Entry] = []
     for entry_id, fields in entries:
         if fields.get("t") == "messages":
@@ -107,6 +113,7 @@ class Flusher:
         self._next_claim = 0.0
         self._next_observe = 0.0
         self._idle = IDLE_POLL
+        self._failures = FailureLog(log)
 
     def _written(self, records: list[Entry], bad: list[Entry]) -> dict[int, dict[str, list[str]]]:
         """The chat messages of a batch MySQL took (the dead-lettered left out: they stay
@@ -224,19 +231,13 @@ class Flusher:
         if not read:
             return 0
         start = time.perf_counter()
-        try:
-            await self._write(batch)
-        except pymysql.MySQLError as exc:
-            metrics.MYSQL_ERRORS.labels("refused").inc()
-            log.error("MySQL refused a batch of %d (%s); writing its entries one by one",
-                      len(entries), exc)
-            bad = await self._write_each(entries)
-        else:
-            metrics.FLUSH_BATCH_SECONDS.observe(time.perf_counter() - start)
-            metrics.FLUSH_BATCH_RECORDS.observe(len(batch))
-            for table, rows in batch.tables().items():
-                if rows:
-                    metrics.FLUSH_ROWS.labels(table).inc(rows)
+        if not await self._write(batch):
+            return 0  # stopped while MySQL failed: the entries stay pending, for the next flusher
+        metrics.FLUSH_BATCH_SECONDS.observe(time.perf_counter() - start)
+        metrics.FLUSH_BATCH_RECORDS.observe(len(batch))
+        for table, rows in batch.tables().items():
+            if rows:
+                metrics.FLUSH_ROWS.labels(table).inc(rows)
         await self._settle([eid for eid, _ in read], bad, entries)
         if bad:
             metrics.FLUSH_DEAD.inc(len(bad))
@@ -253,21 +254,6 @@ class Flusher:
     async def _read_ahead(self) -> Prepared:
         return self.prepare(await self.read(None))
 
-    async def _write_each(self, entries: list[Entry]) -> list[Entry]:
-        """Isolate the entries MySQL refuses (they go to the dead-letter stream)."""
-        bad: list[Entry] = []
-        for entry in entries:
-            batch, refused = self._fold([entry])
-            try:
-                await self._write(batch)
-            except pymysql.MySQLError as exc:
-                metrics.MYSQL_ERRORS.labels("refused").inc()
-                log.error("outbox entry %s refused by MySQL (%s); moved to the dead letters",
-                          entry[0], exc)
-                refused = [entry]
-            bad.extend(refused)
-        return bad
-
     def _fold(self, entries: list[Entry]) -> tuple[Batch, list[Entry]]:
         batch, bad = Batch(), []
         for entry_id, fields in entries:
@@ -279,21 +265,37 @@ class Flusher:
                 bad.append((entry_id, fields))
         return batch, bad
 
-    async def _write(self, batch: Batch) -> None:
-        """Write until it commits: MySQL being down is waited out with capped backoff."""
-        delay = 0.5
+    async def _write(self, batch: Batch) -> bool:
+        """Write until it commits (True), or until the flusher is stopped while it fails (False:
+        its entries stay pending, to be claimed). The records were checked in Python, so every
+        error is the database's (even a refusal of a value: a gap in those checks, or a schema
+        changed under them), waited out with capped backoff, never dead-lettered."""
+        delay, failing = 0.5, 0.0
         while True:
             try:
                 if len(batch):
                     await self.store.write(batch)
-                return
-            except (pymysql.err.OperationalError, pymysql.err.InterfaceError, OSError) as exc:
-                if isinstance(exc, pymysql.err.OperationalError) and _refusal(exc):
-                    raise
-                metrics.MYSQL_ERRORS.labels("down").inc()
-                log.warning("MySQL write failed (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_MAX)
+                break
+            except (pymysql.MySQLError, OSError) as exc:
+                failing = failing or time.monotonic()
+                self._failed(exc, len(batch), time.monotonic() - failing)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            if self._stopping.is_set():
+                return False
+            delay = min(delay * 2, BACKOFF_MAX)
+            with contextlib.suppress(RedisError, OSError):
+                await self._observe_outbox()  # the lag grows while the batch waits
+        if failing:
+            metrics.FLUSH_STALLED.set(0)
+            log.info("MySQL write committed after failing for %.1fs", time.monotonic() - failing)
+        return True
+
+    def _failed(self, exc: BaseException, records: int, stalled: float) -> None:
+        kind = kind_of(exc)
+        metrics.MYSQL_ERRORS.labels(kind).inc()
+        metrics.FLUSH_STALLED.set(stalled)
+        self._failures.failed(kind, exc, records, stalled)
 
     async def _settle(self, ids: list[str], bad: list[Entry], records: list[Entry] | None = None) -> None:
         """Acknowledge and delete a batch's entries, the bad ones kept in the dead letters of
@@ -328,9 +330,9 @@ class Flusher:
             return sum(await pipe.execute())
 
     async def drain(self) -> int:
-        """Flush until the outbox is empty (tests, ``--burst``)."""
+        """Flush until the outbox is empty (tests, ``--burst``) or the flusher is stopped."""
         total = 0
-        while True:
+        while not self._stopping.is_set():
             settled = await self.step(block_ms=None)
             total += settled
             if settled == 0 and await self._left() == 0:
@@ -338,6 +340,7 @@ class Flusher:
             if settled == 0:
                 # Entries pending for another consumer, not idle long enough to claim yet.
                 await asyncio.sleep(0.05)
+        return total
 
     def stop(self) -> None:
         self._stopping.set()
@@ -399,12 +402,6 @@ def serve_metrics(settings: Settings) -> None:
         return
     print(f"✅ Flusher metrics on http://{settings.flusher_metrics_host}:{settings.flusher_metrics_port}"
           "/metrics", flush=True)
-
-
-def _refusal(exc: pymysql.err.OperationalError) -> bool:
-    """An OperationalError about the data (not the connection): retrying will not help."""
-    code = exc.args[0] if exc.args else 0
-    return isinstance(code, int) and code in (1048, 1054, 1136, 1264, 1292, 1366, 1406)
 
 
 async def main_async(settings: Settings, burst: bool) -> int:
