@@ -49,6 +49,9 @@ MYSQL_ERRORS = Counter(
     ["kind"], registry=FLUSHER)
 FLUSH_STALLED = Gauge("hub_flusher_stalled_seconds",
                       "How long the batch being written has been failing (0: none failing)", registry=FLUSHER)
+FLUSH_CONSUMERS_REMOVED = Counter("hub_flusher_consumers_removed",
+                                  "Idle outbox consumers with nothing pending removed from the group",
+                                  registry=FLUSHER)
 FLUSHER_OUTBOX_ENTRIES = Gauge("hub_outbox_entries", "Outbox entries not yet written to MySQL",
                                registry=FLUSHER)
 FLUSHER_OUTBOX_AGE = Gauge("hub_outbox_oldest_age_seconds", "Age of the oldest outbox entry not yet written",

@@ -1,11 +1,12 @@
 """Outbox -> flusher -> MySQL when something fails: an error of the database is retried until
 it passes (counted by kind, logged once a minute), only a malformed record is dead-lettered,
-decided before any SQL."""
+decided before any SQL; idle consumers go."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +16,7 @@ import pymysql
 import pytest
 
 from hub import metrics
-from hub.keys import Keys
+from hub.keys import OUTBOX_GROUP, Keys
 from tests.conftest import eventually, unique
 from workers.failures import kind_of
 
@@ -249,3 +250,50 @@ async def test_a_well_formed_record_of_each_kind_is_written(kind, flusher, sql, 
     await flusher.drain()
     column = ID_OF[kind]
     assert len(sql(f"SELECT 1 FROM {TABLE_OF[kind]} WHERE {column} = %s", record[column])) == 1
+
+
+# -- consumers of flushers gone are removed ----------------------------------------------------
+
+async def consumers(rds, outbox: str) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in await rds.xinfo_consumers(outbox, OUTBOX_GROUP)}
+
+
+async def test_idle_consumers_with_nothing_pending_are_removed(flusher, sql, rds, settings):
+    outboxes = flusher.outboxes
+    gone, busy = unique("gone-flusher"), unique("busy-flusher")
+    sid = str(uuid.uuid4())
+    outbox = Keys.of_settings(settings).of(sid).outbox
+    record = message(sid)
+    for name in (gone, flusher.consumer):
+        for each in outboxes:
+            await rds.xgroup_createconsumer(each, OUTBOX_GROUP, name)
+    await flusher.drain()  # nothing else waiting for the busy one to take
+    await rds.xadd(outbox, {"t": "message", "d": orjson.dumps(record).decode()})
+    taken = await rds.xreadgroup(OUTBOX_GROUP, busy, {outbox: ">"}, count=1)
+    assert taken and len(taken[0][1]) == 1
+    idle_ms = 10 * settings.flush_claim_idle_ms
+    started = time.monotonic()
+
+    async def all_idle() -> bool:
+        found = await consumers(rds, outbox)
+        return all(found[name]["idle"] > idle_ms for name in (gone, busy, flusher.consumer))
+
+    await eventually(all_idle, idle_ms / 1000 + 10, "the consumers idle long enough", every=0.25)
+    assert time.monotonic() - started >= idle_ms / 1000 - 0.5
+    await flusher.forget_idle_consumers()
+    for each in outboxes:
+        found = await consumers(rds, each)
+        assert gone not in found and flusher.consumer in found
+    assert (await consumers(rds, outbox))[busy]["pending"] == 1  # kept: it holds an entry
+
+    task = asyncio.create_task(flusher.run())  # claims the busy one's entry, then forgets it
+    try:
+        async def taken_over() -> bool:
+            return (busy not in await consumers(rds, outbox)
+                    and len(sql("SELECT 1 FROM chat_messages WHERE message_id = %s", record["message_id"])) == 1)
+
+        await eventually(taken_over, what="the entry written and its idle consumer forgotten")
+        assert flusher.consumer in await consumers(rds, outbox)
+    finally:
+        flusher.stop()
+        await asyncio.wait_for(task, 10)

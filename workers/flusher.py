@@ -15,7 +15,8 @@ are empty (doubling up to IDLE_POLL_MAX while they stay empty).
 Records are checked in Python before any SQL: only a malformed one is set aside, in the dead
 letters of its shard (``outbox:dead``). Every error of MySQL is the database's, so a failed
 batch is retried with capped backoff until it commits, counted by kind and logged once a minute
-per kind; its entries stay pending meanwhile, in the outbox lag.
+per kind; its entries stay pending meanwhile, in the outbox lag. Consumers of flushers gone
+(idle, nothing pending) are removed once a minute.
 
 ``python -m workers.flusher [--burst]``; ``--burst`` stops when the outbox is empty.
 """
@@ -56,6 +57,10 @@ IDLE_POLL_MAX = 0.25
 Prepared = tuple[list[Entry], list[Entry], Batch, list[Entry]]  # read, records, batch, bad
 BACKOFF_MAX = 5.0
 FLUSHED_LUA = (resources.files("hub") / "lua" / "flushed.lua").read_text()
+FORGET_CONSUMERS_LUA = (resources.files("hub") / "lua" / "forget_consumers.lua").read_text()
+# A consumer idle this many claim intervals with nothing pending belongs to a flusher gone.
+CONSUMER_IDLE_CLAIMS = 10
+FORGET_EVERY = 60.0
 
 
 def expand(entries: list[Entry]) -> list[Entry]:
@@ -112,6 +117,7 @@ class Flusher:
         self._stopping = asyncio.Event()
         self._next_claim = 0.0
         self._next_observe = 0.0
+        self._next_forget = 0.0
         self._idle = IDLE_POLL
         self._failures = FailureLog(log)
 
@@ -355,6 +361,32 @@ class Flusher:
         metrics.FLUSHER_OUTBOX_ENTRIES.set(lag["entries"])
         metrics.FLUSHER_OUTBOX_AGE.set(lag["oldest_age_seconds"])
 
+    async def forget_idle_consumers(self) -> list[str]:
+        """Remove from each outbox's group the consumers idle longer than
+        CONSUMER_IDLE_CLAIMS claim intervals with nothing pending (flushers gone), never this
+        flusher's own. Redis 7.2 counts idle time from a consumer's last read, 7.0 from its last
+        read that returned entries: there a running flusher with nothing to read for that long
+        may go too, which is harmless (Redis makes it anew when it next reads entries)."""
+        idle_ms = CONSUMER_IDLE_CLAIMS * self.settings.flush_claim_idle_ms
+        removed: list[str] = []
+        for outbox in self.outboxes:
+            names = await self.redis.eval(FORGET_CONSUMERS_LUA, 1, outbox, OUTBOX_GROUP, idle_ms,
+                                          self.consumer)
+            removed.extend(names)
+        if removed:
+            metrics.FLUSH_CONSUMERS_REMOVED.inc(len(removed))
+            log.info("removed %d idle outbox consumers with nothing pending: %s", len(removed),
+                     ", ".join(sorted(set(removed))))
+        return removed
+
+    async def _housekeep(self) -> None:
+        """The outbox's figures (at most once a second), idle consumers (once a minute)."""
+        await self._observe_outbox()
+        now = time.monotonic()
+        if now >= self._next_forget:
+            self._next_forget = now + FORGET_EVERY
+            await self.forget_idle_consumers()
+
     async def run(self) -> None:
         """Until stopped: each batch written and settled before the next, while the next one is
         read from Redis (so MySQL is kept busy); a stop ends after the batches read."""
@@ -374,7 +406,7 @@ class Flusher:
                     ahead = asyncio.ensure_future(self._read_ahead())
                 if ready[0]:
                     await self.step(ready=ready)
-                await self._observe_outbox()
+                await self._housekeep()
                 delay = 0.5
             except asyncio.CancelledError:
                 if ahead is not None:
