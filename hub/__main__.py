@@ -1,4 +1,4 @@
-"""``python -m hub serve|run-local|migrate|check|token|inspect``."""
+"""``python -m hub serve|run-local|migrate|check|token|inspect|outbox``."""
 
 from __future__ import annotations
 
@@ -6,10 +6,16 @@ import argparse
 import signal
 import subprocess
 import sys
+from typing import TYPE_CHECKING
 
 from hub.connections import settings_or_exit
 from hub.errors import HubError
 from hub.settings import Settings
+
+if TYPE_CHECKING:
+    import redis
+
+    from hub.keys import Keys
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,13 +40,20 @@ def main(argv: list[str] | None = None) -> int:
                          help="one stream: its figures, viewers per worker, recent chat")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
     inspect.add_argument("--chat", type=int, default=10, help="recent chat messages to show (default 10)")
+    outbox = sub.add_parser("outbox", help="the outbox's dead letters (malformed records): list or replay")
+    outbox_sub = outbox.add_subparsers(dest="outbox_command", required=True)
+    dead = outbox_sub.add_parser("dead", help="list every shard's dead letters")
+    dead.add_argument("--json", action="store_true", help="print JSON instead of text")
+    replay = outbox_sub.add_parser("replay", help="put dead letters back in their shard's outbox")
+    replay.add_argument("ids", nargs="*", metavar="ID", help="a dead letter's id, or SHARD/ID")
+    replay.add_argument("--all", action="store_true", help="every dead letter there now")
     args = parser.parse_args(argv)
 
     settings = settings_or_exit()
     if isinstance(settings, int):
         return settings
     commands = {"serve": _serve, "run-local": _run_local, "migrate": _migrate,
-                "check": _check, "token": _token, "inspect": _inspect}
+                "check": _check, "token": _token, "inspect": _inspect, "outbox": _outbox}
     return commands[args.command](settings, args)
 
 
@@ -182,6 +195,54 @@ def _inspect(settings: Settings, args: argparse.Namespace) -> int:
         print(inspection.stream_text(found))
     return 0
 
+
+def _outbox(settings: Settings, args: argparse.Namespace) -> int:
+    """``outbox dead``: list the dead letters; ``outbox replay``: put them back in the outbox."""
+    import redis
+
+    from hub.connections import redacted, sync_redis
+    from hub.keys import Keys
+
+    keys = Keys.of_settings(settings)
+    try:
+        client = sync_redis(settings, decode_responses=True, socket_connect_timeout=3)
+        if args.outbox_command == "dead":
+            return _outbox_dead(client, keys, args.json)
+        return _outbox_replay(client, keys, args.ids, args.all)
+    except redis.RedisError as exc:
+        print(f"❌ Redis at {redacted(settings.redis_url)}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _outbox_dead(client: redis.Redis, keys: Keys, as_json: bool) -> int:
+    import orjson
+
+    from hub import deadletters
+
+    letters = deadletters.listing(client, keys)
+    print(orjson.dumps(letters, option=orjson.OPT_INDENT_2).decode() if as_json
+          else deadletters.listing_text(letters))
+    return 0
+
+
+def _outbox_replay(client: redis.Redis, keys: Keys, ids: list[str], every: bool) -> int:
+    from hub import deadletters
+
+    if bool(ids) == every:
+        print("❌ Name the dead letters to replay (ID or SHARD/ID), or --all", file=sys.stderr)
+        return 1
+    try:
+        wanted = deadletters.targets(ids, len(keys.all))
+    except ValueError as exc:
+        print(f"❌ {exc}", file=sys.stderr)
+        return 1
+    done = deadletters.replay_all(client, keys) if every else deadletters.replay(client, keys, wanted)
+    for shard, entry_id, entry in done:
+        print(f"✅ {shard}/{entry_id} replayed as outbox entry {entry}" if entry is not None
+              else f"ℹ️  {'' if shard is None else f'{shard}/'}{entry_id} is not in the dead letters "
+              "(replayed already?): nothing done")
+    print(f"{sum(entry is not None for _, _, entry in done)} dead letters replayed")
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

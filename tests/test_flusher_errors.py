@@ -1,11 +1,13 @@
 """Outbox -> flusher -> MySQL when something fails: an error of the database is retried until
 it passes (counted by kind, logged once a minute), only a malformed record is dead-lettered,
-decided before any SQL; idle consumers go."""
+decided before any SQL; an operator lists and replays dead letters; idle consumers go."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -17,7 +19,7 @@ import pytest
 
 from hub import metrics
 from hub.keys import OUTBOX_GROUP, Keys
-from tests.conftest import eventually, unique
+from tests.conftest import ROOT, eventually, unique
 from workers.failures import kind_of
 
 CREATED = "2025-01-02T03:04:05.678Z"
@@ -88,6 +90,16 @@ ID_OF = {"tip": "tip_id", "message": "message_id", "session": "session_id", "str
          "moderation": "action_id"}
 TABLE_OF = {"tip": "tips", "message": "chat_messages", "session": "viewing_sessions", "stream": "streams",
             "moderation": "moderation_actions"}
+
+
+async def run(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    """``python -m hub ARGS`` as an operator runs it."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hub", *args, cwd=ROOT, env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
 
 
 # -- what an error of MySQL is ------------------------------------------------------------------
@@ -250,6 +262,62 @@ async def test_a_well_formed_record_of_each_kind_is_written(kind, flusher, sql, 
     await flusher.drain()
     column = ID_OF[kind]
     assert len(sql(f"SELECT 1 FROM {TABLE_OF[kind]} WHERE {column} = %s", record[column])) == 1
+
+
+# -- an operator lists and replays dead letters ------------------------------------------------
+
+async def test_dead_letters_are_listed_and_replayed_once(env, flusher, sql, rds, settings):
+    sid = str(uuid.uuid4())
+    keys = Keys.of_settings(settings).of(sid)
+    shard = Keys.of_settings(settings).shard_of(sid)
+    good = tip(sid)
+    text = orjson.dumps(good).decode()
+    # A well-formed tip set aside twice (as a flusher that took MySQL's errors for the record's
+    # did), and a malformed one the flusher sets aside now.
+    first = await rds.xadd(keys.outbox_dead, {"t": "tip", "d": text, "entry": "1-0"})
+    second = await rds.xadd(keys.outbox_dead, {"t": "tip", "d": text, "entry": "1-1"})
+    broken = await rds.xadd(keys.outbox, {"t": "tip", "d": orjson.dumps(tip(sid, amount_cents=2.5)).decode()})
+    await flusher.drain()
+
+    code, out, err = await run(env, "outbox", "dead", "--json")
+    assert code == 0, err
+    listed = {(d["shard"], d["id"]): d for d in orjson.loads(out)}
+    assert listed[(shard, first)]["kind"] == "tip" and listed[(shard, first)]["entry"] == "1-0"
+    assert listed[(shard, first)]["data"] == text
+    [malformed] = [d for d in listed.values() if d["entry"] == broken]
+    code, out, err = await run(env, "outbox", "dead")
+    assert code == 0, err
+    line = next(line for line in out.splitlines() if first in line)
+    assert "tip" in line and "1-0" in line and good["tip_id"][:8] in line
+
+    def rows() -> int:
+        return len(sql("SELECT 1 FROM tips WHERE tip_id = %s", good["tip_id"]))
+
+    code, out, err = await run(env, "outbox", "replay", first)
+    assert code == 0 and first in out, (out, err)
+    await flusher.drain()
+    assert rows() == 1
+    code, out, err = await run(env, "outbox", "replay", first)  # again: nothing left to do
+    assert code == 0 and "not in the dead letters" in out, (out, err)
+    code, out, err = await run(env, "outbox", "replay", f"{shard}/{second}")  # the same record again
+    assert code == 0, (out, err)
+    await flusher.drain()
+    assert rows() == 1
+    assert {first, second}.isdisjoint(i for i, _ in await rds.xrange(keys.outbox_dead))
+
+    code, out, err = await run(env, "outbox", "replay", "--all")  # the malformed one comes back
+    assert code == 0, (out, err)
+    await flusher.drain()
+    assert malformed["id"] not in [i for i, _ in await rds.xrange(keys.outbox_dead)]
+    assert [f["d"] for _, f in await dead_letters_of(rds, keys, sid)] == [malformed["data"]]
+    assert rows() == 1
+
+    code, _, err = await run(env, "outbox", "replay", "not-an-id")
+    assert code == 1 and "not-an-id" in err
+    code, _, err = await run(env, "outbox", "replay")
+    assert code == 1 and err.strip()
+    code, _, err = await run({**env, "REDIS_URL": "redis://127.0.0.1:1/0"}, "outbox", "dead")
+    assert code == 1 and "Redis at redis://127.0.0.1:1/0" in err
 
 
 # -- consumers of flushers gone are removed ----------------------------------------------------

@@ -16,7 +16,8 @@ Records are checked in Python before any SQL: only a malformed one is set aside,
 letters of its shard (``outbox:dead``). Every error of MySQL is the database's, so a failed
 batch is retried with capped backoff until it commits, counted by kind and logged once a minute
 per kind; its entries stay pending meanwhile, in the outbox lag. Consumers of flushers gone
-(idle, nothing pending) are removed once a minute.
+(idle, nothing pending) are removed once a minute. ``python -m hub outbox dead|replay`` lists
+and replays the dead letters (docs/outbox.md).
 
 ``python -m workers.flusher [--burst]``; ``--burst`` stops when the outbox is empty.
 """
