@@ -1,0 +1,349 @@
+"""Redis losing its data, noticed and healed.
+
+Each shard holds an epoch marker (``Keys.epoch``): the id of Redis's current life there, which
+a web worker writes when it finds none. A Redis that comes back without its data (no
+append-only log, a new node, a flushed database) has lost the marker with everything else, so
+a worker that finds it gone, or different from the one it saw last, knows that the shard's live
+state may be gone and heals the shard:
+
+- a stream MySQL holds as LIVE whose stream hash is gone is ended, with the figures MySQL's own
+  rows give (``heal.lua``), and the viewers still connected are told ``stream_ended``;
+- a stream MySQL holds as SCHEDULED whose hash is gone gets its hash back, to be started later
+  (unless it is past its time plus ``HUB_SCHEDULED_GRACE``: then it had expired unstarted).
+
+A stream whose hash exists is left alone, so a heal when nothing was lost changes nothing, and
+workers healing at once heal each stream once. The marker reads ``ID`` while the shard's heal
+is due and ``ID healed`` once a worker has done it; one worker at a time heals a shard (a lock).
+
+What it costs: one GET per shard per worker before each presence refresh (one round trip); a
+heal reads MySQL's unfinished streams once per shard and worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from importlib import resources
+from typing import Any, NamedTuple
+
+import aiomysql
+import pymysql
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
+
+from hub.codec import dumps, uuid7
+from hub.keys import NAMESPACE, Keys
+from hub.money import to_cents
+from hub.presence import Presence
+from hub.service import room_event, room_message
+from hub.settings import Settings
+
+log = logging.getLogger(__name__)
+
+HEALED = " healed"
+LOCK_MS = 30_000
+RETRY_MAX = 2.0
+IN_BATCH = 500
+# The recent_floor of a healed stream: every message id is below it, so chat pages come from
+# MySQL (and the unflushed set), never from the lost recent set.
+NO_RECENT = "ffffffff-ffff-ffff-ffff-ffffffffffff"
+
+UNFINISHED = "SELECT * FROM streams WHERE status IN ('LIVE', 'SCHEDULED')"
+UNFINISHED_OF = "SELECT * FROM streams WHERE stream_id IN ({}) AND status IN ('LIVE', 'SCHEDULED')"
+MESSAGES = "SELECT stream_id, COUNT(*) AS n FROM chat_messages WHERE stream_id IN ({}) GROUP BY stream_id"
+TIPS = ("SELECT stream_id, COUNT(*) AS n, SUM(amount) AS amount, SUM(platform_fee) AS fees "
+        "FROM tips WHERE stream_id IN ({}) GROUP BY stream_id")
+# Everyone who chatted or tipped had joined (an alert is the one message sent without joining);
+# an anonymous viewer is known only by its viewing sessions, each counted as one.
+VIEWERS = ("SELECT stream_id, CONCAT('u:', user_id) AS viewer FROM viewing_sessions "
+           "WHERE stream_id IN ({0}) AND user_id IS NOT NULL "
+           "UNION SELECT stream_id, CONCAT('a:', session_id) FROM viewing_sessions "
+           "WHERE stream_id IN ({0}) AND user_id IS NULL "
+           "UNION SELECT stream_id, CONCAT('u:', user_id) FROM chat_messages "
+           "WHERE stream_id IN ({0}) AND message_type <> 'ALERT'")
+
+Deliver = Callable[[str, list[bytes]], Awaitable[None]]
+
+
+def heal_lock(k: Keys) -> str:
+    """String: the worker healing the shard now; expires after ``LOCK_MS``."""
+    return f"{k.epoch}:heal"
+
+
+class Life(NamedTuple):
+    """One shard's epoch marker: the id of Redis's life there, and whether its heal is done."""
+
+    id: str
+    healed: bool
+
+    @classmethod
+    def of(cls, value: str | None) -> Life:
+        text = value or ""
+        return cls(text.removesuffix(HEALED), text.endswith(HEALED))
+
+
+class Figures(NamedTuple):
+    """A stream's final figures, from MySQL's rows of it (money in cents)."""
+
+    messages: int = 0
+    tips: int = 0
+    tips_cents: int = 0
+    fees_cents: int = 0
+    viewers: tuple[str, ...] = ()
+
+
+def ended_messages(stream_id: str, duration: int) -> list[bytes]:
+    """What end.lua publishes on a stream's channel: the event, then the order to empty the room."""
+    data = dumps({"stream_id": stream_id, "duration": duration})
+    return [room_message(room_event("stream_ended", data)), b"!close"]
+
+
+class Recovery:
+    """One web worker's watch over the epoch markers. ``check`` before each presence refresh
+    (``guard``), and ``watch`` at start and, after a failure, until Redis answers again."""
+
+    def __init__(self, settings: Settings, client: aioredis.Redis, pool: aiomysql.Pool,
+                 presence: Presence, deliver: Deliver, worker_id: str) -> None:
+        self.settings = settings
+        self.redis = client
+        self.pool = pool
+        self.presence = presence
+        self.deliver = deliver  # room messages to this worker's own sockets
+        self.worker_id = worker_id
+        self.keys = Keys.of_settings(settings)
+        self._seen: list[str | None] = [None] * len(self.keys.all)
+        self._checking = asyncio.Lock()
+        self._failed = asyncio.Event()
+        self._heal = _script(client, settings, "heal")
+        self._healed = _script(client, settings, "healed")
+
+    async def check(self) -> None:
+        """Read every shard's marker; where it is new, tell this worker's watchers of the
+        streams that ended; where its heal is due, heal the shard."""
+        read: list[list[dict[str, Any]]] = []
+
+        async def unfinished() -> list[dict[str, Any]]:  # read once, for every shard healed
+            if not read:
+                read.append(await self._fetch(UNFINISHED))
+            return read[0]
+
+        async with self._checking:
+            for shard, life in enumerate(await self._lives()):
+                if life.id != self._seen[shard]:
+                    await self._tell_watchers(shard)
+                    self._seen[shard] = life.id
+                # Healed; or another worker is healing it: if that fails, a later check heals it.
+                if not life.healed and await self._lock(shard):
+                    await self._heal_shard(shard, life, unfinished)
+
+    def guard(self, step: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[None]]:
+        """``step`` after a check. The presence refresh needs one first: it would find the lost
+        streams gone and take their watchers out of the room without a word. A failure wakes
+        ``watch``."""
+        async def guarded() -> None:
+            try:
+                await self.check()
+                await step()
+            except Exception:
+                self._failed.set()
+                raise
+
+        return guarded
+
+    async def watch(self) -> None:
+        """Check at once, then each time a guarded step fails: again and again, backing off up
+        to ``RETRY_MAX``, so the first check after Redis answers again comes within it."""
+        delay = 0.0
+        task = asyncio.current_task()
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self.check()
+                self._failed.clear()
+                await self._failed.wait()
+                delay = 0.25
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, pymysql.MySQLError) as exc:
+                delay = min(max(delay * 2, 0.25), RETRY_MAX)
+                log.warning("epoch check failed (%s); retrying in %.2fs", exc, delay)
+            except Exception:
+                delay = min(max(delay * 2, 0.25), RETRY_MAX)
+                log.exception("epoch check failed; retrying in %.2fs", delay)
+            if task is not None and task.cancelling():  # as in hub.presence.every
+                raise asyncio.CancelledError
+
+    # -- the markers ------------------------------------------------------------------
+    async def _lives(self) -> list[Life]:
+        """Every shard's marker; a missing one is written first (a new life, its heal due)."""
+        shards = self.keys.all
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for k in shards:
+                pipe.get(k.epoch)
+            values: list[str | None] = await pipe.execute()
+        missing = [i for i, value in enumerate(values) if value is None]
+        if missing:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for i in missing:
+                    pipe.set(shards[i].epoch, uuid7(), nx=True)
+                    pipe.get(shards[i].epoch)
+                replies = await pipe.execute()
+            for i, value in zip(missing, replies[1::2], strict=True):
+                values[i] = value
+            log.warning("Redis has no epoch marker in shard(s) %s: it may have lost its data; "
+                        "healing the streams MySQL holds as live", ", ".join(map(str, missing)))
+        return [Life.of(value) for value in values]
+
+    async def _lock(self, shard: int) -> bool:
+        """Whether this worker may heal the shard now (no other is at it)."""
+        return bool(await self.redis.set(heal_lock(self.keys.all[shard]), self.worker_id, nx=True,
+                                         px=LOCK_MS))
+
+    async def _heal_shard(self, shard: int, life: Life,
+                          unfinished: Callable[[], Awaitable[list[dict[str, Any]]]]) -> None:
+        """Heal the shard's streams among MySQL's unfinished ones, then mark its marker healed
+        (unless Redis lost its data again meanwhile); release the lock either way."""
+        k = self.keys.all[shard]
+        done = ""
+        try:
+            rows = [r for r in await unfinished() if self.keys.shard_of(r["stream_id"]) == shard]
+            gone = await self._gone(k, rows)
+            await self._heal_streams(k, gone)
+            done = life.id
+        finally:
+            await self._healed(keys=[k.epoch, heal_lock(k)], args=[done, self.worker_id])
+        log.info("shard %d healed: %d of its %d unfinished stream(s) in MySQL had lost their state",
+                 shard, len(gone), len(rows))
+
+    async def _tell_watchers(self, shard: int) -> None:
+        """This worker's watched streams of the shard: those whose state is gone are healed now,
+        without waiting for the shard's heal, and the watchers of each ended one are told."""
+        k = self.keys.all[shard]
+        ids = [sid for sid in self.presence.rooms if self.keys.shard_of(sid) == shard]
+        if not ids:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid in ids:
+                pipe.hmget(k.stream(sid), "status", "duration_seconds")
+            states = await pipe.execute()
+        ended = {sid: int(duration or 0) for sid, (status, duration) in zip(ids, states, strict=True)
+                 if status == "ENDED"}
+        gone = [sid for sid, (status, _) in zip(ids, states, strict=True) if status is None]
+        if gone:
+            ended.update(await self._heal_streams(k, await self._rows(UNFINISHED_OF, gone)))
+        for sid, duration in ended.items():
+            if sid in self.presence.rooms:  # not emptied meanwhile by the room's own channel
+                await self.deliver(sid, ended_messages(sid, duration))
+
+    # -- the streams ------------------------------------------------------------------
+    async def _gone(self, k: Keys, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The rows whose stream hash Redis does not hold."""
+        if not rows:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for row in rows:
+                pipe.exists(k.stream(row["stream_id"]))
+            held = await pipe.execute()
+        return [row for row, exists in zip(rows, held, strict=True) if not exists]
+
+    async def _heal_streams(self, k: Keys, rows: list[dict[str, Any]]) -> dict[str, int]:
+        """Heal these streams (MySQL's rows of streams whose hash is gone); returns the
+        duration of each that is ended now, by this call or another."""
+        figures = await self._figures([r["stream_id"] for r in rows if r["status"] == "LIVE"])
+        ended: dict[str, int] = {}
+        for row in rows:
+            sid, status = row["stream_id"], row["status"]
+            final = figures.get(sid, Figures()) if status == "LIVE" else None
+            fields = _hash(row, final)
+            viewers = final.viewers if final is not None else ()
+            # A scheduled stream expires unstarted at its time plus the grace, as create.lua sets.
+            expires = int(fields["scheduled_at"] or 0) + self.settings.scheduled_grace * 1000
+            reply = await self._heal(
+                keys=[k.stream(sid), k.unique(sid), k.outbox, k.streamer_scheduled(row["streamer_id"])],
+                args=[k.prefix, k.room_prefix, NAMESPACE, sid, self.settings.ended_retention, status,
+                      expires, len(viewers), *viewers, *(x for pair in fields.items() for x in pair)])
+            _, healed, status, duration = reply
+            if int(healed) and status == "ENDED":
+                log.warning("stream ended: its live state was lost with Redis's data",
+                            extra={"stream_id": sid, "user_id": row["streamer_id"]})
+            if status == "ENDED":
+                ended[sid] = int(duration or 0)
+        return ended
+
+    async def _figures(self, ids: list[str]) -> dict[str, Figures]:
+        """The final figures of these streams, from MySQL's rows: messages (deleted ones too,
+        as the live counter counts them), tips and their fees, and the viewers known."""
+        found: dict[str, Figures] = {}
+        for at in range(0, len(ids), IN_BATCH):
+            batch = ids[at:at + IN_BATCH]
+            messages = {r["stream_id"]: r["n"] for r in await self._rows(MESSAGES, batch)}
+            tips = {r["stream_id"]: r for r in await self._rows(TIPS, batch)}
+            viewers: dict[str, list[str]] = {}
+            for r in await self._rows(VIEWERS, batch, times=3):
+                viewers.setdefault(r["stream_id"], []).append(r["viewer"])
+            for sid in batch:
+                tip = tips.get(sid)
+                found[sid] = Figures(
+                    messages=int(messages.get(sid, 0)), tips=int(tip["n"]) if tip else 0,
+                    tips_cents=to_cents(tip["amount"]) if tip else 0,
+                    fees_cents=to_cents(tip["fees"]) if tip else 0,
+                    viewers=tuple(viewers.get(sid, ())))
+        return found
+
+    async def _rows(self, sql: str, ids: list[str], times: int = 1) -> list[dict[str, Any]]:
+        """``sql`` with its ``IN ({})`` lists filled with ``ids`` (``times`` lists)."""
+        marks = ", ".join(["%s"] * len(ids))
+        return await self._fetch(sql.format(marks), tuple(ids) * times)
+
+    async def _fetch(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        async with self.pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute(sql, args)
+            rows = await cur.fetchall()
+            await conn.commit()
+            return list(rows)
+
+
+def _hash(row: dict[str, Any], final: Figures | None) -> dict[str, str]:
+    """A stream's hash as create.lua writes it, from MySQL's row; with final figures (a LIVE
+    stream to end), those, and a version above MySQL's so that the flusher takes the record."""
+    h = {
+        "stream_id": row["stream_id"], "streamer_id": row["streamer_id"],
+        "streamer_name": row["streamer_name"] or "", "title": row["title"],
+        "description": row["description"] or "", "thumbnail_url": row["thumbnail_url"] or "",
+        "status": row["status"], "category": row["category"] or "",
+        "is_recording": "1" if row["is_recording"] else "0", "recording_url": row["recording_url"] or "",
+        "scheduled_at": _ms(row["scheduled_at"]), "started_at": _ms(row["started_at"]),
+        "ended_at": "", "duration_seconds": "", "peak_viewers": str(row["peak_viewers"]),
+        "message_count": str(row["message_count"]), "tip_count": str(row["tip_count"]),
+        "tips_cents": str(to_cents(row["tips_total"])),
+        "fees_cents": str(to_cents(row["platform_fees_total"])),
+        "created_at": _ms(row["created_at"]), "updated_at": _ms(row["updated_at"]),
+        "version": str(row["version"]),
+    }
+    if final is not None:
+        h.update(message_count=str(final.messages), tip_count=str(final.tips),
+                 tips_cents=str(final.tips_cents), fees_cents=str(final.fees_cents),
+                 version=str(row["version"] + 1), recent_floor=NO_RECENT)
+    return h
+
+
+def _ms(value: datetime | None) -> str:
+    """A MySQL DATETIME(3) (naive UTC) as epoch ms, the hash's form ('' for none)."""
+    if value is None:
+        return ""
+    return str(calendar.timegm(value.utctimetuple()) * 1000 + value.microsecond // 1000)
+
+
+def _script(client: aioredis.Redis, settings: Settings, name: str) -> AsyncScript:
+    """A script of ``hub/lua`` with common.lua before it, as ``hub.state`` loads its own."""
+    folder = resources.files("hub") / "lua"
+    publish = "SPUBLISH" if settings.redis_cluster is not None else "PUBLISH"
+    common = (f"local COALESCE_ABOVE = {settings.viewer_events_coalesce_above}\n"
+              f"local COALESCE_MS = {int(settings.viewer_events_interval * 1000)}\n"
+              f"local PUBLISH = '{publish}'\n"
+              + (folder / "common.lua").read_text())
+    return client.register_script(common + "\n" + (folder / f"{name}.lua").read_text())
