@@ -28,6 +28,7 @@ from hub.connections import StartupError, connect_mysql, connect_redis, redacted
 from hub.db import History
 from hub.keys import NAMESPACE, Keys
 from hub.presence import Presence, every
+from hub.recovery import Recovery
 from hub.service import Hub
 from hub.settings import Settings
 from hub.sockets import HubPacket, HubRedisManager, HubServer, StreamingNamespace
@@ -184,11 +185,16 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     sio.manager.initialize()
     say(f"✅ Socket.IO streaming initialized on {NAMESPACE}")
     say(f"✅ Streaming routes loaded at {rest.PREFIX}")
+    recovery = Recovery(settings, client, pool, presence, manager.deliver, runtime.worker_id)
     beat = _heartbeat(settings, client, presence, runtime)
     await beat()
     runtime.tasks = [
         asyncio.create_task(every(settings.presence_refresh, beat, "heartbeat")),
-        asyncio.create_task(presence.refresh_loop(settings.presence_refresh)),
+        # Each refresh after a look at the epoch markers (hub.recovery): a Redis that lost its
+        # data is healed before the refresh would find the streams gone.
+        asyncio.create_task(every(settings.presence_refresh, recovery.guard(presence.refresh_once),
+                                  "presence refresh")),
+        asyncio.create_task(recovery.watch()),
         asyncio.create_task(presence.reap_loop(settings.reap_interval)),
         asyncio.create_task(every(settings.presence_refresh, manager.unwatch_idle, "room unsubscribe")),
     ]

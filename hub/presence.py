@@ -114,9 +114,6 @@ class Presence:
                     await self.on_stream_gone(stream_id, gone)
         return reasserted
 
-    async def refresh_loop(self, interval: float) -> None:
-        await every(interval, self.refresh_once, "presence refresh")
-
     async def reap_loop(self, interval: float) -> None:
         await every(interval, self.state.reap, "presence sweep")
 

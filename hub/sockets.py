@@ -129,6 +129,12 @@ class HubRedisManager(socketio.AsyncRedisManager):
         if texts:
             self.server.broadcast(room, None, texts)
 
+    async def deliver(self, room: str, items: list[bytes]) -> None:
+        """Room messages this worker made itself, handled as if they had come on the room's
+        channel (``hub.recovery`` tells its own watchers that a stream ended, whether or not
+        this listener was subscribed when the stream's channel carried the news)."""
+        await self._room_messages(self.keys.of(room).room(room).encode(), items)
+
     # -- the listener -----------------------------------------------------------------
     def _redis_connect(self) -> None:
         """python-socketio's, except behind sentinels: the hub's own master client, whose
