@@ -32,9 +32,12 @@ def _wait(check, timeout: float, what: str) -> None:
 
 
 class PrivateRedis:
-    """A redis-server on its own port and directory, with append-only persistence."""
+    """A redis-server on its own port and directory, with append-only persistence; with
+    ``persistence=False``, none at all (no append-only log, no snapshots): restarted, it comes
+    back empty, as a Redis configured like that does after a crash."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, persistence: bool = True) -> None:
+        self.persistence = persistence
         self.port = free_port()
         self.dir = folder
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -44,7 +47,8 @@ class PrivateRedis:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+             *(("--appendonly", "yes", "--appendfsync", "always") if self.persistence
+               else ("--appendonly", "no")), "--save", ""],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait(lambda: redis.Redis(port=self.port).ping(), 10, "private redis")
 
