@@ -62,19 +62,37 @@ class HubRedisManager(socketio.AsyncRedisManager):
         self.closing = False
         self.watched: set[str] = set()
         self._confirmations: dict[bytes, asyncio.Future[None]] = {}
+        self._streams_of: dict[str, set[str]] = {}
         self.room_messages = 0
 
     # -- room membership --------------------------------------------------------------
     # Every way into or out of a room (a join, a leave, a ban, a closed room, a disconnect)
-    # comes through these two: a paced room's held events go out before its members change.
+    # comes through these two: a paced room's held events go out before its members change,
+    # and each socket's stream rooms are indexed as they change.
     def basic_enter_room(self, sid: str, namespace: str, room: str | None,
                          eio_sid: str | None = None) -> None:
         self.server.pacer.release(room)
         super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        if namespace == NAMESPACE and room is not None and room != sid:
+            self._streams_of.setdefault(sid, set()).add(room)
 
     def basic_leave_room(self, sid: str, namespace: str, room: str | None) -> None:
         self.server.pacer.release(room)
         super().basic_leave_room(sid, namespace, room)
+        rooms = self._streams_of.get(sid) if namespace == NAMESPACE else None
+        if rooms is not None:
+            rooms.discard(room)  # type: ignore[arg-type]
+            if not rooms:
+                del self._streams_of[sid]
+
+    def stream_rooms(self, sid: str) -> set[str]:
+        """The stream rooms of ``/streaming`` the socket is in, as Socket.IO's own rooms say
+        (python-socketio finds a socket's rooms by scanning every room)."""
+        return set(self._streams_of.get(sid, ()))
+
+    def members(self, room: str) -> list[str]:
+        """The sids of this worker's sockets in a stream's room."""
+        return list(self.rooms.get(NAMESPACE, {}).get(room, ()))
 
     # -- per-stream channels ----------------------------------------------------------
     async def watch(self, room: str) -> None:
@@ -392,7 +410,12 @@ def _refused(exc: HubError) -> socketio.exceptions.ConnectionRefusedError:
 
 
 class StreamingNamespace:
-    """Wires the namespace's events to the hub service."""
+    """Wires the namespace's events to the hub service.
+
+    A socket's events, and its disconnect, are handled one at a time in the order they
+    arrive, whatever the transport: over WebSocket they arrive one by one, but two long-polling
+    POSTs in flight at once would otherwise run side by side. The disconnect waits for the event
+    in progress, and an event that was waiting behind it finds the socket gone."""
 
     def __init__(self, sio: socketio.AsyncServer, settings: Settings, verifier: Verifier,
                  hub: Callable[[], Hub], presence: Callable[[], Presence]) -> None:
@@ -403,6 +426,7 @@ class StreamingNamespace:
         self._presence = presence
         self.draining = False
         self._pending: set[asyncio.Task[None]] = set()
+        self._turns: dict[str, asyncio.Lock] = {}  # sid -> its events' turn
         sio.on("connect", self.connect, namespace=NAMESPACE)
         sio.on("disconnect", self.disconnect, namespace=NAMESPACE)
         actions: dict[str, Action] = {
@@ -437,7 +461,20 @@ class StreamingNamespace:
             raise _refused(HubError("unavailable")) from exc
         self._presence().add(conn)
 
+    def _turn(self, sid: str) -> asyncio.Lock:
+        turn = self._turns.get(sid)
+        if turn is None:
+            turn = self._turns[sid] = asyncio.Lock()
+        return turn
+
     async def disconnect(self, sid: str, *_: Any) -> None:
+        try:
+            async with self._turn(sid):
+                await self._disconnect(sid)
+        finally:
+            self._turns.pop(sid, None)
+
+    async def _disconnect(self, sid: str) -> None:
         conn = self._presence().remove(sid)
         if conn is None:
             return
@@ -452,12 +489,13 @@ class StreamingNamespace:
 
         async def handle(sid: str, *args: Any) -> dict[str, Any]:
             received()
-            conn = self._presence().conns.get(sid)
-            context = logs.CONTEXT.set((event, sid, conn, args))
-            try:
-                return await run(sid, conn, args)
-            finally:
-                logs.CONTEXT.reset(context)
+            async with self._turn(sid):
+                conn = self._presence().conns.get(sid)
+                context = logs.CONTEXT.set((event, sid, conn, args))
+                try:
+                    return await run(sid, conn, args)
+                finally:
+                    logs.CONTEXT.reset(context)
 
         async def run(sid: str, conn: Conn | None, args: tuple[Any, ...]) -> dict[str, Any]:
             try:
@@ -495,19 +533,19 @@ class StreamingNamespace:
     # -- actions ------------------------------------------------------------------
     async def join(self, conn: Conn, data: Any) -> dict[str, Any]:
         payload = payloads.Join.parse(data)
-        previous = conn.stream_id
+        manager = self.sio.manager
+        was_in = payload.stream_id in manager.stream_rooms(conn.sid)
         # In the room, and subscribed to the stream's channel, before presence is written, so no
         # broadcast after the join is missed.
         await self.sio.enter_room(conn.sid, payload.stream_id, namespace=NAMESPACE)
         try:
-            await self.sio.manager.watch(payload.stream_id)
+            await manager.watch(payload.stream_id)
             joined = await self._hub().join(conn, payload)
         except BaseException:
-            if previous != payload.stream_id:  # refused: the socket stays where it was
+            if not was_in:  # refused: the socket stays where it was
                 await self.sio.leave_room(conn.sid, payload.stream_id, namespace=NAMESPACE)
             raise
-        if previous is not None and previous != payload.stream_id:
-            await self.sio.leave_room(conn.sid, previous, namespace=NAMESPACE)
+        await self._leave_rooms(conn.sid, but=payload.stream_id)  # one stream room at most
         metrics.JOINS.inc()
         encoded = orjson.Fragment(orjson.dumps(joined))  # once, for the event and the ack
         await self.sio.emit("joined_stream", encoded, to=conn.sid, namespace=NAMESPACE,
@@ -515,9 +553,15 @@ class StreamingNamespace:
         return encoded  # type: ignore[return-value]
 
     async def leave(self, conn: Conn, _: Any) -> dict[str, Any]:
-        if conn.stream_id is not None:
-            await self.sio.leave_room(conn.sid, conn.stream_id, namespace=NAMESPACE)
+        await self._leave_rooms(conn.sid)
         return await self._hub().leave(conn)
+
+    async def _leave_rooms(self, sid: str, but: str | None = None) -> None:
+        """Out of every stream room Socket.IO has the socket in (but ``but``), whatever this
+        worker's presence says it watches."""
+        for room in self.sio.manager.stream_rooms(sid):
+            if room != but:
+                await self.sio.leave_room(sid, room, namespace=NAMESPACE)
 
     async def chat(self, conn: Conn, data: Any) -> dict[str, Any]:
         return await self._hub().chat(conn, payloads.Chat.parse(data))
@@ -535,14 +579,16 @@ class StreamingNamespace:
         return act
 
     async def banned(self, stream_id: str, user_id: str, reason: str | None) -> None:
-        """The user was banned from the stream: their sockets here are told, leave the room and
-        watch nothing (the ban script already removed their presence)."""
+        """The user was banned from the stream: their sockets in its room here are told, leave
+        it, and (those watching it) watch nothing (the ban script already removed their
+        presence). The room's members are Socket.IO's own, not what presence says they watch."""
         presence = self._presence()
-        for sid in list(presence.rooms.get(stream_id, ())):
+        for sid in self.sio.manager.members(stream_id):
             conn = presence.conns.get(sid)
             if conn is None or conn.identity is None or conn.identity.user_id != user_id:
                 continue
-            presence.unwatch(conn)
+            if conn.stream_id == stream_id:
+                presence.unwatch(conn)
             await self.sio.leave_room(sid, stream_id, namespace=NAMESPACE)
             await self.sio.emit("banned", {"stream_id": stream_id, "reason": reason}, to=sid,
                                 namespace=NAMESPACE, ignore_queue=True)

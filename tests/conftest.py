@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -221,6 +222,153 @@ async def clients(server: Any) -> AsyncIterator[Callable[..., Awaitable[Client]]
     yield connect
     for client in made:
         await client.close()
+
+
+EVENT = "2/streaming,"  # an event packet's head on /streaming, before its JSON
+
+
+class RawSocket:
+    """One Socket.IO connection on /streaming spoken by hand, Engine.IO packet by packet, over
+    WebSocket or long-polling: for frames no real client sends, and for two long-polling POSTs
+    in flight at once. Every packet received is kept, in order; pings are answered."""
+
+    def __init__(self, base_url: str, transport: str = "websocket") -> None:
+        self.url = f"{base_url}/socket.io/?EIO=4&transport={transport}"
+        self.transport = transport
+        self.http = aiohttp.ClientSession()
+        self.received: list[str] = []
+        self.closed = False
+        self.sid: str | None = None  # the /streaming sid
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+
+    async def open(self, token: str | None = None) -> RawSocket:
+        """Handshake, then connect the namespace (with ``token`` if given)."""
+        if self.transport == "websocket":
+            self._ws = await self.http.ws_connect(self.url.replace("http", "ws", 1))
+            handshake = await self._ws.receive_str(timeout=DEADLINE)
+        else:
+            async with self.http.get(self.url) as resp:
+                handshake = await resp.text()
+        assert handshake.startswith("0"), handshake
+        self.url += "&sid=" + json.loads(handshake[1:])["sid"]
+        self._reader = asyncio.create_task(self._read())
+        await self.send("0/streaming," + (json.dumps({"token": token}) if token else ""))
+        connected = await self.next(lambda p: p.startswith(("0/streaming,", "4/streaming,")))
+        assert connected.startswith("0/streaming,"), connected
+        self.sid = json.loads(connected.removeprefix("0/streaming,"))["sid"]
+        return self
+
+    async def send(self, *packets: str) -> int:
+        """Socket.IO packets as Engine.IO messages (``"4" + packet``); ``raw_send`` for any text."""
+        return await self.raw_send(*("4" + p for p in packets))
+
+    async def raw_send(self, *texts: str) -> int:
+        """Engine.IO packets as they are: WebSocket frames, or one long-polling POST. Returns the
+        POST's status (200 over WebSocket)."""
+        if self._ws is not None:
+            for text in texts:
+                await self._ws.send_str(text)
+            return 200
+        async with self.http.post(self.url, data="\x1e".join(texts).encode(errors="surrogatepass")) as resp:
+            if resp.status != 200:
+                self.closed = True
+            return resp.status
+
+    async def _read(self) -> None:
+        try:
+            while not self.closed:
+                if self._ws is not None:
+                    message = await self._ws.receive()
+                    if message.type != aiohttp.WSMsgType.TEXT:
+                        break
+                    packets = [message.data]
+                else:
+                    async with self.http.get(self.url) as resp:
+                        if resp.status != 200:
+                            break
+                        packets = (await resp.text()).split("\x1e")
+                for packet in packets:
+                    if packet == "2":
+                        await self.raw_send("3")
+                    elif packet == "1":
+                        self.closed = True
+                    elif packet != "6":
+                        self.received.append(packet[1:] if packet.startswith("4") else packet)
+                self._changed.set()
+        except aiohttp.ClientError:
+            pass
+        finally:
+            self.closed = True
+            self._changed.set()
+
+    async def next(self, match: Callable[[str], bool], timeout: float = DEADLINE) -> str:
+        """The first Socket.IO packet received (without Engine.IO's ``4``) that matches, waiting
+        up to ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for packet in self.received:
+                if match(packet):
+                    return packet
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.closed:
+                raise AssertionError(f"no matching packet within {timeout}s (closed: {self.closed}); "
+                                     f"got {[p[:120] for p in self.received]}")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+    async def ack(self, ack_id: int, timeout: float = DEADLINE) -> Any:
+        prefix = f"3/streaming,{ack_id}["
+        packet = await self.next(lambda p: p.startswith(prefix), timeout)
+        return json.loads(packet[len(prefix) - 1:])[0]
+
+    def events(self, name: str) -> list[Any]:
+        """The payloads of every ``name`` event received so far."""
+        prefix = f'2/streaming,["{name}",'
+        return [json.loads(p[len(EVENT):])[1] for p in self.received if p.startswith(prefix)]
+
+    async def event(self, name: str, match: Callable[[Any], bool] = lambda _: True,
+                    timeout: float = DEADLINE) -> Any:
+        prefix = f'2/streaming,["{name}",'
+        packet = await self.next(lambda p: p.startswith(prefix) and match(json.loads(p[len(EVENT):])[1]),
+                                 timeout)
+        return json.loads(packet[len(EVENT):])[1]
+
+    async def wait_closed(self, timeout: float = DEADLINE) -> None:
+        async def closed() -> bool:
+            return self.closed
+
+        await eventually(closed, timeout, "the connection closed")
+
+    async def close(self) -> None:
+        if not self.closed:
+            with contextlib.suppress(Exception):
+                await self.raw_send("1")
+        self.closed = True
+        if self._ws is not None:
+            await self._ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reader
+        await self.http.close()
+
+
+@pytest.fixture
+async def raw(base_url: str) -> AsyncIterator[Callable[..., Awaitable[RawSocket]]]:
+    """Hand-spoken Socket.IO connections to the in-process worker, closed afterwards."""
+    made: list[RawSocket] = []
+
+    async def open_raw(token: str | None = None, transport: str = "websocket") -> RawSocket:
+        socket_ = RawSocket(base_url, transport)
+        made.append(socket_)
+        return await socket_.open(token)
+
+    yield open_raw
+    for socket_ in made:
+        await socket_.close()
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = DEADLINE,

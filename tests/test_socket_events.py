@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
@@ -12,6 +13,7 @@ import socketio
 from hub.auth import Verifier
 from hub.db import History, create_pool
 from hub.errors import HubError
+from hub.keys import NAMESPACE
 from hub.payloads import Chat, Join, Tip
 from hub.presence import Conn, Presence
 from hub.service import Hub
@@ -586,3 +588,134 @@ async def test_a_socket_the_end_has_not_reached_yet_is_not_joined(api, token, se
     finally:
         pool.close()
         await pool.wait_closed()
+
+
+# -- one event at a time per socket, on every transport -------------------------------
+
+def join_packet(ack_id: int, stream_id: str) -> str:
+    return f'2/streaming,{ack_id}["join_stream",{{"stream_id":"{stream_id}"}}]'
+
+
+async def viewer_count(api, stream_id: str) -> int:
+    status, body = await api.request("GET", stream_id)
+    assert status == 200, body
+    return body["stream"]["viewer_count"]
+
+
+async def flushed(s, ack_id: int) -> None:
+    """Everything written to the socket before now has been received: a refused event's ack
+    comes after it."""
+    await s.send(f'2/streaming,{ack_id}["send_tip",{{}}]')
+    assert (await s.ack(ack_id))["error"]["code"] == "invalid"
+
+
+async def watching_and_connections(api) -> tuple[float, float]:
+    status, text = await api.request("GET", "/metrics")
+    figures = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+               if line.startswith(("hub_watching ", "hub_connections "))}
+    return figures["hub_watching"], figures["hub_connections"]
+
+
+async def test_two_joins_in_two_polling_posts_at_once_leave_one_room(api, clients, base_url, token, raw, server):
+    """Two long-polling POSTs in flight at once, each with a join: handled one after the other,
+    so each socket ends in exactly one room, counted in that stream only, hearing that stream
+    only; a ban from a stream takes every socket of the user out of its room."""
+    from hub.app import SIO
+
+    streams = {}
+    for name in ("a", "b"):
+        streamer = unique("streamer")
+        streams[name] = (await api.create_stream(token(streamer, "streamer")))["stream_id"]
+        streams[name + "_token"] = token(streamer, "streamer")
+    a, b = streams["a"], streams["b"]
+    users = [unique("racer") for _ in range(20)]
+    socks = [await raw(token(user), "polling") for user in users]
+
+    async def race(s) -> None:
+        assert await asyncio.gather(s.send(join_packet(1, a)), s.send(join_packet(2, b))) == [200, 200]
+        assert (await s.ack(1))["success"] and (await s.ack(2))["success"]
+
+    await asyncio.gather(*(race(s) for s in socks))
+    rooms = server.app[SIO].manager.rooms[NAMESPACE]
+    where = {}
+    for s in socks:
+        inside = [room for room in (a, b) if s.sid in rooms.get(room, {})]
+        assert len(inside) == 1, f"{s.sid} is in {len(inside)} stream rooms"
+        where[s.sid] = inside[0]
+    in_a = [s for s in socks if where[s.sid] == a]
+    in_b = [s for s in socks if where[s.sid] == b]
+    assert (await viewer_count(api, a), await viewer_count(api, b)) == (len(in_a), len(in_b))
+    watching, connections = await watching_and_connections(api)
+    assert watching <= connections
+
+    # Each socket hears the stream it is counted in, and only that one.
+    _, speaker_a = await joined_viewer(clients, base_url, token, a)
+    _, speaker_b = await joined_viewer(clients, base_url, token, b)
+    said_a = (await speaker_a.call("send_message", {"stream_id": a, "message": "to a"}))["message"]["message_id"]
+    said_b = (await speaker_b.call("send_message", {"stream_id": b, "message": "to b"}))["message"]["message_id"]
+    await speaker_a.wait_for("chat_message", lambda m: m["message_id"] == said_a)
+    await speaker_b.wait_for("chat_message", lambda m: m["message_id"] == said_b)
+    for n, s in enumerate(socks):
+        heard = said_a if where[s.sid] == a else said_b
+        await s.event("chat_message", lambda m, heard=heard: m["message_id"] == heard)
+        await flushed(s, 10 + n)
+        ids = [m["message_id"] for m in s.events("chat_message")]
+        assert (said_a in ids, said_b in ids) == (where[s.sid] == a, where[s.sid] == b), s.sid
+
+    # A ban from stream a reaches every socket of those users in a's room, and only them.
+    for user in users:
+        status, body = await api.request("POST", f"{a}/bans", streams["a_token"], json={"user_id": user})
+        assert status == 200, body
+    for s in in_a:
+        assert (await s.event("banned"))["stream_id"] == a
+    after = (await speaker_a.call("send_message", {"stream_id": a, "message": "after the bans"}))["message"]
+    await speaker_a.wait_for("chat_message", lambda m: m["message_id"] == after["message_id"])
+    for n, s in enumerate(socks):
+        await flushed(s, 40 + n)
+        assert after["message_id"] not in [m["message_id"] for m in s.events("chat_message")]
+        assert s.sid not in rooms.get(a, {})
+    assert [s for s in in_b if s.events("banned")] == []
+    assert await viewer_count(api, a) == 1  # the speaker
+
+
+async def test_a_join_and_a_disconnect_in_two_polling_posts_at_once_leave_no_ghost(api, base_url, token, raw,
+                                                                                      stream):
+    """A namespace disconnect waits for the join in progress; nothing of the join outlives it."""
+    sid = stream["id"]
+    before = await viewer_count(api, sid)
+    socks = [await raw(token(unique("leaver")), "polling") for _ in range(20)]
+
+    async def race(s) -> None:
+        statuses = await asyncio.gather(s.send(join_packet(1, sid)), s.send("1/streaming,"))
+        assert statuses == [200, 200]
+
+    await asyncio.gather(*(race(s) for s in socks))
+    # Both POSTs were answered, so both packets were handled: no viewer is left behind.
+    assert await viewer_count(api, sid) == before
+    watching, connections = await watching_and_connections(api)
+    assert watching <= connections, (watching, connections)
+
+
+async def test_a_ban_takes_the_users_sockets_out_of_the_room_whatever_presence_says(api, clients, base_url, token,
+                                                                                     server, stream):
+    """Socket.IO's room is the truth: a socket in the room that this worker's presence has
+    watching another stream (or nothing) still leaves it on a ban, and hears no more of it."""
+    from hub.app import SIO
+
+    sio = server.app[SIO]
+    other = (await api.create_stream(token(unique("streamer"), "streamer")))["stream_id"]
+    uid = unique("drifter")
+    c = await clients(base_url, token(uid))
+    assert (await c.call("join_stream", {"stream_id": other}))["success"]
+    _, speaker = await joined_viewer(clients, base_url, token, stream["id"])
+    sid = c.sio.get_sid(NAMESPACE)
+    await sio.enter_room(sid, stream["id"], namespace=NAMESPACE)  # presence: watching `other` only
+    status, body = await api.request("POST", f"{stream['id']}/bans", stream["token"], json={"user_id": uid})
+    assert status == 200, body
+    assert (await c.wait_for("banned"))["stream_id"] == stream["id"]
+    assert sid not in sio.manager.rooms[NAMESPACE].get(stream["id"], {})
+    said = (await speaker.call("send_message", {"stream_id": stream["id"], "message": "after"}))["message"]
+    await speaker.wait_for("chat_message", lambda m: m["message_id"] == said["message_id"])
+    assert (await c.call("send_tip", {}))["error"]["code"] == "invalid"  # all written before it arrived
+    assert all(m["message_id"] != said["message_id"] for m in c.events["chat_message"])
+    assert (await c.call("send_message", {"stream_id": other, "message": "still in my stream"}))["success"]
