@@ -194,6 +194,10 @@ class Keys:
         the last of them."""
         return f"{self.prefix}user:{user_id}:scheduled"
 
+    def moderation_rate(self, user_id: str) -> str:
+        """Sorted set: the moderation actions the user took in the last ``HUB_MODERATION_PERIOD``."""
+        return f"{self.prefix}rate:moderation:{user_id}"
+
     def create_rate(self, user_id: str) -> str:
         """Sorted set: the streams the user created in the last ``HUB_CREATE_PERIOD``."""
         return f"{self.prefix}rate:creates:{user_id}"

@@ -174,6 +174,8 @@ class Settings:
     scheduled_grace: int = 24 * 3600
     scheduled_max: int = 10
     create_rate: int = 20
+    moderation_rate: int = 60
+    moderation_period: int = 60
     create_period: int = 3600
     tip_idempotency_ttl: int = 7 * 24 * 3600
     flush_batch: int = 2000
@@ -267,6 +269,8 @@ class Settings:
             scheduled_max=_int(env, "HUB_SCHEDULED_MAX", default.scheduled_max, 1, 1000),
             create_rate=_int(env, "HUB_CREATE_RATE", default.create_rate, 1, 100_000),
             create_period=_int(env, "HUB_CREATE_PERIOD", default.create_period, 1, 86_400),
+            moderation_rate=_int(env, "HUB_MODERATION_RATE", default.moderation_rate, 1, 100_000),
+            moderation_period=_int(env, "HUB_MODERATION_PERIOD", default.moderation_period, 1, 86_400),
             flush_batch=_int(env, "HUB_FLUSH_BATCH", default.flush_batch, 1, 10_000),
             flush_claim_idle_ms=_int(
                 env, "HUB_FLUSH_CLAIM_IDLE_MS", default.flush_claim_idle_ms, 100, 3_600_000

@@ -552,15 +552,20 @@ class State:
     ) -> str | None:
         """Apply one moderation action. Returns the moderators (JSON list) after a change of
         moderators; raises MessageMissing when a message to delete is not in the recent buffer."""
-        k = self.keys.of(stream_id)
+        k, s = self.keys.of(stream_id), self.settings
+        here = self._here(actor, stream_id)
+        if not here and not found:  # counted once, not again when called back with found
+            await self._limit(self.keys.of(actor).moderation_rate(actor), s.moderation_rate,
+                              s.moderation_period * 1000)
         reply = await self._run(
             "moderate",
             [k.stream(stream_id), k.moderators(stream_id), k.sanctions(stream_id),
              k.recent(stream_id), k.deleted(stream_id), k.conns(stream_id), k.outbox, k.room(stream_id),
-             k.modlog(stream_id)],
+             k.modlog(stream_id), k.moderation_rate(actor)],
             [*self._base(k), stream_id, action, actor, "1" if is_admin else "0", target, message_id,
              value, record_json, pub_json, pub_tail, ban_order, MODLOG_SIZE,
-             "1" if found else "0"],
+             "1" if found else "0", s.moderation_rate, s.moderation_period * 1000,
+             "1" if here and not found else "0"],
         )
         if reply[0] == "missing":
             raise MessageMissing

@@ -84,3 +84,22 @@ async def test_tip_ids_of_two_users_never_share_a_key(workers, connect, http, to
     assert [a["tip"]["amount"] for a in acks] == [1, 500, 7, 9]
     status, body = await Api(http, w1.url).request("GET", f"{sid}/stats")
     assert body["stats"]["tip_count"] == 4 and body["stats"]["tips_total"] == 517
+
+
+async def test_moderation_actions_get_the_window_per_actor(workers, connect, http, token):
+    w1, w2 = await workers(2, HUB_MODERATION_RATE="3", HUB_MODERATION_PERIOD="30")
+    streamer = token(unique("streamer"), "streamer")
+    sid = (await Api(http, w1.url).create_stream(streamer))["stream_id"]
+    tab = await connect(w2.url, streamer)
+    for seconds in (5, 0):
+        assert (await tab.call("set_slow_mode", {"stream_id": sid, "seconds": seconds}))["success"]
+    status, body = await Api(http, w1.url).request("PUT", f"{sid}/slow-mode", streamer, json={"seconds": 9})
+    assert status == 200, body
+    status, body = await Api(http, w1.url).request("PUT", f"{sid}/slow-mode", streamer, json={"seconds": 7})
+    assert status == 429 and body["error"]["code"] == "rate_limited", body
+    assert 28 <= body["error"]["retry_after"] <= 30
+    refused = await tab.call("clear_chat", {"stream_id": sid})
+    assert refused["error"]["code"] == "rate_limited" and refused["error"]["retry_after"] >= 28
+    # Another moderator of the stream has a window of its own.
+    admin = await connect(w1.url, token(unique("admin"), "admin"))
+    assert (await admin.call("set_slow_mode", {"stream_id": sid, "seconds": 1}))["success"]

@@ -1,11 +1,12 @@
 -- One moderation action: role checks, the change to live state, the record (outbox and the
 -- stream's moderation log) and the broadcasts, together.
 -- KEYS: stream hash, moderators, sanctions, recent set, deleted set, conns, outbox,
---       stream channel, moderation log
+--       stream channel, moderation log, the actor's moderation rate
 -- ARGV: prefix, channel, namespace, stream_id, action, actor, admin ('1'/'0'), target user,
 --       message id, value (timeout end ms | watermark id | slow-mode seconds), record json,
 --       pub/sub json (for moderators_changed: its head), pub/sub tail, ban order json,
---       log size, found ('1': the caller found the message in MySQL)
+--       log size, found ('1': the caller found the message in MySQL), rate limit, rate period
+--       ms, count the rate here ('1'/'0')
 -- Returns {'ok', moderators json}, an error, {'no_stream'} when the stream has no live state,
 -- or {'missing'} when a message to delete is neither in the recent set nor among the
 -- unflushed messages (the caller looks in MySQL and calls again with found = '1').
@@ -37,6 +38,12 @@ end
 local function is_mod(user) return redis.call('SISMEMBER', KEYS[2], user) == 1 end
 local moderators = nil
 local now = now_ms()
+-- The actor's moderation rate: every action its role allows counts (here unless the caller
+-- counted it in the actor's shard).
+if ARGV[19] == '1' then
+  local bad = rate_check(KEYS[10], tonumber(ARGV[17]), tonumber(ARGV[18]), now)
+  if bad then return bad end
+end
 
 if action == 'delete_message' then
   local id = ARGV[9]
