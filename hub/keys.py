@@ -104,9 +104,15 @@ class Keys:
 
     @property
     def epoch(self) -> str:
-        """String: the id of this Redis's (shard's) life, written when missing. A worker that
-        finds it gone knows Redis lost its data and heals the streams MySQL holds as live."""
+        """String: the id of this Redis's (shard's) life, written when missing; ``ID`` while
+        its heal is due, ``ID healed`` once done. A worker that finds it gone knows Redis lost
+        its data and heals the streams MySQL holds as live (``hub.recovery``)."""
         return f"{self.prefix}epoch"
+
+    @property
+    def epoch_heal(self) -> str:
+        """String: the worker healing the shard now; expires 30 s after it was taken."""
+        return f"{self.prefix}epoch:heal"
 
     @property
     def live(self) -> str:

@@ -26,13 +26,11 @@ import calendar
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from importlib import resources
 from typing import Any, NamedTuple
 
 import aiomysql
 import pymysql
 import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from hub.codec import dumps, uuid7
@@ -41,6 +39,7 @@ from hub.money import to_cents
 from hub.presence import Presence
 from hub.service import room_event, room_message
 from hub.settings import Settings
+from hub.state import load_script
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +50,8 @@ IN_BATCH = 500
 # The recent_floor of a healed stream: every message id is below it, so chat pages come from
 # MySQL (and the unflushed set), never from the lost recent set.
 NO_RECENT = "ffffffff-ffff-ffff-ffff-ffffffffffff"
+# How far a healed stream's version jumps: past any record of it still in flight.
+HEALED_VERSION_STEP = 1_000_000
 
 UNFINISHED = "SELECT * FROM streams WHERE status IN ('LIVE', 'SCHEDULED')"
 UNFINISHED_OF = "SELECT * FROM streams WHERE stream_id IN ({}) AND status IN ('LIVE', 'SCHEDULED')"
@@ -67,11 +68,6 @@ VIEWERS = ("SELECT stream_id, CONCAT('u:', user_id) AS viewer FROM viewing_sessi
            "WHERE stream_id IN ({0}) AND message_type <> 'ALERT'")
 
 Deliver = Callable[[str, list[bytes]], Awaitable[None]]
-
-
-def heal_lock(k: Keys) -> str:
-    """String: the worker healing the shard now; expires after ``LOCK_MS``."""
-    return f"{k.epoch}:heal"
 
 
 class Life(NamedTuple):
@@ -118,8 +114,8 @@ class Recovery:
         self._seen: list[str | None] = [None] * len(self.keys.all)
         self._checking = asyncio.Lock()
         self._failed = asyncio.Event()
-        self._heal = _script(client, settings, "heal")
-        self._healed = _script(client, settings, "healed")
+        self._heal = load_script(client, settings, "heal")
+        self._healed = load_script(client, settings, "healed")
 
     async def check(self) -> None:
         """Read every shard's marker; where it is new, tell this worker's watchers of the
@@ -200,7 +196,7 @@ class Recovery:
 
     async def _lock(self, shard: int) -> bool:
         """Whether this worker may heal the shard now (no other is at it)."""
-        return bool(await self.redis.set(heal_lock(self.keys.all[shard]), self.worker_id, nx=True,
+        return bool(await self.redis.set(self.keys.all[shard].epoch_heal, self.worker_id, nx=True,
                                          px=LOCK_MS))
 
     async def _heal_shard(self, shard: int, life: Life,
@@ -215,7 +211,7 @@ class Recovery:
             await self._heal_streams(k, gone)
             done = life.id
         finally:
-            await self._healed(keys=[k.epoch, heal_lock(k)], args=[done, self.worker_id])
+            await self._healed(keys=[k.epoch, k.epoch_heal], args=[done, self.worker_id])
         log.info("shard %d healed: %d of its %d unfinished stream(s) in MySQL had lost their state",
                  shard, len(gone), len(rows))
 
@@ -325,9 +321,14 @@ def _hash(row: dict[str, Any], final: Figures | None) -> dict[str, str]:
         "version": str(row["version"]),
     }
     if final is not None:
+        # The peak lived in Redis: MySQL's may still say 0 while viewers were seen, and a peak
+        # below one would contradict them. The version jumps past any record of the stream an
+        # outbox batch read before the loss may still bring, so the end is never overwritten.
+        peak = max(int(row["peak_viewers"] or 0), 1 if final.viewers else 0)
         h.update(message_count=str(final.messages), tip_count=str(final.tips),
                  tips_cents=str(final.tips_cents), fees_cents=str(final.fees_cents),
-                 version=str(row["version"] + 1), recent_floor=NO_RECENT)
+                 peak_viewers=str(peak), version=str(row["version"] + HEALED_VERSION_STEP),
+                 recent_floor=NO_RECENT)
     return h
 
 
@@ -336,14 +337,3 @@ def _ms(value: datetime | None) -> str:
     if value is None:
         return ""
     return str(calendar.timegm(value.utctimetuple()) * 1000 + value.microsecond // 1000)
-
-
-def _script(client: aioredis.Redis, settings: Settings, name: str) -> AsyncScript:
-    """A script of ``hub/lua`` with common.lua before it, as ``hub.state`` loads its own."""
-    folder = resources.files("hub") / "lua"
-    publish = "SPUBLISH" if settings.redis_cluster is not None else "PUBLISH"
-    common = (f"local COALESCE_ABOVE = {settings.viewer_events_coalesce_above}\n"
-              f"local COALESCE_MS = {int(settings.viewer_events_interval * 1000)}\n"
-              f"local PUBLISH = '{publish}'\n"
-              + (folder / "common.lua").read_text())
-    return client.register_script(common + "\n" + (folder / f"{name}.lua").read_text())

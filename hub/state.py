@@ -26,7 +26,8 @@ CHAT_BATCH_MAX = 256
 MODLOG_SIZE = 200
 
 
-def _load_scripts(client: aioredis.Redis, settings: Settings) -> dict[str, AsyncScript]:
+def load_script(client: aioredis.Redis, settings: Settings, name: str) -> AsyncScript:
+    """The script ``hub/lua/NAME.lua`` with common.lua and the settings it reads before it."""
     folder = resources.files("hub") / "lua"
     # On a cluster, room events go out on sharded pub/sub: to the subscribers of the node that
     # holds the stream's slot, not to every node.
@@ -35,10 +36,11 @@ def _load_scripts(client: aioredis.Redis, settings: Settings) -> dict[str, Async
               f"local COALESCE_MS = {int(settings.viewer_events_interval * 1000)}\n"
               f"local PUBLISH = '{publish}'\n"
               + (folder / "common.lua").read_text())
-    return {
-        name: client.register_script(common + "\n" + (folder / f"{name}.lua").read_text())
-        for name in SCRIPTS
-    }
+    return client.register_script(common + "\n" + (folder / f"{name}.lua").read_text())
+
+
+def _load_scripts(client: aioredis.Redis, settings: Settings) -> dict[str, AsyncScript]:
+    return {name: load_script(client, settings, name) for name in SCRIPTS}
 
 
 def _result(reply: list[Any]) -> list[Any]:
