@@ -57,7 +57,6 @@ IDLE_POLL = 0.02
 IDLE_POLL_MAX = 0.25
 Prepared = tuple[list[Entry], list[Entry], Batch, list[Entry]]  # read, records, batch, bad
 BACKOFF_MAX = 5.0
-FLUSHED_LUA = (resources.files("hub") / "lua" / "flushed.lua").read_text()
 FORGET_CONSUMERS_LUA = (resources.files("hub") / "lua" / "forget_consumers.lua").read_text()
 # A consumer idle this many claim intervals with nothing pending belongs to a flusher gone.
 CONSUMER_IDLE_CLAIMS = 10
@@ -65,14 +64,19 @@ FORGET_EVERY = 60.0
 
 
 def expand(entries: list[Entry]) -> list[Entry]:
-    """Entries as records: a ``messages`` entry (a JSON list of chat messages, written by one
-    batched chat script) becomes one ``message`` entry per record, with the same entry id, so
-    that a malformed record is dead-lettered alone."""
+    """Entries as records: a ``messages`` entry (the chat messages of one batched chat script,
+    each message's text a field of its own: ``1``, ``2``, …) becomes one ``message`` entry per
+    record, with the same entry id, so that a malformed record is dead-lettered alone. (An
+    entry of older workers holds them as one JSON list in ``d``.)"""
     records: list[Entry] = []
     for entry_id, fields in entries:
         if fields.get("t") == "messages":
+            if "d" not in fields:
+                records.extend((entry_id, {"t": "message", "d": text})
+                               for name, text in fields.items() if name != "t")
+                continue
             try:
-                items = orjson.loads(fields.get("d", ""))
+                items = orjson.loads(fields["d"])
             except orjson.JSONDecodeError:
                 items = None
             if isinstance(items, list):
@@ -82,22 +86,26 @@ def expand(entries: list[Entry]) -> list[Entry]:
     return records
 
 
-def _message_ids(records: list[Entry]) -> list[tuple[str, str]]:
-    """The (stream id, message id) of each chat message record readable as one."""
+_STREAM_ID_AT = len('{"message_id":"') + 36 + len('","stream_id":"')
+
+
+def _message_texts(records: list[Entry]) -> list[tuple[str, str]]:
+    """The (stream id, text) of each chat message record held as the text the hub wrote: its
+    member in the stream's unflushed set."""
     found = []
     for _, fields in records:
-        if fields.get("t") != "message":
+        text = fields.get("d")
+        if fields.get("t") != "message" or not isinstance(text, str):
             continue
-        data = fields.get("d")
-        if isinstance(data, str):
-            try:
-                data = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                continue
-        if isinstance(data, dict):
-            stream_id, message_id = data.get("stream_id"), data.get("message_id")
-            if isinstance(stream_id, str) and isinstance(message_id, str):
-                found.append((stream_id, message_id))
+        if text.startswith('{"message_id":"') and text[_STREAM_ID_AT - 15:_STREAM_ID_AT] == '","stream_id":"':
+            found.append((text[_STREAM_ID_AT:_STREAM_ID_AT + 36], text))  # as the hub writes it
+            continue
+        try:
+            data = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(data, dict) and isinstance(data.get("stream_id"), str):
+            found.append((data["stream_id"], text))
     return found
 
 
@@ -123,14 +131,14 @@ class Flusher:
         self._failures = FailureLog(log)
 
     def _written(self, records: list[Entry], bad: list[Entry]) -> dict[int, dict[str, list[str]]]:
-        """The chat messages of a batch MySQL took (the dead-lettered left out: they stay
-        readable from the unflushed set until replayed), by shard and stream."""
-        refused = set(_message_ids(bad))
+        """The texts of the chat messages of a batch MySQL took (the dead-lettered left out: they
+        stay readable from the unflushed set until replayed), by shard and stream."""
+        refused = {text for _, text in _message_texts(bad)}
         written: dict[int, dict[str, list[str]]] = {}
-        for stream_id, message_id in _message_ids(records):
-            if (stream_id, message_id) not in refused:
+        for stream_id, text in _message_texts(records):
+            if text not in refused:
                 by_stream = written.setdefault(self.keys.shard_of(stream_id), {})
-                by_stream.setdefault(stream_id, []).append(message_id)
+                by_stream.setdefault(stream_id, []).append(text)
         return written
 
     async def ensure_group(self) -> None:
@@ -318,9 +326,8 @@ class Flusher:
             async with self.redis.pipeline(transaction=True) as pipe:
                 streams = written.get(shard)
                 if streams:
-                    # EVAL, not EVALSHA: a script in a cluster's pipeline is not loaded for it.
-                    pipe.eval(FLUSHED_LUA, len(streams), *(keys.unflushed(sid) for sid in streams),
-                              *(x for ids_ in streams.values() for x in (len(ids_), *ids_)))
+                    for stream_id, texts in streams.items():
+                        pipe.zrem(keys.unflushed(stream_id), *texts)
                 for entry_id, fields in dead.get(shard, ()):
                     data = fields.get("d", "")
                     if not isinstance(data, str):  # one record of a multi-record entry

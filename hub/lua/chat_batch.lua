@@ -2,10 +2,9 @@
 -- of one shard's streams, in one call: each is checked (stream, clear, role, sanctions, slow
 -- mode, rate); the accepted ones of a stream share one counter update, one ZADD to its recent
 -- set and one to its unflushed set, and one PUBLISH (their frames one per line), and all of
--- them one outbox entry (t = messages,
--- d = a JSON list of the records). The rate state is the shard's (window_logs in common.lua);
--- a message whose sender's rate lives in another shard comes with its rate already checked
--- (chat_rate.lua) and is not counted here.
+-- them one outbox entry (t = messages, then the records' texts as fields '1', '2', …). The
+-- rate state is the shard's (window_logs in common.lua); a message whose sender's rate lives in
+-- another shard comes with its rate already checked (chat_rate.lua) and is not counted here.
 -- KEYS: outbox
 -- ARGV: prefix, channel prefix, rate limit, privileged rate limit, period ms, recent size, n,
 --       rate window key prefix (the window number follows it),
@@ -112,6 +111,13 @@ for _, sid in ipairs(stream_order) do
   end
 end
 if #records > 0 then
-  redis.call('XADD', KEYS[1], '*', 't', 'messages', 'd', '[' .. table.concat(records, ',') .. ']')
+  -- One field per message ('1', '2', …), each its text exactly as the sets hold it, so that the
+  -- flusher takes it out of the stream's unflushed set by value.
+  local fields = {'t', 'messages'}
+  for i, m in ipairs(records) do
+    fields[#fields + 1] = tostring(i)
+    fields[#fields + 1] = m
+  end
+  redis.call('XADD', KEYS[1], '*', unpack(fields))
 end
 return replies

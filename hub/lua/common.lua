@@ -141,14 +141,17 @@ end
 -- Rate limits are sliding windows, exact: at most `limit` events accepted in any `period_ms`,
 -- each refusal with the time until the oldest accepted event leaves the window.
 
--- From a log of accepted times (ms, oldest first, only those still in the window), whether one
--- more is accepted now: the log with it, or nil and the refusal.
+-- A user's chat log held for one call: `n` accepted times still in the window, the older ones
+-- as stored (`kept`, 't1,t2,…' oldest first) and those accepted during this call (`added`).
+-- Whether one more is accepted now: the log with it, or nil and the refusal. At most `limit`
+-- times are ever in the window, so when it is full the oldest of them is the one to wait for.
 local function window_admit(log, limit, period_ms, now)
-  local count = #log
-  if count >= limit then
-    return nil, {'err', 'rate_limited', math.max(1, log[count - limit + 1] + period_ms - now)}
+  if log.n >= limit then
+    local oldest = tonumber(string.match(log.kept, '^%d+') or log.added[1])
+    return nil, {'err', 'rate_limited', math.max(1, oldest + period_ms - now)}
   end
-  log[count + 1] = now
+  log.n = log.n + 1
+  log.added[#log.added + 1] = now
   return log, nil
 end
 
@@ -166,11 +169,12 @@ local function rate_check(key, limit, period_ms, now)
   return nil
 end
 
--- The chat rate's state: each user's log of accepted times ('t1,t2,…', ms, oldest first) in
--- two hashes per period window (field = user), named by the window's number after
+-- The chat rate's state: each user's log of accepted times ('n|t1,t2,…', ms, oldest first)
+-- in two hashes per period window (field = user), named by the window's number after
 -- `rate_prefix`. A log written two windows ago holds only times that have left the window, so
--- older hashes simply expire. Fills `logs` (user -> list of times still in the window) for the
--- users listed in `order`: this window's hash, then the previous one for the others.
+-- older hashes simply expire. Fills `logs` (user -> log, see window_admit) for the users listed
+-- in `order`: this window's hash, then the previous one for the others. Only the times that
+-- left the window are looked at, from the oldest, so a log costs the same whatever its limit.
 local function window_logs(rate_prefix, period, now, logs, order)
   if #order == 0 then return end
   local window = math.floor(now / period)
@@ -185,12 +189,20 @@ local function window_logs(rate_prefix, period, now, logs, order)
   end
   local since = now - period
   for _, user in ipairs(order) do
-    local log = {}
-    for t in string.gmatch(texts[user] or '', '%d+') do
-      local time = tonumber(t)
-      if time > since then log[#log + 1] = time end
+    local n, kept = 0, ''
+    local text = texts[user]
+    if text then
+      local count, at = string.match(text, '^(%d+)|()')
+      n = tonumber(count) or 0
+      while n > 0 do
+        local stop = string.find(text, ',', at, true)
+        if tonumber(string.sub(text, at, (stop or 0) - 1)) > since then break end
+        n = n - 1
+        at = stop and stop + 1 or #text + 1
+      end
+      if n > 0 then kept = string.sub(text, at) end
     end
-    logs[user] = log
+    logs[user] = {n = n, kept = kept, added = {}}
   end
 end
 
@@ -202,8 +214,10 @@ local function window_save(rate_prefix, period, now, logs, changed)
   for _, user in ipairs(changed) do
     if not seen[user] then
       seen[user] = true
+      local log = logs[user]
+      local added = table.concat(log.added, ',')
       flat[#flat + 1] = user
-      flat[#flat + 1] = table.concat(logs[user], ',')
+      flat[#flat + 1] = log.n .. '|' .. log.kept .. ((log.kept ~= '' and added ~= '') and ',' or '') .. added
     end
   end
   -- A window's hash gets its expiry when it gains a user (so, first of all, when it is new).
