@@ -41,13 +41,28 @@ def _exact_number(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def _has_float(value: Any) -> bool:
+# Inbound JSON nested deeper than this is refused: the hub's payloads are two levels deep, and
+# nothing that walks a value (this module, a parser, a log line) need recurse further.
+MAX_DEPTH = 32
+
+
+class TooDeep(ValueError):
+    """Inbound JSON nested deeper than MAX_DEPTH."""
+
+
+def _has_float(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` holds a float; TooDeep if it is nested deeper than MAX_DEPTH."""
     if isinstance(value, float):
         return True
-    if isinstance(value, dict):
-        return any(_has_float(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_float(v) for v in value)
+    if isinstance(value, dict | list):
+        if depth >= MAX_DEPTH:
+            raise TooDeep(f"JSON may be nested at most {MAX_DEPTH} levels deep")
+        items = value.values() if isinstance(value, dict) else value
+        found = False
+        for item in items:
+            # Every item is visited, so the depth is checked even past a float.
+            found = _has_float(item, depth + 1) or found
+        return found
     return False
 
 
@@ -56,6 +71,9 @@ def loads_exact(data: str | bytes) -> Any:
 
     orjson reads the common payload (no fractional numbers) fast; one that holds a float is read
     again with ``parse_float=Decimal``, so ``1.0000000000000001`` is not taken for ``1.0``.
+    Raises ValueError (orjson's JSONDecodeError, or TooDeep) for what is no JSON the hub reads:
+    bad syntax, a number no double can hold (``1e309``), NaN, a lone surrogate, nesting deeper
+    than MAX_DEPTH.
     """
     value = orjson.loads(data)
     if _has_float(value):

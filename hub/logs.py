@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections import OrderedDict
 from contextvars import ContextVar
 from typing import Any
 
@@ -40,6 +41,34 @@ def _fields(source: Any) -> dict[str, Any]:
         return {"event": event, "sid": sid, "user_id": identity.user_id if identity else None,
                 "stream_id": data.get("stream_id") or getattr(conn, "stream_id", None)}
     return source
+
+
+class Repeats:
+    """Log lines about something a client can repeat at will (a refused frame), summarised per
+    key: the first is logged, later ones are counted and logged as one line with the count at
+    most once per ``every`` seconds. Only the newest ``keep`` keys are remembered, so a flood of
+    keys costs bounded memory (a forgotten key's next line is logged as a first again)."""
+
+    def __init__(self, logger: logging.Logger, every: float = 60.0, keep: int = 4096) -> None:
+        self.logger = logger
+        self.every = every
+        self.keep = keep
+        self._seen: OrderedDict[str, list[float]] = OrderedDict()  # key -> [logged at, count since]
+
+    def note(self, key: str, what: str) -> None:
+        now = time.monotonic()
+        seen = self._seen.get(key)
+        if seen is None:
+            self.logger.info("%s from %s", what, key)
+            self._seen[key] = [now, 0]
+            if len(self._seen) > self.keep:
+                self._seen.popitem(last=False)
+            return
+        self._seen.move_to_end(key)
+        seen[1] += 1
+        if now - seen[0] >= self.every:
+            self.logger.info("%s from %s (%d like it in the last %.0f s)", what, key, seen[1], now - seen[0])
+            seen[0], seen[1] = now, 0
 
 
 class ContextFilter(logging.Filter):

@@ -107,8 +107,8 @@ async def read_json(request: web.Request) -> Any:
         return {}
     try:
         return loads_exact(body)
-    except orjson.JSONDecodeError as exc:
-        raise HubError("invalid", "The body is not valid JSON.") from exc
+    except ValueError as exc:  # bad JSON, 1e309, NaN, a lone surrogate, nesting over 32 levels
+        raise HubError("invalid", "The body is not valid JSON the hub reads.") from exc
 
 
 def identity(request: web.Request) -> Identity:

@@ -243,8 +243,8 @@ class RawSocket:
         self._reader: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
 
-    async def open(self, token: str | None = None) -> RawSocket:
-        """Handshake, then connect the namespace (with ``token`` if given)."""
+    async def open(self, token: str | None = None, connect: bool = True) -> RawSocket:
+        """Handshake, then (unless told not to) connect the namespace, with ``token`` if given."""
         if self.transport == "websocket":
             self._ws = await self.http.ws_connect(self.url.replace("http", "ws", 1))
             handshake = await self._ws.receive_str(timeout=DEADLINE)
@@ -254,6 +254,8 @@ class RawSocket:
         assert handshake.startswith("0"), handshake
         self.url += "&sid=" + json.loads(handshake[1:])["sid"]
         self._reader = asyncio.create_task(self._read())
+        if not connect:
+            return self
         await self.send("0/streaming," + (json.dumps({"token": token}) if token else ""))
         connected = await self.next(lambda p: p.startswith(("0/streaming,", "4/streaming,")))
         assert connected.startswith("0/streaming,"), connected
@@ -264,6 +266,11 @@ class RawSocket:
         """Socket.IO packets as Engine.IO messages (``"4" + packet``); ``raw_send`` for any text."""
         return await self.raw_send(*("4" + p for p in packets))
 
+    async def send_bytes(self, data: bytes) -> None:
+        """One binary WebSocket frame."""
+        assert self._ws is not None
+        await self._ws.send_bytes(data)
+
     async def raw_send(self, *texts: str) -> int:
         """Engine.IO packets as they are: WebSocket frames, or one long-polling POST. Returns the
         POST's status (200 over WebSocket)."""
@@ -271,7 +278,11 @@ class RawSocket:
             for text in texts:
                 await self._ws.send_str(text)
             return 200
-        async with self.http.post(self.url, data="\x1e".join(texts).encode(errors="surrogatepass")) as resp:
+        return await self.post("\x1e".join(texts).encode())
+
+    async def post(self, body: bytes) -> int:
+        """One long-polling POST of any body; returns its status."""
+        async with self.http.post(self.url, data=body) as resp:
             if resp.status != 200:
                 self.closed = True
             return resp.status
@@ -361,10 +372,10 @@ async def raw(base_url: str) -> AsyncIterator[Callable[..., Awaitable[RawSocket]
     """Hand-spoken Socket.IO connections to the in-process worker, closed afterwards."""
     made: list[RawSocket] = []
 
-    async def open_raw(token: str | None = None, transport: str = "websocket") -> RawSocket:
+    async def open_raw(token: str | None = None, transport: str = "websocket", connect: bool = True) -> RawSocket:
         socket_ = RawSocket(base_url, transport)
         made.append(socket_)
-        return await socket_.open(token)
+        return await socket_.open(token, connect)
 
     yield open_raw
     for socket_ in made:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 
@@ -138,6 +139,35 @@ async def test_bad_create_bodies_are_refused_and_change_nothing(body, code, api,
     assert await streams_of(api, streamer) == 0
     status, _ = await api.request("GET", "live")
     assert status == 200
+
+
+@pytest.mark.parametrize("body", [
+    pytest.param(b'{"title": 1e309}', id="infinite-number"),
+    pytest.param(b'{"title": NaN}', id="NaN"),
+    pytest.param(b'{"title": "\\ud800 live"}', id="lone-surrogate"),
+    pytest.param(b'{"title": "ok", "description": ' + b"[" * 500 + b"]" * 500 + b"}", id="nested-500-deep"),
+    pytest.param(b'{"title": "ok", "description": ' + b"[" * 2000 + b"]" * 2000 + b"}", id="nested-2000-deep"),
+    pytest.param(b'{"title": "\xff\xfe"}', id="not-utf8"),
+])
+async def test_bodies_the_hub_cannot_read_are_invalid_and_log_nothing(body, api, token, live_stream_id, caplog):
+    """400 invalid, on creation and on a moderation action alike, and no log line at all."""
+    caplog.set_level(logging.INFO)
+    streamer = unique("streamer")
+    status, got = await api.request("POST", "create", token(streamer, "streamer"), data=body,
+                                    headers={"Content-Type": "application/json"})
+    assert_error(status, got, 400, "invalid")
+    stream_id, owner = live_stream_id
+    status, got = await api.request("POST", f"{stream_id}/bans", owner, data=body,
+                                    headers={"Content-Type": "application/json"})
+    assert_error(status, got, 400, "invalid")
+    assert [r.getMessage() for r in caplog.records if r.name != "aiohttp.access"] == []
+    assert await streams_of(api, streamer) == 0
+
+
+@pytest.fixture
+async def live_stream_id(api, token) -> tuple[str, str]:
+    owner = token(unique("streamer"), "streamer")
+    return (await api.create_stream(owner))["stream_id"], owner
 
 
 async def test_oversized_body_is_payload_too_large(api, token):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 
 import aiohttp
@@ -719,3 +720,134 @@ async def test_a_ban_takes_the_users_sockets_out_of_the_room_whatever_presence_s
     assert (await c.call("send_tip", {}))["error"]["code"] == "invalid"  # all written before it arrived
     assert all(m["message_id"] != said["message_id"] for m in c.events["chat_message"])
     assert (await c.call("send_message", {"stream_id": other, "message": "still in my stream"}))["success"]
+
+
+# -- packets that cannot be read: an answer, the socket stays, one log line at most ----
+
+ONCE = "(further occurrences of this error will be logged with level INFO)"
+
+
+def worker_lines(caplog) -> list[str]:
+    """What the worker logged, one entry per line (a traceback is many), the test server's
+    access log aside, and python-engineio's lines it logs once in a worker's life (a request
+    for a session already closed, say)."""
+    formatter = logging.Formatter("%(name)s %(message)s")
+    return [line for record in caplog.records
+            if record.name != "aiohttp.access" and not record.getMessage().endswith(ONCE)
+            for line in formatter.format(record).splitlines()]
+
+
+NESTED = "[" * 500 + "]" * 500
+# Event packets python-socketio cannot read, or that name no event: (body after the ack id,
+# the event name the error event carries).
+UNREADABLE = {
+    "infinite number": ('["send_tip",{{"stream_id":"{sid}","amount":1e309}}]', "send_tip"),
+    "NaN": ('["send_tip",{{"stream_id":"{sid}","amount":NaN}}]', "send_tip"),
+    "lone surrogate": ('["send_message",{{"stream_id":"{sid}","message":"\\ud800 hi"}}]', "send_message"),
+    "nested 500 deep": ('["send_message",' + NESTED + "]", "send_message"),
+    "nested 2000 deep": ('["send_message",' + "[" * 2000 + "]" * 2000 + "]", "send_message"),
+    "not a list": ('{{"stream_id":"{sid}"}}', None),
+    "no such event": ('["no_such_event",{{}}]', "no_such_event"),
+    "a lifecycle name": ('["disconnect",{{}}]', "disconnect"),
+    "a number for a name": ('[42,{{}}]', None),
+}
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+@pytest.mark.parametrize("kind", list(UNREADABLE), ids=lambda kind: kind.replace(" ", "-"))
+async def test_an_unreadable_event_is_answered_invalid_and_the_socket_stays(kind, transport, raw, token, stream,
+                                                                          caplog):
+    caplog.set_level(logging.INFO)
+    sid = stream["id"]
+    s = await raw(token(unique("viewer")), transport)
+    await s.send(join_packet(1, sid))
+    assert (await s.ack(1))["success"]
+    caplog.clear()
+    body, event = UNREADABLE[kind]
+    body = body.format(sid=sid)
+    await s.send("2/streaming,2" + body)
+    ack = await s.ack(2)
+    assert ack["success"] is False and ack["error"]["code"] == "invalid" and ack["error"]["message"], ack
+    assert await s.event("error") == {**ack["error"], "event": event}
+    await s.send("2/streaming," + body)  # no ack id: the error event alone
+    await s.next(lambda p: len(s.events("error")) == 2)
+    # The socket still works.
+    await s.send(f'2/streaming,3["send_message",{{"stream_id":"{sid}","message":"still here"}}]')
+    assert (await s.ack(3))["success"]
+    lines = worker_lines(caplog)
+    assert len(lines) <= 1 and all(len(line) < 200 for line in lines), lines
+
+
+async def test_a_flood_of_unreadable_events_logs_one_line(raw, caplog):
+    """200 frames of 1.25 KB from one anonymous socket: 200 answers, the first logged, the rest
+    summarised (a line a minute at most)."""
+    caplog.set_level(logging.INFO)
+    s = await raw()
+    padding = "x" * 1200
+    for n in range(200):
+        await s.send(f'2/streaming,{n + 1}["send_message",{{"message":"{padding}","amount":1e309}}]')
+    for n in range(200):
+        assert (await s.ack(n + 1))["error"]["code"] == "invalid"
+    lines = worker_lines(caplog)
+    assert len(lines) <= 1 and all(len(line) < 200 for line in lines), lines[:3]
+
+
+async def test_binary_and_non_socketio_messages_are_answered_invalid(raw, token, stream, caplog):
+    caplog.set_level(logging.INFO)
+    s = await raw(token(unique("viewer")))
+    await s.send_bytes(b"\x00\x01binary")
+    await s.raw_send('4"\\ud800"')  # an Engine.IO message that is a JSON string, no Socket.IO packet
+    await s.raw_send("4")
+    await s.send('51-/streaming,7["send_message",{"_placeholder":true,"num":5}]')  # binary event
+    await s.send("4/streaming,")  # a connect_error, which only the server sends
+    await s.next(lambda p: len(s.events("error")) == 5)
+    assert {(e["code"], e["event"]) for e in s.events("error")} == {("invalid", None)}
+    await s.send(join_packet(8, stream["id"]))
+    assert (await s.ack(8))["success"]
+    assert len(worker_lines(caplog)) <= 1
+
+
+async def test_an_unreadable_connect_is_answered_connect_error(raw, caplog):
+    caplog.set_level(logging.INFO)
+    s = await raw(connect=False)
+    await s.send('0/streaming,{"token":1e309}')
+    refusal = json.loads((await s.next(lambda p: p.startswith("4/streaming,"))).removeprefix("4/streaming,"))
+    assert refusal["message"] == "invalid" and refusal["data"]["code"] == "invalid"
+    await s.send("0/streaming,")
+    assert (await s.next(lambda p: p.startswith("0/streaming,"))).startswith("0/streaming,")
+    assert len(worker_lines(caplog)) <= 1
+
+
+@pytest.mark.parametrize(("transport", "junk"), [
+    pytest.param("websocket", "X", id="ws-no-type"),
+    pytest.param("websocket", "", id="ws-empty"),
+    pytest.param("websocket", "4" + "[" * 5000 + "]" * 5000, id="ws-nested-json-message"),
+    pytest.param("websocket", '4{"a":1}', id="ws-json-message"),
+    pytest.param("websocket", "b!!!", id="ws-base64"),
+    pytest.param("polling", "X", id="polling-no-type"),
+    pytest.param("polling", "4" + "[" * 5000 + "]" * 5000, id="polling-nested-json-message"),
+    pytest.param("polling", "\x1e".join(["6"] * 17), id="polling-17-packets"),
+    pytest.param("polling", b"42/streaming,\xff\xfe", id="polling-not-utf8"),
+])
+async def test_what_engineio_cannot_take_closes_the_connection_with_one_line(transport, junk, api, raw, token,
+                                                                              stream, caplog):
+    """Text that is no Engine.IO packet: the connection closes (no answer can be framed), its
+    viewer leaves at once, and the worker logs one line."""
+    caplog.set_level(logging.INFO)
+    s = await raw(token(unique("viewer")), transport)
+    await s.send(join_packet(1, stream["id"]))
+    assert (await s.ack(1))["success"]
+    assert await viewer_count(api, stream["id"]) == 1
+    caplog.clear()
+    if isinstance(junk, bytes):
+        await s.post(junk)
+    else:
+        await s.raw_send(junk)
+    await s.wait_closed()
+
+    async def left() -> bool:
+        return await viewer_count(api, stream["id"]) == 0
+
+    await eventually(left, 2, "the closed connection's viewer left")  # not after its pings run out
+    lines = worker_lines(caplog)
+    assert len(lines) <= 1 and all(len(line) < 200 for line in lines), lines
