@@ -424,8 +424,16 @@ class HubServer(socketio.AsyncServer):
     (the WebSocket class and the request translation), ``_handle_eio_message``,
     ``_handle_event``, ``_send_packet``, ``_send_eio_packet``."""
 
+    # The largest message the transport reads (python-engineio's max_http_buffer_size): what a
+    # Socket.IO client allows by default (maxHttpBufferSize, 1e6 bytes) and a little more, so an
+    # event up to 1 MiB is answered payload_too_large by the hub rather than cut off.
+    TRANSPORT_LIMIT = 1 << 20
+
     def __init__(self, *args: Any, send_queue_limit: int, send_buffer_limit: int, event_limit: int,
                  fanout_interval: float = 0.0, fanout_pace_above: int = 0, **kwargs: Any) -> None:
+        # The transport limit is the hub's (PROTOCOL §7), whatever a caller passes; an event
+        # limit (HUB_MAX_PAYLOAD) raised above it raises it too.
+        kwargs["max_http_buffer_size"] = max(self.TRANSPORT_LIMIT, event_limit)
         super().__init__(*args, **kwargs)
         self.event_limit = event_limit
         self.eio._async = dict(self.eio._async, websocket=HubWebSocket,

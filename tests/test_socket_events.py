@@ -479,10 +479,26 @@ async def test_an_oversized_event_is_refused_and_the_socket_stays(clients, base_
     await still_works(c, stream["id"])
 
 
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+@pytest.mark.parametrize("size", [100_000, 1_000_000])
+async def test_an_event_up_to_a_mebibyte_is_payload_too_large_and_the_socket_stays(size, transport, api, clients,
+                                                                                    base_url, token, stream):
+    """PROTOCOL §7: below the transport's 1 MiB a Socket.IO client expects an answer, not a
+    closed connection."""
+    c = await clients(base_url, token(unique("viewer")), transport)
+    assert (await c.call("join_stream", {"stream_id": stream["id"]}))["success"]
+    ack = await c.call("send_message", {"stream_id": stream["id"], "message": "x" * (size - 100)})
+    assert ack["success"] is False and ack["error"]["code"] == "payload_too_large", ack
+    error = await c.wait_for("error", lambda e: e["code"] == "payload_too_large")
+    assert error["event"] == "send_message"
+    assert (await stats(api, stream["id"]))["message_count"] == 0
+    await still_works(c, stream["id"])
+
+
 async def test_a_message_over_the_transport_limit_closes_that_connection(clients, base_url, token, stream):
     _, c = await joined_viewer(clients, base_url, token, stream["id"])
     try:
-        await c.emit("send_message", {"stream_id": stream["id"], "message": "x" * 70_000})
+        await c.emit("send_message", {"stream_id": stream["id"], "message": "x" * 1_100_000})
     except Exception:
         pass
 
