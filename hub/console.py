@@ -69,10 +69,7 @@ async def dev_token(request: web.Request) -> web.Response:
     s = request.app[rest.SETTINGS]
     if not s.console_dev_tokens:
         raise HubError("not_found", "Development tokens are off (HUB_CONSOLE_DEV_TOKENS).")
-    try:
-        body = await request.json()
-    except ValueError as exc:
-        raise HubError("invalid", "The body must be JSON.") from exc
+    body = await rest.read_json(request)
     user_id = body.get("user_id") if isinstance(body, dict) else None
     role = body.get("role", "") if isinstance(body, dict) else None
     if not isinstance(user_id, str) or not USER_ID.fullmatch(user_id):

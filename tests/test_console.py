@@ -64,8 +64,9 @@ async def test_development_tokens_when_on_sign_anyone_and_refuse_bad_requests(wo
                  {"user_id": "bob", "role": "admin"}, {"role": "streamer"}, [], "text"):
         status, answer = await api.request("POST", "/console/dev-token", json=body)
         assert status == 400 and answer["error"]["code"] == "invalid", body
-    status, answer = await api.request("POST", "/console/dev-token", data=b"{not json")
-    assert status == 400 and answer["error"]["code"] == "invalid"
+    for raw in (b"{not json", b"[" * 5000 + b"]" * 5000, b'{"user_id": 1e309}'):
+        status, answer = await api.request("POST", "/console/dev-token", data=raw)
+        assert status == 400 and answer["error"]["code"] == "invalid", raw[:20]
     streamer = unique("dev")
     status, answer = await api.request("POST", "/console/dev-token", json={"user_id": streamer, "role": "streamer"})
     assert status == 200
