@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from decimal import ROUND_HALF_UP, Decimal
 
 import orjson
 
 CENT = Decimal("0.01")
+# A number's text as JSON writes one, in ASCII digits: Decimal() would also take other scripts'
+# digits ("١٠", "１０"), underscores ("1_0"), a plus sign, spaces, ".5" and "5.".
+NUMBER_TEXT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
 
 
 def to_cents(amount: Decimal) -> int:
@@ -31,7 +35,8 @@ def money_json(cents: int | None) -> orjson.Fragment | None:
 
 
 def exact_decimal(value: object) -> Decimal:
-    """A JSON number (Decimal, int, float, or decimal text) as the exact decimal it was written as.
+    """A JSON number (Decimal, int, float, or its text in ASCII digits, ``NUMBER_TEXT``) as the
+    exact decimal it was written as.
 
     A JSON float's shortest repr is the text the client sent when it has at most 15
     significant digits, which is why callers bound the digits they accept.
@@ -40,7 +45,9 @@ def exact_decimal(value: object) -> Decimal:
         return value
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError("not a number")
-    return Decimal(repr(value) if isinstance(value, float) else str(value).strip())
+    if isinstance(value, str) and not NUMBER_TEXT.fullmatch(value):
+        raise ValueError("not a number's text in ASCII digits")
+    return Decimal(repr(value) if isinstance(value, float) else str(value))
 
 
 def decimal_json(value: Decimal | None) -> orjson.Fragment | None:

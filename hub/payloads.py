@@ -7,6 +7,7 @@ ignored: identity comes from the token only.
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -91,11 +92,12 @@ def amount_cents(value: Any, settings: Settings) -> int:
         raise invalid("'amount' must be a number.") from exc
     if not amount.is_finite() or amount <= 0:
         raise invalid("'amount' must be a positive number.")
+    # The range first: normalizing 1e9999999 would overflow the decimal context.
+    if not settings.tip_min <= amount <= settings.tip_max:
+        raise invalid(f"'amount' must be between {settings.tip_min} and {settings.tip_max}.")
     exponent = amount.normalize().as_tuple().exponent
     if not isinstance(exponent, int) or exponent < -2:
         raise invalid("'amount' must have at most two decimals.")
-    if not settings.tip_min <= amount <= settings.tip_max:
-        raise invalid(f"'amount' must be between {settings.tip_min} and {settings.tip_max}.")
     return to_cents(amount)
 
 
@@ -203,14 +205,17 @@ class CreateStream:
         return cls(title, description, category, thumbnail, scheduled_ms)
 
 
+_WHOLE_NUMBER = re.compile(r"-?[0-9]{1,18}")
+
+
 def query_int(query: Any, name: str, default: int, low: int, high: int) -> int:
+    """A whole number in ASCII digits (int() would also take "١٠", "１０", "1_0", "+5", " 5")."""
     raw = query.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise invalid(f"'{name}' must be a whole number.") from exc
+    if not _WHOLE_NUMBER.fullmatch(raw):
+        raise invalid(f"'{name}' must be a whole number.")
+    value = int(raw)
     if not low <= value <= high:
         raise invalid(f"'{name}' must be between {low} and {high}.")
     return value

@@ -192,7 +192,13 @@ async def test_actions_on_unknown_streams_are_not_found(action, api, token):
     assert_error(status, body, 404, "not_found")
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=101", "limit=abc", "offset=-1", "offset=x"])
+# Digits other than ASCII's, Python's underscores, a plus sign, spaces: no whole number.
+NOT_ASCII_DIGITS = ["１０", "1_0", "+5", "٥", "%205", "5%20"]
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=101", "limit=abc", "offset=-1", "offset=x",
+                                   *(f"limit={n}" for n in NOT_ASCII_DIGITS),
+                                   *(f"offset={n}" for n in NOT_ASCII_DIGITS)])
 async def test_bad_live_queries_are_invalid(query, api):
     status, body = await api.request("GET", f"live?{query}")
     assert_error(status, body, 400, "invalid")
@@ -280,7 +286,8 @@ async def test_chat_pages_newest_older_than_before_oldest_first(api, token, clie
     assert [m["message_id"] for m in body["messages"]] == ids[:2]
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=201", "limit=x", "before=nope", "before=123"])
+@pytest.mark.parametrize("query", ["limit=0", "limit=201", "limit=x", "before=nope", "before=123",
+                                   *(f"limit={n}" for n in NOT_ASCII_DIGITS)])
 async def test_bad_chat_queries_are_invalid(query, api, token):
     sid = (await api.create_stream(token(unique("streamer"), "streamer")))["stream_id"]
     status, body = await api.request("GET", f"{sid}/chat?{query}")

@@ -9,7 +9,7 @@ import pytest
 from hub.codec import uuid7, uuid7_ms
 from hub.errors import HubError
 from hub.money import fee_cents, to_cents
-from hub.payloads import Chat, Tip, amount_cents, clean_text
+from hub.payloads import Chat, Tip, amount_cents, clean_text, price, query_int
 from hub.settings import Settings
 
 SETTINGS = Settings.from_env({})
@@ -24,14 +24,36 @@ def test_amounts_are_exact(value, cents):
     assert amount_cents(value, SETTINGS) == cents
 
 
+# Text that Python's int() and Decimal() take but that is no number in ASCII digits.
+NOT_ASCII_DIGITS = ["１０", "1_0", "+5", "٥", "١٠.٥٠", "5\u00a0", "\u20035", "1e1_0", "1E٣", "𝟓",
+                    ".5", "5.", " 5", "5 ", "0x10"]
+
+
 @pytest.mark.parametrize("value", [
     0, -1, -0.01, 10.005, "abc", True, False, None, [], {}, "NaN", "Infinity", float("nan"),
-    float("inf"), 1e20, 10000.01, 0.99, "1e2.5", "", " ",
+    float("inf"), 1e20, 10000.01, 0.99, "1e2.5", "", " ", "1e9999999", "1E+999999999999",
+    *NOT_ASCII_DIGITS,
 ])
 def test_bad_amounts_are_invalid(value):
     with pytest.raises(HubError) as err:
         amount_cents(value, SETTINGS)
     assert err.value.code == "invalid"
+
+
+@pytest.mark.parametrize("value", ["5", "10.50", "1e1", "2.5E+1", "0010"])
+def test_amount_text_in_ascii_digits_is_read(value):
+    assert amount_cents(value, SETTINGS) == int(Decimal(value) * 100)
+
+
+@pytest.mark.parametrize("value", NOT_ASCII_DIGITS)
+def test_prices_and_query_integers_take_ascii_digits_only(value):
+    with pytest.raises(HubError) as err:
+        price(value)
+    assert err.value.code == "invalid"
+    with pytest.raises(HubError) as err:
+        query_int({"limit": value}, "limit", 50, 1, 100)
+    assert err.value.code == "invalid"
+    assert query_int({"limit": "0010"}, "limit", 50, 1, 100) == 10
 
 
 @pytest.mark.parametrize(("cents", "fee"), [

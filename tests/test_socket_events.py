@@ -323,8 +323,10 @@ async def test_tip_reaches_the_room_with_an_exact_fee(amount, fee, api, clients,
         1, float(amount), fee, 1)
 
 
+# Digits other than ASCII's, Python's underscores and a plus sign are no amount's text.
+NOT_ASCII_DIGITS = ["１０", "1_0", "+5", "٥", "١٠.٥٠", "10\u00a0", "1e1_0"]
 BAD_AMOUNTS = [0, -1, -0.01, 10.005, 0.001, "abc", True, None, [], {}, "NaN", "Infinity", 1e20,
-               10000.01, 0.99, ""]
+               10000.01, 0.99, "", "1e9999999", *NOT_ASCII_DIGITS]
 
 
 @pytest.mark.parametrize("amount", BAD_AMOUNTS)
