@@ -129,6 +129,7 @@ def create_app(settings: Settings) -> web.Application:
         send_buffer_limit=settings.send_buffer_limit,
         fanout_interval=settings.fanout_interval,
         fanout_pace_above=settings.fanout_pace_above,
+        namespace_timeout=settings.namespace_timeout,
         async_mode="aiohttp",
         client_manager=manager,
         serializer=HubPacket,

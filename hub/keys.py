@@ -211,8 +211,9 @@ class Keys:
     @property
     def chat_rate_windows(self) -> str:
         """Prefix of the hashes user -> ``n|t1,t2,…``: how many of the user's chat messages were
-        accepted in the last period, and their times (ms, oldest first), one hash per rate period window, named by the window's
-        number (``now_ms // period_ms``); each expires two periods after it was made."""
+        accepted in the last period, and their times (ms, oldest first); one hash per rate
+        period window, named by the window's number (``now_ms // period_ms``); each expires two
+        periods after it was made."""
         return f"{self.prefix}rate:chatlog:"
 
     def user_conns(self, user_id: str) -> str:

@@ -47,6 +47,7 @@ class Presence:
     def __init__(self, state: State) -> None:
         self.state = state
         self.conns: dict[str, Conn] = {}
+        self.transports: dict[str, str] = {}  # Engine.IO session id -> its client address
         self.rooms: dict[str, set[str]] = defaultdict(set)
         self.on_stream_gone: Callable[[str, list[Conn]], Awaitable[None]] | None = None
         self.withdrawn = False
@@ -95,8 +96,10 @@ class Presence:
         if self.withdrawn:
             return 0
         await self.state.touch([
-            (key, c.sid) for c in list(self.conns.values())
-            for key in self.state.holders(c.address, c.identity.user_id if c.identity else None)
+            *((self.state.address_holder(address), eio_sid)
+              for eio_sid, address in list(self.transports.items())),
+            *((self.state.user_holder(c.identity.user_id), c.sid)
+              for c in list(self.conns.values()) if c.identity is not None),
         ])
         for stream_id, sids in list(self.rooms.items()):
             members = [

@@ -412,13 +412,26 @@ class Hub:
                 for m in newest]
 
     # -- connections --------------------------------------------------------------
+    async def admit_transport(self, address: str, eio_sid: str) -> None:
+        """An Engine.IO session opens: counted against its address's limits."""
+        await self.state.admit_transport(address, eio_sid)
+        self.presence.transports[eio_sid] = address
+
+    async def release_transport(self, eio_sid: str) -> None:
+        address = self.presence.transports.pop(eio_sid, None)
+        if address is not None:
+            await self.state.release(self.state.address_holder(address), eio_sid)
+
     async def admit(self, conn: Conn) -> None:
-        await self.state.admit(conn.address, conn.sid, conn.identity.user_id if conn.identity else None)
+        """A connection to the namespace: a signed-in one counted against its user's limit."""
+        if conn.identity is not None:
+            await self.state.admit_user(conn.identity.user_id, conn.sid)
 
     async def disconnect(self, conn: Conn) -> None:
         if conn.stream_id is not None:
             await self.leave(conn)
-        await self.state.release(conn.address, conn.identity.user_id if conn.identity else None, conn.sid)
+        if conn.identity is not None:
+            await self.state.release(self.state.user_holder(conn.identity.user_id), conn.sid)
 
 
 _ID_AT = len('{"message_id":"')

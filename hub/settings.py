@@ -175,6 +175,7 @@ class Settings:
     scheduled_max: int = 10
     create_rate: int = 20
     moderation_rate: int = 60
+    namespace_timeout: float = 5.0
     moderation_period: int = 60
     create_period: int = 3600
     tip_idempotency_ttl: int = 7 * 24 * 3600
@@ -270,6 +271,7 @@ class Settings:
             create_rate=_int(env, "HUB_CREATE_RATE", default.create_rate, 1, 100_000),
             create_period=_int(env, "HUB_CREATE_PERIOD", default.create_period, 1, 86_400),
             moderation_rate=_int(env, "HUB_MODERATION_RATE", default.moderation_rate, 1, 100_000),
+            namespace_timeout=_float(env, "HUB_NAMESPACE_TIMEOUT", default.namespace_timeout, 0.5, 60.0),
             moderation_period=_int(env, "HUB_MODERATION_PERIOD", default.moderation_period, 1, 86_400),
             flush_batch=_int(env, "HUB_FLUSH_BATCH", default.flush_batch, 1, 10_000),
             flush_claim_idle_ms=_int(

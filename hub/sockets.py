@@ -273,6 +273,9 @@ class HubRedisManager(socketio.AsyncRedisManager):
 Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
 
+_untrusted_forwarders: set[str] = set()  # warned of once per process
+
+
 def client_address(environ: dict[str, Any], trusted: Networks) -> str:
     """The client's address, for the per-address limits: the TCP peer's, unless the peer is a
     trusted proxy (``HUB_TRUSTED_PROXIES``); then the rightmost X-Forwarded-For entry that is
@@ -285,6 +288,11 @@ def client_address(environ: dict[str, Any], trusted: Networks) -> str:
     if peer is None:
         return str(remote) if remote else "unknown"
     if not trusted or not _within(peer, trusted):
+        if not _untrusted_forwarders and "X-Forwarded-For" in request.headers:
+            _untrusted_forwarders.add(str(peer))
+            log.warning("connections from %s carry X-Forwarded-For, but HUB_TRUSTED_PROXIES does not list "
+                        "it: the header is ignored, and every client behind it shares its per-address "
+                        "limits (said once)", peer)
         return str(peer)
     hops = [hop.strip() for value in request.headers.getall("X-Forwarded-For", ())
             for hop in value.split(",")]
@@ -420,9 +428,14 @@ class HubServer(socketio.AsyncServer):
     has an ack id, and an ``error`` event), what python-engineio cannot take closes the
     connection (``HubWebSocket``, ``WholeBody``); refusals are logged summarised per connection.
 
+    A client address's limits are checked at the Engine.IO handshake, before any namespace
+    (``gate``); a session that connects no namespace within ``namespace_timeout`` seconds is
+    closed.
+
     Private hooks of python-socketio 5.18 / python-engineio 4.15, all here: ``eio._async``
-    (the WebSocket class and the request translation), ``_handle_eio_message``,
-    ``_handle_event``, ``_send_packet``, ``_send_eio_packet``."""
+    (the WebSocket class and the request translation), ``_handle_eio_connect``,
+    ``_handle_eio_disconnect``, ``_handle_eio_message``, ``_handle_event``, ``_send_packet``,
+    ``_send_eio_packet``."""
 
     # The largest message the transport reads (python-engineio's max_http_buffer_size): what a
     # Socket.IO client allows by default (maxHttpBufferSize, 1e6 bytes) and a little more, so an
@@ -430,7 +443,8 @@ class HubServer(socketio.AsyncServer):
     TRANSPORT_LIMIT = 1 << 20
 
     def __init__(self, *args: Any, send_queue_limit: int, send_buffer_limit: int, event_limit: int,
-                 fanout_interval: float = 0.0, fanout_pace_above: int = 0, **kwargs: Any) -> None:
+                 fanout_interval: float = 0.0, fanout_pace_above: int = 0, namespace_timeout: float = 5.0,
+                 **kwargs: Any) -> None:
         # The transport limit is the hub's (PROTOCOL §7), whatever a caller passes; an event
         # limit (HUB_MAX_PAYLOAD) raised above it raises it too.
         kwargs["max_http_buffer_size"] = max(self.TRANSPORT_LIMIT, event_limit)
@@ -442,6 +456,36 @@ class HubServer(socketio.AsyncServer):
         self.pacer = Pacer(self._write_runs, self._room_size, fanout_interval, fanout_pace_above)
         self._fanout_size = metrics.BROADCAST_SOCKETS.observe
         self.refusals = logs.Repeats(log)
+        self.namespace_timeout = namespace_timeout
+        # Admits and releases Engine.IO sessions (the namespace, once it is made).
+        self.gate: StreamingNamespace | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
+        """A new Engine.IO session: refused at the handshake (HTTP 401 with the error body) when
+        its client address is over its connection rate or holds too many sessions."""
+        if self.gate is not None:
+            refusal = await self.gate.open_transport(eio_sid, environ)
+            if refusal is not None:
+                return refusal
+        await super()._handle_eio_connect(eio_sid, environ)
+        asyncio.get_running_loop().call_later(self.namespace_timeout, self._namespace_due, eio_sid)
+        return None
+
+    def _namespace_due(self, eio_sid: str) -> None:
+        """Close a session still connected to no namespace."""
+        if eio_sid not in self.eio.sockets:
+            return
+        if any(self.manager.sid_from_eio_sid(eio_sid, ns) for ns in list(self.manager.get_namespaces())):
+            return
+        task = asyncio.ensure_future(self.eio.disconnect(eio_sid))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
+        await super()._handle_eio_disconnect(eio_sid, reason)
+        if self.gate is not None:
+            await self.gate.close_transport(eio_sid)
 
     def _translate_request(self, request: Any) -> dict[str, Any]:
         """python-engineio's aiohttp request environ, with the body read whole and checked."""
@@ -593,6 +637,32 @@ class StreamingNamespace:
             actions[event] = self._moderation(event)
         for event, action in actions.items():
             sio.on(event, self._handler(event, action), namespace=NAMESPACE)
+        if isinstance(sio, HubServer):
+            sio.gate = self
+
+    async def open_transport(self, eio_sid: str, environ: dict[str, Any]) -> dict[str, Any] | None:
+        """An Engine.IO session opens: None when admitted, else the refusal, shaped as a refused
+        namespace connection's (``{message: code, data: error}``, a client's connect_error)."""
+        if self.draining:
+            refusal = HubError("unavailable", "This worker is shutting down; connect again.")
+        else:
+            try:
+                address = client_address(environ, self.settings.trusted_proxies)
+                await self._hub().admit_transport(address, eio_sid)
+                return None
+            except HubError as exc:
+                refusal = exc
+            except (RedisError, OSError):
+                refusal = HubError("unavailable")
+        metrics.error(refusal.code, "connect")
+        return {"message": refusal.code, "data": refusal.body()}
+
+    async def close_transport(self, eio_sid: str) -> None:
+        try:
+            await self._hub().release_transport(eio_sid)
+        except (RedisError, OSError) as exc:
+            # The set's entry expires once its worker stops refreshing it.
+            log.warning("release of session %s failed: %s", eio_sid, exc)
 
     async def connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         if self.draining:

@@ -4,7 +4,6 @@ atomic with its outbox record and its broadcast."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -340,44 +339,29 @@ class State:
         return streamer, bool(moderator)
 
     # -- presence -----------------------------------------------------------------
-    async def admit(self, address: str, sid: str, user_id: str | None) -> None:
-        """A new connection: within the address's rate and the open connections allowed to the
-        address and to the user. Where the address's and the user's keys are in different
-        shards, the address is admitted first, then the user, and the address's count given
-        back if the user is refused."""
+    async def admit_transport(self, address: str, eio_sid: str) -> None:
+        """A new Engine.IO session (at its handshake, before any namespace): within its client
+        address's connection rate and the open sessions the address may hold."""
         s, at = self.settings, self.keys.of(address)
-        rate = [s.conn_rate, s.conn_period * 1000, sid, self._ttl_ms]
-        if user_id is None:
-            await self._run("admit", [at.conn_rate(address), at.address_conns(address)],
-                            [*rate, "1", s.address_max_conns])
-            return
-        mine = self.keys.of(user_id)
-        if mine is at:
-            await self._run("admit", [at.conn_rate(address), at.address_conns(address),
-                                      mine.user_conns(user_id)],
-                            [*rate, "1", s.address_max_conns, s.user_max_conns])
-            return
         await self._run("admit", [at.conn_rate(address), at.address_conns(address)],
-                        [*rate, "1", s.address_max_conns])
-        try:
-            await self._run("admit", [mine.user_conns(user_id)], [*rate, "0", s.user_max_conns])
-        except BaseException:
-            with contextlib.suppress(RedisError):
-                await self.redis.zrem(at.address_conns(address), sid)
-            raise
+                        [s.conn_rate, s.conn_period * 1000, eio_sid, self._ttl_ms, "1", s.address_max_conns])
 
-    def holders(self, address: str, user_id: str | None) -> list[str]:
-        """The sets that count a connection: its address's, and its user's if signed in."""
-        keys = [self.keys.of(address).address_conns(address)]
-        if user_id is not None:
-            keys.append(self.keys.of(user_id).user_conns(user_id))
-        return keys
+    async def admit_user(self, user_id: str, sid: str) -> None:
+        """A signed-in connection to the namespace: within the open connections of its user."""
+        s, k = self.settings, self.keys.of(user_id)
+        await self._run("admit", [k.user_conns(user_id)],
+                        [s.conn_rate, s.conn_period * 1000, sid, self._ttl_ms, "0", s.user_max_conns])
 
-    async def release(self, address: str, user_id: str | None, sid: str) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key in self.holders(address, user_id):
-                pipe.zrem(key, sid)
-            await pipe.execute()
+    def address_holder(self, address: str) -> str:
+        """The set that counts an address's open Engine.IO sessions."""
+        return self.keys.of(address).address_conns(address)
+
+    def user_holder(self, user_id: str) -> str:
+        """The set that counts a user's open connections."""
+        return self.keys.of(user_id).user_conns(user_id)
+
+    async def release(self, holder: str, member: str) -> None:
+        await self.redis.zrem(holder, member)
 
     async def touch(self, pairs: list[tuple[str, str]]) -> None:
         """Extend connections, as (holder key, socket id) pairs, in the sets that count them:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import time
 
+import aiohttp
 import jwt
 import pytest
 import socketio
@@ -162,9 +164,13 @@ async def test_connection_rate_per_address(workers, token, env):
         late = Client(source="127.0.0.2")
         made.append(late)
         with pytest.raises(socketio.exceptions.ConnectionError):
-            await late.connect(w1.url)
+            await late.connect(w1.url, transport="polling")  # the handshake's body reaches it
         refusal = late.events["connect_error"][0]["data"]
         assert refusal["code"] == "rate_limited" and refusal["retry_after"] >= 1
+        late_ws = Client(source="127.0.0.2")
+        made.append(late_ws)
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await late_ws.connect(w1.url)  # refused at the WebSocket handshake
         other = Client(source="127.0.0.3")  # another address has its own budget
         made.append(other)
         await other.connect(w1.url)
@@ -233,7 +239,7 @@ async def test_open_connections_per_address(workers, token):
         await made[0].connect(w1.url)
         await made[1].connect(w1.url, token(unique("someone")))
         with pytest.raises(socketio.exceptions.ConnectionError):
-            await made[2].connect(w1.url)
+            await made[2].connect(w1.url, transport="polling")
         assert made[2].events["connect_error"][0]["data"]["code"] == "rate_limited"
         await made[0].close()
 
@@ -269,3 +275,55 @@ def test_a_remembered_token_is_checked_once_and_still_expires(settings, token):
             break
         assert clock.monotonic() < deadline, "a remembered token outlived its expiry"
         clock.sleep(0.05)
+
+
+async def test_sessions_without_the_namespace_count_per_address_and_are_closed(workers, http, settings):
+    """Engine.IO sessions that never connect /streaming are counted at their handshake and
+    closed after HUB_NAMESPACE_TIMEOUT: one address cannot hold hundreds of them."""
+    (w1,) = await workers(1, HUB_ADDRESS_MAX_CONNS="3", HUB_NAMESPACE_TIMEOUT="1")
+    source = aiohttp.TCPConnector(local_addr=("127.0.0.5", 0))
+    async with aiohttp.ClientSession(connector=source) as bare:
+        url = f"{w1.url}/socket.io/?EIO=4&transport=polling"
+        sids = []
+        for _ in range(3):
+            async with bare.get(url) as resp:
+                assert resp.status == 200
+                sids.append(json.loads((await resp.text())[1:])["sid"])
+        async with bare.get(url) as resp:
+            assert resp.status == 401
+            body = json.loads(await resp.text())
+            assert body["data"]["code"] == "rate_limited", body
+
+        async def closed() -> bool:
+            async with bare.get(f"{url}&sid={sids[0]}") as resp:
+                return resp.status == 400  # engine.io: unknown session
+
+        await eventually(closed, 10, "a session without the namespace closed", every=0.2)
+
+        async def admitted_again() -> bool:
+            async with bare.get(url) as resp:
+                return resp.status == 200
+
+        await eventually(admitted_again, 10, "the address's sessions released", every=0.2)
+
+
+async def test_forwarded_for_from_an_untrusted_peer_is_said_once(server, base_url, caplog):
+    """Clients behind a proxy the hub does not trust share its limits: the log says so once."""
+    import logging
+
+    from hub import sockets
+
+    sockets._untrusted_forwarders.clear()
+    made = []
+    try:
+        with caplog.at_level(logging.WARNING, logger="hub.sockets"):
+            for forwarded in ("203.0.113.1", "203.0.113.2"):
+                c = Client()
+                made.append(c)
+                await c.sio.connect(base_url, namespaces=["/streaming"], transports=["websocket"],
+                                    headers={"X-Forwarded-For": forwarded})
+        said = [r for r in caplog.records if "HUB_TRUSTED_PROXIES" in r.getMessage()]
+        assert len(said) == 1 and "127.0.0.1" in said[0].getMessage()
+    finally:
+        for c in made:
+            await c.close()
