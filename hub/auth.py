@@ -10,6 +10,7 @@ from typing import Any
 import jwt
 
 from hub.errors import HubError
+from hub.payloads import clean_text
 from hub.settings import Settings
 
 
@@ -94,14 +95,15 @@ def identity_from_claims(claims: dict[str, Any]) -> Identity:
     if not isinstance(sub, str) or not 0 < len(sub) <= 191:
         raise HubError("unauthorized", "The token's subject is not a valid user id.")
     name = claims.get("name")
-    if not isinstance(name, str) or not name.strip():
-        name = sub
+    # As shown to others: no bidi overrides or invisible characters (payloads.clean_text), at
+    # most 100 characters (cleaned again, so a cut sequence leaves no dangling joiner).
+    name = clean_text(clean_text(name)[:100]) if isinstance(name, str) else ""
     roles = claims.get("roles") or []
     if not isinstance(roles, list):
         roles = []
     return Identity(
         user_id=sub,
-        name=name.strip()[:100],
+        name=name or sub,
         roles=frozenset(r for r in roles if isinstance(r, str)),
         expires_at=float(claims.get("exp", 0)),
     )

@@ -20,11 +20,22 @@ Schema = dict[str, Any]
 PATH = "/api/v1/openapi.json"
 JSON = "application/json"
 
-# Control characters (what ``payloads.clean_text`` removes) and the other characters
-# ``str.strip`` removes: a text field must hold at least one character outside both.
+# Control characters and the other characters ``str.strip`` removes: a user id must start and
+# end with a character outside both.
 _CONTROL = r"\x00-\x1f\x7f-\x9f"
 _BLANK = r"\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 VISIBLE = f"[^{_BLANK}]"
+# What ``payloads.clean_text`` removes from text besides those, on its own (format characters,
+# bidi controls among them, separators, fillers, selectors, tags): a required text field must
+# hold at least one character outside all of them. Characters beyond the BMP are written as
+# themselves (a pattern has no escape for them); lone surrogates are no JSON the hub reads.
+_INVISIBLE = (r"\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u115f-\u1160\u17b4-\u17b5"
+              r"\u180b-\u180f\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u206f\u3164"
+              r"\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb"
+              + "".join(chr(low) if low == high else f"{chr(low)}-{chr(high)}" for low, high in (
+                  (0x110BD, 0x110BD), (0x110CD, 0x110CD), (0x13430, 0x13438), (0x1BCA0, 0x1BCA3),
+                  (0x1D173, 0x1D17A), (0xE0001, 0xE0001), (0xE0020, 0xE007F), (0xE0100, 0xE01EF))))
+SHOWN = f"[^{_BLANK}{_INVISIBLE}]"
 TIME_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$"
 UUID_PATTERN = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 
@@ -40,15 +51,17 @@ def closed(required: list[str], properties: dict[str, Schema], **extra: Any) -> 
 
 
 def text(limit: int, *, required: bool, description: str = "") -> Schema:
-    """A free text field: trimmed and stripped of control characters, then at most ``limit``."""
+    """A free text field: trimmed and stripped of control, bidi and invisible characters, then
+    at most ``limit``."""
     schema: Schema = {"type": "string", "maxLength": limit}
+    removed = "Control, bidi and invisible characters are removed (emoji sequences kept whole)"
     if required:
-        schema["pattern"] = VISIBLE
-        schema["description"] = (f"{description} Control characters are removed and the text trimmed; "
+        schema["pattern"] = SHOWN
+        schema["description"] = (f"{description} {removed} and the text trimmed; "
                                  f"what remains must hold 1 to {limit} characters.").strip()
     else:
         schema["type"] = ["string", "null"]
-        schema["description"] = (f"{description} Control characters are removed and the text trimmed "
+        schema["description"] = (f"{description} {removed} and the text trimmed "
                                  f"(at most {limit} characters).").strip()
     return schema
 

@@ -29,9 +29,72 @@ STATUSES = ("LIVE", "ENDED", "SCHEDULED")
 SCHEDULE_HORIZON_MS = 366 * 24 * 3600 * 1000
 
 
+# -- text a client gives: names, messages, titles ---------------------------------------------
+# Removed: control characters, line and paragraph separators, lone surrogates, and the invisible
+# characters (Unicode's default-ignorables): the format characters (Cf: bidi embeddings,
+# overrides, isolates and marks, zero-width space and joiners, word joiner, BOM, soft hyphen,
+# tags), the Hangul fillers, the combining grapheme joiner. Kept where an emoji sequence needs
+# them: a ZWJ between two pictographs (👨‍👩‍👧), a variation selector after a pictograph, a keycap's
+# base or any other non-ASCII character (❤️, #️⃣), the tags of a flag (🏴󠁧󠁢󠁳󠁣󠁴󠁿).
+_DROPPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_INVISIBLE = frozenset({0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x3164, 0xFFA0})
+_ASCII_CONTROLS = dict.fromkeys([*range(32), 127])
+_PICTOGRAPHS_BMP = frozenset({0xA9, 0xAE, 0x203C, 0x2049, 0x2139, 0x3030, 0x303D, 0x3297, 0x3299})
+ZWJ = "\u200d"
+BLACK_FLAG, CANCEL_TAG = 0x1F3F4, 0xE007F
+
+
+def _pictograph(ch: str) -> bool:
+    """An emoji's base, near enough (Extended_Pictographic is not in ``unicodedata``): the
+    supplementary emoji blocks, the BMP's symbols and arrows, a few more."""
+    cp = ord(ch)
+    return 0x1F000 <= cp <= 0x1FAFF or cp in _PICTOGRAPHS_BMP or (
+        0x2100 <= cp <= 0x2BFF and unicodedata.category(ch) in ("So", "Sm"))
+
+
+def _variation_selector(cp: int) -> bool:
+    return 0xFE00 <= cp <= 0xFE0F or 0xE0100 <= cp <= 0xE01EF or cp in (0x180B, 0x180C, 0x180D, 0x180F)
+
+
+def _selectable(ch: str) -> bool:
+    """Whether a variation selector may follow ``ch``: a keycap's base, or a visible non-ASCII
+    character (a pictograph, an ideograph) that is no joiner or selector itself."""
+    if ch.isascii():
+        return ch in "0123456789#*"
+    return not ch.isspace() and ch != ZWJ and not _variation_selector(ord(ch))
+
+
+def _flag_tags(value: str, start: int) -> int:
+    """The end of a flag's tag sequence (tags, then CANCEL TAG) starting at ``start``, or
+    ``start`` if there is none."""
+    end = start
+    while end < len(value) and 0xE0020 <= ord(value[end]) <= 0xE007E:
+        end += 1
+    return end + 1 if start < end < len(value) and ord(value[end]) == CANCEL_TAG else start
+
+
 def clean_text(value: str) -> str:
-    """Control characters removed, then trimmed."""
-    return "".join(ch for ch in value if unicodedata.category(ch) != "Cc").strip()
+    """Control, bidi and invisible characters removed (emoji sequences kept whole), then trimmed."""
+    if value.isascii():
+        return value.translate(_ASCII_CONTROLS).strip()
+    out: list[str] = []
+    i, n = 0, len(value)
+    while i < n:
+        ch = value[i]
+        cp = ord(ch)
+        i += 1
+        if cp == BLACK_FLAG and (end := _flag_tags(value, i)) > i:
+            out.append(value[i - 1:end])
+            i = end
+        elif ch == ZWJ:
+            if out and (_pictograph(out[-1][-1]) or out[-1] == "\ufe0f") and i < n and _pictograph(value[i]):
+                out.append(ch)
+        elif _variation_selector(cp):
+            if out and _selectable(out[-1][-1]):
+                out.append(ch)
+        elif cp not in _INVISIBLE and unicodedata.category(ch) not in _DROPPED_CATEGORIES:
+            out.append(ch)
+    return "".join(out).strip()
 
 
 def _object(data: Any) -> dict[str, Any]:
@@ -267,7 +330,8 @@ def target_user(data: dict[str, Any]) -> str:
     """The user a moderation action is about: a non-empty id without control characters."""
     value = _string(data, "user_id", required=True)
     assert value is not None
-    if not 0 < len(value) <= USER_ID_MAX or value != clean_text(value):
+    if not 0 < len(value) <= USER_ID_MAX or value != value.strip() or \
+            any(unicodedata.category(ch) == "Cc" for ch in value):
         raise invalid(f"'user_id' must be 1 to {USER_ID_MAX} characters without control characters "
                       "or surrounding spaces.")
     return value

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import unicodedata
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from hub.auth import identity_from_claims
 from hub.codec import uuid7, uuid7_ms
 from hub.errors import HubError
 from hub.money import fee_cents, to_cents
@@ -75,6 +79,73 @@ def test_to_cents_refuses_fractions_of_a_cent():
 def test_text_is_cleaned_of_control_characters():
     assert clean_text("  a\x00b\x1fc\x7f\n ") == "abc"
     assert clean_text("é 🚀") == "é 🚀"
+
+
+BIDI = ["\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "\u2068", "\u2069",
+        "\u200e", "\u200f", "\u061c"]
+INVISIBLE = ["\u200b", "\u2060", "\ufeff", "\u00ad", "\u200c", "\u2061", "\u180e", "\U000e0041", "\u3164",
+             "\u034f", "\u2028", "\u2029"]
+# Emoji sequences that hold joiners, selectors or tags, each of which must survive whole.
+EMOJI = ["👨\u200d👩\u200d👧", "❤️", "❤️\u200d🔥", "🏳️\u200d🌈", "👁️\u200d🗨️", "🧑🏽\u200d💻", "🏃\u200d♀️",
+         "🐻\u200d❄️", "#️⃣", "1️⃣", "🏴\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f", "🇫🇷",
+         "👍🏿", "☺︎", "©️"]
+
+
+@pytest.mark.parametrize(("raw", "clean"), [
+    ("\u202eevil.exe\u202c", "evil.exe"),
+    ("Ad\u200bmin", "Admin"),
+    ("\u2067\u0645\u0631\u062d\u0628\u0627\u2069 hi", "\u0645\u0631\u062d\u0628\u0627 hi"),
+    ("\ufeffhello\u00ad", "hello"),
+    ("a\u200db", "ab"),  # a joiner between letters: no emoji sequence
+    ("\u200d👍", "👍"),  # nothing to join on the left
+    ("👍\u200d", "👍"),  # nor on the right
+    ("👍\u200d\u200b👍", "👍👍"),  # the joiner is not next to the second pictograph
+    ("admin\ufe0f", "admin"),  # a selector after an ASCII letter hides nothing but itself
+    ("👍\ufe0f\ufe0f", "👍\ufe0f"),
+    ("\U000e0067\U000e0062", ""),  # tags with no flag
+    ("\u3164", ""),  # a Hangul filler: an invisible name
+    ("line\u2028break", "linebreak"),
+])
+def test_bidi_controls_and_invisible_characters_are_removed(raw, clean):
+    assert clean_text(raw) == clean
+
+
+@pytest.mark.parametrize("emoji", EMOJI)
+def test_emoji_sequences_are_kept_whole(emoji):
+    assert clean_text(emoji) == emoji
+    assert clean_text(f"\u202e{emoji}\u200b and {emoji}\u2069") == f"{emoji} and {emoji}"
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.one_of(st.text(max_size=4), st.sampled_from(BIDI + INVISIBLE + EMOJI + ["\u200d", "\ufe0f"])),
+                max_size=12).map("".join))
+def test_cleaned_text_holds_no_bidi_or_invisible_character_outside_an_emoji_sequence(text):
+    cleaned = clean_text(text)
+    assert clean_text(cleaned) == cleaned
+    assert cleaned == cleaned.strip()
+    for n, ch in enumerate(cleaned):
+        category = unicodedata.category(ch)
+        assert ch not in BIDI and category not in ("Cc", "Cs", "Zl", "Zp"), (text, cleaned)
+        if ch == "\u200d":  # only between symbols (a pictograph, a skin tone, a selector's)
+            assert 0 < n < len(cleaned) - 1, (text, cleaned)
+            assert unicodedata.category(cleaned[n + 1]) in ("So", "Sm", "Sk", "Po", "Pd"), (text, cleaned)
+            assert cleaned[n - 1] == "\ufe0f" or unicodedata.category(cleaned[n - 1]) in (
+                "So", "Sm", "Sk", "Po", "Pd"), (text, cleaned)
+        elif category == "Cf":
+            assert 0xE0020 <= ord(ch) <= 0xE007F and "\U0001f3f4" in cleaned, (text, cleaned)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(EMOJI), st.lists(st.sampled_from(BIDI + INVISIBLE + [" ", "a", "é"]), max_size=6).map("".join))
+def test_an_emoji_sequence_survives_whatever_surrounds_it(emoji, noise):
+    assert emoji in clean_text(noise + " " + emoji + " " + noise)
+
+
+def test_a_token_name_is_cleaned_as_shown():
+    claims = {"sub": "u1", "name": "\u202eAdmin\u200b 👨\u200d👩\u200d👧", "exp": 1}
+    assert identity_from_claims(claims).name == "Admin 👨\u200d👩\u200d👧"
+    assert identity_from_claims({"sub": "u1", "name": "\u200b\u202e", "exp": 1}).name == "u1"
+    assert identity_from_claims({"sub": "u1", "name": "x" * 99 + "👍\u200d👍", "exp": 1}).name == "x" * 99 + "👍"
 
 
 def test_chat_ignores_spoofed_identity_fields():

@@ -869,3 +869,21 @@ async def test_what_engineio_cannot_take_closes_the_connection_with_one_line(tra
     await eventually(left, 2, "the closed connection's viewer left")  # not after its pings run out
     lines = worker_lines(caplog)
     assert len(lines) <= 1 and all(len(line) < 200 for line in lines), lines
+
+
+async def test_names_and_messages_lose_bidi_and_invisible_characters_but_keep_emoji(clients, base_url, token,
+                                                                                   stream):
+    sid = stream["id"]
+    _, watcher = await joined_viewer(clients, base_url, token, sid)
+    uid = unique("spoofer")
+    c = await clients(base_url, token(uid, name="\u202eAdmin\u200b\u2066 ❤️"))
+    assert (await c.call("join_stream", {"stream_id": sid}))["success"]
+    joined = await watcher.wait_for("viewer_joined", lambda e: e["user_id"] == uid)
+    assert joined["username"] == "Admin ❤️"
+    ack = await c.call("send_message", {"stream_id": sid,
+                                        "message": "\u2067hi\u2069 the\u00adre \u200b👨\u200d👩\u200d👧 ❤️\ufeff"})
+    m = ack["message"]
+    assert (m["username"], m["message"]) == ("Admin ❤️", "hi there 👨\u200d👩\u200d👧 ❤️")
+    assert await watcher.wait_for("chat_message", lambda x: x["message_id"] == m["message_id"]) == m
+    tip = (await c.call("send_tip", {"stream_id": sid, "amount": 5, "message": "gg\u202e"}))["tip"]
+    assert (tip["from_username"], tip["message"]) == ("Admin ❤️", "gg")
