@@ -334,7 +334,9 @@ def _responses() -> dict[str, Schema]:
             "to lift, banned user named moderator).", "stream_not_live", "conflict"),
         "PayloadTooLarge": error_response("The body is larger than HUB_MAX_PAYLOAD bytes.",
                                           "payload_too_large"),
-        "RateLimited": error_response("Over the streamer's chat rate.", "rate_limited", headers=retry),
+        "RateLimited": error_response("Over a per-user rate (chat, moderation actions, stream creation): "
+                                      "retry after the oldest accepted event leaves the window.",
+                                      "rate_limited", headers=retry),
         "Unavailable": error_response("Redis or MySQL is unreachable; try again.", "unavailable"),
     }
 
@@ -396,7 +398,7 @@ def _streams(p: str) -> dict[str, Schema]:
         f"{p}/create": {"post": operation(
             "createStream", "Create a stream (role `streamer`); LIVE at once unless scheduled", "streams",
             responses(ok("The new stream.", STREAM), "Invalid", "Unauthorized", "Forbidden", "Conflict",
-                      "PayloadTooLarge", status="201"),
+                      "PayloadTooLarge", "RateLimited", status="201"),
             auth=True, body=ref("CreateStream"))},
         f"{p}/user/{{user_id}}/streams": {"get": operation(
             "listUserStreams", "A streamer's streams, newest first", "streams",
@@ -449,7 +451,9 @@ def _moderation(p: str) -> dict[str, Schema]:
     def act(op_id: str, summary: str, conflict: str, *, body: Schema | None = None,
             body_required: bool = True, params: tuple[Schema, ...] = (),
             result: dict[str, Schema] = MODERATED) -> Schema:
-        errors = ("Invalid", *common, conflict) + (("PayloadTooLarge",) if body is not None else ())
+        errors = ("Invalid", *common, conflict, "RateLimited")
+        if body is not None:
+            errors += ("PayloadTooLarge",)
         return operation(op_id, summary, "moderation", responses(ok("The recorded action.", result), *errors),
                          auth=True, params=[stream_id, *params], body=body, body_required=body_required)
 
