@@ -388,15 +388,20 @@ class HubWebSocket(DirectWebSocket):
 
 class WholeBody:
     """A long-polling POST's body for python-engineio, read whole (aiohttp's ``read(n)`` may
-    return only the part received so far, cutting a large body short) and checked: UTF-8, at
-    most ``Payload.max_decode_packets`` packets, each one python-engineio can take. A body that
-    fails closes the session (``close``) before python-engineio answers it 400."""
+    return only the part received so far, cutting a large body short) and checked: within the
+    transport limit, UTF-8, at most ``Payload.max_decode_packets`` packets, each one
+    python-engineio can take. A body that fails closes the session (``close``) before
+    python-engineio answers it 400."""
 
-    def __init__(self, content: Any, close: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, content: Any, too_long: bool, close: Callable[[], Awaitable[None]]) -> None:
         self._content = content
+        self._too_long = too_long
         self._close = close
 
     async def read(self, length: int) -> bytes:
+        if self._too_long:
+            await self._refuse("a body over the transport limit")
+            raise JunkBody
         try:
             body = await self._content.readexactly(length)
             packets = body.decode().split("\x1e") if body else []
@@ -490,8 +495,13 @@ class HubServer(socketio.AsyncServer):
     def _translate_request(self, request: Any) -> dict[str, Any]:
         """python-engineio's aiohttp request environ, with the body read whole and checked."""
         environ: dict[str, Any] = engineio_aiohttp.translate_request(request)
+        too_long = (request.content_length or 0) > self.eio.max_http_buffer_size
+        if too_long:
+            # Refused by WholeBody, not by python-engineio's own length check, whose close
+            # waits for the client to fetch the close packet (see WholeBody._refuse).
+            environ["CONTENT_LENGTH"] = "0"
         close = partial(self._close_polling, request.query.get("sid"))
-        environ["wsgi.input"] = WholeBody(request.content, close)
+        environ["wsgi.input"] = WholeBody(request.content, too_long, close)
         return environ
 
     async def _close_polling(self, eio_sid: str | None) -> None:

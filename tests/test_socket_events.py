@@ -19,7 +19,7 @@ from hub.payloads import Chat, Join, Tip
 from hub.presence import Conn, Presence
 from hub.service import Hub
 from hub.state import State
-from tests.conftest import Client, eventually, next_month, unique
+from tests.conftest import DEADLINE, Client, eventually, next_month, unique
 
 UNKNOWN = "01a20e30-0000-7000-8000-000000000000"
 
@@ -510,6 +510,20 @@ async def test_a_message_over_the_transport_limit_closes_that_connection(clients
     await eventually(gone, 10, "the oversized sender disconnected")
     _, fresh = await joined_viewer(clients, base_url, token, stream["id"])
     await still_works(fresh, stream["id"])
+
+
+async def test_a_long_polling_post_over_the_transport_limit_is_answered_and_closes(api, raw, token, stream, caplog):
+    """400 at once and the session closed, its viewer gone with it; not a POST left waiting."""
+    caplog.set_level(logging.INFO)
+    s = await raw(token(unique("viewer")), "polling")
+    await s.send(join_packet(1, stream["id"]))
+    assert (await s.ack(1))["success"]
+    caplog.clear()
+    big = "x" * 1_100_000
+    status = await asyncio.wait_for(s.send(f'2/streaming,2["send_message",{{"message":"{big}"}}]'), DEADLINE)
+    assert status == 400
+    assert await viewer_count(api, stream["id"]) == 0
+    assert len(worker_lines(caplog)) <= 1
 
 
 async def test_a_token_that_expires_mid_session_is_refused_then_disconnected(clients, base_url, token, stream):
