@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hub.auth import Verifier
 from hub.errors import HubError
 from hub.settings import Settings
-from tests.conftest import SECRET, Api, Client, eventually, unique
+from tests.conftest import SECRET, Api, Client, RawSocket, eventually, unique
 
 
 async def can_connect(url: str, token: str | None = None, source: str | None = None) -> bool:
@@ -327,3 +327,24 @@ async def test_forwarded_for_from_an_untrusted_peer_is_said_once(server, base_ur
     finally:
         for c in made:
             await c.close()
+
+
+async def test_a_flood_of_unreadable_events_costs_a_worker_one_log_line(workers, token):
+    """200 frames of 1.25 KB that python-socketio cannot read, from one anonymous socket, then
+    the same from a signed-in one over long-polling: each answered, the worker's log (its real
+    stderr, every logger's handler included) grows by a line or two, not by tracebacks."""
+    (w1,) = await workers(1)
+    before = w1.log_path.stat().st_size
+    padding = "x" * 1200
+    for transport, who in (("websocket", None), ("polling", token(unique("flooder")))):
+        s = RawSocket(w1.url, transport)
+        try:
+            await s.open(who)
+            for n in range(1, 201):
+                await s.send(f'2/streaming,{n}["send_tip",{{"message":"{padding}","amount":1e309}}]')
+            for n in range(1, 201):
+                assert (await s.ack(n))["error"]["code"] == "invalid"
+        finally:
+            await s.close()
+    grown = w1.log_path.read_bytes()[before:].decode()
+    assert len(grown.splitlines()) <= 3 and len(grown) < 1000, grown[:2000]
