@@ -134,10 +134,9 @@ def create_app(settings: Settings) -> web.Application:
         client_manager=manager,
         serializer=HubPacket,
         cors_allowed_origins=list(settings.cors_origins) or None,
-        # Events over HUB_MAX_PAYLOAD get payload_too_large; a message over four times that
-        # closes the connection at the transport, before it is read whole.
+        # Events over HUB_MAX_PAYLOAD get payload_too_large; a message over
+        # HubServer.TRANSPORT_LIMIT (1 MiB) closes the connection, before it is read whole.
         event_limit=settings.max_payload,
-        max_http_buffer_size=settings.max_payload * 4,
         async_handlers=False,
         logger=False,
         engineio_logger=False,

@@ -36,7 +36,8 @@ def targets(names: list[str], shards: int) -> list[Target]:
     found = []
     for name in names:
         shard, _, entry_id = name.rpartition("/")
-        if not _ENTRY_ID.fullmatch(entry_id) or (shard and not (shard.isdigit() and int(shard) < shards)):
+        in_range = shard.isascii() and shard.isdigit() and int(shard) < shards
+        if not _ENTRY_ID.fullmatch(entry_id) or (shard and not in_range):
             raise ValueError(f"{name!r} is not a dead letter's id (ID or SHARD/ID, shards 0 to {shards - 1})")
         found.append(Target(int(shard) if shard else None, entry_id))
     return found

@@ -113,11 +113,14 @@ async def unlabelled(page: Any) -> list[str]:
 
 
 async def test_a_streamer_and_a_viewer_on_two_workers_see_each_other_in_the_browser(
-        workers, http, token, browser):
+        workers, http, token, browser, env):
     from playwright.async_api import expect
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    w1, w2 = await workers(2, HUB_CONSOLE_DEV_TOKENS="1")
+    # A prefix of its own: the lobby lists only this test's streams, not other tests' (whose
+    # thumbnails name hosts that do not resolve here).
+    w1, w2 = await workers(2, HUB_CONSOLE_DEV_TOKENS="1",
+                           HUB_REDIS_PREFIX=f"{env['HUB_REDIS_PREFIX']}{unique('console')}:")
     streamer, viewer = unique("streamer"), unique("viewer")
     title = f"Morning session {unique('t')}"
     studio = await (await browser.new_context(viewport={"width": 1280, "height": 900})).new_page()
