@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import faulthandler
 import json
+import os
 import resource
 import shutil
 import signal
@@ -191,6 +193,10 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if os.environ.get("BENCH_STACKS_AFTER"):
+        # A run still going after this many seconds prints every thread's stack to stderr once
+        # (and goes on): what a run stuck somewhere was doing, for whoever reads its output.
+        faulthandler.dump_traceback_later(float(os.environ["BENCH_STACKS_AFTER"]), exit=False)
     sizes = sizes_from(args)
     names = args.workloads or list(WORKLOADS)
     if args.cluster and node_reference():

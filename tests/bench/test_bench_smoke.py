@@ -53,10 +53,21 @@ def _run_id(stdout: str) -> str:
     return first.split()[3].rstrip(",")
 
 
+def bench(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -m tests.bench.run ARGS``; one still running 20 s before ``timeout`` prints its
+    threads' stacks, and a run over ``timeout`` fails with what it printed."""
+    try:
+        return subprocess.run([sys.executable, "-m", "tests.bench.run", *args], cwd=ROOT,
+                              env={**os.environ, "BENCH_STACKS_AFTER": str(timeout - 20)},
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        out, err = (x.decode(errors="replace") if isinstance(x, bytes) else x or "" for x in (exc.stdout, exc.stderr))
+        raise AssertionError(f"bench {args} still running after {timeout}s\n{out[-3000:]}\n{err[-20000:]}") from None
+
+
 @pytest.mark.timeout(240)
 def test_bench_smoke_reports_every_workload_without_loss() -> None:
-    done = subprocess.run([sys.executable, "-m", "tests.bench.run", "--smoke"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=220)
+    done = bench("--smoke", timeout=220)
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
     results = _results(done.stdout)
     assert set(results) == set(EXPECTED), done.stdout
@@ -75,9 +86,7 @@ def test_bench_smoke_reports_every_workload_without_loss() -> None:
 
 @pytest.mark.timeout(150)
 def test_bench_smoke_on_a_private_cluster_counts_every_node_and_stops_it() -> None:
-    done = subprocess.run([sys.executable, "-m", "tests.bench.run", "--smoke", "--cluster",
-                           "--workload", "ingress-spread", "flush"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=130)
+    done = bench("--smoke", "--cluster", "--workload", "ingress-spread", "flush", timeout=130)
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
     results = _results(done.stdout)
     assert set(results) == {"ingress-spread", "flush"}, done.stdout
