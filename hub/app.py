@@ -178,14 +178,15 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     state = State(client, settings)
     presence = Presence(state)
     runtime.redis, runtime.presence = client, presence
-    runtime.hub = Hub(settings, state, History(pool), presence)
+    history = History(pool)
+    runtime.hub = Hub(settings, state, history, presence)
     namespace = _namespace(sio)
     presence.on_stream_gone = namespace.stream_gone
     sio.manager_initialized = True
     sio.manager.initialize()
     say(f"✅ Socket.IO streaming initialized on {NAMESPACE}")
     say(f"✅ Streaming routes loaded at {rest.PREFIX}")
-    recovery = Recovery(settings, client, pool, presence, manager.deliver, runtime.worker_id)
+    recovery = Recovery(settings, client, history, presence, manager.deliver, runtime.worker_id)
     beat = _heartbeat(settings, client, presence, runtime)
     await beat()
     runtime.tasks = [

@@ -73,7 +73,8 @@ class History:
     def __init__(self, pool: aiomysql.Pool) -> None:
         self.pool = pool
 
-    async def _fetch(self, sql: str, args: tuple[Any, ...]) -> list[dict[str, Any]]:
+    async def fetch(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        """The rows of one read, its transaction ended at once."""
         async with self.pool.acquire() as conn, conn.cursor() as cur:
             await cur.execute(sql, args)
             rows = await cur.fetchall()
@@ -81,7 +82,7 @@ class History:
             return list(rows)
 
     async def stream(self, stream_id: str) -> dict[str, Any] | None:
-        rows = await self._fetch("SELECT * FROM streams WHERE stream_id = %s", (stream_id,))
+        rows = await self.fetch("SELECT * FROM streams WHERE stream_id = %s", (stream_id,))
         return rows[0] if rows else None
 
     async def streamer_streams(self, user_id: str, status: str | None, limit: int) -> list[dict[str, Any]]:
@@ -90,7 +91,7 @@ class History:
         if status:
             sql += " AND status = %s"
             args += (status,)
-        return await self._fetch(sql + " ORDER BY created_at DESC LIMIT %s", (*args, limit))
+        return await self.fetch(sql + " ORDER BY created_at DESC LIMIT %s", (*args, limit))
 
     async def messages_before(self, stream_id: str, before: str | None, limit: int,
                               after: str | None = None) -> list[dict[str, Any]]:
@@ -104,19 +105,19 @@ class History:
         if after:
             sql += " AND message_id > %s"
             args += (after,)
-        return await self._fetch(sql + " ORDER BY message_id DESC LIMIT %s", (*args, limit))
+        return await self.fetch(sql + " ORDER BY message_id DESC LIMIT %s", (*args, limit))
 
     async def has_message(self, stream_id: str, message_id: str) -> bool:
-        rows = await self._fetch(
+        rows = await self.fetch(
             "SELECT 1 FROM chat_messages WHERE message_id = %s AND stream_id = %s AND deleted_at IS NULL",
             (message_id, stream_id))
         return bool(rows)
 
     async def moderation_actions(self, stream_id: str, limit: int) -> list[dict[str, Any]]:
         """The stream's newest ``limit`` moderation actions, newest first."""
-        return await self._fetch(
+        return await self.fetch(
             "SELECT * FROM moderation_actions WHERE stream_id = %s ORDER BY action_id DESC LIMIT %s",
             (stream_id, limit))
 
     async def ping(self) -> None:
-        await self._fetch("SELECT 1", ())
+        await self.fetch("SELECT 1", ())

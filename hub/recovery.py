@@ -28,12 +28,12 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, NamedTuple
 
-import aiomysql
 import pymysql
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from hub.codec import dumps, uuid7
+from hub.db import History
 from hub.keys import NAMESPACE, Keys
 from hub.money import to_cents
 from hub.presence import Presence
@@ -102,11 +102,11 @@ class Recovery:
     """One web worker's watch over the epoch markers. ``check`` before each presence refresh
     (``guard``), and ``watch`` at start and, after a failure, until Redis answers again."""
 
-    def __init__(self, settings: Settings, client: aioredis.Redis, pool: aiomysql.Pool,
+    def __init__(self, settings: Settings, client: aioredis.Redis, history: History,
                  presence: Presence, deliver: Deliver, worker_id: str) -> None:
         self.settings = settings
         self.redis = client
-        self.pool = pool
+        self.history = history
         self.presence = presence
         self.deliver = deliver  # room messages to this worker's own sockets
         self.worker_id = worker_id
@@ -124,7 +124,7 @@ class Recovery:
 
         async def unfinished() -> list[dict[str, Any]]:  # read once, for every shard healed
             if not read:
-                read.append(await self._fetch(UNFINISHED))
+                read.append(await self.history.fetch(UNFINISHED))
             return read[0]
 
         async with self._checking:
@@ -293,14 +293,8 @@ class Recovery:
     async def _rows(self, sql: str, ids: list[str], times: int = 1) -> list[dict[str, Any]]:
         """``sql`` with its ``IN ({})`` lists filled with ``ids`` (``times`` lists)."""
         marks = ", ".join(["%s"] * len(ids))
-        return await self._fetch(sql.format(marks), tuple(ids) * times)
+        return await self.history.fetch(sql.format(marks), tuple(ids) * times)
 
-    async def _fetch(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        async with self.pool.acquire() as conn, conn.cursor() as cur:
-            await cur.execute(sql, args)
-            rows = await cur.fetchall()
-            await conn.commit()
-            return list(rows)
 
 
 def _hash(row: dict[str, Any], final: Figures | None) -> dict[str, str]:
