@@ -34,10 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--name")
     token.add_argument("--role", action="append", default=[], dest="roles")
     token.add_argument("--ttl", type=int, default=24 * 3600)
-    inspect = sub.add_parser("inspect",
-                             help="live streams, workers and outbox lag (or one stream), from Redis")
-    inspect.add_argument("stream_id", nargs="?",
-                         help="one stream: its figures, viewers per worker, recent chat")
+    inspect = sub.add_parser(
+        "inspect", help="live streams, workers and outbox lag (or one stream), from Redis"
+    )
+    inspect.add_argument(
+        "stream_id", nargs="?", help="one stream: its figures, viewers per worker, recent chat"
+    )
     inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
     inspect.add_argument("--chat", type=int, default=10, help="recent chat messages to show (default 10)")
     outbox = sub.add_parser("outbox", help="the outbox's dead letters (malformed records): list or replay")
@@ -52,8 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_or_exit()
     if isinstance(settings, int):
         return settings
-    commands = {"serve": _serve, "run-local": _run_local, "migrate": _migrate,
-                "check": _check, "token": _token, "inspect": _inspect, "outbox": _outbox}
+    commands = {
+        "serve": _serve,
+        "run-local": _run_local,
+        "migrate": _migrate,
+        "check": _check,
+        "token": _token,
+        "inspect": _inspect,
+        "outbox": _outbox,
+    }
     return commands[args.command](settings, args)
 
 
@@ -63,10 +72,16 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from hub.connections import StartupError, run
 
     def listening() -> None:
-        print(f"✅ Hub worker listening on http://{args.host}:{args.port} "
-              f"(Socket.IO namespace /streaming, REST /api/v1/streaming)", flush=True)
-        print(f"🖥️  Web console: http://{args.host}:{args.port}/ (streams), /studio (go live)"
-              + (", with a development-token button" if settings.console_dev_tokens else ""), flush=True)
+        print(
+            f"✅ Hub worker listening on http://{args.host}:{args.port} "
+            f"(Socket.IO namespace /streaming, REST /api/v1/streaming)",
+            flush=True,
+        )
+        print(
+            f"🖥️  Web console: http://{args.host}:{args.port}/ (streams), /studio (go live)"
+            + (", with a development-token button" if settings.console_dev_tokens else ""),
+            flush=True,
+        )
 
     try:
         run(serve(settings, args.host, args.port, listening), settings.gc_thresholds)
@@ -81,9 +96,12 @@ def _run_local(settings: Settings, args: argparse.Namespace) -> int:
     flusher = subprocess.Popen([sys.executable, "-m", "workers.flusher"])
     print(f"✅ Flusher started (pid {flusher.pid})", flush=True)
     if settings.jwt_secret:
-        print("🔑 Development tokens: make token ID=alice ROLE=streamer  (a viewer: make token ID=bob)"
-              f"\n   or: HUB_JWT_SECRET={settings.jwt_secret} {sys.executable} -m hub token alice "
-              "--role streamer", flush=True)
+        print(
+            "🔑 Development tokens: make token ID=alice ROLE=streamer  (a viewer: make token ID=bob)"
+            f"\n   or: HUB_JWT_SECRET={settings.jwt_secret} {sys.executable} -m hub token alice "
+            "--role streamer",
+            flush=True,
+        )
     try:
         return _serve(settings, args)
     finally:
@@ -105,8 +123,10 @@ def _migrate(settings: Settings, _: argparse.Namespace) -> int:
     except pymysql.MySQLError as exc:
         print(f"❌ MySQL at {redacted(settings.mysql.url)}: {exc}", file=sys.stderr)
         return 1
-    print(f"✅ Schema of {settings.mysql.database} up to date"
-          + (f" (applied {', '.join(applied)})" if applied else ""))
+    print(
+        f"✅ Schema of {settings.mysql.database} up to date"
+        + (f" (applied {', '.join(applied)})" if applied else "")
+    )
     return 0
 
 
@@ -131,19 +151,23 @@ def _check(settings: Settings, _: argparse.Namespace) -> int:
         print(f"✅ Redis reachable at {redacted(settings.redis_url)}{where}")
     except redis.RedisError as exc:
         ok = False
-        print(f"❌ Redis is not reachable at {redacted(settings.redis_url)}: {exc}\n"
-              "   start it (redis-server --daemonize yes --port 6379) or set REDIS_URL",
-              file=sys.stderr)
+        print(
+            f"❌ Redis is not reachable at {redacted(settings.redis_url)}: {exc}\n"
+            "   start it (redis-server --daemonize yes --port 6379) or set REDIS_URL",
+            file=sys.stderr,
+        )
     m = settings.mysql
     try:
-        pymysql.connect(host=m.host, port=m.port, user=m.user, password=m.password,
-                        connect_timeout=3).close()
+        pymysql.connect(host=m.host, port=m.port, user=m.user, password=m.password, connect_timeout=3).close()
         print(f"✅ MySQL reachable at {redacted(m.url)}")
     except pymysql.MySQLError as exc:
         ok = False
-        print(f"❌ MySQL is not reachable at {redacted(m.url)}: {exc}\n"
-              "   start MariaDB (start-stop-daemon --start --oknodo --background "
-              "--exec /usr/sbin/mariadbd) or set MYSQL_URL", file=sys.stderr)
+        print(
+            f"❌ MySQL is not reachable at {redacted(m.url)}: {exc}\n"
+            "   start MariaDB (start-stop-daemon --start --oknodo --background "
+            "--exec /usr/sbin/mariadbd) or set MYSQL_URL",
+            file=sys.stderr,
+        )
     return 0 if ok else 1
 
 
@@ -181,8 +205,11 @@ def _inspect(settings: Settings, args: argparse.Namespace) -> int:
                 return 2
             found = inspection.stream(client, keys, stream_id, max(0, args.chat))
             if found is None:
-                print(f"❌ No stream {stream_id} in Redis (an ended stream's keys expire after "
-                      f"HUB_ENDED_RETENTION; its rows are in MySQL)", file=sys.stderr)
+                print(
+                    f"❌ No stream {stream_id} in Redis (an ended stream's keys expire after "
+                    f"HUB_ENDED_RETENTION; its rows are in MySQL)",
+                    file=sys.stderr,
+                )
                 return 1
     except redis.RedisError as exc:
         print(f"❌ Redis at {redacted(settings.redis_url)}: {exc}", file=sys.stderr)
@@ -220,8 +247,11 @@ def _outbox_dead(client: redis.Redis, keys: Keys, as_json: bool) -> int:
     from hub import deadletters
 
     letters = deadletters.listing(client, keys)
-    print(orjson.dumps(letters, option=orjson.OPT_INDENT_2).decode() if as_json
-          else deadletters.listing_text(letters))
+    print(
+        orjson.dumps(letters, option=orjson.OPT_INDENT_2).decode()
+        if as_json
+        else deadletters.listing_text(letters)
+    )
     return 0
 
 
@@ -238,11 +268,15 @@ def _outbox_replay(client: redis.Redis, keys: Keys, ids: list[str], every: bool)
         return 1
     done = deadletters.replay_all(client, keys) if every else deadletters.replay(client, keys, wanted)
     for shard, entry_id, entry in done:
-        print(f"✅ {shard}/{entry_id} replayed as outbox entry {entry}" if entry is not None
-              else f"ℹ️  {'' if shard is None else f'{shard}/'}{entry_id} is not in the dead letters "
-              "(replayed already?): nothing done")
+        print(
+            f"✅ {shard}/{entry_id} replayed as outbox entry {entry}"
+            if entry is not None
+            else f"ℹ️  {'' if shard is None else f'{shard}/'}{entry_id} is not in the dead letters "
+            "(replayed already?): nothing done"
+        )
     print(f"{sum(entry is not None for _, _, entry in done)} dead letters replayed")
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

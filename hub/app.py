@@ -37,7 +37,6 @@ from hub.state import State, heartbeat, outbox_lag, persistence_warning
 log = logging.getLogger(__name__)
 
 
-
 class FanoutCollector:
     """Counters kept by the fan-out path itself, read when /metrics is scraped."""
 
@@ -50,14 +49,23 @@ class FanoutCollector:
             return
         manager = sio.manager
         for name, doc, value in (
-            ("hub_deliveries", "Room and direct events handed to this worker's sockets",
-             sio.writer.deliveries),
-            ("hub_socket_writes", "Writes to WebSocket transports (one may carry several events)",
-             sio.writer.writes),
+            (
+                "hub_deliveries",
+                "Room and direct events handed to this worker's sockets",
+                sio.writer.deliveries,
+            ),
+            (
+                "hub_socket_writes",
+                "Writes to WebSocket transports (one may carry several events)",
+                sio.writer.writes,
+            ),
             ("hub_cut_off", "Connections cut off for not reading", sio.writer.cut_off),
             ("hub_paced_events", "Room events held for a paced room's next write", sio.pacer.held),
-            ("hub_room_messages", "Room messages received from the streams' Redis channels",
-             getattr(manager, "room_messages", 0)),
+            (
+                "hub_room_messages",
+                "Room messages received from the streams' Redis channels",
+                getattr(manager, "room_messages", 0),
+            ),
         ):
             yield CounterMetricFamily(name, doc, value=value)
 
@@ -121,9 +129,15 @@ def create_app(settings: Settings) -> web.Application:
     async def banned(room: str, user_id: str, reason: str | None) -> None:
         await holder[0].banned(room, user_id, reason)
 
-    manager = HubRedisManager(settings.redis_url, channel=keys.channel, keys=keys,
-                              cluster=settings.redis_cluster, on_close_room=close_room, on_banned=banned,
-                              redis_options={"health_check_interval": 10})
+    manager = HubRedisManager(
+        settings.redis_url,
+        channel=keys.channel,
+        keys=keys,
+        cluster=settings.redis_cluster,
+        on_close_room=close_room,
+        on_banned=banned,
+        redis_options={"health_check_interval": 10},
+    )
     sio = HubServer(
         send_queue_limit=settings.send_queue_limit,
         send_buffer_limit=settings.send_buffer_limit,
@@ -145,12 +159,17 @@ def create_app(settings: Settings) -> web.Application:
     if settings.admin_username and settings.admin_password:
         # The Socket.IO Admin UI on the /admin namespace (off unless both are set). Production
         # mode: server statistics only, no per-event hooks; read-only: no emit/join/disconnect.
-        sio.instrument(auth={"username": settings.admin_username, "password": settings.admin_password},
-                       mode=settings.admin_mode, read_only=True, namespace="/admin")
+        sio.instrument(
+            auth={"username": settings.admin_username, "password": settings.admin_password},
+            mode=settings.admin_mode,
+            read_only=True,
+            namespace="/admin",
+        )
     FANOUT.sio = sio
     app[SIO] = sio
-    holder.append(StreamingNamespace(sio, settings, app[rest.VERIFIER], runtime.require_hub,
-                                     runtime.require_presence))
+    holder.append(
+        StreamingNamespace(sio, settings, app[rest.VERIFIER], runtime.require_hub, runtime.require_presence)
+    )
     rest.setup_routes(app)
     console.setup_routes(app)
     app.router.add_get("/healthz", healthz)
@@ -193,8 +212,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(every(settings.presence_refresh, beat, "heartbeat")),
         # Each refresh after a look at the epoch markers (hub.recovery): a Redis that lost its
         # data is healed before the refresh would find the streams gone.
-        asyncio.create_task(every(settings.presence_refresh, recovery.guard(presence.refresh_once),
-                                  "presence refresh")),
+        asyncio.create_task(
+            every(settings.presence_refresh, recovery.guard(presence.refresh_once), "presence refresh")
+        ),
         asyncio.create_task(recovery.watch()),
         asyncio.create_task(presence.reap_loop(settings.reap_interval)),
         asyncio.create_task(every(settings.presence_refresh, manager.unwatch_idle, "room unsubscribe")),
@@ -215,8 +235,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await client.aclose()
 
 
-def _heartbeat(settings: Settings, client: aioredis.Redis, presence: Presence,
-               runtime: Runtime) -> Callable[[], Awaitable[None]]:
+def _heartbeat(
+    settings: Settings, client: aioredis.Redis, presence: Presence, runtime: Runtime
+) -> Callable[[], Awaitable[None]]:
     """What this worker tells ``python -m hub inspect``, every HUB_PRESENCE_REFRESH seconds."""
     keys = Keys.of_settings(settings)
     started_ms = int(time.time() * 1000)
@@ -224,11 +245,21 @@ def _heartbeat(settings: Settings, client: aioredis.Redis, presence: Presence,
 
     async def beat() -> None:
         streams = {stream_id: len(sids) for stream_id, sids in presence.rooms.items() if sids}
-        await heartbeat(client, keys, runtime.worker_id, {
-            "host": host, "pid": os.getpid(), "started_ms": started_ms,
-            "updated_ms": int(time.time() * 1000), "connections": len(presence.conns),
-            "watching": sum(streams.values()), "streams": orjson.dumps(streams).decode(),
-        }, int(settings.presence_ttl * 1000))
+        await heartbeat(
+            client,
+            keys,
+            runtime.worker_id,
+            {
+                "host": host,
+                "pid": os.getpid(),
+                "started_ms": started_ms,
+                "updated_ms": int(time.time() * 1000),
+                "connections": len(presence.conns),
+                "watching": sum(streams.values()),
+                "streams": orjson.dumps(streams).decode(),
+            },
+            int(settings.presence_ttl * 1000),
+        )
 
     return beat
 
@@ -264,11 +295,15 @@ async def serve(settings: Settings, host: str, port: int, on_listening: Callable
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     deadline = loop.time() + settings.shutdown_deadline
-    log.info("draining: refusing new connections, closing %d over %.1fs",
-             len(app[RUNTIME].presence.conns) if app[RUNTIME].presence else 0, settings.drain_seconds)
+    log.info(
+        "draining: refusing new connections, closing %d over %.1fs",
+        len(app[RUNTIME].presence.conns) if app[RUNTIME].presence else 0,
+        settings.drain_seconds,
+    )
     try:
-        await asyncio.wait_for(_namespace(app[SIO]).drain(settings.drain_seconds),
-                               settings.shutdown_deadline / 2)
+        await asyncio.wait_for(
+            _namespace(app[SIO]).drain(settings.drain_seconds), settings.shutdown_deadline / 2
+        )
     except TimeoutError:
         log.warning("drain did not finish in time; stopping anyway")
     try:
@@ -315,6 +350,9 @@ async def metrics(request: web.Request) -> web.Response:
         m.STREAMS_WATCHED.set(sum(1 for s in runtime.presence.rooms.values() if s))
     if runtime.redis is not None:
         with contextlib.suppress(Exception):  # a scrape while Redis is down keeps the last figures
-            m.set_outbox(await asyncio.wait_for(
-                outbox_lag(runtime.redis, Keys.of_settings(request.app[rest.SETTINGS])), 2))
+            m.set_outbox(
+                await asyncio.wait_for(
+                    outbox_lag(runtime.redis, Keys.of_settings(request.app[rest.SETTINGS])), 2
+                )
+            )
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

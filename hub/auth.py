@@ -123,8 +123,13 @@ def mint(settings: Settings, user_id: str, name: str | None, roles: list[str], t
     if not settings.jwt_secret:
         raise HubError("unauthorized", "HUB_JWT_SECRET is not set; no token can be signed.")
     now = int(time.time())
-    claims: dict[str, Any] = {"sub": user_id, "name": name or user_id, "roles": roles,
-                              "iat": now, "exp": now + ttl}
+    claims: dict[str, Any] = {
+        "sub": user_id,
+        "name": name or user_id,
+        "roles": roles,
+        "iat": now,
+        "exp": now + ttl,
+    }
     if settings.jwt_audience:
         claims["aud"] = settings.jwt_audience
     if settings.jwt_issuer:

@@ -85,8 +85,13 @@ async def connect_redis(settings: Settings, socket_timeout: float) -> aioredis.R
     sentinels in REDIS_URL, the same pool on whichever server they name the master; with a
     cluster, a cluster client (``cluster_client``)."""
     options: dict[str, Any] = dict(
-        max_connections=REDIS_MAX_CONNECTIONS, timeout=5, decode_responses=True,
-        socket_connect_timeout=5, socket_timeout=socket_timeout, health_check_interval=10)
+        max_connections=REDIS_MAX_CONNECTIONS,
+        timeout=5,
+        decode_responses=True,
+        socket_connect_timeout=5,
+        socket_timeout=socket_timeout,
+        health_check_interval=10,
+    )
     sentinel, cluster = settings.redis_sentinel, settings.redis_cluster
     if cluster is not None:
         client = cluster_client(cluster, socket_timeout=socket_timeout)
@@ -101,8 +106,10 @@ async def connect_redis(settings: Settings, socket_timeout: float) -> aioredis.R
         await client.ping()
     except (RedisError, OSError) as exc:
         await client.aclose()
-        raise StartupError(f"Redis is not reachable at {redacted(settings.redis_url)} ({exc}); "
-                           "start redis-server or set REDIS_URL") from exc
+        raise StartupError(
+            f"Redis is not reachable at {redacted(settings.redis_url)} ({exc}); "
+            "start redis-server or set REDIS_URL"
+        ) from exc
     return client
 
 
@@ -158,17 +165,23 @@ class WaitingPipeline(ClusterPipeline):
             return await super().execute(*args, **kwargs)
 
 
-def cluster_client(target: ClusterSettings, socket_timeout: float | None = None,
-                   decode_responses: bool = True) -> RedisCluster:
+def cluster_client(
+    target: ClusterSettings, socket_timeout: float | None = None, decode_responses: bool = True
+) -> RedisCluster:
     """An asyncio Redis Cluster client that waits for a free connection (``WaitingCluster``).
     MOVED and ASK redirections are followed (the command did not run); a lost connection is not
     retried, for the same reason as behind sentinels: a script may have run, so the call fails
     and the client is told ``unavailable``."""
     return WaitingCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
-        username=target.username, password=target.password, decode_responses=decode_responses,
-        max_connections=REDIS_MAX_CONNECTIONS, socket_connect_timeout=5,
-        socket_timeout=socket_timeout, retry=Retry(NoBackoff(), 0))
+        username=target.username,
+        password=target.password,
+        decode_responses=decode_responses,
+        max_connections=REDIS_MAX_CONNECTIONS,
+        socket_connect_timeout=5,
+        socket_timeout=socket_timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
 
 
 # -- Redis behind Sentinel --------------------------------------------------------------
@@ -252,8 +265,15 @@ def master_client(target: SentinelSettings, **options: Any) -> aioredis.Redis:
     connection and pool options (``max_connections``, ``timeout``, ``socket_timeout``…)."""
     sentinel = Sentinel(target.sentinels, sentinel_kwargs=_sentinel_options(Retry(NoBackoff(), 0)))
     return sentinel.master_for(  # type: ignore[no-any-return]
-        target.service, connection_pool_class=FailoverPool, connection_class=FailoverConnection,
-        retry=COMMAND_RETRY, db=target.db, username=target.username, password=target.password, **options)
+        target.service,
+        connection_pool_class=FailoverPool,
+        connection_class=FailoverConnection,
+        retry=COMMAND_RETRY,
+        db=target.db,
+        username=target.username,
+        password=target.password,
+        **options,
+    )
 
 
 def sync_redis(settings: Settings, **options: Any) -> redis.Redis:
@@ -264,36 +284,44 @@ def sync_redis(settings: Settings, **options: Any) -> redis.Redis:
     if cluster is not None:
         return redis.cluster.RedisCluster(  # type: ignore[return-value]
             startup_nodes=[redis.cluster.ClusterNode(host, port) for host, port in cluster.nodes],
-            username=cluster.username, password=cluster.password, **options)
+            username=cluster.username,
+            password=cluster.password,
+            **options,
+        )
     target = settings.redis_sentinel
     if target is None:
         return redis.Redis.from_url(settings.redis_url, **options)
-    sentinel = redis.sentinel.Sentinel(target.sentinels,
-                                       sentinel_kwargs=_sentinel_options(redis.retry.Retry(NoBackoff(), 0)))
+    sentinel = redis.sentinel.Sentinel(
+        target.sentinels, sentinel_kwargs=_sentinel_options(redis.retry.Retry(NoBackoff(), 0))
+    )
     try:
         host, port = sentinel.discover_master(target.service)
     except redis.sentinel.MasterNotFoundError:
         raise _no_master(target.service) from None
     finally:
         sentinel.close()
-    return redis.Redis(host=host, port=port, db=target.db, username=target.username,
-                       password=target.password, **options)
+    return redis.Redis(
+        host=host, port=port, db=target.db, username=target.username, password=target.password, **options
+    )
 
 
 def _no_master(service: str) -> MasterNotFoundError:
     """redis-py's own text lists every sentinel client's settings; this one says what is wrong."""
-    return MasterNotFoundError(f"no sentinel named a master for {service!r} (sentinels unreachable, "
-                               "a failover under way, or another service name)")
+    return MasterNotFoundError(
+        f"no sentinel named a master for {service!r} (sentinels unreachable, "
+        "a failover under way, or another service name)"
+    )
 
 
 def _sentinel_options(no_retry: Any) -> dict[str, Any]:
-    return {"socket_connect_timeout": SENTINEL_TIMEOUT, "socket_timeout": SENTINEL_TIMEOUT,
-            "retry": no_retry}
+    return {"socket_connect_timeout": SENTINEL_TIMEOUT, "socket_timeout": SENTINEL_TIMEOUT, "retry": no_retry}
 
 
 async def connect_mysql(settings: Settings, maxsize: int) -> aiomysql.Pool:
     try:
         return await create_pool(settings.mysql, maxsize=maxsize)
     except Exception as exc:
-        raise StartupError(f"MySQL is not reachable at {redacted(settings.mysql.url)} ({exc}); "
-                           "start MariaDB, run `python -m hub migrate`, or set MYSQL_URL") from exc
+        raise StartupError(
+            f"MySQL is not reachable at {redacted(settings.mysql.url)} ({exc}); "
+            "start MariaDB, run `python -m hub migrate`, or set MYSQL_URL"
+        ) from exc

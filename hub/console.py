@@ -26,7 +26,7 @@ PAGES = {"/": "index.html", "/watch": "watch.html", "/studio": "studio.html"}
 # Scripts, styles and sockets from the hub only; thumbnails from anywhere (they are streamers' URLs).
 SECURITY = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' https: http: data:; object-src 'none'; "
-                               "base-uri 'none'; frame-ancestors 'none'; form-action 'self'",
+    "base-uri 'none'; frame-ancestors 'none'; form-action 'self'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
@@ -57,10 +57,16 @@ def _page(path: Path) -> Callable[[web.Request], Awaitable[web.FileResponse]]:
 
 async def config(request: web.Request) -> web.Response:
     s = request.app[rest.SETTINGS]
-    return rest.json_response({
-        "success": True, "platform_fee": str(s.platform_fee), "currency": s.currency,
-        "tip_min": str(s.tip_min), "tip_max": str(s.tip_max), "dev_tokens": s.console_dev_tokens,
-    })
+    return rest.json_response(
+        {
+            "success": True,
+            "platform_fee": str(s.platform_fee),
+            "currency": s.currency,
+            "tip_min": str(s.tip_min),
+            "tip_max": str(s.tip_max),
+            "dev_tokens": s.console_dev_tokens,
+        }
+    )
 
 
 async def dev_token(request: web.Request) -> web.Response:

@@ -21,33 +21,52 @@ SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 # UTC everywhere, and strict mode so that a value out of range is an error, never clamped.
 INIT_COMMAND = "SET time_zone = '+00:00', sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'"
 
-MESSAGE_COLUMNS = ("message_id, stream_id, user_id, username, message, message_type, tip_amount, alert, "
-                   "created_at")
+MESSAGE_COLUMNS = (
+    "message_id, stream_id, user_id, username, message, message_type, tip_amount, alert, created_at"
+)
 
 
 async def create_pool(mysql: MySQLSettings, maxsize: int = 5) -> aiomysql.Pool:
     return await aiomysql.create_pool(
-        host=mysql.host, port=mysql.port, user=mysql.user, password=mysql.password,
-        db=mysql.database, minsize=1, maxsize=maxsize, autocommit=False, charset="utf8mb4",
-        cursorclass=aiomysql.DictCursor, init_command=INIT_COMMAND,
-        connect_timeout=5, pool_recycle=3600,
+        host=mysql.host,
+        port=mysql.port,
+        user=mysql.user,
+        password=mysql.password,
+        db=mysql.database,
+        minsize=1,
+        maxsize=maxsize,
+        autocommit=False,
+        charset="utf8mb4",
+        cursorclass=aiomysql.DictCursor,
+        init_command=INIT_COMMAND,
+        connect_timeout=5,
+        pool_recycle=3600,
     )
 
 
 def migrate(mysql: MySQLSettings, sql_dir: Path = SQL_DIR) -> list[str]:
     """Create the database and apply every ``sql/*.sql`` not applied yet; idempotent."""
-    conn = pymysql.connect(host=mysql.host, port=mysql.port, user=mysql.user,
-                           password=mysql.password, charset="utf8mb4", autocommit=True,
-                           connect_timeout=5)
+    conn = pymysql.connect(
+        host=mysql.host,
+        port=mysql.port,
+        user=mysql.user,
+        password=mysql.password,
+        charset="utf8mb4",
+        autocommit=True,
+        connect_timeout=5,
+    )
     applied: list[str] = []
     try:
         with conn.cursor() as cur:
-            cur.execute(f"CREATE DATABASE IF NOT EXISTS `{mysql.database}` "
-                        "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+            cur.execute(
+                f"CREATE DATABASE IF NOT EXISTS `{mysql.database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+            )
             cur.execute(f"USE `{mysql.database}`")
-            cur.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
-                        " name VARCHAR(191) NOT NULL PRIMARY KEY,"
-                        " applied_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3))")
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " name VARCHAR(191) NOT NULL PRIMARY KEY,"
+                " applied_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3))"
+            )
             cur.execute("SELECT name FROM schema_migrations")
             done = {row[0] for row in cur.fetchall()}
             for path in sorted(sql_dir.glob("*.sql")):
@@ -93,8 +112,9 @@ class History:
             args += (status,)
         return await self.fetch(sql + " ORDER BY created_at DESC LIMIT %s", (*args, limit))
 
-    async def messages_before(self, stream_id: str, before: str | None, limit: int,
-                              after: str | None = None) -> list[dict[str, Any]]:
+    async def messages_before(
+        self, stream_id: str, before: str | None, limit: int, after: str | None = None
+    ) -> list[dict[str, Any]]:
         """The newest ``limit`` kept messages older than ``before`` (and newer than ``after``),
         newest first."""
         sql = f"SELECT {MESSAGE_COLUMNS} FROM chat_messages WHERE stream_id = %s AND deleted_at IS NULL"
@@ -110,14 +130,16 @@ class History:
     async def has_message(self, stream_id: str, message_id: str) -> bool:
         rows = await self.fetch(
             "SELECT 1 FROM chat_messages WHERE message_id = %s AND stream_id = %s AND deleted_at IS NULL",
-            (message_id, stream_id))
+            (message_id, stream_id),
+        )
         return bool(rows)
 
     async def moderation_actions(self, stream_id: str, limit: int) -> list[dict[str, Any]]:
         """The stream's newest ``limit`` moderation actions, newest first."""
         return await self.fetch(
             "SELECT * FROM moderation_actions WHERE stream_id = %s ORDER BY action_id DESC LIMIT %s",
-            (stream_id, limit))
+            (stream_id, limit),
+        )
 
     async def ping(self) -> None:
         await self.fetch("SELECT 1", ())

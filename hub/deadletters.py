@@ -55,24 +55,35 @@ def _pages(client: redis.Redis, key: str, last: str = "+") -> Iterator[list[tupl
 
 def listing(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
     """Every shard's dead letters, oldest first within a shard."""
-    return [{"shard": shard, "id": entry_id, "kind": fields.get("t", ""), "entry": fields.get("entry", ""),
-             "data": fields.get("d", "")}
-            for shard, k in enumerate(keys.all)
-            for page in _pages(client, k.outbox_dead)
-            for entry_id, fields in page]
+    return [
+        {
+            "shard": shard,
+            "id": entry_id,
+            "kind": fields.get("t", ""),
+            "entry": fields.get("entry", ""),
+            "data": fields.get("d", ""),
+        }
+        for shard, k in enumerate(keys.all)
+        for page in _pages(client, k.outbox_dead)
+        for entry_id, fields in page
+    ]
 
 
 def listing_text(letters: list[dict[str, Any]]) -> str:
-    lines = [f"{d['id']}  shard {d['shard']}  {d['kind'] or '?':<10}  from {d['entry'] or '?'}  "
-             f"{_preview(d['data'])}" for d in letters]
-    lines.append(f"{len(letters)} dead letters" + (" (python -m hub outbox replay ID… | --all)"
-                                                   if letters else ""))
+    lines = [
+        f"{d['id']}  shard {d['shard']}  {d['kind'] or '?':<10}  from {d['entry'] or '?'}  "
+        f"{_preview(d['data'])}"
+        for d in letters
+    ]
+    lines.append(
+        f"{len(letters)} dead letters" + (" (python -m hub outbox replay ID… | --all)" if letters else "")
+    )
     return "\n".join(lines)
 
 
 def _preview(data: str) -> str:
-    flat = "".join(ch if ch.isprintable() else " " for ch in data[:PREVIEW + 1])
-    return flat if len(flat) <= PREVIEW else flat[:PREVIEW - 1] + "…"
+    flat = "".join(ch if ch.isprintable() else " " for ch in data[: PREVIEW + 1])
+    return flat if len(flat) <= PREVIEW else flat[: PREVIEW - 1] + "…"
 
 
 def replay(client: redis.Redis, keys: Keys, wanted: list[Target]) -> list[tuple[int | None, str, str | None]]:
@@ -82,8 +93,11 @@ def replay(client: redis.Redis, keys: Keys, wanted: list[Target]) -> list[tuple[
     done: list[tuple[int | None, str, str | None]] = []
     for target in wanted:
         shards = range(len(keys.all)) if target.shard is None else (target.shard,)
-        found = [(shard, entry) for shard in shards
-                 if (entry := _replay_one(script, keys.all[shard], target.id)) is not None]
+        found = [
+            (shard, entry)
+            for shard in shards
+            if (entry := _replay_one(script, keys.all[shard], target.id)) is not None
+        ]
         done.extend((shard, target.id, entry) for shard, entry in found)
         if not found:
             done.append((target.shard, target.id, None))

@@ -118,8 +118,12 @@ class Writer:
                 continue
             mine = [(texts, frames) for skip, texts, frames in framed if skip != sid]
             if mine:
-                self._deliver(eio_sid, eio_socket, [text for texts, _ in mine for text in texts],
-                              b"".join(frames for _, frames in mine))
+                self._deliver(
+                    eio_sid,
+                    eio_socket,
+                    [text for texts, _ in mine for text in texts],
+                    b"".join(frames for _, frames in mine),
+                )
 
     def _deliver(self, eio_sid: str, eio_socket: Any, texts: list[bytes], frames: bytes) -> None:
         transport = getattr(eio_socket, "hub_transport", None)
@@ -142,8 +146,7 @@ class Writer:
         if eio_socket.queue.qsize() >= self.queue_limit:
             self._abort(eio_sid, None, eio_socket)
             return
-        eio_socket.queue.put_nowait(
-            engineio.packet.Packet(engineio.packet.MESSAGE, data=text[1:].decode()))
+        eio_socket.queue.put_nowait(engineio.packet.Packet(engineio.packet.MESSAGE, data=text[1:].decode()))
 
     def _abort(self, eio_sid: str, transport: Any, eio_socket: Any = None) -> None:
         """Cut off a socket that stopped reading: its connection is dropped, and the usual
@@ -169,8 +172,9 @@ class Pacer:
     events it would have got had they been written when they arrived: none from before it
     entered the room, all from before it left. Order within a room is kept."""
 
-    def __init__(self, write: Callable[[str, list[Run]], None], size: Callable[[str], int],
-                 interval: float, above: int) -> None:
+    def __init__(
+        self, write: Callable[[str, list[Run]], None], size: Callable[[str], int], interval: float, above: int
+    ) -> None:
         self._write = write
         self._size = size
         self.interval = interval

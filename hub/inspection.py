@@ -36,11 +36,15 @@ def overview(client: redis.Redis, keys: Keys, limit: int = 50) -> dict[str, Any]
             pipe.scard(k.unique(stream_id))
         replies_of = pipe.execute()
     for i, _ in enumerate(live):
-        h, viewers, unique = replies_of[3 * i:3 * i + 3]
+        h, viewers, unique = replies_of[3 * i : 3 * i + 3]
         if h:
             streams.append(dict(stream_from_hash(h, viewers), **stats_from_hash(h, viewers, unique, now)))
-    return {"live_streams": streams, "live_total": sum(replies[1::2]),
-            "workers": workers(client, keys, now), "outbox": outbox(client, keys, now)}
+    return {
+        "live_streams": streams,
+        "live_total": sum(replies[1::2]),
+        "workers": workers(client, keys, now),
+        "outbox": outbox(client, keys, now),
+    }
 
 
 def stream(client: redis.Redis, base: Keys, stream_id: str, chat: int = 10) -> dict[str, Any] | None:
@@ -67,8 +71,10 @@ def stream(client: redis.Redis, base: Keys, stream_id: str, chat: int = 10) -> d
         "connections_per_worker": {w: n for w, n in per_worker.items() if n},
         "slow_mode_seconds": int(h.get("slow_mode") or 0),
         "moderators": sorted(mods),
-        "sanctions": {user: ("ban" if v == "ban" else f"timeout until {_iso(int(v[2:]))}")
-                      for user, v in sorted(sanctions.items())},
+        "sanctions": {
+            user: ("ban" if v == "ban" else f"timeout until {_iso(int(v[2:]))}")
+            for user, v in sorted(sanctions.items())
+        },
         "recent_messages": messages,
     }
 
@@ -84,14 +90,18 @@ def workers(client: redis.Redis, keys: Keys, now: int) -> list[dict[str, Any]]:
     for worker_id, beat in zip(ids, beats, strict=True):
         if not beat:
             continue  # stopped, or gone longer than its expiry
-        found.append({
-            "worker_id": worker_id, "host": beat.get("host"), "pid": int(beat.get("pid") or 0),
-            "beat_age_seconds": round(max(0, now - int(beat["updated_ms"])) / 1000, 1),
-            "uptime_seconds": max(0, now - int(beat["started_ms"])) // 1000,
-            "connections": int(beat.get("connections") or 0),
-            "watching": int(beat.get("watching") or 0),
-            "streams": orjson.loads(beat.get("streams") or "{}"),
-        })
+        found.append(
+            {
+                "worker_id": worker_id,
+                "host": beat.get("host"),
+                "pid": int(beat.get("pid") or 0),
+                "beat_age_seconds": round(max(0, now - int(beat["updated_ms"])) / 1000, 1),
+                "uptime_seconds": max(0, now - int(beat["started_ms"])) // 1000,
+                "connections": int(beat.get("connections") or 0),
+                "watching": int(beat.get("watching") or 0),
+                "streams": orjson.loads(beat.get("streams") or "{}"),
+            }
+        )
     return found
 
 
@@ -111,20 +121,27 @@ def outbox(client: redis.Redis, keys: Keys, now: int) -> dict[str, Any]:
 
 # -- text -----------------------------------------------------------------------------------
 
+
 def overview_text(o: dict[str, Any]) -> str:
     lines = [f"Live streams: {o['live_total']}" + (" (by viewers)" if o["live_streams"] else "")]
     for s in o["live_streams"]:
-        lines.append(f"  {s['stream_id']}  {s['viewer_count']:>6} viewers  "
-                     f"{s['message_count']:>7} messages  {s['tip_count']:>5} tips ({s['tips_total']})  "
-                     f"{_short(s['title'], 40)!r} by {s['streamer_id']}")
+        lines.append(
+            f"  {s['stream_id']}  {s['viewer_count']:>6} viewers  "
+            f"{s['message_count']:>7} messages  {s['tip_count']:>5} tips ({s['tips_total']})  "
+            f"{_short(s['title'], 40)!r} by {s['streamer_id']}"
+        )
     lines.append(f"Workers: {len(o['workers'])}")
     for w in o["workers"]:
-        lines.append(f"  {w['worker_id']}  beat {w['beat_age_seconds']}s ago  "
-                     f"up {_duration(w['uptime_seconds'])}  {w['connections']} connections, "
-                     f"{w['watching']} watching {len(w['streams'])} streams")
+        lines.append(
+            f"  {w['worker_id']}  beat {w['beat_age_seconds']}s ago  "
+            f"up {_duration(w['uptime_seconds'])}  {w['connections']} connections, "
+            f"{w['watching']} watching {len(w['streams'])} streams"
+        )
     b = o["outbox"]
-    lines.append(f"Outbox: {b['entries']} entries ({b['pending']} read, not yet written), oldest "
-                 f"{b['oldest_age_seconds']} s; dead letters: {b['dead_letters']}")
+    lines.append(
+        f"Outbox: {b['entries']} entries ({b['pending']} read, not yet written), oldest "
+        f"{b['oldest_age_seconds']} s; dead letters: {b['dead_letters']}"
+    )
     return "\n".join(lines)
 
 
@@ -147,8 +164,10 @@ def stream_text(s: dict[str, Any]) -> str:
     for m in s["recent_messages"]:
         kind = m.get("message_type")
         amount = f" [{kind} {m.get('tip_amount') or ''}]" if kind != "TEXT" else ""
-        lines.append(f"  {m.get('created_at', '')}  {m.get('username') or m.get('user_id')}:{amount} "
-                     f"{_short(m.get('message', ''), 100)}")
+        lines.append(
+            f"  {m.get('created_at', '')}  {m.get('username') or m.get('user_id')}:{amount} "
+            f"{_short(m.get('message', ''), 100)}"
+        )
     return "\n".join(lines)
 
 
@@ -167,4 +186,4 @@ def _duration(seconds: int) -> str:
 
 
 def _short(text: str, n: int) -> str:
-    return text if len(text) <= n else text[:n - 1] + "…"
+    return text if len(text) <= n else text[: n - 1] + "…"

@@ -38,8 +38,12 @@ def _fields(source: Any) -> dict[str, Any]:
         event, sid, conn, args = source
         identity = getattr(conn, "identity", None)
         data = args[0] if len(args) == 1 and isinstance(args[0], dict) else {}
-        return {"event": event, "sid": sid, "user_id": identity.user_id if identity else None,
-                "stream_id": data.get("stream_id") or getattr(conn, "stream_id", None)}
+        return {
+            "event": event,
+            "sid": sid,
+            "user_id": identity.user_id if identity else None,
+            "stream_id": data.get("stream_id") or getattr(conn, "stream_id", None),
+        }
     return source
 
 
@@ -86,7 +90,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-                  + f".{int(record.msecs):03d}Z",
+            + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -106,8 +110,9 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        bound_fields = " ".join(f"{key}={getattr(record, key)}" for key in FIELDS
-                                if getattr(record, key, None) is not None)
+        bound_fields = " ".join(
+            f"{key}={getattr(record, key)}" for key in FIELDS if getattr(record, key, None) is not None
+        )
         return f"{text} [{bound_fields}]" if bound_fields else text
 
 

@@ -48,8 +48,11 @@ def _pictograph(ch: str) -> bool:
     """An emoji's base, near enough (Extended_Pictographic is not in ``unicodedata``): the
     supplementary emoji blocks, the BMP's symbols and arrows, a few more."""
     cp = ord(ch)
-    return 0x1F000 <= cp <= 0x1FAFF or cp in _PICTOGRAPHS_BMP or (
-        0x2100 <= cp <= 0x2BFF and unicodedata.category(ch) in ("So", "Sm"))
+    return (
+        0x1F000 <= cp <= 0x1FAFF
+        or cp in _PICTOGRAPHS_BMP
+        or (0x2100 <= cp <= 0x2BFF and unicodedata.category(ch) in ("So", "Sm"))
+    )
 
 
 def _variation_selector(cp: int) -> bool:
@@ -84,7 +87,7 @@ def clean_text(value: str) -> str:
         cp = ord(ch)
         i += 1
         if cp == BLACK_FLAG and (end := _flag_tags(value, i)) > i:
-            out.append(value[i - 1:end])
+            out.append(value[i - 1 : end])
             i = end
         elif ch == ZWJ:
             if out and (_pictograph(out[-1][-1]) or out[-1] == "\ufe0f") and i < n and _pictograph(value[i]):
@@ -221,7 +224,8 @@ class Tip:
             raise invalid(f"'currency' must be {settings.currency}.")
         client_tip_id = _string(data, "client_tip_id")
         if client_tip_id is not None and not (
-            0 < len(client_tip_id) <= CLIENT_TIP_ID_MAX and client_tip_id.isprintable()
+            0 < len(client_tip_id) <= CLIENT_TIP_ID_MAX
+            and client_tip_id.isprintable()
             and " " not in client_tip_id
         ):
             raise invalid(f"'client_tip_id' must be 1 to {CLIENT_TIP_ID_MAX} printable characters.")
@@ -250,8 +254,12 @@ class CreateStream:
                 parsed = urlparse(thumbnail)
             except ValueError:  # e.g. an unclosed [ in the host
                 parsed = None
-            if parsed is None or len(thumbnail) > URL_MAX or parsed.scheme not in ("http", "https") \
-                    or not parsed.netloc:
+            if (
+                parsed is None
+                or len(thumbnail) > URL_MAX
+                or parsed.scheme not in ("http", "https")
+                or not parsed.netloc
+            ):
                 raise invalid("'thumbnail_url' must be an http(s) URL.")
         scheduled = _string(data, "scheduled_at")
         scheduled_ms = None
@@ -311,8 +319,16 @@ SYMBOL_MAX = 16
 PRICE_DIGITS = 15
 PRICE_DECIMALS = 8
 PRICE_MAX = Decimal("1e12")
-MODERATION_ACTIONS = ("delete_message", "timeout_user", "ban_user", "unban_user", "clear_chat",
-                      "set_slow_mode", "add_moderator", "remove_moderator")
+MODERATION_ACTIONS = (
+    "delete_message",
+    "timeout_user",
+    "ban_user",
+    "unban_user",
+    "clear_chat",
+    "set_slow_mode",
+    "add_moderator",
+    "remove_moderator",
+)
 # The fields each action needs besides stream_id.
 _NEEDS = {
     "delete_message": ("message_id",),
@@ -330,10 +346,15 @@ def target_user(data: dict[str, Any]) -> str:
     """The user a moderation action is about: a non-empty id without control characters."""
     value = _string(data, "user_id", required=True)
     assert value is not None
-    if not 0 < len(value) <= USER_ID_MAX or value != value.strip() or \
-            any(unicodedata.category(ch) == "Cc" for ch in value):
-        raise invalid(f"'user_id' must be 1 to {USER_ID_MAX} characters without control characters "
-                      "or surrounding spaces.")
+    if (
+        not 0 < len(value) <= USER_ID_MAX
+        or value != value.strip()
+        or any(unicodedata.category(ch) == "Cc" for ch in value)
+    ):
+        raise invalid(
+            f"'user_id' must be 1 to {USER_ID_MAX} characters without control characters "
+            "or surrounding spaces."
+        )
     return value
 
 
@@ -392,8 +413,9 @@ def price(value: Any) -> Decimal:
     digits, exponent = exact.as_tuple().digits, exact.as_tuple().exponent
     assert isinstance(exponent, int)
     if exponent < -PRICE_DECIMALS or len(digits) > PRICE_DIGITS:
-        raise invalid(f"'price' may have at most {PRICE_DECIMALS} decimals and "
-                      f"{PRICE_DIGITS} significant digits.")
+        raise invalid(
+            f"'price' may have at most {PRICE_DECIMALS} decimals and {PRICE_DIGITS} significant digits."
+        )
     return exact if exponent <= 0 else exact.quantize(Decimal(1))
 
 
@@ -415,8 +437,9 @@ class Alert:
         symbol = _string(data, "symbol")
         if symbol is not None:
             symbol = symbol.strip().upper()
-            if not 0 < len(symbol) <= SYMBOL_MAX or not all(ch.isascii() and (ch.isalnum() or ch in "._:/-")
-                                                            for ch in symbol):
+            if not 0 < len(symbol) <= SYMBOL_MAX or not all(
+                ch.isascii() and (ch.isalnum() or ch in "._:/-") for ch in symbol
+            ):
                 raise invalid(f"'symbol' must be 1 to {SYMBOL_MAX} letters, digits or . _ : / -.")
         side = data.get("side")
         if side is not None:

@@ -95,12 +95,19 @@ class Presence:
         reasserted = 0
         if self.withdrawn:
             return 0
-        await self.state.touch([
-            *((self.state.address_holder(address), eio_sid)
-              for eio_sid, address in list(self.transports.items())),
-            *((self.state.user_holder(c.identity.user_id), c.sid)
-              for c in list(self.conns.values()) if c.identity is not None),
-        ])
+        await self.state.touch(
+            [
+                *(
+                    (self.state.address_holder(address), eio_sid)
+                    for eio_sid, address in list(self.transports.items())
+                ),
+                *(
+                    (self.state.user_holder(c.identity.user_id), c.sid)
+                    for c in list(self.conns.values())
+                    if c.identity is not None
+                ),
+            ]
+        )
         for stream_id, sids in list(self.rooms.items()):
             members = [
                 (c.member, c.sid, c.username)

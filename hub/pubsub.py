@@ -102,8 +102,9 @@ class ShardedSubscriber:
         kind = TYPES.get(item["type"], item["type"])
         item["type"] = kind
         if kind == "unsubscribe" and item["channel"] in self._where:
-            raise RedisConnectionError(f"the cluster dropped the subscription to {item['channel']!r} "
-                                       "(its slot moved)")
+            raise RedisConnectionError(
+                f"the cluster dropped the subscription to {item['channel']!r} (its slot moved)"
+            )
         if kind in ("subscribe", "unsubscribe") and self.ignore_subscribe_messages:
             return None
         return item
@@ -111,8 +112,9 @@ class ShardedSubscriber:
     def _pubsub(self, name: str, host: str, port: int) -> PubSub:
         pubsub = self._pubsubs.get(name)
         if pubsub is None:
-            client = aioredis.Redis(host=host, port=port, socket_connect_timeout=5,
-                                    health_check_interval=10, **self._auth)
+            client = aioredis.Redis(
+                host=host, port=port, socket_connect_timeout=5, health_check_interval=10, **self._auth
+            )
             pubsub = self._pubsubs[name] = client.pubsub()
         return pubsub
 

@@ -45,9 +45,7 @@ def stream_from_hash(h: dict[str, str], viewer_count: int) -> dict[str, Any]:
     }
 
 
-def stats_from_hash(
-    h: dict[str, str], viewer_count: int, unique_viewers: int, now: int
-) -> dict[str, Any]:
+def stats_from_hash(h: dict[str, str], viewer_count: int, unique_viewers: int, now: int) -> dict[str, Any]:
     started = _int_or_none(h.get("started_at"))
     duration = _int_or_none(h.get("duration_seconds"))
     if h["status"] == "LIVE" and started is not None:

@@ -56,16 +56,20 @@ HEALED_VERSION_STEP = 1_000_000
 UNFINISHED = "SELECT * FROM streams WHERE status IN ('LIVE', 'SCHEDULED')"
 UNFINISHED_OF = "SELECT * FROM streams WHERE stream_id IN ({}) AND status IN ('LIVE', 'SCHEDULED')"
 MESSAGES = "SELECT stream_id, COUNT(*) AS n FROM chat_messages WHERE stream_id IN ({}) GROUP BY stream_id"
-TIPS = ("SELECT stream_id, COUNT(*) AS n, SUM(amount) AS amount, SUM(platform_fee) AS fees "
-        "FROM tips WHERE stream_id IN ({}) GROUP BY stream_id")
+TIPS = (
+    "SELECT stream_id, COUNT(*) AS n, SUM(amount) AS amount, SUM(platform_fee) AS fees "
+    "FROM tips WHERE stream_id IN ({}) GROUP BY stream_id"
+)
 # Everyone who chatted or tipped had joined (an alert is the one message sent without joining);
 # an anonymous viewer is known only by its viewing sessions, each counted as one.
-VIEWERS = ("SELECT stream_id, CONCAT('u:', user_id) AS viewer FROM viewing_sessions "
-           "WHERE stream_id IN ({0}) AND user_id IS NOT NULL "
-           "UNION SELECT stream_id, CONCAT('a:', session_id) FROM viewing_sessions "
-           "WHERE stream_id IN ({0}) AND user_id IS NULL "
-           "UNION SELECT stream_id, CONCAT('u:', user_id) FROM chat_messages "
-           "WHERE stream_id IN ({0}) AND message_type <> 'ALERT'")
+VIEWERS = (
+    "SELECT stream_id, CONCAT('u:', user_id) AS viewer FROM viewing_sessions "
+    "WHERE stream_id IN ({0}) AND user_id IS NOT NULL "
+    "UNION SELECT stream_id, CONCAT('a:', session_id) FROM viewing_sessions "
+    "WHERE stream_id IN ({0}) AND user_id IS NULL "
+    "UNION SELECT stream_id, CONCAT('u:', user_id) FROM chat_messages "
+    "WHERE stream_id IN ({0}) AND message_type <> 'ALERT'"
+)
 
 Deliver = Callable[[str, list[bytes]], Awaitable[None]]
 
@@ -102,8 +106,15 @@ class Recovery:
     """One web worker's watch over the epoch markers. ``check`` before each presence refresh
     (``guard``), and ``watch`` at start and, after a failure, until Redis answers again."""
 
-    def __init__(self, settings: Settings, client: aioredis.Redis, history: History,
-                 presence: Presence, deliver: Deliver, worker_id: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: aioredis.Redis,
+        history: History,
+        presence: Presence,
+        deliver: Deliver,
+        worker_id: str,
+    ) -> None:
         self.settings = settings
         self.redis = client
         self.history = history
@@ -140,6 +151,7 @@ class Recovery:
         """``step`` after a check. The presence refresh needs one first: it would find the lost
         streams gone and take their watchers out of the room without a word. A failure wakes
         ``watch``."""
+
         async def guarded() -> None:
             try:
                 await self.check()
@@ -190,17 +202,22 @@ class Recovery:
                 replies = await pipe.execute()
             for i, value in zip(missing, replies[1::2], strict=True):
                 values[i] = value
-            log.warning("Redis has no epoch marker in shard(s) %s: it may have lost its data; "
-                        "healing the streams MySQL holds as live", ", ".join(map(str, missing)))
+            log.warning(
+                "Redis has no epoch marker in shard(s) %s: it may have lost its data; "
+                "healing the streams MySQL holds as live",
+                ", ".join(map(str, missing)),
+            )
         return [Life.of(value) for value in values]
 
     async def _lock(self, shard: int) -> bool:
         """Whether this worker may heal the shard now (no other is at it)."""
-        return bool(await self.redis.set(self.keys.all[shard].epoch_heal, self.worker_id, nx=True,
-                                         px=LOCK_MS))
+        return bool(
+            await self.redis.set(self.keys.all[shard].epoch_heal, self.worker_id, nx=True, px=LOCK_MS)
+        )
 
-    async def _heal_shard(self, shard: int, life: Life,
-                          unfinished: Callable[[], Awaitable[list[dict[str, Any]]]]) -> None:
+    async def _heal_shard(
+        self, shard: int, life: Life, unfinished: Callable[[], Awaitable[list[dict[str, Any]]]]
+    ) -> None:
         """Heal the shard's streams among MySQL's unfinished ones, then mark its marker healed
         (unless Redis lost its data again meanwhile); release the lock either way."""
         k = self.keys.all[shard]
@@ -212,8 +229,12 @@ class Recovery:
             done = life.id
         finally:
             await self._healed(keys=[k.epoch, k.epoch_heal], args=[done, self.worker_id])
-        log.info("shard %d healed: %d of its %d unfinished stream(s) in MySQL had lost their state",
-                 shard, len(gone), len(rows))
+        log.info(
+            "shard %d healed: %d of its %d unfinished stream(s) in MySQL had lost their state",
+            shard,
+            len(gone),
+            len(rows),
+        )
 
     async def _tell_watchers(self, shard: int) -> None:
         """This worker's watched streams of the shard: those whose state is gone are healed now,
@@ -226,8 +247,11 @@ class Recovery:
             for sid in ids:
                 pipe.hmget(k.stream(sid), "status", "duration_seconds")
             states = await pipe.execute()
-        ended = {sid: int(duration or 0) for sid, (status, duration) in zip(ids, states, strict=True)
-                 if status == "ENDED"}
+        ended = {
+            sid: int(duration or 0)
+            for sid, (status, duration) in zip(ids, states, strict=True)
+            if status == "ENDED"
+        }
         gone = [sid for sid, (status, _) in zip(ids, states, strict=True) if status is None]
         if gone:
             ended.update(await self._heal_streams(k, await self._rows(UNFINISHED_OF, gone)))
@@ -260,12 +284,25 @@ class Recovery:
             expires = int(fields["scheduled_at"] or 0) + self.settings.scheduled_grace * 1000
             reply = await self._heal(
                 keys=[k.stream(sid), k.unique(sid), k.outbox, k.streamer_scheduled(row["streamer_id"])],
-                args=[k.prefix, k.room_prefix, NAMESPACE, sid, self.settings.ended_retention, status,
-                      expires, len(viewers), *viewers, *(x for pair in fields.items() for x in pair)])
+                args=[
+                    k.prefix,
+                    k.room_prefix,
+                    NAMESPACE,
+                    sid,
+                    self.settings.ended_retention,
+                    status,
+                    expires,
+                    len(viewers),
+                    *viewers,
+                    *(x for pair in fields.items() for x in pair),
+                ],
+            )
             _, healed, status, duration = reply
             if int(healed) and status == "ENDED":
-                log.warning("stream ended: its live state was lost with Redis's data",
-                            extra={"stream_id": sid, "user_id": row["streamer_id"]})
+                log.warning(
+                    "stream ended: its live state was lost with Redis's data",
+                    extra={"stream_id": sid, "user_id": row["streamer_id"]},
+                )
             if status == "ENDED":
                 ended[sid] = int(duration or 0)
         return ended
@@ -275,7 +312,7 @@ class Recovery:
         as the live counter counts them), tips and their fees, and the viewers known."""
         found: dict[str, Figures] = {}
         for at in range(0, len(ids), IN_BATCH):
-            batch = ids[at:at + IN_BATCH]
+            batch = ids[at : at + IN_BATCH]
             messages = {r["stream_id"]: r["n"] for r in await self._rows(MESSAGES, batch)}
             tips = {r["stream_id"]: r for r in await self._rows(TIPS, batch)}
             viewers: dict[str, list[str]] = {}
@@ -284,10 +321,12 @@ class Recovery:
             for sid in batch:
                 tip = tips.get(sid)
                 found[sid] = Figures(
-                    messages=int(messages.get(sid, 0)), tips=int(tip["n"]) if tip else 0,
+                    messages=int(messages.get(sid, 0)),
+                    tips=int(tip["n"]) if tip else 0,
                     tips_cents=to_cents(tip["amount"]) if tip else 0,
                     fees_cents=to_cents(tip["fees"]) if tip else 0,
-                    viewers=tuple(viewers.get(sid, ())))
+                    viewers=tuple(viewers.get(sid, ())),
+                )
         return found
 
     async def _rows(self, sql: str, ids: list[str], times: int = 1) -> list[dict[str, Any]]:
@@ -296,22 +335,31 @@ class Recovery:
         return await self.history.fetch(sql.format(marks), tuple(ids) * times)
 
 
-
 def _hash(row: dict[str, Any], final: Figures | None) -> dict[str, str]:
     """A stream's hash as create.lua writes it, from MySQL's row; with final figures (a LIVE
     stream to end), those, and a version above MySQL's so that the flusher takes the record."""
     h = {
-        "stream_id": row["stream_id"], "streamer_id": row["streamer_id"],
-        "streamer_name": row["streamer_name"] or "", "title": row["title"],
-        "description": row["description"] or "", "thumbnail_url": row["thumbnail_url"] or "",
-        "status": row["status"], "category": row["category"] or "",
-        "is_recording": "1" if row["is_recording"] else "0", "recording_url": row["recording_url"] or "",
-        "scheduled_at": _ms(row["scheduled_at"]), "started_at": _ms(row["started_at"]),
-        "ended_at": "", "duration_seconds": "", "peak_viewers": str(row["peak_viewers"]),
-        "message_count": str(row["message_count"]), "tip_count": str(row["tip_count"]),
+        "stream_id": row["stream_id"],
+        "streamer_id": row["streamer_id"],
+        "streamer_name": row["streamer_name"] or "",
+        "title": row["title"],
+        "description": row["description"] or "",
+        "thumbnail_url": row["thumbnail_url"] or "",
+        "status": row["status"],
+        "category": row["category"] or "",
+        "is_recording": "1" if row["is_recording"] else "0",
+        "recording_url": row["recording_url"] or "",
+        "scheduled_at": _ms(row["scheduled_at"]),
+        "started_at": _ms(row["started_at"]),
+        "ended_at": "",
+        "duration_seconds": "",
+        "peak_viewers": str(row["peak_viewers"]),
+        "message_count": str(row["message_count"]),
+        "tip_count": str(row["tip_count"]),
         "tips_cents": str(to_cents(row["tips_total"])),
         "fees_cents": str(to_cents(row["platform_fees_total"])),
-        "created_at": _ms(row["created_at"]), "updated_at": _ms(row["updated_at"]),
+        "created_at": _ms(row["created_at"]),
+        "updated_at": _ms(row["updated_at"]),
         "version": str(row["version"]),
     }
     if final is not None:
@@ -319,10 +367,15 @@ def _hash(row: dict[str, Any], final: Figures | None) -> dict[str, str]:
         # below one would contradict them. The version jumps past any record of the stream an
         # outbox batch read before the loss may still bring, so the end is never overwritten.
         peak = max(int(row["peak_viewers"] or 0), 1 if final.viewers else 0)
-        h.update(message_count=str(final.messages), tip_count=str(final.tips),
-                 tips_cents=str(final.tips_cents), fees_cents=str(final.fees_cents),
-                 peak_viewers=str(peak), version=str(row["version"] + HEALED_VERSION_STEP),
-                 recent_floor=NO_RECENT)
+        h.update(
+            message_count=str(final.messages),
+            tip_count=str(final.tips),
+            tips_cents=str(final.tips_cents),
+            fees_cents=str(final.fees_cents),
+            peak_viewers=str(peak),
+            version=str(row["version"] + HEALED_VERSION_STEP),
+            recent_floor=NO_RECENT,
+        )
     return h
 
 

@@ -43,9 +43,12 @@ def error_response(exc: HubError) -> web.Response:
 async def log_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The request's log lines name it, its stream and (once the token is read) its user."""
     route = request.match_info.route.resource
-    token = logs.CONTEXT.set({
-        "request": f"{request.method} {route.canonical if route is not None else request.path}",
-        "stream_id": request.match_info.get("stream_id")})
+    token = logs.CONTEXT.set(
+        {
+            "request": f"{request.method} {route.canonical if route is not None else request.path}",
+            "stream_id": request.match_info.get("stream_id"),
+        }
+    )
     try:
         return await handler(request)
     finally:
@@ -64,8 +67,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPNotFound:
         return error_response(HubError("not_found", "No such resource."))
     except web.HTTPMethodNotAllowed:
-        return json_response({"success": False, "error": {
-            "code": "invalid", "message": "Method not allowed."}}, 405)
+        return json_response(
+            {"success": False, "error": {"code": "invalid", "message": "Method not allowed."}}, 405
+        )
     except (RedisError, pymysql.MySQLError, OSError) as exc:
         log.warning("%s %s failed: %s", request.method, request.path, exc)
         return error_response(HubError("unavailable"))
@@ -73,8 +77,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
-        return json_response({"success": False, "error": {
-            "code": "internal", "message": "Internal error."}}, 500)
+        return json_response(
+            {"success": False, "error": {"code": "internal", "message": "Internal error."}}, 500
+        )
 
 
 def cors(settings: Settings) -> Callable[..., Awaitable[web.StreamResponse]]:

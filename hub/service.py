@@ -57,13 +57,26 @@ class Hub:
         # The newest 50, or the newest of those after last_message_id up to the recent size;
         # one more to tell whether older ones were left out.
         limit = self.settings.recent_size if payload.last_message_id else RECENT_ON_JOIN
-        count, h, recent = await self.state.join(payload.stream_id, member, conn.sid, conn.username,
-                                                 conn.viewer, limit + 1, payload.last_message_id)
+        count, h, recent = await self.state.join(
+            payload.stream_id,
+            member,
+            conn.sid,
+            conn.username,
+            conn.viewer,
+            limit + 1,
+            payload.last_message_id,
+        )
         if not again and conn.stream_id is not None:
             await self.leave(conn)  # only once the new stream has accepted the join
         self.presence.watch(conn, payload.stream_id, h["streamer_id"], member)
-        messages = await self._messages(payload.stream_id, None, payload.last_message_id, limit + 1,
-                                        held=recent, floor=h.get("recent_floor"))
+        messages = await self._messages(
+            payload.stream_id,
+            None,
+            payload.last_message_id,
+            limit + 1,
+            held=recent,
+            floor=h.get("recent_floor"),
+        )
         return {
             "success": True,
             "stream": records.stream_from_hash(h, count),
@@ -109,8 +122,14 @@ class Hub:
         alert = {"symbol": payload.symbol, "side": payload.side, "price": decimal_json(payload.price)}
         return await self._post(identity, payload.stream_id, payload.message, "ALERT", alert)
 
-    async def _post(self, identity: Identity, stream_id: str, text: str, message_type: str,
-                    alert: dict[str, Any] | None = None) -> dict[str, Any]:
+    async def _post(
+        self,
+        identity: Identity,
+        stream_id: str,
+        text: str,
+        message_type: str,
+        alert: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         message_id = uuid7()
         while True:
             message = {
@@ -127,9 +146,15 @@ class Hub:
                 message["alert"] = alert
             encoded = dumps(message)
             try:
-                await self.state.chat(stream_id, identity.user_id, identity.is_admin, message_id, encoded,
-                                      room_event("chat_message", encoded),
-                                      "alert" if alert is not None else "chat")
+                await self.state.chat(
+                    stream_id,
+                    identity.user_id,
+                    identity.is_admin,
+                    message_id,
+                    encoded,
+                    room_event("chat_message", encoded),
+                    "alert" if alert is not None else "chat",
+                )
             except Stale as exc:  # the chat was cleared after this id was made: a later id
                 message_id = uuid7(after=exc.cleared)
                 continue
@@ -147,34 +172,60 @@ class Hub:
         created = iso_ms(uuid7_ms(tip_id))
         amount = money_json(payload.amount_cents)
         received = {
-            "tip_id": tip_id, "stream_id": payload.stream_id,
-            "from_user": identity.user_id, "from_username": identity.name,
-            "to_user": streamer, "amount": amount, "platform_fee": money_json(fee),
-            "currency": payload.currency, "message": payload.message, "created_at": created,
+            "tip_id": tip_id,
+            "stream_id": payload.stream_id,
+            "from_user": identity.user_id,
+            "from_username": identity.name,
+            "to_user": streamer,
+            "amount": amount,
+            "platform_fee": money_json(fee),
+            "currency": payload.currency,
+            "message": payload.message,
+            "created_at": created,
         }
         text = payload.message or f"Tipped {from_cents(payload.amount_cents)} {payload.currency}"
         record = {
-            "tip_id": tip_id, "stream_id": payload.stream_id, "from_user_id": identity.user_id,
-            "to_user_id": streamer, "amount_cents": payload.amount_cents, "fee_cents": fee,
-            "currency": payload.currency, "message": payload.message,
-            "client_tip_id": payload.client_tip_id, "created_at": created,
+            "tip_id": tip_id,
+            "stream_id": payload.stream_id,
+            "from_user_id": identity.user_id,
+            "to_user_id": streamer,
+            "amount_cents": payload.amount_cents,
+            "fee_cents": fee,
+            "currency": payload.currency,
+            "message": payload.message,
+            "client_tip_id": payload.client_tip_id,
+            "created_at": created,
         }
         received_json = dumps(received)
         while True:
             message = {
-                "message_id": message_id, "stream_id": payload.stream_id,
-                "user_id": identity.user_id, "username": identity.name, "message": text,
-                "message_type": "TIP", "tip_amount": amount, "created_at": created,
+                "message_id": message_id,
+                "stream_id": payload.stream_id,
+                "user_id": identity.user_id,
+                "username": identity.name,
+                "message": text,
+                "message_type": "TIP",
+                "tip_amount": amount,
+                "created_at": created,
             }
-            ack_json = dumps({"success": True, "tip": orjson.Fragment(received_json),
-                              "message_id": message_id})
+            ack_json = dumps(
+                {"success": True, "tip": orjson.Fragment(received_json), "message_id": message_id}
+            )
             message_json = dumps(message)
             try:
                 first = await self.state.tip(
-                    payload.stream_id, identity.user_id, payload.client_tip_id, payload.amount_cents,
-                    fee, message_id, ack_json, dumps(record), message_json,
-                    room_message(room_event("tip_received", received_json),
-                                 room_event("chat_message", message_json)),
+                    payload.stream_id,
+                    identity.user_id,
+                    payload.client_tip_id,
+                    payload.amount_cents,
+                    fee,
+                    message_id,
+                    ack_json,
+                    dumps(record),
+                    message_json,
+                    room_message(
+                        room_event("tip_received", received_json), room_event("chat_message", message_json)
+                    ),
                 )
             except Stale as exc:
                 message_id = uuid7(after=exc.cleared)
@@ -201,8 +252,13 @@ class Hub:
         who = self._current(identity)
         action_id = uuid7()
         created_ms = uuid7_ms(action_id)
-        record: dict[str, Any] = {"action_id": action_id, "action": m.action, "stream_id": m.stream_id,
-                                  "by": who.user_id, "created_at": iso_ms(created_ms)}
+        record: dict[str, Any] = {
+            "action_id": action_id,
+            "action": m.action,
+            "stream_id": m.stream_id,
+            "by": who.user_id,
+            "created_at": iso_ms(created_ms),
+        }
         for name in ("user_id", "message_id", "seconds", "reason"):
             if getattr(m, name) not in (None, ""):
                 record[name] = getattr(m, name)
@@ -214,8 +270,10 @@ class Hub:
             assert m.seconds is not None
             ends = created_ms + m.seconds * 1000
             value, record["until"] = str(ends), iso_ms(ends)
-            event, data = "user_timed_out", dict(base, user_id=m.user_id, until=record["until"],
-                                                 by=who.user_id)
+            event, data = (
+                "user_timed_out",
+                dict(base, user_id=m.user_id, until=record["until"], by=who.user_id),
+            )
         elif m.action == "ban_user":
             event, data = "user_banned", dict(base, user_id=m.user_id, by=who.user_id)
             ban_order = dumps({"user_id": m.user_id, "reason": m.reason})
@@ -230,21 +288,31 @@ class Hub:
         else:  # add_moderator, remove_moderator: the script writes the list in
             event, data = "moderators_changed", None
         if data is None:
-            pub, tail = room_message(room_event(event, b'{"stream_id":' + dumps(m.stream_id)
-                                                + b',"moderators":' + _SPLIT + b"}")).split(_SPLIT)
+            pub, tail = room_message(
+                room_event(event, b'{"stream_id":' + dumps(m.stream_id) + b',"moderators":' + _SPLIT + b"}")
+            ).split(_SPLIT)
         else:
             pub, tail = room_message(room_event(event, dumps(data))), b""
-        call = dict(target=m.user_id, message_id=m.message_id, value=value, record_json=dumps(record),
-                    pub_json=pub, pub_tail=tail, ban_order=ban_order)
+        call = dict(
+            target=m.user_id,
+            message_id=m.message_id,
+            value=value,
+            record_json=dumps(record),
+            pub_json=pub,
+            pub_tail=tail,
+            ban_order=ban_order,
+        )
         try:
             try:
-                moderators = await self.state.moderate(m.stream_id, m.action, who.user_id, who.is_admin,
-                                                       **call)
+                moderators = await self.state.moderate(
+                    m.stream_id, m.action, who.user_id, who.is_admin, **call
+                )
             except MessageMissing:
                 if not await self.history.has_message(m.stream_id, m.message_id):
                     raise HubError("not_found", "No such message.") from None
-                moderators = await self.state.moderate(m.stream_id, m.action, who.user_id, who.is_admin,
-                                                       found=True, **call)
+                moderators = await self.state.moderate(
+                    m.stream_id, m.action, who.user_id, who.is_admin, found=True, **call
+                )
         except NoStream:
             if await self.history.stream(m.stream_id) is not None:
                 raise HubError("stream_not_live", "The stream has ended.") from None
@@ -266,8 +334,10 @@ class Hub:
             streamer = row["streamer_id"]
         if not (identity.user_id == streamer or identity.is_admin or moderator):
             raise HubError("forbidden", "Only the streamer, its moderators or an admin may read this.")
-        merged = {r["action_id"]: records.action_from_row(r)
-                  for r in await self.history.moderation_actions(stream_id, limit)}
+        merged = {
+            r["action_id"]: records.action_from_row(r)
+            for r in await self.history.moderation_actions(stream_id, limit)
+        }
         for item in await self.state.moderation_log(stream_id):
             action = loads(item)
             merged[action["action_id"]] = action
@@ -280,15 +350,27 @@ class Hub:
         stream_id, now = self.state.new_stream_id(identity.user_id), now_ms()
         status = "SCHEDULED" if payload.scheduled_at else "LIVE"
         fields = {
-            "stream_id": stream_id, "streamer_id": identity.user_id,
-            "streamer_name": identity.name, "title": payload.title,
-            "description": payload.description, "thumbnail_url": payload.thumbnail_url or "",
-            "status": status, "category": payload.category, "is_recording": "0",
-            "recording_url": "", "scheduled_at": str(payload.scheduled_at or ""),
-            "started_at": str(now) if status == "LIVE" else "", "ended_at": "",
-            "duration_seconds": "", "peak_viewers": "0", "message_count": "0",
-            "tip_count": "0", "tips_cents": "0", "fees_cents": "0",
-            "created_at": str(now), "updated_at": str(now),
+            "stream_id": stream_id,
+            "streamer_id": identity.user_id,
+            "streamer_name": identity.name,
+            "title": payload.title,
+            "description": payload.description,
+            "thumbnail_url": payload.thumbnail_url or "",
+            "status": status,
+            "category": payload.category,
+            "is_recording": "0",
+            "recording_url": "",
+            "scheduled_at": str(payload.scheduled_at or ""),
+            "started_at": str(now) if status == "LIVE" else "",
+            "ended_at": "",
+            "duration_seconds": "",
+            "peak_viewers": "0",
+            "message_count": "0",
+            "tip_count": "0",
+            "tips_cents": "0",
+            "fees_cents": "0",
+            "created_at": str(now),
+            "updated_at": str(now),
         }
         await self.state.create_stream(fields)
         log.info("stream created (%s)", status, extra={"stream_id": stream_id, "user_id": identity.user_id})
@@ -375,8 +457,15 @@ class Hub:
         """The newest ``limit`` messages older than ``before``, oldest first."""
         return (await self._messages(stream_id, before, None, limit))[::-1]
 
-    async def _messages(self, stream_id: str, before: str | None, after: str | None, limit: int,
-                        held: list[str] | None = None, floor: str | None = None) -> list[Any]:
+    async def _messages(
+        self,
+        stream_id: str,
+        before: str | None,
+        after: str | None,
+        limit: int,
+        held: list[str] | None = None,
+        floor: str | None = None,
+    ) -> list[Any]:
         """The newest ``limit`` kept messages with ids between ``after`` and ``before``, newest
         first, exactly: those of the recent set (``held``: already read, with its ``floor``),
         whole when it has ``limit`` of them or was never trimmed; else merged with the
@@ -408,8 +497,10 @@ class Hub:
             if row["message_id"] not in hidden:
                 found.setdefault(row["message_id"], row)
         newest = sorted(found, reverse=True)[:limit]
-        return [item if isinstance(item := found[m], orjson.Fragment) else records.message_from_row(item)
-                for m in newest]
+        return [
+            item if isinstance(item := found[m], orjson.Fragment) else records.message_from_row(item)
+            for m in newest
+        ]
 
     # -- connections --------------------------------------------------------------
     async def admit_transport(self, address: str, eio_sid: str) -> None:
@@ -440,7 +531,7 @@ _ID_AT = len('{"message_id":"')
 def _message_id(item: str) -> str:
     """A buffered message's id, read off its JSON text (the hub writes ``message_id`` first)."""
     if item.startswith('{"message_id":"'):
-        return item[_ID_AT:_ID_AT + 36]
+        return item[_ID_AT : _ID_AT + 36]
     return str(loads(item)["message_id"])
 
 

@@ -82,8 +82,10 @@ class SentinelSettings:
         sentinels = _addresses(parsed, SENTINEL_FORM, "sentinel")
         parts = parsed.path.split("/")
         if len(parts) != 3 or not parts[1].isdigit() or not parts[2]:
-            raise SettingsError(f"REDIS_URL: expected {SENTINEL_FORM} (the database number and the "
-                                f"service name the sentinels monitor), got the path {parsed.path!r}")
+            raise SettingsError(
+                f"REDIS_URL: expected {SENTINEL_FORM} (the database number and the "
+                f"service name the sentinels monitor), got the path {parsed.path!r}"
+            )
         return cls(sentinels, unquote(parts[2]), int(parts[1]), *_credentials(parsed))
 
 
@@ -100,8 +102,10 @@ def _addresses(parsed: ParseResult, form: str, what: str) -> tuple[tuple[str, in
 
 
 def _credentials(parsed: ParseResult) -> tuple[str | None, str | None]:
-    return (unquote(parsed.username) if parsed.username else None,
-            unquote(parsed.password) if parsed.password else None)
+    return (
+        unquote(parsed.username) if parsed.username else None,
+        unquote(parsed.password) if parsed.password else None,
+    )
 
 
 CLUSTER_SCHEME = "redis+cluster"
@@ -129,8 +133,9 @@ class ClusterSettings:
             raise SettingsError(f"REDIS_URL: expected {CLUSTER_FORM}")
         nodes = _addresses(parsed, CLUSTER_FORM, "cluster node")
         if parsed.path not in ("", "/", "/0"):
-            raise SettingsError(f"REDIS_URL: a cluster has database 0 only ({CLUSTER_FORM}), "
-                                f"got the path {parsed.path!r}")
+            raise SettingsError(
+                f"REDIS_URL: a cluster has database 0 only ({CLUSTER_FORM}), got the path {parsed.path!r}"
+            )
         return cls(nodes, *_credentials(parsed))
 
 
@@ -229,8 +234,10 @@ class Settings:
         elif is_cluster_url(redis_url):
             ClusterSettings.from_url(redis_url)
         elif urlparse(redis_url).scheme not in ("redis", "rediss", "unix"):
-            raise SettingsError(f"REDIS_URL: expected redis://host:port/db, {SENTINEL_FORM} or "
-                                f"{CLUSTER_FORM}, got {redis_url!r}")
+            raise SettingsError(
+                f"REDIS_URL: expected redis://host:port/db, {SENTINEL_FORM} or "
+                f"{CLUSTER_FORM}, got {redis_url!r}"
+            )
         mysql = MySQLSettings.from_url(env.get("MYSQL_URL", default.mysql.url))
         settings = cls(
             redis_url=redis_url,
@@ -250,8 +257,9 @@ class Settings:
             currency=env.get("HUB_CURRENCY", default.currency).strip().upper(),
             chat_rate=_int(env, "HUB_CHAT_RATE", default.chat_rate, 1, 100_000),
             chat_period=_int(env, "HUB_CHAT_PERIOD", default.chat_period, 1, 86_400),
-            chat_rate_privileged=_int(env, "HUB_CHAT_RATE_PRIVILEGED", default.chat_rate_privileged,
-                                      1, 100_000),
+            chat_rate_privileged=_int(
+                env, "HUB_CHAT_RATE_PRIVILEGED", default.chat_rate_privileged, 1, 100_000
+            ),
             tip_rate=_int(env, "HUB_TIP_RATE", default.tip_rate, 1, 100_000),
             tip_period=_int(env, "HUB_TIP_PERIOD", default.tip_period, 1, 86_400),
             conn_rate=_int(env, "HUB_CONN_RATE", default.conn_rate, 1, 1_000_000),
@@ -279,16 +287,19 @@ class Settings:
             ),
             log_level=env.get("HUB_LOG_LEVEL", default.log_level).upper(),
             send_queue_limit=_int(env, "HUB_SEND_QUEUE_LIMIT", default.send_queue_limit, 10, 1_000_000),
-            viewer_events_coalesce_above=_int(env, "HUB_VIEWER_EVENTS_COALESCE_ABOVE",
-                                              default.viewer_events_coalesce_above, 1, 100_000_000),
-            viewer_events_interval=_float(env, "HUB_VIEWER_EVENTS_INTERVAL", default.viewer_events_interval,
-                                          0.05, 10.0),
+            viewer_events_coalesce_above=_int(
+                env, "HUB_VIEWER_EVENTS_COALESCE_ABOVE", default.viewer_events_coalesce_above, 1, 100_000_000
+            ),
+            viewer_events_interval=_float(
+                env, "HUB_VIEWER_EVENTS_INTERVAL", default.viewer_events_interval, 0.05, 10.0
+            ),
             fanout_pace_above=_int(env, "HUB_FANOUT_PACE_ABOVE", default.fanout_pace_above, 0, 100_000_000),
             fanout_interval=_float(env, "HUB_FANOUT_INTERVAL", default.fanout_interval, 0.0, 1.0),
             gc_thresholds=_gc_thresholds(env, default.gc_thresholds),
             log_format=env.get("HUB_LOG_FORMAT", default.log_format).strip().lower(),
-            flusher_metrics_port=_int(env, "HUB_FLUSHER_METRICS_PORT", default.flusher_metrics_port,
-                                      0, 65535),
+            flusher_metrics_port=_int(
+                env, "HUB_FLUSHER_METRICS_PORT", default.flusher_metrics_port, 0, 65535
+            ),
             flusher_metrics_host=env.get("HUB_FLUSHER_METRICS_HOST", default.flusher_metrics_host),
             admin_username=env.get("HUB_ADMIN_USERNAME") or None,
             admin_password=env.get("HUB_ADMIN_PASSWORD") or None,
@@ -328,8 +339,9 @@ class Settings:
         if self.admin_password is not None and len(self.admin_password) < 12:
             raise SettingsError("HUB_ADMIN_PASSWORD: must be at least 12 characters")
         if self.console_dev_tokens and not self.jwt_secret:
-            raise SettingsError("HUB_CONSOLE_DEV_TOKENS: development tokens are signed with "
-                                "HUB_JWT_SECRET; set it")
+            raise SettingsError(
+                "HUB_CONSOLE_DEV_TOKENS: development tokens are signed with HUB_JWT_SECRET; set it"
+            )
         if "{" in self.redis_prefix or "}" in self.redis_prefix:
             raise SettingsError("HUB_REDIS_PREFIX: no braces; the hub puts each shard's hash tag after it")
         if self.admin_mode not in ("production", "development"):
@@ -364,8 +376,9 @@ def _read_keys(folder: str | None) -> tuple[tuple[str, str], ...]:
 N = TypeVar("N", int, float, Decimal)
 
 
-def _number(env: Mapping[str, str], name: str, default: N, low: N, high: N,
-            parse: Callable[[str], N], kind: str) -> N:
+def _number(
+    env: Mapping[str, str], name: str, default: N, low: N, high: N, parse: Callable[[str], N], kind: str
+) -> N:
     """A number from the environment within [low, high]; the default when unset."""
     raw = env.get(name)
     if raw is None or raw.strip() == "":
@@ -383,8 +396,9 @@ def _number(env: Mapping[str, str], name: str, default: N, low: N, high: N,
     return value
 
 
-def _gc_thresholds(env: Mapping[str, str],
-                   default: tuple[int, int, int] | None) -> tuple[int, int, int] | None:
+def _gc_thresholds(
+    env: Mapping[str, str], default: tuple[int, int, int] | None
+) -> tuple[int, int, int] | None:
     raw = env.get("HUB_GC_THRESHOLDS")
     if raw is None:
         return default
@@ -395,13 +409,14 @@ def _gc_thresholds(env: Mapping[str, str],
     except ValueError:
         values = ()
     if len(values) != 3 or not 1 <= values[0] <= 10_000_000 or not all(1 <= v <= 10_000 for v in values[1:]):
-        raise SettingsError(f"HUB_GC_THRESHOLDS: expected three whole numbers like 50000,20,100 "
-                            f"(or 'python' for Python's own), got {raw!r}")
+        raise SettingsError(
+            f"HUB_GC_THRESHOLDS: expected three whole numbers like 50000,20,100 "
+            f"(or 'python' for Python's own), got {raw!r}"
+        )
     return values  # type: ignore[return-value]
 
 
-def _networks(env: Mapping[str, str],
-              name: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+def _networks(env: Mapping[str, str], name: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     """Comma-separated addresses or CIDR blocks; a bare address is a block of one. A block
     holding every address is refused: it would let any client name its own address."""
     networks = []
@@ -411,8 +426,9 @@ def _networks(env: Mapping[str, str],
         try:
             network = ipaddress.ip_network(part.strip())
         except ValueError as exc:
-            raise SettingsError(f"{name}: expected IP addresses or CIDR blocks like 10.0.0.0/8, "
-                                f"got {part.strip()!r} ({exc})") from exc
+            raise SettingsError(
+                f"{name}: expected IP addresses or CIDR blocks like 10.0.0.0/8, got {part.strip()!r} ({exc})"
+            ) from exc
         if network.prefixlen == 0:
             raise SettingsError(f"{name}: {part.strip()!r} trusts every address; list the proxies")
         networks.append(network)

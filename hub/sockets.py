@@ -53,9 +53,15 @@ class HubRedisManager(socketio.AsyncRedisManager):
 
     RETRY_MAX = 5.0
 
-    def __init__(self, *args: Any, keys: Keys, on_close_room: Callable[[str], Awaitable[None]],
-                 on_banned: Callable[[str, str, str | None], Awaitable[None]],
-                 cluster: ClusterSettings | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        keys: Keys,
+        on_close_room: Callable[[str], Awaitable[None]],
+        on_banned: Callable[[str, str, str | None], Awaitable[None]],
+        cluster: ClusterSettings | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         self.keys = keys
         self.cluster = cluster
@@ -72,8 +78,9 @@ class HubRedisManager(socketio.AsyncRedisManager):
     # Every way into or out of a room (a join, a leave, a ban, a closed room, a disconnect)
     # comes through these two: a paced room's held events go out before its members change,
     # and each socket's stream rooms are indexed as they change.
-    def basic_enter_room(self, sid: str, namespace: str, room: str | None,
-                         eio_sid: str | None = None) -> None:
+    def basic_enter_room(
+        self, sid: str, namespace: str, room: str | None, eio_sid: str | None = None
+    ) -> None:
         self.server.pacer.release(room)
         super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
         if namespace == NAMESPACE and room is not None and room != sid:
@@ -132,7 +139,7 @@ class HubRedisManager(socketio.AsyncRedisManager):
     async def _room_messages(self, channel: bytes, items: list[bytes]) -> None:
         """One room's messages of one read, in order: runs of events for every socket are
         written together; an event that skips a socket, and an order, go on their own."""
-        room = channel[channel.rindex(b":") + 1:].decode()  # ``…room:{stream id}``
+        room = channel[channel.rindex(b":") + 1 :].decode()  # ``…room:{stream id}``
         texts: list[bytes] = []
         for data in items:
             self.room_messages += 1
@@ -198,8 +205,9 @@ class HubRedisManager(socketio.AsyncRedisManager):
                 await self._close_connections()
                 self._redis_connect()
                 self.pubsub.ignore_subscribe_messages = False  # confirmations end watch()
-                await self.pubsub.subscribe(self.channel,
-                                            *(self.keys.of(room).room(room) for room in self.watched))
+                await self.pubsub.subscribe(
+                    self.channel, *(self.keys.of(room).room(room) for room in self.watched)
+                )
                 self.connected = True
                 retry = 0.25
                 while not self.closing:
@@ -290,12 +298,16 @@ def client_address(environ: dict[str, Any], trusted: Networks) -> str:
     if not trusted or not _within(peer, trusted):
         if not _untrusted_forwarders and "X-Forwarded-For" in request.headers:
             _untrusted_forwarders.add(str(peer))
-            log.warning("connections from %s carry X-Forwarded-For, but HUB_TRUSTED_PROXIES does not list "
-                        "it: the header is ignored, and every client behind it shares its per-address "
-                        "limits (said once)", peer)
+            log.warning(
+                "connections from %s carry X-Forwarded-For, but HUB_TRUSTED_PROXIES does not list "
+                "it: the header is ignored, and every client behind it shares its per-address "
+                "limits (said once)",
+                peer,
+            )
         return str(peer)
-    hops = [hop.strip() for value in request.headers.getall("X-Forwarded-For", ())
-            for hop in value.split(",")]
+    hops = [
+        hop.strip() for value in request.headers.getall("X-Forwarded-For", ()) for hop in value.split(",")
+    ]
     for hop in reversed(hops):
         address = _ip(hop)
         if address is None:
@@ -347,6 +359,7 @@ class HubPacket(socketio.packet.Packet):
 
 # -- Engine.IO text the hub refuses before python-engineio reads it -------------------------
 
+
 def engineio_readable(text: str) -> bool:
     """Whether python-engineio can take this client text packet without harm: a packet type
     digit, then a Socket.IO packet (a digit first) or a payload with no JSON array or object in
@@ -380,8 +393,9 @@ class HubWebSocket(DirectWebSocket):
             if eio_socket is not None and eio_socket.upgraded:
                 # Closed here, not by the end of python-engineio's read loop: aiohttp cancels
                 # the handler once this side has closed the connection, before the loop ends.
-                await eio_socket.close(wait=False, abort=True,
-                                       reason=eio_socket.server.reason.TRANSPORT_ERROR)
+                await eio_socket.close(
+                    wait=False, abort=True, reason=eio_socket.server.reason.TRANSPORT_ERROR
+                )
             raise Junk
         return data
 
@@ -408,8 +422,9 @@ class WholeBody:
         except (asyncio.IncompleteReadError, UnicodeDecodeError) as exc:
             await self._refuse("a body cut short or not UTF-8")
             raise JunkBody from exc
-        if len(packets) > engineio.payload.Payload.max_decode_packets or \
-                not all(engineio_readable(packet) for packet in packets):
+        if len(packets) > engineio.payload.Payload.max_decode_packets or not all(
+            engineio_readable(packet) for packet in packets
+        ):
             await self._refuse("a body that is no Engine.IO payload")
             raise JunkBody
         return body
@@ -447,16 +462,25 @@ class HubServer(socketio.AsyncServer):
     # event up to 1 MiB is answered payload_too_large by the hub rather than cut off.
     TRANSPORT_LIMIT = 1 << 20
 
-    def __init__(self, *args: Any, send_queue_limit: int, send_buffer_limit: int, event_limit: int,
-                 fanout_interval: float = 0.0, fanout_pace_above: int = 0, namespace_timeout: float = 5.0,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        send_queue_limit: int,
+        send_buffer_limit: int,
+        event_limit: int,
+        fanout_interval: float = 0.0,
+        fanout_pace_above: int = 0,
+        namespace_timeout: float = 5.0,
+        **kwargs: Any,
+    ) -> None:
         # The transport limit is the hub's (PROTOCOL §7), whatever a caller passes; an event
         # limit (HUB_MAX_PAYLOAD) raised above it raises it too.
         kwargs["max_http_buffer_size"] = max(self.TRANSPORT_LIMIT, event_limit)
         super().__init__(*args, **kwargs)
         self.event_limit = event_limit
-        self.eio._async = dict(self.eio._async, websocket=HubWebSocket,
-                               translate_request=self._translate_request)
+        self.eio._async = dict(
+            self.eio._async, websocket=HubWebSocket, translate_request=self._translate_request
+        )
         self.writer = Writer(self.eio, send_buffer_limit, send_queue_limit)
         self.pacer = Pacer(self._write_runs, self._room_size, fanout_interval, fanout_pace_above)
         self._fanout_size = metrics.BROADCAST_SOCKETS.observe
@@ -534,16 +558,23 @@ class HubServer(socketio.AsyncServer):
         if not isinstance(data, str):  # binary, or an Engine.IO message that was JSON
             await self._refuse(eio_sid, "", HubError("invalid", "Events are Socket.IO text packets."))
         elif len(data) * 4 > self.event_limit and len(data.encode(errors="replace")) > self.event_limit:
-            await self._refuse(eio_sid, data, HubError(
-                "payload_too_large", f"Events may be at most {self.event_limit} bytes."))
+            await self._refuse(
+                eio_sid,
+                data,
+                HubError("payload_too_large", f"Events may be at most {self.event_limit} bytes."),
+            )
         elif data[:1] not in ("0", "1", "2", "3"):  # 4 is the server's; 5 and 6 are binary
             await self._refuse(eio_sid, data, HubError("invalid", "No such packet type here."))
         else:
             try:
                 await super()._handle_eio_message(eio_sid, data)
             except Unreadable as exc:
-                await self._refuse(eio_sid, data, HubError("invalid", "The packet is not valid JSON "
-                                                           "the hub reads."), str(exc))
+                await self._refuse(
+                    eio_sid,
+                    data,
+                    HubError("invalid", "The packet is not valid JSON the hub reads."),
+                    str(exc),
+                )
 
     async def _refuse(self, eio_sid: str, data: str, exc: HubError, why: str = "") -> None:
         """Answer a packet refused unread, from what its head shows: a CONNECT with
@@ -556,16 +587,28 @@ class HubServer(socketio.AsyncServer):
         if head.group(1) == "0":
             self.refusals.note(eio_sid, f"refused a connect ({exc.code}{': ' + why[:80] if why else ''})")
             metrics.error(exc.code, "connect")
-            await self._send_packet(eio_sid, self.packet_class(
-                socketio.packet.CONNECT_ERROR, namespace=namespace,
-                data={"message": exc.code, "data": exc.body()}))
+            await self._send_packet(
+                eio_sid,
+                self.packet_class(
+                    socketio.packet.CONNECT_ERROR,
+                    namespace=namespace,
+                    data={"message": exc.code, "data": exc.body()},
+                ),
+            )
             return
         is_event = head.group(1) == "2"
         ack_id = int(head.group(3)) if is_event and head.group(3) is not None else None
         await self._refuse_event(eio_sid, namespace, ack_id, head.group(4) if is_event else None, exc, why)
 
-    async def _refuse_event(self, eio_sid: str, namespace: str, ack_id: int | None, event: str | None,
-                            exc: HubError, why: str = "") -> None:
+    async def _refuse_event(
+        self,
+        eio_sid: str,
+        namespace: str,
+        ack_id: int | None,
+        event: str | None,
+        exc: HubError,
+        why: str = "",
+    ) -> None:
         """An ``error`` event ``{code, message, event}`` to a socket connected on ``namespace``
         and, with an ack id, the refusal as the ack; the refusal logged, summarised."""
         self.refusals.note(eio_sid, f"refused a packet ({exc.code}{': ' + why[:80] if why else ''})")
@@ -576,9 +619,15 @@ class HubServer(socketio.AsyncServer):
         body = exc.body()
         await self.emit("error", dict(body, event=event), to=sid, namespace=namespace, ignore_queue=True)
         if ack_id is not None:
-            await self._send_packet(eio_sid, self.packet_class(
-                socketio.packet.ACK, namespace=namespace, id=ack_id,
-                data=[{"success": False, "error": body}]))
+            await self._send_packet(
+                eio_sid,
+                self.packet_class(
+                    socketio.packet.ACK,
+                    namespace=namespace,
+                    id=ack_id,
+                    data=[{"success": False, "error": body}],
+                ),
+            )
 
     # Names python-socketio dispatches to the lifecycle handlers; a client may not send them.
     RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "__disconnect_final"})
@@ -589,8 +638,11 @@ class HubServer(socketio.AsyncServer):
         run the disconnect handler), is refused ``invalid``."""
         namespace = namespace or "/"
         name = data[0] if isinstance(data, list) and data else None
-        if not isinstance(name, str) or name in self.RESERVED_EVENTS or (
-                namespace == NAMESPACE and name not in self.handlers[NAMESPACE]):
+        if (
+            not isinstance(name, str)
+            or name in self.RESERVED_EVENTS
+            or (namespace == NAMESPACE and name not in self.handlers[NAMESPACE])
+        ):
             shown = name if isinstance(name, str) and len(name) <= 64 else None
             await self._refuse_event(eio_sid, namespace, id, shown, HubError("invalid", "No such event."))
             return
@@ -624,8 +676,14 @@ class StreamingNamespace:
     POSTs in flight at once would otherwise run side by side. The disconnect waits for the event
     in progress, and an event that was waiting behind it finds the socket gone."""
 
-    def __init__(self, sio: socketio.AsyncServer, settings: Settings, verifier: Verifier,
-                 hub: Callable[[], Hub], presence: Callable[[], Presence]) -> None:
+    def __init__(
+        self,
+        sio: socketio.AsyncServer,
+        settings: Settings,
+        verifier: Verifier,
+        hub: Callable[[], Hub],
+        presence: Callable[[], Presence],
+    ) -> None:
         self.sio = sio
         self.settings = settings
         self.verifier = verifier
@@ -759,8 +817,7 @@ class StreamingNamespace:
     async def _refuse(self, sid: str, event: str, exc: HubError) -> dict[str, Any]:
         metrics.error(exc.code, "socket")
         body = exc.body()
-        await self.sio.emit("error", dict(body, event=event), to=sid, namespace=NAMESPACE,
-                            ignore_queue=True)
+        await self.sio.emit("error", dict(body, event=event), to=sid, namespace=NAMESPACE, ignore_queue=True)
         return {"success": False, "error": body}
 
     # -- actions ------------------------------------------------------------------
@@ -781,8 +838,7 @@ class StreamingNamespace:
         await self._leave_rooms(conn.sid, but=payload.stream_id)  # one stream room at most
         metrics.JOINS.inc()
         encoded = orjson.Fragment(orjson.dumps(joined))  # once, for the event and the ack
-        await self.sio.emit("joined_stream", encoded, to=conn.sid, namespace=NAMESPACE,
-                            ignore_queue=True)
+        await self.sio.emit("joined_stream", encoded, to=conn.sid, namespace=NAMESPACE, ignore_queue=True)
         return encoded  # type: ignore[return-value]
 
     async def leave(self, conn: Conn, _: Any) -> dict[str, Any]:
@@ -823,8 +879,13 @@ class StreamingNamespace:
             if conn.stream_id == stream_id:
                 presence.unwatch(conn)
             await self.sio.leave_room(sid, stream_id, namespace=NAMESPACE)
-            await self.sio.emit("banned", {"stream_id": stream_id, "reason": reason}, to=sid,
-                                namespace=NAMESPACE, ignore_queue=True)
+            await self.sio.emit(
+                "banned",
+                {"stream_id": stream_id, "reason": reason},
+                to=sid,
+                namespace=NAMESPACE,
+                ignore_queue=True,
+            )
 
     async def drain(self, seconds: float) -> None:
         """Refuse new connections, remove this worker's presence at once, then close every

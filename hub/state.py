@@ -19,8 +19,23 @@ from hub.errors import HubError
 from hub.keys import NAMESPACE, OUTBOX_GROUP, STREAMER_STREAMS_KEPT, Keys
 from hub.settings import Settings
 
-SCRIPTS = ("admit", "touch", "join", "leave", "refresh", "reap", "chat_batch", "chat_rate", "limit",
-           "tip", "create", "start", "cancel", "end", "moderate")
+SCRIPTS = (
+    "admit",
+    "touch",
+    "join",
+    "leave",
+    "refresh",
+    "reap",
+    "chat_batch",
+    "chat_rate",
+    "limit",
+    "tip",
+    "create",
+    "start",
+    "cancel",
+    "end",
+    "moderate",
+)
 CHAT_BATCH_MAX = 256
 MODLOG_SIZE = 200
 
@@ -31,10 +46,11 @@ def load_script(client: aioredis.Redis, settings: Settings, name: str) -> AsyncS
     # On a cluster, room events go out on sharded pub/sub: to the subscribers of the node that
     # holds the stream's slot, not to every node.
     publish = "SPUBLISH" if settings.redis_cluster is not None else "PUBLISH"
-    common = (f"local COALESCE_ABOVE = {settings.viewer_events_coalesce_above}\n"
-              f"local COALESCE_MS = {int(settings.viewer_events_interval * 1000)}\n"
-              f"local PUBLISH = '{publish}'\n"
-              + (folder / "common.lua").read_text())
+    common = (
+        f"local COALESCE_ABOVE = {settings.viewer_events_coalesce_above}\n"
+        f"local COALESCE_MS = {int(settings.viewer_events_interval * 1000)}\n"
+        f"local PUBLISH = '{publish}'\n" + (folder / "common.lua").read_text()
+    )
     return client.register_script(common + "\n" + (folder / f"{name}.lua").read_text())
 
 
@@ -48,8 +64,7 @@ def _result(reply: list[Any]) -> list[Any]:
     if status == "err":
         retry_ms = int(reply[2]) if len(reply) > 2 and reply[2] is not None else None
         message = str(reply[3]) if len(reply) > 3 else None
-        raise HubError(str(reply[1]), message,
-                       retry_after=None if retry_ms is None else retry_ms / 1000)
+        raise HubError(str(reply[1]), message, retry_after=None if retry_ms is None else retry_ms / 1000)
     return reply
 
 
@@ -154,8 +169,9 @@ def outbox_figures(replies: list[Any], now_ms: int) -> dict[str, Any]:
     return {"entries": entries, "pending": pending, "oldest_age_seconds": round(age, 3)}
 
 
-async def heartbeat(client: aioredis.Redis, keys: Keys, worker_id: str, fields: dict[str, Any],
-                    ttl_ms: int) -> None:
+async def heartbeat(
+    client: aioredis.Redis, keys: Keys, worker_id: str, fields: dict[str, Any], ttl_ms: int
+) -> None:
     """One web worker's heartbeat (``python -m hub inspect`` reads them): its hash, expiring
     after ``ttl_ms`` unless beaten again, and its place in the workers' sorted set (entries of
     workers gone for a day are dropped)."""
@@ -175,8 +191,10 @@ async def persistence_warning(client: aioredis.Redis) -> str | None:
     except RedisError:
         return "cannot read Redis's persistence settings (CONFIG GET refused); make sure appendonly is on"
     if config.get("appendonly") != "yes":
-        return ("Redis runs without append-only persistence: accepted tips and messages not yet "
-                "flushed to MySQL are lost if Redis crashes (set appendonly yes, appendfsync everysec)")
+        return (
+            "Redis runs without append-only persistence: accepted tips and messages not yet "
+            "flushed to MySQL are lost if Redis crashes (set appendonly yes, appendfsync everysec)"
+        )
     return None
 
 
@@ -228,22 +246,43 @@ class State:
         flat = [x for pair in fields.items() for x in pair]
         await self._run(
             "create",
-            [k.stream(sid), k.streamer_live(user), k.streamer_streams(user), k.streamer_scheduled(user),
-             k.create_rate(user)],
-            [k.prefix, sid, fields["status"], fields["created_at"], s.create_rate, s.create_period * 1000,
-             s.scheduled_max, expires, STREAMER_STREAMS_KEPT, s.ended_retention, *flat],
+            [
+                k.stream(sid),
+                k.streamer_live(user),
+                k.streamer_streams(user),
+                k.streamer_scheduled(user),
+                k.create_rate(user),
+            ],
+            [
+                k.prefix,
+                sid,
+                fields["status"],
+                fields["created_at"],
+                s.create_rate,
+                s.create_period * 1000,
+                s.scheduled_max,
+                expires,
+                STREAMER_STREAMS_KEPT,
+                s.ended_retention,
+                *flat,
+            ],
         )
 
     async def start_stream(self, stream_id: str, streamer_id: str) -> None:
         k = self.keys.of(stream_id)
-        await self._run("start", [k.stream(stream_id), k.streamer_live(streamer_id),
-                                  k.streamer_scheduled(streamer_id)],
-                        [k.prefix, stream_id])
+        await self._run(
+            "start",
+            [k.stream(stream_id), k.streamer_live(streamer_id), k.streamer_scheduled(streamer_id)],
+            [k.prefix, stream_id],
+        )
 
     async def cancel_stream(self, stream_id: str, streamer_id: str) -> None:
         k = self.keys.of(stream_id)
-        await self._run("cancel", [k.stream(stream_id), k.streamer_scheduled(streamer_id)],
-                        [k.prefix, stream_id, self.settings.ended_retention])
+        await self._run(
+            "cancel",
+            [k.stream(stream_id), k.streamer_scheduled(streamer_id)],
+            [k.prefix, stream_id, self.settings.ended_retention],
+        )
 
     async def end_stream(self, stream_id: str, streamer_id: str) -> int:
         k = self.keys.of(stream_id)
@@ -281,8 +320,10 @@ class State:
     async def live_ids(self, category: str | None, offset: int, limit: int) -> list[str]:
         """Live stream ids by viewers, most first; with shards, the top ``offset + limit`` of
         each shard's live set, merged."""
+
         def key(k: Keys) -> str:
             return k.live_category(category) if category else k.live
+
         if len(self.keys.all) == 1:
             return list(await self.redis.zrevrange(key(self.keys), offset, offset + limit - 1))
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -290,7 +331,7 @@ class State:
                 pipe.zrevrange(key(shard), 0, offset + limit - 1, withscores=True)
             replies = await pipe.execute()
         merged = sorted((pair for reply in replies for pair in reply), key=lambda p: (-p[1], p[0]))
-        return [sid for sid, _ in merged[offset:offset + limit]]
+        return [sid for sid, _ in merged[offset : offset + limit]]
 
     async def streamer_stream_ids(self, user_id: str, limit: int) -> list[str]:
         """The streamer's newest ``limit`` stream ids held in Redis, and its live stream's."""
@@ -305,8 +346,9 @@ class State:
         if ids:
             await self.redis.zrem(self.keys.of(user_id).streamer_streams(user_id), *ids)
 
-    async def chat_page(self, stream_id: str, before: str | None, after: str | None, limit: int,
-                        recent: bool = True) -> ChatPage:
+    async def chat_page(
+        self, stream_id: str, before: str | None, after: str | None, limit: int, recent: bool = True
+    ) -> ChatPage:
         """What Redis holds of a chat page: the newest ``limit`` messages with ids between
         ``after`` and ``before`` (both excluded) of the recent set (unless ``recent`` is false:
         the caller has them) and of the unflushed set, newest first, with what a reader needs
@@ -343,14 +385,20 @@ class State:
         """A new Engine.IO session (at its handshake, before any namespace): within its client
         address's connection rate and the open sessions the address may hold."""
         s, at = self.settings, self.keys.of(address)
-        await self._run("admit", [at.conn_rate(address), at.address_conns(address)],
-                        [s.conn_rate, s.conn_period * 1000, eio_sid, self._ttl_ms, "1", s.address_max_conns])
+        await self._run(
+            "admit",
+            [at.conn_rate(address), at.address_conns(address)],
+            [s.conn_rate, s.conn_period * 1000, eio_sid, self._ttl_ms, "1", s.address_max_conns],
+        )
 
     async def admit_user(self, user_id: str, sid: str) -> None:
         """A signed-in connection to the namespace: within the open connections of its user."""
         s, k = self.settings, self.keys.of(user_id)
-        await self._run("admit", [k.user_conns(user_id)],
-                        [s.conn_rate, s.conn_period * 1000, sid, self._ttl_ms, "0", s.user_max_conns])
+        await self._run(
+            "admit",
+            [k.user_conns(user_id)],
+            [s.conn_rate, s.conn_period * 1000, sid, self._ttl_ms, "0", s.user_max_conns],
+        )
 
     def address_holder(self, address: str) -> str:
         """The set that counts an address's open Engine.IO sessions."""
@@ -368,13 +416,22 @@ class State:
         one call per shard (one in all with one shard)."""
         shards: dict[str, list[tuple[str, str]]] = {}
         for key, sid in pairs:  # by hash tag: '' for every key with one shard
-            shards.setdefault(key[key.find("{"):key.find("}") + 1], []).append((key, sid))
-        await asyncio.gather(*(
-            self._run("touch", [group[0][0]], [self._ttl_ms, *(x for pair in group for x in pair)])
-            for group in shards.values()))
+            shards.setdefault(key[key.find("{") : key.find("}") + 1], []).append((key, sid))
+        await asyncio.gather(
+            *(
+                self._run("touch", [group[0][0]], [self._ttl_ms, *(x for pair in group for x in pair)])
+                for group in shards.values()
+            )
+        )
 
     async def join(
-        self, stream_id: str, member: str, sid: str, username: str, viewer: str, wanted: int,
+        self,
+        stream_id: str,
+        member: str,
+        sid: str,
+        username: str,
+        viewer: str,
+        wanted: int,
         after: str | None = None,
     ) -> tuple[int, dict[str, str], list[str]]:
         """Start watching; returns the viewer count, the stream hash and the newest ``wanted``
@@ -387,10 +444,26 @@ class State:
         # elsewhere (then unused): a cluster routes a call by its keys, all of one slot.
         reply = await self._run(
             "join",
-            [k.stream(stream_id), k.conns(stream_id), k.recent(stream_id), k.join_rate(viewer),
-             k.sanctions(stream_id)],
-            [*self._base(k), stream_id, member, self._ttl_ms, sid, username, s.join_rate,
-             s.join_period * 1000, wanted, "1" if here else "0", after or ""],
+            [
+                k.stream(stream_id),
+                k.conns(stream_id),
+                k.recent(stream_id),
+                k.join_rate(viewer),
+                k.sanctions(stream_id),
+            ],
+            [
+                *self._base(k),
+                stream_id,
+                member,
+                self._ttl_ms,
+                sid,
+                username,
+                s.join_rate,
+                s.join_period * 1000,
+                wanted,
+                "1" if here else "0",
+                after or "",
+            ],
         )
         flat = reply[2]
         return int(reply[1]), dict(zip(flat[::2], flat[1::2], strict=True)), reply[3]
@@ -412,8 +485,9 @@ class State:
 
     async def reap(self) -> int:
         """Sweep every shard's live streams; returns how many connections were swept."""
-        replies = await asyncio.gather(*(self._run("reap", [k.live], [*self._base(k), 1000])
-                                         for k in self.keys.all))
+        replies = await asyncio.gather(
+            *(self._run("reap", [k.live], [*self._base(k), 1000]) for k in self.keys.all)
+        )
         return sum(int(reply[1]) for reply in replies)
 
     @property
@@ -421,14 +495,23 @@ class State:
         return int(self.settings.presence_ttl * 1000)
 
     # -- chat and tips ------------------------------------------------------------
-    async def chat(self, stream_id: str, user_id: str, is_admin: bool, message_id: str,
-                   message_json: bytes, frame: bytes, kind: str = "chat") -> None:
+    async def chat(
+        self,
+        stream_id: str,
+        user_id: str,
+        is_admin: bool,
+        message_id: str,
+        message_json: bytes,
+        frame: bytes,
+        kind: str = "chat",
+    ) -> None:
         """Accept a chat message (or, with ``kind`` alert, the streamer's trade alert): queued
         for this event-loop tick's one batched script call. Raises the refusal, or Stale when
         the message id is older than the stream's last chat clear."""
         here = "1" if self._here(user_id, stream_id) else "0"
-        reply = await self._chat.submit((stream_id, user_id, "1" if is_admin else "0", kind, message_id,
-                                         message_json, frame, here))
+        reply = await self._chat.submit(
+            (stream_id, user_id, "1" if is_admin else "0", kind, message_id, message_json, frame, here)
+        )
         status = reply[0]
         if status == "stale":
             raise Stale(reply[1])
@@ -456,8 +539,9 @@ class State:
                 replies[i] = refused[i]
             else:
                 shards.setdefault(self.keys.shard_of(item[0]), []).append(i)
-        results = await asyncio.gather(*(
-            self._chat_shard(self.keys.all[shard], [items[i] for i in at]) for shard, at in shards.items()))
+        results = await asyncio.gather(
+            *(self._chat_shard(self.keys.all[shard], [items[i] for i in at]) for shard, at in shards.items())
+        )
         for at, result in zip(shards.values(), results, strict=True):
             for i, reply in zip(at, result, strict=True):
                 replies[i] = reply
@@ -482,12 +566,22 @@ class State:
             privileged = is_mod or items[i][2] == "1"
             limit = s.chat_rate_privileged if privileged else s.chat_rate
             shards.setdefault(self.keys.shard_of(items[i][1]), []).append((i, limit))
-        results = await asyncio.gather(*(
-            self._call("chat_rate", [self.keys.all[shard].chat_rate_windows],
-                       [s.chat_period * 1000, *(x for i, limit in pairs for x in (items[i][1], limit))])
-            for shard, pairs in shards.items()))
-        return {i: reply for pairs, result in zip(shards.values(), results, strict=True)
-                for (i, _), reply in zip(pairs, result, strict=True) if reply[0] != "ok"}
+        results = await asyncio.gather(
+            *(
+                self._call(
+                    "chat_rate",
+                    [self.keys.all[shard].chat_rate_windows],
+                    [s.chat_period * 1000, *(x for i, limit in pairs for x in (items[i][1], limit))],
+                )
+                for shard, pairs in shards.items()
+            )
+        )
+        return {
+            i: reply
+            for pairs, result in zip(shards.values(), results, strict=True)
+            for (i, _), reply in zip(pairs, result, strict=True)
+            if reply[0] != "ok"
+        }
 
     async def _limit(self, key: str, limit: int, period_ms: int) -> None:
         """One rate limit counted on its own (a join's or a tip's, in the user's shard)."""
@@ -495,14 +589,35 @@ class State:
 
     async def _chat_shard(self, k: Keys, items: list[tuple[Any, ...]]) -> list[list[Any]]:
         s = self.settings
-        return list(await self._call(
-            "chat_batch", [k.outbox],
-            [k.prefix, k.room_prefix, s.chat_rate, s.chat_rate_privileged, s.chat_period * 1000,
-             s.recent_size, len(items), k.chat_rate_windows, *(x for item in items for x in item)]))
+        return list(
+            await self._call(
+                "chat_batch",
+                [k.outbox],
+                [
+                    k.prefix,
+                    k.room_prefix,
+                    s.chat_rate,
+                    s.chat_rate_privileged,
+                    s.chat_period * 1000,
+                    s.recent_size,
+                    len(items),
+                    k.chat_rate_windows,
+                    *(x for item in items for x in item),
+                ],
+            )
+        )
 
     async def tip(
-        self, stream_id: str, user_id: str, client_tip_id: str | None, amount_cents: int,
-        fee_cents: int, message_id: str, ack_json: bytes, tip_json: bytes, message_json: bytes,
+        self,
+        stream_id: str,
+        user_id: str,
+        client_tip_id: str | None,
+        amount_cents: int,
+        fee_cents: int,
+        message_id: str,
+        ack_json: bytes,
+        tip_json: bytes,
+        message_json: bytes,
         room_message: bytes,
     ) -> bytes | None:
         """Apply a tip; returns the first ack when this ``client_tip_id`` was seen before.
@@ -520,11 +635,32 @@ class State:
                 raise
         reply = await self._run(
             "tip",
-            [k.stream(stream_id), k.tip_rate(user_id), idem, k.recent(stream_id), k.outbox,
-             k.room(stream_id), k.sanctions(stream_id), k.unflushed(stream_id)],
-            [s.tip_rate, s.tip_period * 1000, s.recent_size, amount_cents, fee_cents,
-             s.tip_idempotency_ttl, ack_json, tip_json, message_json, room_message,
-             "1" if client_tip_id else "0", user_id, message_id, "1" if here else "0"],
+            [
+                k.stream(stream_id),
+                k.tip_rate(user_id),
+                idem,
+                k.recent(stream_id),
+                k.outbox,
+                k.room(stream_id),
+                k.sanctions(stream_id),
+                k.unflushed(stream_id),
+            ],
+            [
+                s.tip_rate,
+                s.tip_period * 1000,
+                s.recent_size,
+                amount_cents,
+                fee_cents,
+                s.tip_idempotency_ttl,
+                ack_json,
+                tip_json,
+                message_json,
+                room_message,
+                "1" if client_tip_id else "0",
+                user_id,
+                message_id,
+                "1" if here else "0",
+            ],
         )
         if reply[0] == "stale":
             raise Stale(reply[1])
@@ -532,26 +668,62 @@ class State:
 
     # -- moderation ---------------------------------------------------------------
     async def moderate(
-        self, stream_id: str, action: str, actor: str, is_admin: bool, *, target: str = "",
-        message_id: str = "", value: str = "", record_json: bytes, pub_json: bytes,
-        pub_tail: bytes = b"", ban_order: bytes = b"", found: bool = False,
+        self,
+        stream_id: str,
+        action: str,
+        actor: str,
+        is_admin: bool,
+        *,
+        target: str = "",
+        message_id: str = "",
+        value: str = "",
+        record_json: bytes,
+        pub_json: bytes,
+        pub_tail: bytes = b"",
+        ban_order: bytes = b"",
+        found: bool = False,
     ) -> str | None:
         """Apply one moderation action. Returns the moderators (JSON list) after a change of
         moderators; raises MessageMissing when a message to delete is not in the recent buffer."""
         k, s = self.keys.of(stream_id), self.settings
         here = self._here(actor, stream_id)
         if not here and not found:  # counted once, not again when called back with found
-            await self._limit(self.keys.of(actor).moderation_rate(actor), s.moderation_rate,
-                              s.moderation_period * 1000)
+            await self._limit(
+                self.keys.of(actor).moderation_rate(actor), s.moderation_rate, s.moderation_period * 1000
+            )
         reply = await self._run(
             "moderate",
-            [k.stream(stream_id), k.moderators(stream_id), k.sanctions(stream_id),
-             k.recent(stream_id), k.deleted(stream_id), k.conns(stream_id), k.outbox, k.room(stream_id),
-             k.modlog(stream_id), k.moderation_rate(actor)],
-            [*self._base(k), stream_id, action, actor, "1" if is_admin else "0", target, message_id,
-             value, record_json, pub_json, pub_tail, ban_order, MODLOG_SIZE,
-             "1" if found else "0", s.moderation_rate, s.moderation_period * 1000,
-             "1" if here and not found else "0"],
+            [
+                k.stream(stream_id),
+                k.moderators(stream_id),
+                k.sanctions(stream_id),
+                k.recent(stream_id),
+                k.deleted(stream_id),
+                k.conns(stream_id),
+                k.outbox,
+                k.room(stream_id),
+                k.modlog(stream_id),
+                k.moderation_rate(actor),
+            ],
+            [
+                *self._base(k),
+                stream_id,
+                action,
+                actor,
+                "1" if is_admin else "0",
+                target,
+                message_id,
+                value,
+                record_json,
+                pub_json,
+                pub_tail,
+                ban_order,
+                MODLOG_SIZE,
+                "1" if found else "0",
+                s.moderation_rate,
+                s.moderation_period * 1000,
+                "1" if here and not found else "0",
+            ],
         )
         if reply[0] == "missing":
             raise MessageMissing

@@ -83,8 +83,9 @@ def settings(env: dict[str, str]) -> Iterator[Settings]:
     s = Settings.from_env(env)
     migrate(s.mysql)
     yield s
-    conn = pymysql.connect(host=s.mysql.host, port=s.mysql.port, user=s.mysql.user,
-                           password=s.mysql.password, autocommit=True)
+    conn = pymysql.connect(
+        host=s.mysql.host, port=s.mysql.port, user=s.mysql.user, password=s.mysql.password, autocommit=True
+    )
     with conn.cursor() as cur:
         cur.execute(f"DROP DATABASE IF EXISTS `{s.mysql.database}`")
     conn.close()
@@ -103,6 +104,7 @@ def token(settings: Settings) -> Callable[..., str]:
 
 
 # -- the web worker in this process ---------------------------------------------------
+
 
 @pytest.fixture
 async def server(aiohttp_server: Any, settings: Settings) -> Any:
@@ -129,8 +131,9 @@ class Api:
         self.session = session
         self.base = base
 
-    async def request(self, method: str, path: str, token: str | None = None,
-                      **kwargs: Any) -> tuple[int, Any]:
+    async def request(
+        self, method: str, path: str, token: str | None = None, **kwargs: Any
+    ) -> tuple[int, Any]:
         headers = kwargs.pop("headers", {})
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -157,6 +160,7 @@ def api(http: aiohttp.ClientSession, base_url: str) -> Api:
 
 # -- Socket.IO clients ----------------------------------------------------------------
 
+
 class Client:
     """A real python-socketio AsyncClient on ``/streaming`` that records every event."""
 
@@ -169,16 +173,22 @@ class Client:
         self.events: dict[str, list[Any]] = defaultdict(list)
         self._changed = asyncio.Event()
         self.sio.on("*", self._record, namespace=NAMESPACE)
-        self.sio.on("connect_error", lambda data=None: self.events["connect_error"].append(data),
-                    namespace=NAMESPACE)
+        self.sio.on(
+            "connect_error", lambda data=None: self.events["connect_error"].append(data), namespace=NAMESPACE
+        )
 
     async def _record(self, event: str, data: Any = None) -> None:
         self.events[event].append(data)
         self._changed.set()
 
     async def connect(self, url: str, token: str | None = None, transport: str = "websocket") -> None:
-        await self.sio.connect(url, namespaces=[NAMESPACE], auth={"token": token} if token else None,
-                               transports=[transport], wait_timeout=DEADLINE)
+        await self.sio.connect(
+            url,
+            namespaces=[NAMESPACE],
+            auth={"token": token} if token else None,
+            transports=[transport],
+            wait_timeout=DEADLINE,
+        )
 
     async def call(self, event: str, data: Any = None) -> Any:
         return await self.sio.call(event, data, namespace=NAMESPACE, timeout=DEADLINE)
@@ -186,8 +196,9 @@ class Client:
     async def emit(self, event: str, *args: Any) -> None:
         await self.sio.emit(event, args if len(args) != 1 else args[0], namespace=NAMESPACE)
 
-    async def wait_for(self, event: str, match: Callable[[Any], bool] = lambda _: True,
-                       timeout: float = DEADLINE) -> Any:
+    async def wait_for(
+        self, event: str, match: Callable[[Any], bool] = lambda _: True, timeout: float = DEADLINE
+    ) -> Any:
         """The first recorded ``event`` whose payload matches, waiting up to ``timeout``."""
         deadline = time.monotonic() + timeout
         while True:
@@ -324,8 +335,10 @@ class RawSocket:
                     return packet
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.closed:
-                raise AssertionError(f"no matching packet within {timeout}s (closed: {self.closed}); "
-                                     f"got {[p[:120] for p in self.received]}")
+                raise AssertionError(
+                    f"no matching packet within {timeout}s (closed: {self.closed}); "
+                    f"got {[p[:120] for p in self.received]}"
+                )
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
@@ -333,19 +346,21 @@ class RawSocket:
     async def ack(self, ack_id: int, timeout: float = DEADLINE) -> Any:
         prefix = f"3/streaming,{ack_id}["
         packet = await self.next(lambda p: p.startswith(prefix), timeout)
-        return json.loads(packet[len(prefix) - 1:])[0]
+        return json.loads(packet[len(prefix) - 1 :])[0]
 
     def events(self, name: str) -> list[Any]:
         """The payloads of every ``name`` event received so far."""
         prefix = f'2/streaming,["{name}",'
-        return [json.loads(p[len(EVENT):])[1] for p in self.received if p.startswith(prefix)]
+        return [json.loads(p[len(EVENT) :])[1] for p in self.received if p.startswith(prefix)]
 
-    async def event(self, name: str, match: Callable[[Any], bool] = lambda _: True,
-                    timeout: float = DEADLINE) -> Any:
+    async def event(
+        self, name: str, match: Callable[[Any], bool] = lambda _: True, timeout: float = DEADLINE
+    ) -> Any:
         prefix = f'2/streaming,["{name}",'
-        packet = await self.next(lambda p: p.startswith(prefix) and match(json.loads(p[len(EVENT):])[1]),
-                                 timeout)
-        return json.loads(packet[len(EVENT):])[1]
+        packet = await self.next(
+            lambda p: p.startswith(prefix) and match(json.loads(p[len(EVENT) :])[1]), timeout
+        )
+        return json.loads(packet[len(EVENT) :])[1]
 
     async def wait_closed(self, timeout: float = DEADLINE) -> None:
         async def closed() -> bool:
@@ -372,7 +387,9 @@ async def raw(base_url: str) -> AsyncIterator[Callable[..., Awaitable[RawSocket]
     """Hand-spoken Socket.IO connections to the in-process worker, closed afterwards."""
     made: list[RawSocket] = []
 
-    async def open_raw(token: str | None = None, transport: str = "websocket", connect: bool = True) -> RawSocket:
+    async def open_raw(
+        token: str | None = None, transport: str = "websocket", connect: bool = True
+    ) -> RawSocket:
         socket_ = RawSocket(base_url, transport)
         made.append(socket_)
         return await socket_.open(token, connect)
@@ -382,8 +399,12 @@ async def raw(base_url: str) -> AsyncIterator[Callable[..., Awaitable[RawSocket]
         await socket_.close()
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = DEADLINE,
-                     what: str = "condition", every: float = 0.05) -> None:
+async def eventually(
+    check: Callable[[], Awaitable[bool]],
+    timeout: float = DEADLINE,
+    what: str = "condition",
+    every: float = 0.05,
+) -> None:
     """Poll ``check`` every ``every`` seconds until it holds or the deadline passes."""
     deadline = time.monotonic() + timeout
     while not await check():
@@ -393,6 +414,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = DEAD
 
 
 # -- Redis, MySQL and the flusher -----------------------------------------------------
+
 
 @pytest.fixture
 async def rds(settings: Settings) -> AsyncIterator[aioredis.Redis]:
@@ -414,9 +436,15 @@ async def flusher(settings: Settings, rds: aioredis.Redis) -> AsyncIterator[Flus
 @pytest.fixture
 def sql(settings: Settings) -> Iterator[Callable[..., list[dict[str, Any]]]]:
     m = settings.mysql
-    conn = pymysql.connect(host=m.host, port=m.port, user=m.user, password=m.password,
-                           database=m.database, autocommit=True,
-                           cursorclass=pymysql.cursors.DictCursor)
+    conn = pymysql.connect(
+        host=m.host,
+        port=m.port,
+        user=m.user,
+        password=m.password,
+        database=m.database,
+        autocommit=True,
+        cursorclass=pymysql.cursors.DictCursor,
+    )
 
     def query(statement: str, *args: Any) -> list[dict[str, Any]]:
         with conn.cursor() as cur:
@@ -428,6 +456,7 @@ def sql(settings: Settings) -> Iterator[Callable[..., list[dict[str, Any]]]]:
 
 
 # -- worker processes -----------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -445,7 +474,11 @@ class Worker:
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "hub", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT, env={**os.environ, **env}, stdout=self._log, stderr=subprocess.STDOUT)
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
 
     async def ready(self, session: aiohttp.ClientSession) -> None:
         async def up() -> bool:
@@ -492,14 +525,16 @@ async def connect() -> AsyncIterator[Callable[[str, str], Awaitable[Client]]]:
 
 
 @pytest.fixture
-async def workers(env: dict[str, str], http: aiohttp.ClientSession,
-                  tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[list[Worker]]]]:
+async def workers(
+    env: dict[str, str], http: aiohttp.ClientSession, tmp_path: Path
+) -> AsyncIterator[Callable[..., Awaitable[list[Worker]]]]:
     started: list[Worker] = []
 
     async def start(n: int, **overrides: str) -> list[Worker]:
         worker_env = {**env, **overrides}
-        batch = [Worker(worker_env, free_port(), tmp_path / f"worker-{len(started) + i}.log")
-                 for i in range(n)]
+        batch = [
+            Worker(worker_env, free_port(), tmp_path / f"worker-{len(started) + i}.log") for i in range(n)
+        ]
         started.extend(batch)
         for w in batch:
             await w.ready(http)

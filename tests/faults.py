@@ -46,10 +46,25 @@ class PrivateRedis:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-             *(("--appendonly", "yes", "--appendfsync", "always") if self.persistence
-               else ("--appendonly", "no")), "--save", ""],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.dir),
+                *(
+                    ("--appendonly", "yes", "--appendfsync", "always")
+                    if self.persistence
+                    else ("--appendonly", "no")
+                ),
+                "--save",
+                "",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         _wait(lambda: redis.Redis(port=self.port).ping(), 10, "private redis")
 
     def kill(self) -> None:
@@ -68,18 +83,43 @@ class PrivateMariaDB:
         self.url = f"mysql://root@127.0.0.1:{self.port}/hub_faults"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = folder / "mariadb.log"
-        subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={self.dir}", "--user=root",
-                        "--auth-root-authentication-method=normal", "--skip-test-db"],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+        subprocess.run(
+            [
+                "mariadb-install-db",
+                "--no-defaults",
+                f"--datadir={self.dir}",
+                "--user=root",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=120,
+        )
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["mariadbd", "--no-defaults", f"--datadir={self.dir}", f"--port={self.port}",
-             f"--socket={self.socket}", "--bind-address=127.0.0.1", "--user=root",
-             "--skip-grant-tables", "--innodb-buffer-pool-size=32M", f"--log-error={self.log}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait(lambda: pymysql.connect(host="127.0.0.1", port=self.port, user="root").close() is None,
-              60, "private mariadb")
+            [
+                "mariadbd",
+                "--no-defaults",
+                f"--datadir={self.dir}",
+                f"--port={self.port}",
+                f"--socket={self.socket}",
+                "--bind-address=127.0.0.1",
+                "--user=root",
+                "--skip-grant-tables",
+                "--innodb-buffer-pool-size=32M",
+                f"--log-error={self.log}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait(
+            lambda: pymysql.connect(host="127.0.0.1", port=self.port, user="root").close() is None,
+            60,
+            "private mariadb",
+        )
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -95,12 +135,17 @@ class FlusherProcess:
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.log_path = log
         self._log = open(log, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "workers.flusher"], cwd=ROOT,
-                                     env={**os.environ, **env}, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "workers.flusher"],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
 
     async def ready(self) -> None:
         """Started: connected to Redis and MySQL and reading the outbox."""
+
         async def started() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"flusher exited: {self.log_path.read_text()}")
@@ -151,14 +196,38 @@ class ClusterNodes:
     def _launch(self, port: int) -> None:
         folder = self.folder / str(port)
         folder.mkdir(parents=True, exist_ok=True)
-        self.procs.append(subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
-             "--cluster-enabled", "yes", "--cluster-config-file", str(folder / "nodes.conf"),
-             "--cluster-port", str(free_port()),  # the bus; port + 10000 may not exist
-             "--cluster-node-timeout", "2000", "--logfile", str(folder / "redis.log"),
-             "--save", "", *(("--appendonly", "yes", "--appendfsync", "always") if self.persistence
-                             else ("--appendonly", "no"))],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        self.procs.append(
+            subprocess.Popen(
+                [
+                    "redis-server",
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    str(folder),
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    str(folder / "nodes.conf"),
+                    "--cluster-port",
+                    str(free_port()),  # the bus; port + 10000 may not exist
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--logfile",
+                    str(folder / "redis.log"),
+                    "--save",
+                    "",
+                    *(
+                        ("--appendonly", "yes", "--appendfsync", "always")
+                        if self.persistence
+                        else ("--appendonly", "no")
+                    ),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         self.by_port[port] = self.procs[-1]
 
     async def restart(self, port: int) -> None:
@@ -177,9 +246,16 @@ class ClusterNodes:
         for port in self.ports:
             await until(lambda port=port: self._answers(port), 15, f"cluster node {port} answering")
         create = await asyncio.create_subprocess_exec(
-            "redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
-            "--cluster-replicas", "0", "--cluster-yes",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            "redis-cli",
+            "--cluster",
+            "create",
+            *(f"127.0.0.1:{p}" for p in self.ports),
+            "--cluster-replicas",
+            "0",
+            "--cluster-yes",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
         out, _ = await asyncio.wait_for(create.communicate(), 60)
         assert create.returncode == 0, out.decode()
         await until(self._ok, 30, "every node seeing the cluster state ok")

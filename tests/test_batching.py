@@ -48,12 +48,19 @@ async def test_messages_from_many_sockets_at_once_are_each_checked(server, clien
     senders = [await clients(base_url, token(unique("s"))) for _ in range(12)]
     for c in senders:
         assert (await c.call("join_stream", {"stream_id": sid}))["success"]
-    acks = await asyncio.gather(*(c.call("send_message", {"stream_id": sid, "message": f"m{i}"})
-                                  for i, c in enumerate(senders) for _ in range(3)))
+    acks = await asyncio.gather(
+        *(
+            c.call("send_message", {"stream_id": sid, "message": f"m{i}"})
+            for i, c in enumerate(senders)
+            for _ in range(3)
+        )
+    )
     assert all(a["success"] for a in acks)
     ids = {a["message"]["message_id"] for a in acks}
     watcher = senders[0]
-    await watcher.wait_for("chat_message", lambda m: ids <= {e["message_id"] for e in watcher.events["chat_message"]})
+    await watcher.wait_for(
+        "chat_message", lambda m: ids <= {e["message_id"] for e in watcher.events["chat_message"]}
+    )
     assert sorted(e["message_id"] for e in watcher.events["chat_message"]) == sorted(ids)
     status, body = await api.request("GET", f"{sid}/stats")
     assert body["stats"]["message_count"] == 36
@@ -67,7 +74,8 @@ async def test_one_users_rate_holds_across_messages_of_one_batch(server, clients
     tabs = [await clients(base_url, user_token) for _ in range(2)]
     for tab in tabs:
         assert (await tab.call("join_stream", {"stream_id": sid}))["success"]
-    acks = await asyncio.gather(*(tab.call("send_message", {"stream_id": sid, "message": str(i)})
-                                  for i in range(11) for tab in tabs))
+    acks = await asyncio.gather(
+        *(tab.call("send_message", {"stream_id": sid, "message": str(i)}) for i in range(11) for tab in tabs)
+    )
     assert sum(a["success"] for a in acks) == 20
     assert [a["error"]["code"] for a in acks if not a["success"]] == ["rate_limited", "rate_limited"]

@@ -39,19 +39,33 @@ async def accept_out_of_order(state: State, sid: str, n: int) -> list[str]:
     made = []
     for i in range(n):
         message_id = uuid7()
-        message = {"message_id": message_id, "stream_id": sid, "user_id": unique("late"),
-                   "username": None, "message": f"m{i}", "message_type": "TEXT", "tip_amount": None,
-                   "created_at": iso_ms(uuid7_ms(message_id))}
+        message = {
+            "message_id": message_id,
+            "stream_id": sid,
+            "user_id": unique("late"),
+            "username": None,
+            "message": f"m{i}",
+            "message_type": "TEXT",
+            "tip_amount": None,
+            "created_at": iso_ms(uuid7_ms(message_id)),
+        }
         made.append(message)
     for message in reversed(made):
         encoded = dumps(message)
-        await state.chat(sid, message["user_id"], False, message["message_id"], encoded,
-                         room_event("chat_message", encoded))
+        await state.chat(
+            sid,
+            message["user_id"],
+            False,
+            message["message_id"],
+            encoded,
+            room_event("chat_message", encoded),
+        )
     return [m["message_id"] for m in made]
 
 
 async def test_history_holds_messages_that_reached_redis_out_of_id_order(
-        server, api, token, clients, base_url, settings, rds, flusher, sql):
+    server, api, token, clients, base_url, settings, rds, flusher, sql
+):
     """260 messages accepted newest first, the flusher not running: /chat pages and
     recent_messages hold each exactly once, in id order, before and after the flush."""
     streamer = token(unique("streamer"), "streamer")
@@ -87,8 +101,11 @@ async def test_history_holds_messages_that_reached_redis_out_of_id_order(
     await flusher.drain()
     assert await rds.zrange(keys.unflushed(sid), 0, -1) == []  # emptied as MySQL took them
     assert await page_all(api, sid) == kept
-    rows = sql("SELECT message_id FROM chat_messages WHERE stream_id = %s AND deleted_at IS NULL "
-               "ORDER BY message_id", sid)
+    rows = sql(
+        "SELECT message_id FROM chat_messages WHERE stream_id = %s AND deleted_at IS NULL "
+        "ORDER BY message_id",
+        sid,
+    )
     assert [r["message_id"] for r in rows] == kept
     again = await viewer.call("join_stream", {"stream_id": sid, "last_message_id": ids[2]})
     assert [m["message_id"] for m in again["recent_messages"]] == kept[-200:]
@@ -102,7 +119,8 @@ async def test_history_holds_messages_that_reached_redis_out_of_id_order(
 
 
 async def test_history_while_the_flusher_is_stopped_is_every_accepted_message(
-        server, api, token, clients, base_url, settings, rds, flusher):
+    server, api, token, clients, base_url, settings, rds, flusher
+):
     """With nothing flushed, messages older than the recent set are read from the unflushed
     set; a page that spans both is whole."""
     sid = (await api.create_stream(token(unique("streamer"), "streamer")))["stream_id"]
@@ -110,8 +128,9 @@ async def test_history_while_the_flusher_is_stopped_is_every_accepted_message(
     for n in range(13):  # 260 messages, 20 per user (the rate)
         c = await clients(base_url, token(unique("chatter")))
         assert (await c.call("join_stream", {"stream_id": sid}))["success"]
-        acks = await asyncio.gather(*(c.call("send_message", {"stream_id": sid, "message": f"{n}-{i}"})
-                                      for i in range(20)))
+        acks = await asyncio.gather(
+            *(c.call("send_message", {"stream_id": sid, "message": f"{n}-{i}"}) for i in range(20))
+        )
         assert all(a["success"] for a in acks), acks
         sent.extend(a["message"]["message_id"] for a in acks)
     ids = sorted(sent)
@@ -137,8 +156,9 @@ async def test_two_workers_interleaved_history_is_whole(workers, connect, http, 
     try:
         for r in range(20):
             order = random.sample(users, len(users))
-            acks: list[Any] = await asyncio.gather(*(u.call("send_message", {"stream_id": sid, "message": f"r{r}"})
-                                                     for u in order))
+            acks: list[Any] = await asyncio.gather(
+                *(u.call("send_message", {"stream_id": sid, "message": f"r{r}"}) for u in order)
+            )
             assert all(a["success"] for a in acks), acks
             acked.extend(a["message"]["message_id"] for a in acks)
     finally:

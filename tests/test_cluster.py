@@ -32,18 +32,25 @@ from workers.flusher import Flusher
 def test_a_cluster_url_names_its_nodes_and_sets_sixteen_shards():
     s = Settings.from_env({"REDIS_URL": "redis+cluster://:p%40ss@10.0.0.1:7000,node-b:7001,[::1]:7002"})
     assert s.redis_cluster == ClusterSettings(
-        nodes=(("10.0.0.1", 7000), ("node-b", 7001), ("::1", 7002)), username=None, password="p@ss")
+        nodes=(("10.0.0.1", 7000), ("node-b", 7001), ("::1", 7002)), username=None, password="p@ss"
+    )
     assert s.redis_shards == 16
-    assert Settings.from_env({"REDIS_URL": "redis+cluster://h:7000/", "HUB_REDIS_SHARDS": "64"}).redis_shards == 64
+    assert (
+        Settings.from_env({"REDIS_URL": "redis+cluster://h:7000/", "HUB_REDIS_SHARDS": "64"}).redis_shards
+        == 64
+    )
     assert Settings.from_env({}).redis_cluster is None and Settings.from_env({}).redis_shards == 1
 
 
-@pytest.mark.parametrize("url", [
-    "redis+cluster://127.0.0.1:7000/1",          # a cluster has database 0 only
-    "redis+cluster://127.0.0.1/",                 # a node without its port
-    "redis+cluster://127.0.0.1:7000,:7001",
-    "redis+cluster://127.0.0.1:70000",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+cluster://127.0.0.1:7000/1",  # a cluster has database 0 only
+        "redis+cluster://127.0.0.1/",  # a node without its port
+        "redis+cluster://127.0.0.1:7000,:7001",
+        "redis+cluster://127.0.0.1:70000",
+    ],
+)
 def test_a_bad_cluster_url_stops_the_process_naming_redis_url(url):
     with pytest.raises(SettingsError, match=r"^REDIS_URL: "):
         Settings.from_env({"REDIS_URL": url})
@@ -65,12 +72,20 @@ def test_each_shard_has_a_tag_in_its_own_equal_range_of_slots(shards):
         assert keys.of("anything") is keys and keys.stream("s") == "hub:stream:s"  # one Redis: no tag
     else:
         k = keys.of("stream-id")
-        tagged = [k.stream("stream-id"), k.conns("stream-id"), k.room("stream-id"), k.outbox, k.live,
-                  k.chat_rate_windows + "123", k.tip_idempotency("u", "t")]
-        assert len({slot(key[key.index("{") + 1:key.index("}")]) for key in tagged}) == 1
+        tagged = [
+            k.stream("stream-id"),
+            k.conns("stream-id"),
+            k.room("stream-id"),
+            k.outbox,
+            k.live,
+            k.chat_rate_windows + "123",
+            k.tip_idempotency("u", "t"),
+        ]
+        assert len({slot(key[key.index("{") + 1 : key.index("}")]) for key in tagged}) == 1
 
 
 # -- a private cluster ----------------------------------------------------------------
+
 
 @pytest.fixture
 async def nodes(tmp_path: Path) -> AsyncIterator[ClusterNodes]:
@@ -95,10 +110,16 @@ async def shard_subscribers(cluster: RedisCluster, channel: str) -> int:
 
 # -- the hub on the cluster -----------------------------------------------------------
 
+
 async def test_two_workers_watch_chat_tip_and_flush_on_a_three_node_cluster(
-        nodes, env, workers, http, connect, token, sql, tmp_path):
-    overrides = {"REDIS_URL": nodes.url, "HUB_REDIS_SHARDS": "16", "HUB_CHAT_RATE": "4",
-                 "HUB_CHAT_PERIOD": "60"}
+    nodes, env, workers, http, connect, token, sql, tmp_path
+):
+    overrides = {
+        "REDIS_URL": nodes.url,
+        "HUB_REDIS_SHARDS": "16",
+        "HUB_CHAT_RATE": "4",
+        "HUB_CHAT_PERIOD": "60",
+    }
     hub_env = {**env, **overrides}
     keys = Keys(env["HUB_REDIS_PREFIX"], 16)
     cluster = nodes.client()
@@ -145,7 +166,9 @@ async def test_two_workers_watch_chat_tip_and_flush_on_a_three_node_cluster(
             ack = await sender.call("send_message", {"stream_id": sid, "message": text})
             assert ack["success"], ack
             sent[text] = ack["message"]["message_id"]
-            got = await receiver.wait_for("chat_message", lambda m, i=ack: m["message_id"] == i["message"]["message_id"])
+            got = await receiver.wait_for(
+                "chat_message", lambda m, i=ack: m["message_id"] == i["message"]["message_id"]
+            )
             assert got["message"] == text
 
         # A tip from worker 2, seen on worker 1, counted in cents.
@@ -155,7 +178,9 @@ async def test_two_workers_watch_chat_tip_and_flush_on_a_three_node_cluster(
         again = await b.call("send_tip", {"stream_id": sid, "amount": "12.34", "client_tip_id": "t-1"})
         assert again["tip"]["tip_id"] == tip["tip"]["tip_id"]  # the retry charges nothing twice
         _, stats = await api1.request("GET", f"{sid}/stats")
-        assert stats["stats"]["tip_count"] == 1 and Decimal(str(stats["stats"]["tips_total"])) == Decimal("12.34")
+        assert stats["stats"]["tip_count"] == 1 and Decimal(str(stats["stats"]["tips_total"])) == Decimal(
+            "12.34"
+        )
 
         # The chat rate is one user's across streams of different shards: a user in two
         # streams whose shards differ from each other gets four messages in all, not four each.
@@ -166,14 +191,18 @@ async def test_two_workers_watch_chat_tip_and_flush_on_a_three_node_cluster(
         assert (await c2.call("join_stream", {"stream_id": other}))["success"]
         codes = []
         for n in range(6):
-            ack = await (c1, c2)[n % 2].call("send_message", {"stream_id": (sid, other)[n % 2], "message": f"c{n}"})
+            ack = await (c1, c2)[n % 2].call(
+                "send_message", {"stream_id": (sid, other)[n % 2], "message": f"c{n}"}
+            )
             codes.append("ok" if ack["success"] else ack["error"]["code"])
         assert codes == ["ok"] * 4 + ["rate_limited"] * 2, codes
 
         # A moderator whose rate lives in another shard gets the privileged rate (100), looked
         # up in the stream's shard before the rate is counted in the moderator's.
         mod = next(u for u in (unique("mod") for _ in range(200)) if keys.shard_of(u) != keys.shard_of(sid))
-        status, _ = await api1.request("POST", f"{sid}/moderators", token(streamer, "streamer"), json={"user_id": mod})
+        status, _ = await api1.request(
+            "POST", f"{sid}/moderators", token(streamer, "streamer"), json={"user_id": mod}
+        )
         assert status == 200
         m = await connect(w2.url, token(mod))
         assert (await m.call("join_stream", {"stream_id": sid}))["success"]
@@ -181,8 +210,9 @@ async def test_two_workers_watch_chat_tip_and_flush_on_a_three_node_cluster(
             assert (await m.call("send_message", {"stream_id": sid, "message": f"mod {n}"}))["success"], n
 
         # A ban from worker 2 reaches c's socket on worker 1 (an order on the sharded channel).
-        status, _ = await api2.request("POST", f"{sid}/bans", token(streamer, "streamer"),
-                                       json={"user_id": c_user, "reason": "spam"})
+        status, _ = await api2.request(
+            "POST", f"{sid}/bans", token(streamer, "streamer"), json={"user_id": c_user, "reason": "spam"}
+        )
         assert status == 200
         assert (await c1.wait_for("banned", lambda e: e["stream_id"] == sid))["reason"] == "spam"
         await b.wait_for("user_banned", lambda e: e["user_id"] == c_user)
@@ -207,15 +237,27 @@ async def test_two_workers_watch_chat_tip_and_flush_on_a_three_node_cluster(
         # The flusher drains every shard's outbox into MySQL: each row once.
         async def flushed() -> bool:
             rows = sql("SELECT status FROM streams WHERE stream_id = %s", sid)
-            return bool(rows) and rows[0]["status"] == "ENDED" and len(
-                sql("SELECT 1 FROM viewing_sessions WHERE stream_id = %s", sid)) == 4  # a, b, c, m
+            return (
+                bool(rows)
+                and rows[0]["status"] == "ENDED"
+                and len(sql("SELECT 1 FROM viewing_sessions WHERE stream_id = %s", sid)) == 4
+            )  # a, b, c, m
 
         await until(flushed, 20, "the ended stream and its sessions in MySQL")
-        texts = [r["message"] for r in sql("SELECT message FROM chat_messages WHERE stream_id IN (%s, %s) "
-                                           "AND message_type <> 'TIP'", sid, other)]
-        assert sorted(texts) == sorted(["c0", "c1", "c2", "c3", "from worker 1", "from worker 2",
-                                        *(f"mod {n}" for n in range(6))])
-        bans = sql("SELECT action, user_id FROM moderation_actions WHERE stream_id = %s AND action = 'ban_user'", sid)
+        texts = [
+            r["message"]
+            for r in sql(
+                "SELECT message FROM chat_messages WHERE stream_id IN (%s, %s) AND message_type <> 'TIP'",
+                sid,
+                other,
+            )
+        ]
+        assert sorted(texts) == sorted(
+            ["c0", "c1", "c2", "c3", "from worker 1", "from worker 2", *(f"mod {n}" for n in range(6))]
+        )
+        bans = sql(
+            "SELECT action, user_id FROM moderation_actions WHERE stream_id = %s AND action = 'ban_user'", sid
+        )
         assert bans == [{"action": "ban_user", "user_id": c_user}]
         tips = sql("SELECT amount FROM tips WHERE stream_id = %s", sid)
         assert [t["amount"] for t in tips] == [Decimal("12.34")]
@@ -246,10 +288,15 @@ async def test_two_workers_watch_chat_tip_and_flush_on_a_three_node_cluster(
 
 
 async def test_a_restarted_node_is_reconnected_and_resubscribed_by_both_workers(
-        nodes, env, workers, http, connect, token):
+    nodes, env, workers, http, connect, token
+):
     # Chat is retried every 50 ms until it crosses: a rate that polling never reaches.
-    overrides = {"REDIS_URL": nodes.url, "HUB_REDIS_SHARDS": "16", "HUB_PRESENCE_TTL": "10",
-                 "HUB_CHAT_RATE": "100000"}
+    overrides = {
+        "REDIS_URL": nodes.url,
+        "HUB_REDIS_SHARDS": "16",
+        "HUB_PRESENCE_TTL": "10",
+        "HUB_CHAT_RATE": "100000",
+    }
     keys = Keys(env["HUB_REDIS_PREFIX"], 16)
     cluster = nodes.client()
     try:
@@ -289,11 +336,14 @@ async def test_a_restarted_node_is_reconnected_and_resubscribed_by_both_workers(
 
 # -- the cluster client and subscriber under load ------------------------------------
 
+
 async def test_first_subscriptions_made_at_once_on_a_node_are_all_confirmed(nodes):
     """redis-py opens a PubSub's connection on its first command; overlapping first commands
     each opened one and only the last was read, so the others were never confirmed."""
-    client = cluster_client(ClusterSettings(nodes=(("127.0.0.1", nodes.ports[0]),), username=None,
-                                            password=None), decode_responses=False)
+    client = cluster_client(
+        ClusterSettings(nodes=(("127.0.0.1", nodes.ports[0]),), username=None, password=None),
+        decode_responses=False,
+    )
     subscriber = ShardedSubscriber(client, None, None)
     channels = [f"hubtest:{{{i}}}:room:x" for i in range(24)]
     try:
@@ -317,8 +367,9 @@ async def test_first_subscriptions_made_at_once_on_a_node_are_all_confirmed(node
 async def test_the_cluster_client_waits_for_a_free_connection_instead_of_failing(nodes):
     """redis-py's cluster client refuses a command when all of a node's connections are busy;
     the hub's waits for one, as its pool on one Redis does."""
-    client = cluster_client(ClusterSettings(nodes=(("127.0.0.1", nodes.ports[0]),), username=None,
-                                            password=None))
+    client = cluster_client(
+        ClusterSettings(nodes=(("127.0.0.1", nodes.ports[0]),), username=None, password=None)
+    )
     script = client.register_script("return redis.call('INCR', KEYS[1])")
     try:
         await client.initialize()  # as connect_redis does: redis-py's lazy one under load is not safe
@@ -333,8 +384,9 @@ async def test_the_cluster_client_waits_for_a_free_connection_instead_of_failing
 
 
 async def test_a_backlog_in_one_shard_fills_whole_batches(nodes, env, settings, rds):
-    hub_settings = Settings.from_env({**env, "REDIS_URL": nodes.url, "HUB_REDIS_SHARDS": "16",
-                                     "HUB_FLUSH_BATCH": "500"})
+    hub_settings = Settings.from_env(
+        {**env, "REDIS_URL": nodes.url, "HUB_REDIS_SHARDS": "16", "HUB_FLUSH_BATCH": "500"}
+    )
     client = await connect_redis(hub_settings, socket_timeout=5)
     try:
         flusher = Flusher(hub_settings, client, store=None)  # type: ignore[arg-type]

@@ -23,11 +23,20 @@ VENDORED = ROOT / "hub" / "console" / "vendor" / "socket.io.min.js"
 ARTIFACTS = Path(os.environ.get("HUB_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "console"
 # The flags a root process needs in a container, and no calls to Google's services, which this
 # machine's closed network would refuse.
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-         "--disable-background-networking", "--disable-component-update", "--disable-dev-shm-usage"]
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-dev-shm-usage",
+]
 
 
 # -- the routes -----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("path", ["/", "/watch", "/studio"])
 async def test_pages_are_served_with_a_strict_content_security_policy(path, http, base_url):
@@ -40,8 +49,11 @@ async def test_pages_are_served_with_a_strict_content_security_policy(path, http
 
 
 async def test_assets_are_served_and_nothing_outside_the_console_folder(http, base_url):
-    for name, kind in (("console.js", "javascript"), ("console.css", "text/css"),
-                       ("vendor/socket.io.min.js", "javascript")):
+    for name, kind in (
+        ("console.js", "javascript"),
+        ("console.css", "text/css"),
+        ("vendor/socket.io.min.js", "javascript"),
+    ):
         async with http.get(f"{base_url}/console/{name}") as resp:
             assert resp.status == 200 and kind in resp.content_type, name
     for path in ("/console/../app.py", "/console/%2e%2e/app.py", "/console/nothing.js"):
@@ -51,8 +63,14 @@ async def test_assets_are_served_and_nothing_outside_the_console_folder(http, ba
 
 async def test_the_console_config_shows_the_fee_rate_and_development_tokens_are_off(api, http, base_url):
     status, body = await api.request("GET", "/console/config")
-    assert status == 200 and body == {"success": True, "platform_fee": "0.05", "currency": "USD",
-                                      "tip_min": "1.00", "tip_max": "10000.00", "dev_tokens": False}
+    assert status == 200 and body == {
+        "success": True,
+        "platform_fee": "0.05",
+        "currency": "USD",
+        "tip_min": "1.00",
+        "tip_max": "10000.00",
+        "dev_tokens": False,
+    }
     async with http.post(f"{base_url}/console/dev-token", json={"user_id": "mallory"}) as resp:
         assert resp.status == 404 and (await resp.json())["error"]["code"] == "not_found"
 
@@ -60,15 +78,25 @@ async def test_the_console_config_shows_the_fee_rate_and_development_tokens_are_
 async def test_development_tokens_when_on_sign_anyone_and_refuse_bad_requests(workers, http):
     (w,) = await workers(1, HUB_CONSOLE_DEV_TOKENS="1")
     api = Api(http, w.url)
-    for body in ({"user_id": ""}, {"user_id": "a b"}, {"user_id": "x" * 65}, {"user_id": 5},
-                 {"user_id": "bob", "role": "admin"}, {"role": "streamer"}, [], "text"):
+    for body in (
+        {"user_id": ""},
+        {"user_id": "a b"},
+        {"user_id": "x" * 65},
+        {"user_id": 5},
+        {"user_id": "bob", "role": "admin"},
+        {"role": "streamer"},
+        [],
+        "text",
+    ):
         status, answer = await api.request("POST", "/console/dev-token", json=body)
         assert status == 400 and answer["error"]["code"] == "invalid", body
     for raw in (b"{not json", b"[" * 5000 + b"]" * 5000, b'{"user_id": 1e309}'):
         status, answer = await api.request("POST", "/console/dev-token", data=raw)
         assert status == 400 and answer["error"]["code"] == "invalid", raw[:20]
     streamer = unique("dev")
-    status, answer = await api.request("POST", "/console/dev-token", json={"user_id": streamer, "role": "streamer"})
+    status, answer = await api.request(
+        "POST", "/console/dev-token", json={"user_id": streamer, "role": "streamer"}
+    )
     assert status == 200
     made = await api.create_stream(answer["token"])
     assert made["streamer_id"] == streamer
@@ -83,10 +111,13 @@ def test_the_served_socket_io_client_is_the_npm_package_the_js_tests_install():
     version = lock["packages"]["node_modules/socket.io-client"]["version"]
     assert VENDORED.read_text().startswith(f"/*!\n * Socket.IO v{version}\n")
     if installed.exists():  # after tests/test_js_client.py's npm install
-        assert hashlib.sha256(VENDORED.read_bytes()).digest() == hashlib.sha256(installed.read_bytes()).digest()
+        assert (
+            hashlib.sha256(VENDORED.read_bytes()).digest() == hashlib.sha256(installed.read_bytes()).digest()
+        )
 
 
 # -- in a browser ---------------------------------------------------------------------
+
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
@@ -113,14 +144,16 @@ async def unlabelled(page: Any) -> list[str]:
 
 
 async def test_a_streamer_and_a_viewer_on_two_workers_see_each_other_in_the_browser(
-        workers, http, token, browser, env):
+    workers, http, token, browser, env
+):
     from playwright.async_api import expect
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     # A prefix of its own: the lobby lists only this test's streams, not other tests' (whose
     # thumbnails name hosts that do not resolve here).
-    w1, w2 = await workers(2, HUB_CONSOLE_DEV_TOKENS="1",
-                           HUB_REDIS_PREFIX=f"{env['HUB_REDIS_PREFIX']}{unique('console')}:")
+    w1, w2 = await workers(
+        2, HUB_CONSOLE_DEV_TOKENS="1", HUB_REDIS_PREFIX=f"{env['HUB_REDIS_PREFIX']}{unique('console')}:"
+    )
     streamer, viewer = unique("streamer"), unique("viewer")
     title = f"Morning session {unique('t')}"
     studio = await (await browser.new_context(viewport={"width": 1280, "height": 900})).new_page()
@@ -156,9 +189,13 @@ async def test_a_streamer_and_a_viewer_on_two_workers_see_each_other_in_the_brow
         return [plainWords({code: 'rate_limited', retry_after: 2.2}), plainWords({code: 'slow_mode', retry_after: 10}),
                 plainWords({code: 'banned'}), plainWords({code: 'no_such_code'}), plainWords(undefined)];
     }""")
-    assert words == ["You're going too fast. Try again in 3 s.", "Slow mode is on: you can write again in 10 s.",
-                     "You are banned from this stream.", "Something went wrong.",
-                     "The hub can't be reached right now. Try again in a moment."]
+    assert words == [
+        "You're going too fast. Try again in 3 s.",
+        "Slow mode is on: you can write again in 10 s.",
+        "You are banned from this stream.",
+        "Something went wrong.",
+        "The hub can't be reached right now. Try again in a moment.",
+    ]
 
     # The viewer, on worker 2, signs in by pasting a token, finds the stream in the list and opens it.
     await watch.goto(f"{w2.url}/")
@@ -205,7 +242,9 @@ async def test_a_streamer_and_a_viewer_on_two_workers_see_each_other_in_the_brow
     await studio.get_by_label("Side", exact=True).select_option("SELL")
     await studio.get_by_label("Price", exact=True).fill("64250.5")
     await studio.get_by_role("button", name="Post alert").click()
-    await expect(watch.locator("#chat li.alert", has_text="SELL BTC @ 64250.5")).to_contain_text("Taking profit here")
+    await expect(watch.locator("#chat li.alert", has_text="SELL BTC @ 64250.5")).to_contain_text(
+        "Taking profit here"
+    )
     await expect(watch.locator("#highlight")).to_contain_text("Taking profit here")
 
     # Moderation from the studio: a deleted message disappears, a timeout is told in plain words.
@@ -220,7 +259,9 @@ async def test_a_streamer_and_a_viewer_on_two_workers_see_each_other_in_the_brow
     await studio.screenshot(path=str(ARTIFACTS / "studio.png"), full_page=True)
 
     # On a phone-sized screen the viewer page fits its width.
-    phone = await (await browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)).new_page()
+    phone = await (
+        await browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    ).new_page()
     await phone.goto(watch.url)
     await expect(phone.locator("#title")).to_have_text(title)
     await expect(phone.locator("#chat li.tip")).to_contain_text("tipped $12.50")  # history on join

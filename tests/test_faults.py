@@ -58,7 +58,9 @@ class Ledger:
 
     def check(self, mysql_url: str, sid: str) -> None:
         m = Settings.from_env({"MYSQL_URL": mysql_url}).mysql
-        conn = pymysql.connect(host=m.host, port=m.port, user=m.user, password=m.password, database=m.database)
+        conn = pymysql.connect(
+            host=m.host, port=m.port, user=m.user, password=m.password, database=m.database
+        )
         with conn.cursor() as cur:
             cur.execute("SELECT message_id FROM chat_messages WHERE stream_id = %s", (sid,))
             stored = [r[0] for r in cur.fetchall()]
@@ -147,8 +149,11 @@ async def test_frozen_worker_is_dropped_then_reasserted(workers, http, clients, 
         assert dropped["viewer_count"] == 1
     finally:
         w2.kill(signal.SIGCONT)
-    back = await watcher.wait_for("viewer_joined", lambda e: e["user_id"] == frozen_id
-                                  and len(watcher.events["viewer_left"]) > 0, timeout=20)
+    back = await watcher.wait_for(
+        "viewer_joined",
+        lambda e: e["user_id"] == frozen_id and len(watcher.events["viewer_left"]) > 0,
+        timeout=20,
+    )
     assert back["viewer_count"] == 2
 
     async def exact() -> bool:
@@ -169,7 +174,9 @@ async def private_redis(tmp_path):
     server.kill()
 
 
-async def test_redis_killed_and_restarted(private_redis, env, settings, workers, http, clients, token, tmp_path):
+async def test_redis_killed_and_restarted(
+    private_redis, env, settings, workers, http, clients, token, tmp_path
+):
     overrides = {"REDIS_URL": private_redis.url}
     w1, w2 = await workers(2, **overrides)
     flusher = FlusherProcess({**env, **overrides}, tmp_path / "flusher.log")
@@ -195,8 +202,11 @@ async def test_redis_killed_and_restarted(private_redis, env, settings, workers,
 
         async def chat_crosses() -> bool:
             ok = await ledger.chat(a, sid, "after restart")
-            return ok and len(b.events["chat_message"]) > 0 and any(
-                m["message"] == "after restart" for m in b.events["chat_message"])
+            return (
+                ok
+                and len(b.events["chat_message"]) > 0
+                and any(m["message"] == "after restart" for m in b.events["chat_message"])
+            )
 
         took = await until(chat_crosses, 20, "chat crossing workers after the restart")
         print(f"chat crossed workers again {took:.2f}s after Redis came back")
@@ -234,7 +244,9 @@ async def private_mariadb(tmp_path):
     await asyncio.to_thread(server.stop)
 
 
-async def test_mariadb_down_while_chat_and_tips_flow(private_mariadb, env, workers, http, clients, token, tmp_path):
+async def test_mariadb_down_while_chat_and_tips_flow(
+    private_mariadb, env, workers, http, clients, token, tmp_path
+):
     overrides = {"MYSQL_URL": private_mariadb.url, "HUB_CHAT_RATE": "10000", "HUB_TIP_RATE": "10000"}
     w1, w2 = await workers(2, **overrides)
     flusher = FlusherProcess({**env, **overrides}, tmp_path / "flusher.log")
@@ -271,8 +283,10 @@ async def test_mariadb_down_while_chat_and_tips_flow(private_mariadb, env, worke
             return await rows(private_mariadb.url, "chat_messages", sid) == len(ledger.messages)
 
         took = await until(caught_up, 60, "the flusher catching up")
-        print(f"{len(ledger.messages)} messages, {len(ledger.tips)} tips; caught up {took:.2f}s after "
-              f"MariaDB came back (down {back_at - down_at:.1f}s)")
+        print(
+            f"{len(ledger.messages)} messages, {len(ledger.tips)} tips; caught up {took:.2f}s after "
+            f"MariaDB came back (down {back_at - down_at:.1f}s)"
+        )
         ledger.check(private_mariadb.url, sid)
         status, _ = await api1.request("GET", "/readyz")
         assert status == 200
@@ -280,8 +294,9 @@ async def test_mariadb_down_while_chat_and_tips_flow(private_mariadb, env, worke
         flusher.stop()
 
 
-async def test_flusher_killed_mid_stream_loses_and_doubles_nothing(env, settings, workers, http, clients, token,
-                                                                    tmp_path):
+async def test_flusher_killed_mid_stream_loses_and_doubles_nothing(
+    env, settings, workers, http, clients, token, tmp_path
+):
     (w1,) = await workers(1)
     api1 = Api(http, w1.url)
     sid = (await api1.create_stream(token(unique("streamer"), "streamer")))["stream_id"]
@@ -294,6 +309,7 @@ async def test_flusher_killed_mid_stream_loses_and_doubles_nothing(env, settings
     flusher = FlusherProcess({**env, "HUB_FLUSH_BATCH": "7"}, tmp_path / "flusher-1.log")
     try:
         await flusher.ready()
+
         async def burst(c: Client, tag: str) -> None:
             for n in range(15):
                 await ledger.chat(c, sid, f"{tag} {n}")
@@ -310,6 +326,7 @@ async def test_flusher_killed_mid_stream_loses_and_doubles_nothing(env, settings
     await asyncio.gather(*(burst(c, f"second-{i}") for i, c in enumerate(senders[:2])))
     second = FlusherProcess(env, tmp_path / "flusher-2.log")
     try:
+
         async def all_written() -> bool:
             return await rows(settings.mysql.url, "chat_messages", sid) == len(ledger.messages)
 
@@ -360,7 +377,8 @@ async def test_a_viewer_that_stops_reading_is_cut_off_and_others_keep_pace(worke
 
 
 async def test_killed_worker_clients_reconnect_and_every_ack_is_stored_once(
-        workers, http, clients, token, flusher, sql):
+    workers, http, clients, token, flusher, sql
+):
     w1, w2 = await workers(2, HUB_CHAT_RATE="100000")
     api1 = Api(http, w1.url)
     sid = (await api1.create_stream(token(unique("streamer"), "streamer")))["stream_id"]
@@ -403,8 +421,10 @@ async def test_killed_worker_clients_reconnect_and_every_ack_is_stored_once(
     assert texts <= attempted, "a row exists that was never sent"
     stored_tips = [r["tip_id"] for r in sql("SELECT tip_id FROM tips WHERE stream_id = %s", sid)]
     assert len(stored_tips) == len(set(stored_tips)) and ledger.tips <= set(stored_tips)
-    print(f"{len(ledger.messages)} acked messages, {len(stored_ids)} stored, "
-          f"{len(ledger.tips)} acked tips, {len(stored_tips)} stored")
+    print(
+        f"{len(ledger.messages)} acked messages, {len(stored_ids)} stored, "
+        f"{len(ledger.tips)} acked tips, {len(stored_tips)} stored"
+    )
 
 
 async def _at_least(ledger: Ledger, n: int) -> bool:

@@ -28,6 +28,7 @@ CREATED_MS = 1735787045678
 
 # -- helpers ----------------------------------------------------------------------------------
 
+
 def mysql_errors(kind: str | None = None) -> float:
     """The flusher's count of MySQL errors of one kind, or of every kind."""
     total = 0.0
@@ -50,53 +51,127 @@ async def dead_letters_of(rds, keys: Keys, needle: str) -> list[tuple[str, dict[
 
 
 def tip(sid: str, **changes: Any) -> dict[str, Any]:
-    return {"tip_id": str(uuid.uuid4()), "stream_id": sid, "from_user_id": "fan", "to_user_id": "star",
-            "amount_cents": 500, "fee_cents": 25, "currency": "USD", "message": "gg",
-            "client_tip_id": None, "created_at": CREATED, **changes}
+    return {
+        "tip_id": str(uuid.uuid4()),
+        "stream_id": sid,
+        "from_user_id": "fan",
+        "to_user_id": "star",
+        "amount_cents": 500,
+        "fee_cents": 25,
+        "currency": "USD",
+        "message": "gg",
+        "client_tip_id": None,
+        "created_at": CREATED,
+        **changes,
+    }
 
 
 def message(sid: str, **changes: Any) -> dict[str, Any]:
-    return {"message_id": str(uuid.uuid4()), "stream_id": sid, "user_id": "fan", "username": "Fan",
-            "message": "hello", "message_type": "TEXT", "tip_amount": None, "created_at": CREATED,
-            **changes}
+    return {
+        "message_id": str(uuid.uuid4()),
+        "stream_id": sid,
+        "user_id": "fan",
+        "username": "Fan",
+        "message": "hello",
+        "message_type": "TEXT",
+        "tip_amount": None,
+        "created_at": CREATED,
+        **changes,
+    }
 
 
 def session(sid: str, **changes: Any) -> dict[str, Any]:
-    return {"session_id": str(uuid.uuid4()), "stream_id": sid, "user_id": "fan",
-            "joined_at": CREATED_MS, "left_at": CREATED_MS + 5000, "watch_seconds": 5, **changes}
+    return {
+        "session_id": str(uuid.uuid4()),
+        "stream_id": sid,
+        "user_id": "fan",
+        "joined_at": CREATED_MS,
+        "left_at": CREATED_MS + 5000,
+        "watch_seconds": 5,
+        **changes,
+    }
 
 
 def stream(sid: str, **changes: Any) -> dict[str, Any]:
     """A stream record as Redis's cjson writes the stream hash: every value a string."""
-    return {"stream_id": str(uuid.uuid4()), "streamer_id": "star", "streamer_name": "Star",
-            "title": "Live", "description": "", "thumbnail_url": "", "status": "ENDED",
-            "category": "crypto", "is_recording": "0", "recording_url": "", "peak_viewers": "3",
-            "unique_viewers": 4, "message_count": "2", "tip_count": "1", "tips_cents": "500",
-            "fees_cents": "25", "scheduled_at": "", "started_at": str(CREATED_MS),
-            "ended_at": str(CREATED_MS + 60_000), "duration_seconds": "60",
-            "created_at": str(CREATED_MS), "updated_at": str(CREATED_MS + 60_000), "version": "3",
-            **changes}
+    return {
+        "stream_id": str(uuid.uuid4()),
+        "streamer_id": "star",
+        "streamer_name": "Star",
+        "title": "Live",
+        "description": "",
+        "thumbnail_url": "",
+        "status": "ENDED",
+        "category": "crypto",
+        "is_recording": "0",
+        "recording_url": "",
+        "peak_viewers": "3",
+        "unique_viewers": 4,
+        "message_count": "2",
+        "tip_count": "1",
+        "tips_cents": "500",
+        "fees_cents": "25",
+        "scheduled_at": "",
+        "started_at": str(CREATED_MS),
+        "ended_at": str(CREATED_MS + 60_000),
+        "duration_seconds": "60",
+        "created_at": str(CREATED_MS),
+        "updated_at": str(CREATED_MS + 60_000),
+        "version": "3",
+        **changes,
+    }
 
 
 def moderation(sid: str, **changes: Any) -> dict[str, Any]:
-    return {"action_id": str(uuid.uuid4()), "stream_id": sid, "action": "timeout_user", "by": "star",
-            "user_id": "fan", "seconds": 60, "reason": "calm down", "until": "2025-01-02T03:05:05.678Z",
-            "created_at": CREATED, **changes}
+    return {
+        "action_id": str(uuid.uuid4()),
+        "stream_id": sid,
+        "action": "timeout_user",
+        "by": "star",
+        "user_id": "fan",
+        "seconds": 60,
+        "reason": "calm down",
+        "until": "2025-01-02T03:05:05.678Z",
+        "created_at": CREATED,
+        **changes,
+    }
 
 
 RECORDS: dict[str, Callable[..., dict[str, Any]]] = {
-    "tip": tip, "message": message, "session": session, "stream": stream, "moderation": moderation}
-ID_OF = {"tip": "tip_id", "message": "message_id", "session": "session_id", "stream": "stream_id",
-         "moderation": "action_id"}
-TABLE_OF = {"tip": "tips", "message": "chat_messages", "session": "viewing_sessions", "stream": "streams",
-            "moderation": "moderation_actions"}
+    "tip": tip,
+    "message": message,
+    "session": session,
+    "stream": stream,
+    "moderation": moderation,
+}
+ID_OF = {
+    "tip": "tip_id",
+    "message": "message_id",
+    "session": "session_id",
+    "stream": "stream_id",
+    "moderation": "action_id",
+}
+TABLE_OF = {
+    "tip": "tips",
+    "message": "chat_messages",
+    "session": "viewing_sessions",
+    "stream": "streams",
+    "moderation": "moderation_actions",
+}
 
 
 async def run(env: dict[str, str], *args: str) -> tuple[int, str, str]:
     """``python -m hub ARGS`` as an operator runs it."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hub", *args, cwd=ROOT, env={**os.environ, **env},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "hub",
+        *args,
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
@@ -104,31 +179,39 @@ async def run(env: dict[str, str], *args: str) -> tuple[int, str, str]:
 
 # -- what an error of MySQL is ------------------------------------------------------------------
 
-@pytest.mark.parametrize("error, kind", [
-    (pymysql.err.OperationalError(2013, "Lost connection to server during query"), "connection"),
-    (pymysql.err.OperationalError(2003, "Can't connect to MySQL server"), "connection"),
-    (pymysql.err.InterfaceError(0, ""), "connection"),
-    (ConnectionResetError(104, "Connection reset by peer"), "connection"),
-    (pymysql.err.ProgrammingError(1146, "Table 'hub.tips' doesn't exist"), "schema"),
-    (pymysql.err.OperationalError(1054, "Unknown column 'alert' in 'field list'"), "schema"),
-    (pymysql.err.OperationalError(1142, "INSERT command denied to user"), "permission"),
-    (pymysql.err.OperationalError(1290, "The MariaDB server is running with the --read-only option"),
-     "read_only"),
-    (pymysql.err.OperationalError(1213, "Deadlock found when trying to get lock"), "deadlock"),
-    (pymysql.err.OperationalError(1205, "Lock wait timeout exceeded"), "lock_timeout"),
-    (pymysql.err.OperationalError(1040, "Too many connections"), "too_many_connections"),
-    (pymysql.err.OperationalError(1021, "Disk full"), "disk_full"),
-    (pymysql.err.DataError(1406, "Data too long for column 'message'"), "data"),
-    (pymysql.err.InternalError(1105, "Unknown error"), "other"),
-])
+
+@pytest.mark.parametrize(
+    "error, kind",
+    [
+        (pymysql.err.OperationalError(2013, "Lost connection to server during query"), "connection"),
+        (pymysql.err.OperationalError(2003, "Can't connect to MySQL server"), "connection"),
+        (pymysql.err.InterfaceError(0, ""), "connection"),
+        (ConnectionResetError(104, "Connection reset by peer"), "connection"),
+        (pymysql.err.ProgrammingError(1146, "Table 'hub.tips' doesn't exist"), "schema"),
+        (pymysql.err.OperationalError(1054, "Unknown column 'alert' in 'field list'"), "schema"),
+        (pymysql.err.OperationalError(1142, "INSERT command denied to user"), "permission"),
+        (
+            pymysql.err.OperationalError(1290, "The MariaDB server is running with the --read-only option"),
+            "read_only",
+        ),
+        (pymysql.err.OperationalError(1213, "Deadlock found when trying to get lock"), "deadlock"),
+        (pymysql.err.OperationalError(1205, "Lock wait timeout exceeded"), "lock_timeout"),
+        (pymysql.err.OperationalError(1040, "Too many connections"), "too_many_connections"),
+        (pymysql.err.OperationalError(1021, "Disk full"), "disk_full"),
+        (pymysql.err.DataError(1406, "Data too long for column 'message'"), "data"),
+        (pymysql.err.InternalError(1105, "Unknown error"), "other"),
+    ],
+)
 def test_each_mysql_error_has_a_kind(error: BaseException, kind: str) -> None:
     assert kind_of(error) == kind
 
 
 # -- an error of the database is waited out ----------------------------------------------------
 
+
 async def test_a_missing_table_is_waited_out_and_every_acked_tip_lands_once(
-        api, clients, base_url, token, flusher, sql, rds, settings, caplog):
+    api, clients, base_url, token, flusher, sql, rds, settings, caplog
+):
     caplog.set_level(logging.INFO, logger="workers.flusher")
     sid, viewer = await live_stream(api, clients, base_url, token)
     keys = Keys.of_settings(settings).of(sid)
@@ -145,8 +228,12 @@ async def test_a_missing_table_is_waited_out_and_every_acked_tip_lands_once(
         messages.add(said["message"]["message_id"])
 
     def renamed() -> bool:
-        return bool(sql("SELECT 1 FROM information_schema.tables WHERE table_schema = DATABASE() "
-                        "AND table_name = 'tips_away'"))
+        return bool(
+            sql(
+                "SELECT 1 FROM information_schema.tables WHERE table_schema = DATABASE() "
+                "AND table_name = 'tips_away'"
+            )
+        )
 
     def stored(table: str, column: str) -> list[str]:
         return [r[column] for r in sql(f"SELECT {column} FROM {table} WHERE stream_id = %s", sid)]
@@ -179,13 +266,17 @@ async def test_a_missing_table_is_waited_out_and_every_acked_tip_lands_once(
                 sql("RENAME TABLE tips_away TO tips")
 
         async def all_written() -> bool:
-            return (sorted(stored("tips", "tip_id")) == sorted(tips)
-                    and sorted(stored("chat_messages", "message_id")) == sorted(messages))
+            return sorted(stored("tips", "tip_id")) == sorted(tips) and sorted(
+                stored("chat_messages", "message_id")
+            ) == sorted(messages)
 
         await eventually(all_written, 15, "every acked tip and message written once the table is back")
         assert await dead_letters_of(rds, keys, sid) == []
-        logged = [r for r in caplog.records if r.name == "workers.flusher" and "schema" in r.getMessage()
-                  and r.levelno >= logging.WARNING]
+        logged = [
+            r
+            for r in caplog.records
+            if r.name == "workers.flusher" and "schema" in r.getMessage() and r.levelno >= logging.WARNING
+        ]
         assert len(logged) == 1, [r.getMessage() for r in logged]  # once a minute, not once a retry
     finally:
         flusher.stop()
@@ -231,7 +322,8 @@ BAD = [
 
 @pytest.mark.parametrize("kind, changes", BAD, ids=[f"{k}-{next(iter(c))}" for k, c in BAD])
 async def test_a_malformed_record_is_dead_lettered_before_any_sql_and_the_batch_lands(
-        kind, changes, api, clients, base_url, token, flusher, sql, rds, settings):
+    kind, changes, api, clients, base_url, token, flusher, sql, rds, settings
+):
     sid, viewer = await live_stream(api, clients, base_url, token)
     keys = Keys.of_settings(settings).of(sid)
     record = RECORDS[kind](sid, **changes)
@@ -246,7 +338,8 @@ async def test_a_malformed_record_is_dead_lettered_before_any_sql_and_the_batch_
     ack = await viewer.call("send_message", {"stream_id": sid, "message": "still written"})
     await flusher.drain()
     assert sql("SELECT message FROM chat_messages WHERE message_id = %s", ack["message"]["message_id"]) == [
-        {"message": "still written"}]
+        {"message": "still written"}
+    ]
     assert [f["entry"] for _, f in await rds.xrange(keys.outbox_dead) if f.get("entry") == bad_id] == [bad_id]
     assert mysql_errors() == errors  # MySQL never saw it
     record_id = record[ID_OF[kind]]
@@ -265,6 +358,7 @@ async def test_a_well_formed_record_of_each_kind_is_written(kind, flusher, sql, 
 
 
 # -- an operator lists and replays dead letters ------------------------------------------------
+
 
 async def test_dead_letters_are_listed_and_replayed_once(env, flusher, sql, rds, settings):
     sid = str(uuid.uuid4())
@@ -322,6 +416,7 @@ async def test_dead_letters_are_listed_and_replayed_once(env, flusher, sql, rds,
 
 # -- consumers of flushers gone are removed ----------------------------------------------------
 
+
 async def consumers(rds, outbox: str) -> dict[str, dict[str, Any]]:
     return {c["name"]: c for c in await rds.xinfo_consumers(outbox, OUTBOX_GROUP)}
 
@@ -356,9 +451,12 @@ async def test_idle_consumers_with_nothing_pending_are_removed(flusher, sql, rds
 
     task = asyncio.create_task(flusher.run())  # claims the busy one's entry, then forgets it
     try:
+
         async def taken_over() -> bool:
-            return (busy not in await consumers(rds, outbox)
-                    and len(sql("SELECT 1 FROM chat_messages WHERE message_id = %s", record["message_id"])) == 1)
+            return (
+                busy not in await consumers(rds, outbox)
+                and len(sql("SELECT 1 FROM chat_messages WHERE message_id = %s", record["message_id"])) == 1
+            )
 
         await eventually(taken_over, what="the entry written and its idle consumer forgotten")
         assert flusher.consumer in await consumers(rds, outbox)

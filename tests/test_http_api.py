@@ -16,12 +16,37 @@ from tests.conftest import SECRET, eventually, next_month, unique
 UNKNOWN = "01a20e30-0000-7000-8000-000000000000"
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 STREAM_FIELDS = {
-    "stream_id", "streamer_id", "streamer_name", "title", "description", "thumbnail_url", "status",
-    "viewer_count", "peak_viewers", "started_at", "ended_at", "duration_seconds", "category",
-    "is_recording", "recording_url", "created_at", "updated_at", "scheduled_at",
+    "stream_id",
+    "streamer_id",
+    "streamer_name",
+    "title",
+    "description",
+    "thumbnail_url",
+    "status",
+    "viewer_count",
+    "peak_viewers",
+    "started_at",
+    "ended_at",
+    "duration_seconds",
+    "category",
+    "is_recording",
+    "recording_url",
+    "created_at",
+    "updated_at",
+    "scheduled_at",
 }
-STATS_FIELDS = {"stream_id", "status", "viewer_count", "peak_viewers", "unique_viewers", "message_count",
-                "tip_count", "tips_total", "platform_fees_total", "duration_seconds"}
+STATS_FIELDS = {
+    "stream_id",
+    "status",
+    "viewer_count",
+    "peak_viewers",
+    "unique_viewers",
+    "message_count",
+    "tip_count",
+    "tips_total",
+    "platform_fees_total",
+    "duration_seconds",
+}
 
 
 def assert_error(status: int, body: dict, expected_status: int, code: str) -> None:
@@ -37,14 +62,29 @@ async def streams_of(api, user_id: str) -> int:
 
 async def test_create_makes_a_live_stream_owned_by_the_token(api, token):
     streamer = unique("streamer")
-    status, body = await api.request("POST", "create", token(streamer, "streamer", name="Ana"), json={
-        "title": "  Morning session ", "description": "BTC", "category": "crypto",
-        "thumbnail_url": "https://img.example/t.png", "userId": "mallory", "streamer_id": "mallory"})
+    status, body = await api.request(
+        "POST",
+        "create",
+        token(streamer, "streamer", name="Ana"),
+        json={
+            "title": "  Morning session ",
+            "description": "BTC",
+            "category": "crypto",
+            "thumbnail_url": "https://img.example/t.png",
+            "userId": "mallory",
+            "streamer_id": "mallory",
+        },
+    )
     assert status == 201 and body["success"] is True
     s = body["stream"]
     assert set(s) == STREAM_FIELDS
     assert (s["streamer_id"], s["streamer_name"], s["title"], s["status"], s["category"]) == (
-        streamer, "Ana", "Morning session", "LIVE", "crypto")
+        streamer,
+        "Ana",
+        "Morning session",
+        "LIVE",
+        "crypto",
+    )
     assert s["viewer_count"] == 0 and s["peak_viewers"] == 0 and s["is_recording"] is False
     assert ISO.match(s["started_at"]) and ISO.match(s["created_at"]) and s["ended_at"] is None
     status, got = await api.request("GET", s["stream_id"])
@@ -112,53 +152,68 @@ async def test_create_needs_the_streamer_role(api, token):
     assert await streams_of(api, viewer) == 0
 
 
-@pytest.mark.parametrize(("body", "code"), [
-    (b"{not json", "invalid"),
-    (b"[1, 2]", "invalid"),
-    (b'"title"', "invalid"),
-    (b"{}", "invalid"),
-    (b'{"title": ""}', "invalid"),
-    (b'{"title": "   "}', "invalid"),
-    (b'{"title": "' + b"x" * 201 + b'"}', "invalid"),
-    (b'{"title": 5}', "invalid"),
-    (b'{"title": "ok", "description": 5}', "invalid"),
-    (b'{"title": "ok", "category": "a/b"}', "invalid"),
-    (b'{"title": "ok", "thumbnail_url": "javascript:alert(1)"}', "invalid"),
-    (b'{"title": "ok", "thumbnail_url": "not a url"}', "invalid"),
-    (b'{"title": "ok", "scheduled_at": "tomorrow"}', "invalid"),
-    (b'{"title": "ok", "scheduled_at": 12}', "invalid"),
-    (b'{"title": "ok", "scheduled_at": "9999-12-31T23:59:59-01:00"}', "invalid"),
-    (b'{"title": "ok", "scheduled_at": "10000-01-01T00:00:00Z"}', "invalid"),
-    (b'{"title": "ok", "scheduled_at": "2200-01-01T00:00:00Z"}', "invalid"),
-])
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"{not json", "invalid"),
+        (b"[1, 2]", "invalid"),
+        (b'"title"', "invalid"),
+        (b"{}", "invalid"),
+        (b'{"title": ""}', "invalid"),
+        (b'{"title": "   "}', "invalid"),
+        (b'{"title": "' + b"x" * 201 + b'"}', "invalid"),
+        (b'{"title": 5}', "invalid"),
+        (b'{"title": "ok", "description": 5}', "invalid"),
+        (b'{"title": "ok", "category": "a/b"}', "invalid"),
+        (b'{"title": "ok", "thumbnail_url": "javascript:alert(1)"}', "invalid"),
+        (b'{"title": "ok", "thumbnail_url": "not a url"}', "invalid"),
+        (b'{"title": "ok", "scheduled_at": "tomorrow"}', "invalid"),
+        (b'{"title": "ok", "scheduled_at": 12}', "invalid"),
+        (b'{"title": "ok", "scheduled_at": "9999-12-31T23:59:59-01:00"}', "invalid"),
+        (b'{"title": "ok", "scheduled_at": "10000-01-01T00:00:00Z"}', "invalid"),
+        (b'{"title": "ok", "scheduled_at": "2200-01-01T00:00:00Z"}', "invalid"),
+    ],
+)
 async def test_bad_create_bodies_are_refused_and_change_nothing(body, code, api, token):
     streamer = unique("streamer")
-    status, got = await api.request("POST", "create", token(streamer, "streamer"), data=body,
-                                    headers={"Content-Type": "application/json"})
+    status, got = await api.request(
+        "POST", "create", token(streamer, "streamer"), data=body, headers={"Content-Type": "application/json"}
+    )
     assert_error(status, got, 400, code)
     assert await streams_of(api, streamer) == 0
     status, _ = await api.request("GET", "live")
     assert status == 200
 
 
-@pytest.mark.parametrize("body", [
-    pytest.param(b'{"title": 1e309}', id="infinite-number"),
-    pytest.param(b'{"title": NaN}', id="NaN"),
-    pytest.param(b'{"title": "\\ud800 live"}', id="lone-surrogate"),
-    pytest.param(b'{"title": "ok", "description": ' + b"[" * 500 + b"]" * 500 + b"}", id="nested-500-deep"),
-    pytest.param(b'{"title": "ok", "description": ' + b"[" * 2000 + b"]" * 2000 + b"}", id="nested-2000-deep"),
-    pytest.param(b'{"title": "\xff\xfe"}', id="not-utf8"),
-])
-async def test_bodies_the_hub_cannot_read_are_invalid_and_log_nothing(body, api, token, live_stream_id, caplog):
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b'{"title": 1e309}', id="infinite-number"),
+        pytest.param(b'{"title": NaN}', id="NaN"),
+        pytest.param(b'{"title": "\\ud800 live"}', id="lone-surrogate"),
+        pytest.param(
+            b'{"title": "ok", "description": ' + b"[" * 500 + b"]" * 500 + b"}", id="nested-500-deep"
+        ),
+        pytest.param(
+            b'{"title": "ok", "description": ' + b"[" * 2000 + b"]" * 2000 + b"}", id="nested-2000-deep"
+        ),
+        pytest.param(b'{"title": "\xff\xfe"}', id="not-utf8"),
+    ],
+)
+async def test_bodies_the_hub_cannot_read_are_invalid_and_log_nothing(
+    body, api, token, live_stream_id, caplog
+):
     """400 invalid, on creation and on a moderation action alike, and no log line at all."""
     caplog.set_level(logging.INFO)
     streamer = unique("streamer")
-    status, got = await api.request("POST", "create", token(streamer, "streamer"), data=body,
-                                    headers={"Content-Type": "application/json"})
+    status, got = await api.request(
+        "POST", "create", token(streamer, "streamer"), data=body, headers={"Content-Type": "application/json"}
+    )
     assert_error(status, got, 400, "invalid")
     stream_id, owner = live_stream_id
-    status, got = await api.request("POST", f"{stream_id}/bans", owner, data=body,
-                                    headers={"Content-Type": "application/json"})
+    status, got = await api.request(
+        "POST", f"{stream_id}/bans", owner, data=body, headers={"Content-Type": "application/json"}
+    )
     assert_error(status, got, 400, "invalid")
     assert [r.getMessage() for r in caplog.records if r.name != "aiohttp.access"] == []
     assert await streams_of(api, streamer) == 0
@@ -173,14 +228,17 @@ async def live_stream_id(api, token) -> tuple[str, str]:
 async def test_oversized_body_is_payload_too_large(api, token):
     streamer = unique("streamer")
     big = b'{"title": "x", "description": "' + b"y" * 20_000 + b'"}'
-    status, body = await api.request("POST", "create", token(streamer, "streamer"), data=big,
-                                     headers={"Content-Type": "application/json"})
+    status, body = await api.request(
+        "POST", "create", token(streamer, "streamer"), data=big, headers={"Content-Type": "application/json"}
+    )
     assert_error(status, body, 413, "payload_too_large")
     assert await streams_of(api, streamer) == 0
 
 
-@pytest.mark.parametrize("path", [UNKNOWN, f"{UNKNOWN}/stats", f"{UNKNOWN}/chat", "not-a-uuid",
-                                  "not-a-uuid/stats", "no/such/route"])
+@pytest.mark.parametrize(
+    "path",
+    [UNKNOWN, f"{UNKNOWN}/stats", f"{UNKNOWN}/chat", "not-a-uuid", "not-a-uuid/stats", "no/such/route"],
+)
 async def test_unknown_streams_are_not_found(path, api):
     status, body = await api.request("GET", path)
     assert_error(status, body, 404, "not_found")
@@ -196,9 +254,18 @@ async def test_actions_on_unknown_streams_are_not_found(action, api, token):
 NOT_ASCII_DIGITS = ["１０", "1_0", "+5", "٥", "%205", "5%20"]
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=101", "limit=abc", "offset=-1", "offset=x",
-                                   *(f"limit={n}" for n in NOT_ASCII_DIGITS),
-                                   *(f"offset={n}" for n in NOT_ASCII_DIGITS)])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=0",
+        "limit=101",
+        "limit=abc",
+        "offset=-1",
+        "offset=x",
+        *(f"limit={n}" for n in NOT_ASCII_DIGITS),
+        *(f"offset={n}" for n in NOT_ASCII_DIGITS),
+    ],
+)
 async def test_bad_live_queries_are_invalid(query, api):
     status, body = await api.request("GET", f"live?{query}")
     assert_error(status, body, 400, "invalid")
@@ -206,7 +273,9 @@ async def test_bad_live_queries_are_invalid(query, api):
 
 async def test_live_lists_most_viewers_first_with_filters(api, token, clients, base_url):
     category = unique("cat")
-    made = [await api.create_stream(token(unique("streamer"), "streamer"), category=category) for _ in range(3)]
+    made = [
+        await api.create_stream(token(unique("streamer"), "streamer"), category=category) for _ in range(3)
+    ]
     for stream, viewers in zip(made, (1, 3, 2), strict=True):
         for _ in range(viewers):
             c = await clients(base_url)
@@ -214,8 +283,11 @@ async def test_live_lists_most_viewers_first_with_filters(api, token, clients, b
     status, body = await api.request("GET", f"live?category={category}")
     assert status == 200 and body["count"] == 3
     assert [s["viewer_count"] for s in body["streams"]] == [3, 2, 1]
-    assert [s["stream_id"] for s in body["streams"]] == [made[1]["stream_id"], made[2]["stream_id"],
-                                                         made[0]["stream_id"]]
+    assert [s["stream_id"] for s in body["streams"]] == [
+        made[1]["stream_id"],
+        made[2]["stream_id"],
+        made[0]["stream_id"],
+    ]
     status, body = await api.request("GET", f"live?category={category}&limit=1&offset=1")
     assert [s["stream_id"] for s in body["streams"]] == [made[2]["stream_id"]] and body["count"] == 1
     await api.request("POST", f"{made[1]['stream_id']}/end", token(made[1]["streamer_id"], "streamer"))
@@ -241,7 +313,11 @@ async def test_end_returns_final_figures_and_is_for_its_streamer_or_an_admin(api
     final = body["stream"]
     assert final["status"] == "ENDED" and ISO.match(final["ended_at"]) and final["duration_seconds"] >= 0
     assert (final["peak_viewers"], final["tip_count"], final["tips_total"], final["platform_fees_total"]) == (
-        1, 1, 1.3, 0.07)
+        1,
+        1,
+        1.3,
+        0.07,
+    )
     await c.wait_for("stream_ended")
     status, body = await api.request("POST", f"{sid}/end", token(streamer, "streamer"))
     assert_error(status, body, 409, "conflict")
@@ -263,7 +339,12 @@ async def test_stats_are_exact(api, token, clients, base_url):
     assert status == 200 and set(body["stats"]) == STATS_FIELDS
     st = body["stats"]
     # 1.10 -> 0.055 -> 0.06; 1.20 -> 0.06; 2.50 -> 0.125 -> 0.13
-    assert (st["tips_total"], st["platform_fees_total"], st["tip_count"], st["message_count"]) == (4.8, 0.25, 3, 4)
+    assert (st["tips_total"], st["platform_fees_total"], st["tip_count"], st["message_count"]) == (
+        4.8,
+        0.25,
+        3,
+        4,
+    )
     assert (st["viewer_count"], st["peak_viewers"], st["unique_viewers"], st["status"]) == (4, 4, 4, "LIVE")
     assert st["duration_seconds"] >= 0
 
@@ -286,15 +367,26 @@ async def test_chat_pages_newest_older_than_before_oldest_first(api, token, clie
     assert [m["message_id"] for m in body["messages"]] == ids[:2]
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=201", "limit=x", "before=nope", "before=123",
-                                   *(f"limit={n}" for n in NOT_ASCII_DIGITS)])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=0",
+        "limit=201",
+        "limit=x",
+        "before=nope",
+        "before=123",
+        *(f"limit={n}" for n in NOT_ASCII_DIGITS),
+    ],
+)
 async def test_bad_chat_queries_are_invalid(query, api, token):
     sid = (await api.create_stream(token(unique("streamer"), "streamer")))["stream_id"]
     status, body = await api.request("GET", f"{sid}/chat?{query}")
     assert_error(status, body, 400, "invalid")
 
 
-async def test_history_reads_mysql_past_the_recent_buffer(api, token, clients, base_url, flusher, rds, settings):
+async def test_history_reads_mysql_past_the_recent_buffer(
+    api, token, clients, base_url, flusher, rds, settings
+):
     streamer = unique("streamer")
     sid = (await api.create_stream(token(streamer, "streamer")))["stream_id"]
     sent = []
@@ -380,8 +472,12 @@ async def test_health_and_readiness(api):
     assert set(body["outbox"]) == {"entries", "pending", "oldest_age_seconds"}
     status, body = await api.request("GET", "/metrics")
     assert status == 200 and "hub_connections" in body
-    for counter in ("hub_deliveries_total", "hub_socket_writes_total", "hub_cut_off_total",
-                    "hub_room_messages_total"):
+    for counter in (
+        "hub_deliveries_total",
+        "hub_socket_writes_total",
+        "hub_cut_off_total",
+        "hub_room_messages_total",
+    ):
         assert counter in body, counter
 
 

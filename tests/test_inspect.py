@@ -13,8 +13,16 @@ from tests.conftest import ROOT, Api, Client, eventually, unique
 
 async def inspect(env: dict[str, str], *args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hub", "inspect", *args, cwd=ROOT, env={**os.environ, **env},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "hub",
+        "inspect",
+        *args,
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
@@ -23,7 +31,9 @@ async def inspect(env: dict[str, str], *args: str) -> tuple[int, str, str]:
 async def test_inspect_shows_streams_workers_viewers_and_chat(workers, http, token, env):
     w1, w2 = await workers(2)
     streamer_id = unique("streamer")
-    sid = (await Api(http, w1.url).create_stream(token(streamer_id, "streamer"), title="Inspect me"))["stream_id"]
+    sid = (await Api(http, w1.url).create_stream(token(streamer_id, "streamer"), title="Inspect me"))[
+        "stream_id"
+    ]
     a, b = Client(), Client()
     try:
         await a.connect(w1.url, token(unique("a")))

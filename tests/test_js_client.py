@@ -21,8 +21,13 @@ def node_client() -> Path:
         pytest.skip("node and npm are not installed on this machine")
     if not (JS / "node_modules" / "socket.io-client").is_dir():
         try:
-            done = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=JS,
-                                  capture_output=True, text=True, timeout=300)
+            done = subprocess.run(
+                ["npm", "install", "--no-audit", "--no-fund", "--silent"],
+                cwd=JS,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
         except subprocess.TimeoutExpired:
             pytest.skip("npm install of socket.io-client timed out (registry unreachable?)")
         if done.returncode != 0:
@@ -36,14 +41,26 @@ async def test_js_client_joins_chats_and_tips_across_two_workers(node_client, wo
     api.base = w1.url
     stream = await api.create_stream(token(streamer, "streamer"))
     proc = await asyncio.create_subprocess_exec(
-        "node", str(node_client), w1.url, w2.url, stream["stream_id"],
-        token(unique("js-a")), token(unique("js-b")),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        "node",
+        str(node_client),
+        w1.url,
+        w2.url,
+        stream["stream_id"],
+        token(unique("js-a")),
+        token(unique("js-b")),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     seen = json.loads(out.decode().strip().splitlines()[-1])
     assert seen == {
-        "joinedA": True, "joinedB": True, "viewerCountB": 2, "transportA": "websocket",
-        "chatOnA": "hello from B", "tipOnB": 2.5, "feeOnB": 0.13, "badCode": "invalid",
+        "joinedA": True,
+        "joinedB": True,
+        "viewerCountB": 2,
+        "transportA": "websocket",
+        "chatOnA": "hello from B",
+        "tipOnB": 2.5,
+        "feeOnB": 0.13,
+        "badCode": "invalid",
     }

@@ -37,6 +37,7 @@ TRUSTED = {"HUB_TRUSTED_PROXIES": "127.0.0.1"}
 
 # -- nginx ------------------------------------------------------------------------------
 
+
 def _nginx_binary() -> str | None:
     found = shutil.which("nginx")
     if found is None and os.access("/usr/sbin/nginx", os.X_OK):
@@ -51,8 +52,10 @@ def nginx_binary() -> str:
         subprocess.run(["sh", str(ROOT / "scripts" / "ensure-test-tools.sh")], check=False, timeout=600)
     found = _nginx_binary()
     if found is None:
-        pytest.skip("nginx is not installed and scripts/ensure-test-tools.sh could not install it "
-                    "(it needs root and apt-get); install nginx to run the load-balancer tests")
+        pytest.skip(
+            "nginx is not installed and scripts/ensure-test-tools.sh could not install it "
+            "(it needs root and apt-get); install nginx to run the load-balancer tests"
+        )
     return found
 
 
@@ -61,16 +64,27 @@ def render(conf: str, workers: list[Worker], port: int, prefix: Path) -> str:
     must match exactly as often as expected, so a reshaped file fails here, not silently."""
     ports = iter(w.port for w in workers)
     swaps: list[tuple[str, Callable[[re.Match[str]], str], int]] = [
-        (r"(?m)^(\s*server\s+)127\.0\.0\.1:\d+", lambda m: f"{m.group(1)}127.0.0.1:{next(ports)}",
-         len(workers)),
+        (
+            r"(?m)^(\s*server\s+)127\.0\.0\.1:\d+",
+            lambda m: f"{m.group(1)}127.0.0.1:{next(ports)}",
+            len(workers),
+        ),
         (r"(?m)^(\s*listen\s+)80;", lambda m: f"{m.group(1)}127.0.0.1:{port};", 1),
         (r"(?m)^pid\s+[^;]+;", lambda m: f"pid {prefix}/nginx.pid;", 1),
         (r"(?m)^error_log\s+\S+", lambda m: f"error_log {prefix}/error.log", 1),
         (r"(?m)^(\s*access_log\s+)\S+", lambda m: f"{m.group(1)}{prefix}/access.log", 1),
         # Temporary files under the prefix too, not in /var/lib/nginx.
-        (r"(?m)^http \{", lambda m: "http {\n" + "".join(
-            f"    {kind}_temp_path {prefix}/{kind}_temp;\n"
-            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")), 1),
+        (
+            r"(?m)^http \{",
+            lambda m: (
+                "http {\n"
+                + "".join(
+                    f"    {kind}_temp_path {prefix}/{kind}_temp;\n"
+                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+                )
+            ),
+            1,
+        ),
     ]
     for pattern, swap, expected in swaps:
         conf, found = re.subn(pattern, swap, conf)
@@ -96,11 +110,17 @@ class Nginx:
         self._log = open(prefix / "stderr.log", "wb")
         self.proc = subprocess.Popen(
             [binary, "-p", str(prefix), "-c", str(conf), *early_log, "-g", directives],
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def _failure(self) -> str:
-        logs = [p.read_text(errors="replace") for p in (self.prefix / "stderr.log", self.prefix / "error.log")
-                if p.exists()]
+        logs = [
+            p.read_text(errors="replace")
+            for p in (self.prefix / "stderr.log", self.prefix / "error.log")
+            if p.exists()
+        ]
         return "nginx failed: " + "\n".join(logs)
 
     async def ready(self, session: aiohttp.ClientSession) -> None:
@@ -143,8 +163,9 @@ class Nginx:
 
 
 @pytest.fixture
-async def nginx(nginx_binary: str, tmp_path: Path,
-                http: aiohttp.ClientSession) -> AsyncIterator[Callable[[list[Worker]], Awaitable[Nginx]]]:
+async def nginx(
+    nginx_binary: str, tmp_path: Path, http: aiohttp.ClientSession
+) -> AsyncIterator[Callable[[list[Worker]], Awaitable[Nginx]]]:
     started: list[Nginx] = []
 
     async def start(workers: list[Worker]) -> Nginx:
@@ -159,6 +180,7 @@ async def nginx(nginx_binary: str, tmp_path: Path,
 
 
 # -- clients ----------------------------------------------------------------------------
+
 
 class Browser(Client):
     """A client as a browser connects: long-polling first, then the upgrade to a WebSocket.
@@ -186,8 +208,12 @@ class Browser(Client):
     async def _disconnected(self, reason: str | None = None) -> None:
         # The session closed by the server (not a namespace-level disconnect): Engine.IO is
         # no longer connected, and python-socketio's own reconnection will not start.
-        if self.like_js and reason == self.sio.reason.SERVER_DISCONNECT and \
-                self.sio.eio.state != "connected" and self._reconnecting is None:
+        if (
+            self.like_js
+            and reason == self.sio.reason.SERVER_DISCONNECT
+            and self.sio.eio.state != "connected"
+            and self._reconnecting is None
+        ):
             self._reconnecting = asyncio.create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
@@ -196,16 +222,31 @@ class Browser(Client):
             await asyncio.sleep(delay)  # the back-off between attempts, as socket.io-client's
             delay = min(delay * 2, 1.0)
             with contextlib.suppress(socketio.exceptions.ConnectionError, ValueError):
-                await self.sio.connect(self.sio.connection_url, headers=self.sio.connection_headers,
-                                       auth=self.sio.connection_auth,
-                                       transports=self.sio.connection_transports,
-                                       namespaces=self.sio.connection_namespaces, wait_timeout=DEADLINE)
+                await self.sio.connect(
+                    self.sio.connection_url,
+                    headers=self.sio.connection_headers,
+                    auth=self.sio.connection_auth,
+                    transports=self.sio.connection_transports,
+                    namespaces=self.sio.connection_namespaces,
+                    wait_timeout=DEADLINE,
+                )
         self._reconnecting = None
 
-    async def open(self, url: str, token: str | None = None, headers: dict[str, str] | None = None,
-                   transports: tuple[str, ...] = ("polling", "websocket")) -> Browser:
-        await self.sio.connect(url, namespaces=[NAMESPACE], auth={"token": token} if token else None,
-                               transports=list(transports), headers=headers or {}, wait_timeout=DEADLINE)
+    async def open(
+        self,
+        url: str,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+        transports: tuple[str, ...] = ("polling", "websocket"),
+    ) -> Browser:
+        await self.sio.connect(
+            url,
+            namespaces=[NAMESPACE],
+            auth={"token": token} if token else None,
+            transports=list(transports),
+            headers=headers or {},
+            wait_timeout=DEADLINE,
+        )
         return self
 
     async def close(self) -> None:
@@ -245,19 +286,21 @@ async def counted_as(rds: aioredis.Redis, settings: Settings, client: Browser) -
         head, tail = keys.address_conns("\0").split("\0")
         async for key in rds.scan_iter(match=keys.address_conns("*"), count=1000):
             if await rds.zscore(key, sid) is not None:
-                found.append(key[len(head):-len(tail)])
+                found.append(key[len(head) : -len(tail)])
     return found
 
 
 # -- through the proxy ------------------------------------------------------------------
+
 
 async def test_a_browser_connects_through_nginx_upgrades_and_chats(workers, nginx, browsers, http, token):
     w1, w2 = await workers(2, **TRUSTED)
     proxy = await nginx([w1, w2])
     sid = (await Api(http, proxy.url).create_stream(token(unique("streamer"), "streamer")))["stream_id"]
     # A same-origin page: Engine.IO compares Origin with the Host that nginx passes on.
-    viewer = await browsers("127.0.0.2").open(proxy.url, token(unique("viewer"), name="Vi"),
-                                              headers={"Origin": proxy.url})
+    viewer = await browsers("127.0.0.2").open(
+        proxy.url, token(unique("viewer"), name="Vi"), headers={"Origin": proxy.url}
+    )
 
     async def upgraded() -> bool:
         return viewer.sio.transport() == "websocket"
@@ -291,16 +334,22 @@ async def test_chat_through_nginx_reaches_the_other_worker(workers, nginx, brows
     await sender.wait_for("chat_message", lambda m: m["message_id"] == reply["message"]["message_id"])
 
 
-@pytest.mark.parametrize("like_js", [
-    pytest.param(True, id="socket.io-client"),
-    pytest.param(False, id="python-socketio"),
-])
+@pytest.mark.parametrize(
+    "like_js",
+    [
+        pytest.param(True, id="socket.io-client"),
+        pytest.param(False, id="python-socketio"),
+    ],
+)
 async def test_a_draining_workers_clients_reconnect_through_nginx_to_the_other(
-        like_js, workers, nginx, browsers, http, token):
+    like_js, workers, nginx, browsers, http, token
+):
     w1, w2 = await workers(2, **TRUSTED, HUB_DRAIN_SECONDS="0.5", HUB_SHUTDOWN_DEADLINE="5")
     proxy = await nginx([w1, w2])
     sid = (await Api(http, proxy.url).create_stream(token(unique("streamer"), "streamer")))["stream_id"]
-    mover = await browsers("127.0.0.2", reconnect=True, like_js=like_js).open(proxy.url, token(unique("mover")))
+    mover = await browsers("127.0.0.2", reconnect=True, like_js=like_js).open(
+        proxy.url, token(unique("mover"))
+    )
     doomed = await proxy.worker_of("127.0.0.2", [w1, w2])
     survivor = w2 if doomed is w1 else w1
     watcher = await browsers().open(survivor.url, token(unique("watcher")), transports=("websocket",))
@@ -322,7 +371,9 @@ async def test_a_draining_workers_clients_reconnect_through_nginx_to_the_other(
     took = time.monotonic() - signalled
     assert proxy.upstream_of("127.0.0.2") == survivor.port
     # The client joins again, from where it left off, and keeps chatting.
-    joined = await mover.call("join_stream", {"stream_id": sid, "last_message_id": before["message"]["message_id"]})
+    joined = await mover.call(
+        "join_stream", {"stream_id": sid, "last_message_id": before["message"]["message_id"]}
+    )
     assert joined["success"] and joined["viewer_count"] == 2
     after = await mover.call("send_message", {"stream_id": sid, "message": "after the drain"})
     await watcher.wait_for("chat_message", lambda m: m["message_id"] == after["message"]["message_id"])
@@ -340,29 +391,39 @@ async def test_address_limits_count_the_client_behind_the_proxy(workers, nginx, 
     # A second connection from 127.0.0.2 is over its limit, whatever X-Forwarded-For it sends:
     # nginx appends the real address, and the worker takes the rightmost untrusted entry.
     assert await refused(browsers("127.0.0.2"), proxy.url) == "rate_limited"
-    assert await refused(browsers("127.0.0.2"), proxy.url, headers={"X-Forwarded-For": "203.0.113.9"}) \
+    assert (
+        await refused(browsers("127.0.0.2"), proxy.url, headers={"X-Forwarded-For": "203.0.113.9"})
         == "rate_limited"
+    )
 
     # Straight to a worker from an untrusted address, a forged header changes nothing: the
     # connection counts against its own address, and cannot dodge that address's limit.
-    direct = await browsers("127.0.0.4").open(w1.url, headers={"X-Forwarded-For": "127.0.0.5"},
-                                               transports=("websocket",))
+    direct = await browsers("127.0.0.4").open(
+        w1.url, headers={"X-Forwarded-For": "127.0.0.5"}, transports=("websocket",)
+    )
     assert await counted_as(rds, settings, direct) == ["127.0.0.4"]
-    assert await refused(browsers("127.0.0.4"), w1.url, headers={"X-Forwarded-For": "203.0.113.10"},
-                         transports=("polling",)) == "rate_limited"  # a WebSocket handshake has no body
+    assert (
+        await refused(
+            browsers("127.0.0.4"),
+            w1.url,
+            headers={"X-Forwarded-For": "203.0.113.10"},
+            transports=("polling",),
+        )
+        == "rate_limited"
+    )  # a WebSocket handshake has no body
 
 
 # What the worker counts a connection as, by the peer it comes from and the X-Forwarded-For it
 # carries, with HUB_TRUSTED_PROXIES=127.0.0.1,127.0.1.0/24.
 ADDRESS_RULE = [
-    ("127.0.0.1", None, "127.0.0.1"),                                   # a trusted peer, no header
-    ("127.0.0.1", "198.51.100.7", "198.51.100.7"),                      # the proxy's client
-    ("127.0.0.1", "203.0.113.1, 198.51.100.7", "198.51.100.7"),         # left entries: the client's own words
-    ("127.0.0.1", "198.51.100.7, 127.0.1.5", "198.51.100.7"),           # through two trusted proxies
-    ("127.0.0.1", "127.0.1.6, 127.0.1.5", "127.0.1.6"),                 # only proxies: the farthest
-    ("127.0.0.1", "198.51.100.7, not-an-address", "127.0.0.1"),         # garbage stops at the last proxy
-    ("127.0.0.1", "2001:db8::7", "2001:db8::7"),                        # IPv6 clients
-    ("127.0.0.2", "198.51.100.7", "127.0.0.2"),                         # an untrusted peer: header ignored
+    ("127.0.0.1", None, "127.0.0.1"),  # a trusted peer, no header
+    ("127.0.0.1", "198.51.100.7", "198.51.100.7"),  # the proxy's client
+    ("127.0.0.1", "203.0.113.1, 198.51.100.7", "198.51.100.7"),  # left entries: the client's own words
+    ("127.0.0.1", "198.51.100.7, 127.0.1.5", "198.51.100.7"),  # through two trusted proxies
+    ("127.0.0.1", "127.0.1.6, 127.0.1.5", "127.0.1.6"),  # only proxies: the farthest
+    ("127.0.0.1", "198.51.100.7, not-an-address", "127.0.0.1"),  # garbage stops at the last proxy
+    ("127.0.0.1", "2001:db8::7", "2001:db8::7"),  # IPv6 clients
+    ("127.0.0.2", "198.51.100.7", "127.0.0.2"),  # an untrusted peer: header ignored
     ("127.0.0.2", None, "127.0.0.2"),
 ]
 
@@ -370,15 +431,20 @@ ADDRESS_RULE = [
 async def test_the_client_address_rule(workers, browsers, settings, rds):
     (w1,) = await workers(1, HUB_TRUSTED_PROXIES="127.0.0.1, 127.0.1.0/24")
     for source, forwarded, expected in ADDRESS_RULE:
-        client = await browsers(source).open(w1.url, headers={"X-Forwarded-For": forwarded} if forwarded else {},
-                                             transports=("websocket",))
+        client = await browsers(source).open(
+            w1.url, headers={"X-Forwarded-For": forwarded} if forwarded else {}, transports=("websocket",)
+        )
         assert await counted_as(rds, settings, client) == [expected], (source, forwarded)
         await client.close()
 
 
 def test_the_haproxy_example_is_valid():
-    haproxy = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.access("/usr/sbin/haproxy", os.X_OK) else None)
+    haproxy = shutil.which("haproxy") or (
+        "/usr/sbin/haproxy" if os.access("/usr/sbin/haproxy", os.X_OK) else None
+    )
     if haproxy is None:
         pytest.skip("haproxy is not installed; deploy/haproxy.cfg is checked where it is")
-    result = subprocess.run([haproxy, "-c", "-f", str(HAPROXY_CFG)], capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [haproxy, "-c", "-f", str(HAPROXY_CFG)], capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -75,22 +75,29 @@ async def target_for(live: Stream, action: str, clients, base_url, token) -> dic
     assert (await c.call("join_stream", {"stream_id": live.id}))["success"]
     message_id = await say(c, live.id, "target's message")
     if action == "unban_user":
-        assert (await live.sockets["streamer"].call("timeout_user", {
-            "stream_id": live.id, "user_id": user, "seconds": 60}))["success"]
+        assert (
+            await live.sockets["streamer"].call(
+                "timeout_user", {"stream_id": live.id, "user_id": user, "seconds": 60}
+            )
+        )["success"]
     if action == "remove_moderator":
-        assert (await live.sockets["streamer"].call("add_moderator", {
-            "stream_id": live.id, "user_id": user}))["success"]
+        assert (
+            await live.sockets["streamer"].call("add_moderator", {"stream_id": live.id, "user_id": user})
+        )["success"]
     return {"user": user, "message_id": message_id}
 
 
 # -- who may do what ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("action", sorted(ACTIONS))
 @pytest.mark.parametrize("role", ["streamer", "moderator", "admin", "viewer"])
 async def test_each_action_by_each_role(action, role, live, clients, base_url, token):
     target = await target_for(live, action, clients, base_url, token)
     viewer = live.sockets["viewer"]
-    await viewer.wait_for("moderators_changed", lambda d: len(d["moderators"]) == 1 + (action == "remove_moderator"))
+    await viewer.wait_for(
+        "moderators_changed", lambda d: len(d["moderators"]) == 1 + (action == "remove_moderator")
+    )
     seen = len(viewer.events["moderators_changed"])
     ack = await live.sockets[role].call(action, {"stream_id": live.id, **ACTIONS[action](target)})
     allowed = role in ("streamer", "admin") or (role == "moderator" and action not in OWNER_ONLY)
@@ -104,10 +111,16 @@ async def test_each_action_by_each_role(action, role, live, clients, base_url, t
     assert action_record["action"] == action and action_record["by"] == live.users[role]
     assert action_record["stream_id"] == live.id and action_record["created_at"].endswith("Z")
     # Everyone in the room hears of it, the plain viewer included.
-    event = {"delete_message": "message_deleted", "timeout_user": "user_timed_out",
-             "ban_user": "user_banned", "unban_user": "user_unbanned", "clear_chat": "chat_cleared",
-             "set_slow_mode": "slow_mode", "add_moderator": "moderators_changed",
-             "remove_moderator": "moderators_changed"}[action]
+    event = {
+        "delete_message": "message_deleted",
+        "timeout_user": "user_timed_out",
+        "ban_user": "user_banned",
+        "unban_user": "user_unbanned",
+        "clear_chat": "chat_cleared",
+        "set_slow_mode": "slow_mode",
+        "add_moderator": "moderators_changed",
+        "remove_moderator": "moderators_changed",
+    }[action]
     if event == "moderators_changed":
         await eventually(lambda: _true(len(viewer.events[event]) > seen), what="moderators_changed")
         heard = viewer.events[event][seen]
@@ -115,7 +128,8 @@ async def test_each_action_by_each_role(action, role, live, clients, base_url, t
         assert heard == {"stream_id": live.id, "moderators": sorted(expected)}
     else:
         await live.sockets["viewer"].wait_for(
-            event, lambda d: d["stream_id"] == live.id and d["by"] == live.users[role])
+            event, lambda d: d["stream_id"] == live.id and d["by"] == live.users[role]
+        )
 
 
 async def test_anonymous_sockets_and_missing_tokens_cannot_moderate(live, clients, base_url, api):
@@ -130,8 +144,10 @@ async def test_anonymous_sockets_and_missing_tokens_cannot_moderate(live, client
 
 # -- deleting ---------------------------------------------------------------------------
 
-async def test_a_deleted_message_is_gone_everywhere_and_marked_in_mysql(live, api, clients, base_url,
-                                                                        token, flusher, sql):
+
+async def test_a_deleted_message_is_gone_everywhere_and_marked_in_mysql(
+    live, api, clients, base_url, token, flusher, sql
+):
     viewer = live.sockets["viewer"]
     keep = await say(viewer, live.id, "keep me")
     gone = await say(viewer, live.id, "delete me")
@@ -178,7 +194,10 @@ async def test_deleting_a_message_only_mysql_still_holds(workers, http, token, f
         status, body = await api.request("DELETE", f"{sid}/chat/{UNKNOWN}", token(streamer, "streamer"))
         assert status == 404 and body["error"]["code"] == "not_found"
         await flusher.drain()
-        assert sql("SELECT deleted_by FROM chat_messages WHERE message_id=%s", first)[0]["deleted_by"] == streamer
+        assert (
+            sql("SELECT deleted_by FROM chat_messages WHERE message_id=%s", first)[0]["deleted_by"]
+            == streamer
+        )
     finally:
         await c.close()
 
@@ -196,10 +215,12 @@ async def test_a_message_of_another_stream_cannot_be_deleted_here(live, api, tok
 
 # -- timeouts and bans ------------------------------------------------------------------
 
+
 async def test_a_timed_out_user_watches_but_cannot_chat_or_tip_until_lifted(live, api):
     viewer, uid = live.sockets["viewer"], live.users["viewer"]
-    ack = await live.sockets["moderator"].call("timeout_user", {
-        "stream_id": live.id, "user_id": uid, "seconds": 600, "reason": "cool off"})
+    ack = await live.sockets["moderator"].call(
+        "timeout_user", {"stream_id": live.id, "user_id": uid, "seconds": 600, "reason": "cool off"}
+    )
     assert ack["success"] and ack["action"]["seconds"] == 600 and ack["action"]["reason"] == "cool off"
     heard = await viewer.wait_for("user_timed_out", lambda d: d["user_id"] == uid)
     assert heard["until"] == ack["action"]["until"] and heard["by"] == live.users["moderator"]
@@ -241,12 +262,15 @@ async def test_a_banned_user_leaves_the_room_on_every_worker_and_cannot_rejoin(w
         await moderator.connect(w2.url, token(mod))
         made.append(moderator)
         status, body = await Api(http, w2.url).request(
-            "POST", f"{sid}/moderators", token(streamer, "streamer"), json={"user_id": mod})
+            "POST", f"{sid}/moderators", token(streamer, "streamer"), json={"user_id": mod}
+        )
         assert status == 200 and body["moderators"] == [mod], body
         await eventually(lambda: _count(api, sid, 2), what="two viewers")
 
         # A timeout given on worker 2 holds on worker 1, and so does slow mode; both lift.
-        assert (await moderator.call("timeout_user", {"stream_id": sid, "user_id": other, "seconds": 60}))["success"]
+        assert (await moderator.call("timeout_user", {"stream_id": sid, "user_id": other, "seconds": 60}))[
+            "success"
+        ]
         refused = await watcher.call("send_message", {"stream_id": sid, "message": "hi"})
         assert refused["error"]["code"] == "timed_out"
         assert (await moderator.call("unban_user", {"stream_id": sid, "user_id": other}))["success"]
@@ -277,10 +301,13 @@ async def test_a_banned_user_leaves_the_room_on_every_worker_and_cannot_rejoin(w
             assert refused["error"]["code"] == "banned"
             refused = await tab.call("send_message", {"stream_id": sid, "message": "hello?"})
             assert refused["error"]["code"] == "not_joined"
-        assert not [e for e in watcher.events["viewer_joined"] if e["user_id"] == bad and e["viewer_count"] > 2]
+        assert not [
+            e for e in watcher.events["viewer_joined"] if e["user_id"] == bad and e["viewer_count"] > 2
+        ]
 
         status, body = await Api(http, w2.url).request(
-            "DELETE", f"{sid}/bans/{bad}", token(streamer, "streamer"))
+            "DELETE", f"{sid}/bans/{bad}", token(streamer, "streamer")
+        )
         assert status == 200 and body["action"]["action"] == "unban_user"
         assert (await bad_tab2.call("join_stream", {"stream_id": sid}))["success"]
     finally:
@@ -311,37 +338,45 @@ async def test_targets_that_are_refused(live, clients, base_url, token):
         assert ack["error"]["code"] == code, (action, fields, ack)
     banned = unique("banned")
     assert (await streamer.call("ban_user", {"stream_id": live.id, "user_id": banned}))["success"]
-    assert (await streamer.call("ban_user", {"stream_id": live.id, "user_id": banned}))["error"]["code"] == "conflict"
-    assert (await streamer.call("add_moderator", {"stream_id": live.id, "user_id": banned}))["error"]["code"] == \
-        "conflict"
+    assert (await streamer.call("ban_user", {"stream_id": live.id, "user_id": banned}))["error"][
+        "code"
+    ] == "conflict"
+    assert (await streamer.call("add_moderator", {"stream_id": live.id, "user_id": banned}))["error"][
+        "code"
+    ] == "conflict"
 
 
-@pytest.mark.parametrize("action,payload", [
-    ("timeout_user", {"user_id": "x", "seconds": 0}),
-    ("timeout_user", {"user_id": "x", "seconds": 14 * 24 * 3600 + 1}),
-    ("timeout_user", {"user_id": "x", "seconds": "60"}),
-    ("timeout_user", {"user_id": "x", "seconds": 1.5}),
-    ("timeout_user", {"user_id": "x", "seconds": True}),
-    ("timeout_user", {"user_id": "x"}),
-    ("ban_user", {}),
-    ("ban_user", {"user_id": ""}),
-    ("ban_user", {"user_id": 42}),
-    ("ban_user", {"user_id": " padded "}),
-    ("ban_user", {"user_id": "x" * 192}),
-    ("ban_user", {"user_id": "x", "reason": "r" * 501}),
-    ("set_slow_mode", {"seconds": -1}),
-    ("set_slow_mode", {"seconds": 3601}),
-    ("set_slow_mode", {}),
-    ("delete_message", {"message_id": "not-an-id"}),
-    ("delete_message", {}),
-    ("add_moderator", {"user_id": None}),
-])
+@pytest.mark.parametrize(
+    "action,payload",
+    [
+        ("timeout_user", {"user_id": "x", "seconds": 0}),
+        ("timeout_user", {"user_id": "x", "seconds": 14 * 24 * 3600 + 1}),
+        ("timeout_user", {"user_id": "x", "seconds": "60"}),
+        ("timeout_user", {"user_id": "x", "seconds": 1.5}),
+        ("timeout_user", {"user_id": "x", "seconds": True}),
+        ("timeout_user", {"user_id": "x"}),
+        ("ban_user", {}),
+        ("ban_user", {"user_id": ""}),
+        ("ban_user", {"user_id": 42}),
+        ("ban_user", {"user_id": " padded "}),
+        ("ban_user", {"user_id": "x" * 192}),
+        ("ban_user", {"user_id": "x", "reason": "r" * 501}),
+        ("set_slow_mode", {"seconds": -1}),
+        ("set_slow_mode", {"seconds": 3601}),
+        ("set_slow_mode", {}),
+        ("delete_message", {"message_id": "not-an-id"}),
+        ("delete_message", {}),
+        ("add_moderator", {"user_id": None}),
+    ],
+)
 async def test_malformed_moderation_is_invalid_and_changes_nothing(action, payload, live, api):
     ack = await live.sockets["streamer"].call(action, {"stream_id": live.id, **payload})
     assert ack["error"]["code"] == "invalid", ack
     status, body = await api.request("GET", f"{live.id}/moderation", live.tokens["streamer"])
     assert [a["action"] for a in body["actions"]] == ["add_moderator"]  # the fixture's only action
-    assert (await live.sockets["streamer"].call("send_message", {"stream_id": live.id, "message": "ok"}))["success"]
+    assert (await live.sockets["streamer"].call("send_message", {"stream_id": live.id, "message": "ok"}))[
+        "success"
+    ]
 
 
 async def test_unknown_and_ended_streams(live, api, token):
@@ -353,11 +388,14 @@ async def test_unknown_and_ended_streams(live, api, token):
     assert status == 200
     ack = await live.sockets["streamer"].call("ban_user", {"stream_id": live.id, "user_id": "x"})
     assert ack["error"]["code"] == "stream_not_live"
-    status, body = await api.request("POST", f"{live.id}/alerts", live.tokens["streamer"], json={"message": "x"})
+    status, body = await api.request(
+        "POST", f"{live.id}/alerts", live.tokens["streamer"], json={"message": "x"}
+    )
     assert status == 409 and body["error"]["code"] == "stream_not_live"
 
 
 # -- clearing and slow mode -------------------------------------------------------------
+
 
 async def test_clear_chat_hides_every_earlier_message(live, api, clients, base_url, token, flusher, sql):
     viewer = live.sockets["viewer"]
@@ -373,18 +411,25 @@ async def test_clear_chat_hides_every_earlier_message(live, api, clients, base_u
     joined = await late.call("join_stream", {"stream_id": live.id})
     assert [m["message_id"] for m in joined["recent_messages"]] == [new]
     await flusher.drain()
-    rows = sql("SELECT message_id, deleted_by FROM chat_messages WHERE stream_id=%s AND deleted_at IS NOT NULL",
-               live.id)
+    rows = sql(
+        "SELECT message_id, deleted_by FROM chat_messages WHERE stream_id=%s AND deleted_at IS NOT NULL",
+        live.id,
+    )
     assert sorted(r["message_id"] for r in rows) == sorted(old)
     assert {r["deleted_by"] for r in rows} == {live.users["moderator"]}
 
 
 async def test_slow_mode_spaces_out_viewers_but_not_the_streamer_or_moderators(live, api):
     viewer = live.sockets["viewer"]
-    status, body = await api.request("PUT", f"{live.id}/slow-mode", live.tokens["streamer"], json={"seconds": 30})
+    status, body = await api.request(
+        "PUT", f"{live.id}/slow-mode", live.tokens["streamer"], json={"seconds": 30}
+    )
     assert status == 200 and body["action"]["seconds"] == 30
-    assert (await viewer.wait_for("slow_mode")) == {"stream_id": live.id, "seconds": 30,
-                                                    "by": live.users["streamer"]}
+    assert (await viewer.wait_for("slow_mode")) == {
+        "stream_id": live.id,
+        "seconds": 30,
+        "by": live.users["streamer"],
+    }
     await say(viewer, live.id, "first")
     refused = await viewer.call("send_message", {"stream_id": live.id, "message": "second"})
     assert refused["error"]["code"] == "slow_mode" and 29 <= refused["error"]["retry_after"] <= 30
@@ -403,7 +448,9 @@ async def test_moderators_and_the_streamer_get_the_higher_chat_rate(workers, htt
     api = Api(http, w.url)
     streamer, mod, viewer = unique("streamer"), unique("mod"), unique("viewer")
     sid = (await api.create_stream(token(streamer, "streamer")))["stream_id"]
-    status, _ = await api.request("POST", f"{sid}/moderators", token(streamer, "streamer"), json={"user_id": mod})
+    status, _ = await api.request(
+        "POST", f"{sid}/moderators", token(streamer, "streamer"), json={"user_id": mod}
+    )
     assert status == 200
     sent: dict[str, int] = {}
     for uid in (streamer, mod, viewer):
@@ -421,10 +468,18 @@ async def test_moderators_and_the_streamer_get_the_higher_chat_rate(workers, htt
 
 # -- alerts -------------------------------------------------------------------------------
 
+
 async def test_trade_alerts_are_the_streamers_and_exact(live, api, flusher, sql):
-    ack = await live.sockets["streamer"].call("send_alert", {
-        "stream_id": live.id, "message": "Buying the dip", "symbol": "btc-usd", "side": "buy",
-        "price": 64250.12345678})
+    ack = await live.sockets["streamer"].call(
+        "send_alert",
+        {
+            "stream_id": live.id,
+            "message": "Buying the dip",
+            "symbol": "btc-usd",
+            "side": "buy",
+            "price": 64250.12345678,
+        },
+    )
     assert ack["success"], ack
     message = ack["message"]
     assert message["message_type"] == "ALERT" and message["tip_amount"] is None
@@ -432,8 +487,12 @@ async def test_trade_alerts_are_the_streamers_and_exact(live, api, flusher, sql)
     heard = await live.sockets["viewer"].wait_for("chat_message", lambda m: m["message_type"] == "ALERT")
     assert heard == message
 
-    status, body = await api.request("POST", f"{live.id}/alerts", live.tokens["streamer"],
-                                     json={"message": "Tiny", "price": "0.00001234", "side": "SELL"})
+    status, body = await api.request(
+        "POST",
+        f"{live.id}/alerts",
+        live.tokens["streamer"],
+        json={"message": "Tiny", "price": "0.00001234", "side": "SELL"},
+    )
     assert status == 200 and body["message"]["alert"] == {"symbol": None, "side": "SELL", "price": 0.00001234}
     async with api.session.get(f"{api.base}/api/v1/streaming/{live.id}/chat") as resp:
         text = await resp.text()
@@ -442,30 +501,48 @@ async def test_trade_alerts_are_the_streamers_and_exact(live, api, flusher, sql)
     for role in ("moderator", "viewer", "admin"):
         refused = await live.sockets[role].call("send_alert", {"stream_id": live.id, "message": "x"})
         assert refused["error"]["code"] == "forbidden", role
-    for bad in ({"price": -1}, {"price": 0}, {"price": "1e12"}, {"price": 0.123456789}, {"side": "HOLD"},
-                {"symbol": "way too long symbol"}, {"price": True}, {"message": ""}):
-        refused = await live.sockets["streamer"].call("send_alert", {"stream_id": live.id, "message": "m", **bad})
+    for bad in (
+        {"price": -1},
+        {"price": 0},
+        {"price": "1e12"},
+        {"price": 0.123456789},
+        {"side": "HOLD"},
+        {"symbol": "way too long symbol"},
+        {"price": True},
+        {"message": ""},
+    ):
+        refused = await live.sockets["streamer"].call(
+            "send_alert", {"stream_id": live.id, "message": "m", **bad}
+        )
         assert refused["error"]["code"] == "invalid", bad
 
     status, body = await api.request("GET", f"{live.id}/stats")
     assert body["stats"]["message_count"] == 2
     await flusher.drain()
-    rows = sql("SELECT message_type, alert FROM chat_messages WHERE stream_id=%s ORDER BY message_id", live.id)
+    rows = sql(
+        "SELECT message_type, alert FROM chat_messages WHERE stream_id=%s ORDER BY message_id", live.id
+    )
     assert [r["message_type"] for r in rows] == ["ALERT", "ALERT"]
     assert '"price":64250.12345678' in rows[0]["alert"] and '"price":0.00001234' in rows[1]["alert"]
     # Read back from MySQL, the price is the same decimal text.
     from hub.records import alert_from_json
-    assert alert_from_json(rows[1]["alert"])["price"] == orjson.Fragment(b"0.00001234") or \
-        bytes(orjson.dumps(alert_from_json(rows[1]["alert"])["price"])) == b"0.00001234"
+
+    assert (
+        alert_from_json(rows[1]["alert"])["price"] == orjson.Fragment(b"0.00001234")
+        or bytes(orjson.dumps(alert_from_json(rows[1]["alert"])["price"])) == b"0.00001234"
+    )
 
 
 # -- the moderation log -----------------------------------------------------------------
 
+
 async def test_the_moderation_log_lists_every_action_newest_first(live, api, flusher, sql, token):
     uid = live.users["viewer"]
-    steps = [("timeout_user", {"user_id": uid, "seconds": 30, "reason": "caps"}),
-             ("unban_user", {"user_id": uid}),
-             ("set_slow_mode", {"seconds": 5})]
+    steps = [
+        ("timeout_user", {"user_id": uid, "seconds": 30, "reason": "caps"}),
+        ("unban_user", {"user_id": uid}),
+        ("set_slow_mode", {"seconds": 5}),
+    ]
     for action, fields in steps:
         assert (await live.sockets["moderator"].call(action, {"stream_id": live.id, **fields}))["success"]
     await flusher.drain()  # some in MySQL, the next only in Redis: the log merges both
@@ -475,23 +552,43 @@ async def test_the_moderation_log_lists_every_action_newest_first(live, api, flu
         status, body = await api.request("GET", f"{live.id}/moderation", live.tokens[role])
         assert status == 200, body
         assert [a["action"] for a in body["actions"]] == [
-            "ban_user", "set_slow_mode", "unban_user", "timeout_user", "add_moderator"]
+            "ban_user",
+            "set_slow_mode",
+            "unban_user",
+            "timeout_user",
+            "add_moderator",
+        ]
         assert body["count"] == 5
         timeout = body["actions"][3]
         assert timeout["user_id"] == uid and timeout["seconds"] == 30 and timeout["reason"] == "caps"
         assert timeout["by"] == live.users["moderator"] and timeout["until"].endswith("Z")
-    status, body = await api.request("GET", f"{live.id}/moderation", live.tokens["streamer"], params={"limit": 2})
+    status, body = await api.request(
+        "GET", f"{live.id}/moderation", live.tokens["streamer"], params={"limit": 2}
+    )
     assert [a["action"] for a in body["actions"]] == ["ban_user", "set_slow_mode"]
     status, body = await api.request("GET", f"{live.id}/moderation", live.tokens["viewer"])
     assert status == 403 and body["error"]["code"] == "forbidden"
 
     await flusher.drain()
-    rows = sql("SELECT action, by_user, user_id, seconds, reason FROM moderation_actions WHERE stream_id=%s "
-               "ORDER BY action_id", live.id)
-    assert [r["action"] for r in rows] == ["add_moderator", "timeout_user", "unban_user", "set_slow_mode",
-                                           "ban_user"]
-    assert rows[1] == {"action": "timeout_user", "by_user": live.users["moderator"], "user_id": uid,
-                       "seconds": 30, "reason": "caps"}
+    rows = sql(
+        "SELECT action, by_user, user_id, seconds, reason FROM moderation_actions WHERE stream_id=%s "
+        "ORDER BY action_id",
+        live.id,
+    )
+    assert [r["action"] for r in rows] == [
+        "add_moderator",
+        "timeout_user",
+        "unban_user",
+        "set_slow_mode",
+        "ban_user",
+    ]
+    assert rows[1] == {
+        "action": "timeout_user",
+        "by_user": live.users["moderator"],
+        "user_id": uid,
+        "seconds": 30,
+        "reason": "caps",
+    }
     assert rows[4]["by_user"] == live.users["admin"]
 
 
@@ -512,6 +609,7 @@ async def test_moderators_changed_carries_the_whole_list(live):
 
 # -- the flusher ----------------------------------------------------------------------
 
+
 async def test_a_deletion_written_before_its_message_still_marks_it(flusher, sql):
     """Two flushers may write a deletion before the batch holding its message (one died, its
     entries were claimed later): the message is marked when it lands."""
@@ -522,22 +620,56 @@ async def test_a_deletion_written_before_its_message_still_marks_it(flusher, sql
     message_id, cleared_message = uuid7(), uuid7()
     clear_id = uuid7()
     actions = Batch()
-    actions.add("moderation", dumps({
-        "action_id": uuid7(), "action": "delete_message", "stream_id": stream_id, "by": "mod",
-        "message_id": message_id, "created_at": iso_ms(uuid7_ms(message_id) + 5)}).decode())
-    actions.add("moderation", dumps({
-        "action_id": clear_id, "action": "clear_chat", "stream_id": stream_id, "by": "mod",
-        "created_at": iso_ms(uuid7_ms(clear_id))}).decode())
+    actions.add(
+        "moderation",
+        dumps(
+            {
+                "action_id": uuid7(),
+                "action": "delete_message",
+                "stream_id": stream_id,
+                "by": "mod",
+                "message_id": message_id,
+                "created_at": iso_ms(uuid7_ms(message_id) + 5),
+            }
+        ).decode(),
+    )
+    actions.add(
+        "moderation",
+        dumps(
+            {
+                "action_id": clear_id,
+                "action": "clear_chat",
+                "stream_id": stream_id,
+                "by": "mod",
+                "created_at": iso_ms(uuid7_ms(clear_id)),
+            }
+        ).decode(),
+    )
     await flusher.store.write(actions)
     later = uuid7()
     messages = Batch()
     for mid in (message_id, cleared_message, later):
-        messages.add("message", dumps({
-            "message_id": mid, "stream_id": stream_id, "user_id": user, "username": None,
-            "message": "hi", "message_type": "TEXT", "tip_amount": None,
-            "created_at": iso_ms(uuid7_ms(mid))}).decode())
+        messages.add(
+            "message",
+            dumps(
+                {
+                    "message_id": mid,
+                    "stream_id": stream_id,
+                    "user_id": user,
+                    "username": None,
+                    "message": "hi",
+                    "message_type": "TEXT",
+                    "tip_amount": None,
+                    "created_at": iso_ms(uuid7_ms(mid)),
+                }
+            ).decode(),
+        )
     await flusher.store.write(messages)
-    rows = {r["message_id"]: r for r in sql(
-        "SELECT message_id, deleted_at, deleted_by FROM chat_messages WHERE stream_id=%s", stream_id)}
+    rows = {
+        r["message_id"]: r
+        for r in sql(
+            "SELECT message_id, deleted_at, deleted_by FROM chat_messages WHERE stream_id=%s", stream_id
+        )
+    }
     assert rows[message_id]["deleted_by"] == "mod" and rows[cleared_message]["deleted_by"] == "mod"
     assert rows[later]["deleted_at"] is None

@@ -14,14 +14,19 @@ from tests.conftest import Api, Client, eventually, free_port, unique
 from tests.faults import FlusherProcess
 
 
-async def scrape(http: aiohttp.ClientSession, url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+async def scrape(
+    http: aiohttp.ClientSession, url: str
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of a /metrics page: (name, sorted labels) -> value."""
     async with http.get(url) as resp:
         assert resp.status == 200
         assert resp.headers["Content-Type"].startswith("text/plain")
         text = await resp.text()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def value(samples: dict, name: str, **labels: str) -> float:
@@ -80,7 +85,9 @@ async def test_the_flusher_serves_its_own_metrics(env, http, server, base_url, a
             await viewer.connect(base_url, token(unique("viewer")))
             assert (await viewer.call("join_stream", {"stream_id": stream_id}))["success"]
             for i in range(3):
-                assert (await viewer.call("send_message", {"stream_id": stream_id, "message": f"m{i}"}))["success"]
+                assert (await viewer.call("send_message", {"stream_id": stream_id, "message": f"m{i}"}))[
+                    "success"
+                ]
         finally:
             await viewer.close()
         url = f"http://127.0.0.1:{port}/metrics"
@@ -144,8 +151,9 @@ async def test_admin_ui_is_off_unless_configured_then_behind_its_password(worker
     async def admin_connects(url: str, auth: dict[str, str]) -> socketio.AsyncClient | None:
         client = socketio.AsyncClient(reconnection=False)
         try:
-            await client.connect(url, namespaces=["/admin"], auth=auth, transports=["websocket"],
-                                 wait_timeout=10)
+            await client.connect(
+                url, namespaces=["/admin"], auth=auth, transports=["websocket"], wait_timeout=10
+            )
         except socketio.exceptions.ConnectionError:
             await client.disconnect()
             return None
@@ -162,8 +170,13 @@ async def test_admin_ui_is_off_unless_configured_then_behind_its_password(worker
     admin.on("config", lambda data: config.append(data), namespace="/admin")
     viewer = Client()
     try:
-        await admin.connect(w.url, namespaces=["/admin"], auth={"username": "ops", "password": password},
-                            transports=["websocket"], wait_timeout=10)
+        await admin.connect(
+            w.url,
+            namespaces=["/admin"],
+            auth={"username": "ops", "password": password},
+            transports=["websocket"],
+            wait_timeout=10,
+        )
         await viewer.connect(w.url, token(unique("viewer")))
 
         async def seen() -> bool:

@@ -38,8 +38,13 @@ OPENAPI = "/api/v1/openapi.json"
 UNKNOWN = "01a20e30-0000-7000-8000-000000000000"
 METHODS = ("get", "put", "post", "delete", "patch")
 # Every response: no 5xx, a documented status and content type, a body and headers as described.
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_schema_conformance, response_headers_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+]
 # And a request the document calls valid is not refused as `invalid`; but for createStream, whose
 # scheduled_at must lie within a year from now, which no static schema can say.
 ACCEPTANCE_EXEMPT = ("createStream",)
@@ -52,14 +57,21 @@ LAST = ("clearChat", "endStream")
 
 
 def operations(doc: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
-    return {(method.upper(), path): op for path, item in doc["paths"].items()
-            for method, op in item.items() if method in METHODS}
+    return {
+        (method.upper(), path): op
+        for path, item in doc["paths"].items()
+        for method, op in item.items()
+        if method in METHODS
+    }
 
 
 def app_routes(app: Any) -> set[tuple[str, str]]:
     """Every (method, path) the app serves, but aiohttp's HEADs and CORS preflights."""
-    return {(route.method, route.resource.canonical) for route in app.router.routes()
-            if route.method not in ("HEAD", "OPTIONS") and route.resource is not None}
+    return {
+        (route.method, route.resource.canonical)
+        for route in app.router.routes()
+        if route.method not in ("HEAD", "OPTIONS") and route.resource is not None
+    }
 
 
 async def test_the_document_is_valid_openapi_31_and_describes_every_route(server, http, base_url):
@@ -94,12 +106,17 @@ async def test_operations_that_declare_a_token_refuse_requests_without_one(serve
 
 
 async def test_a_thumbnail_url_with_a_broken_ipv6_host_is_invalid(api, token):
-    status, body = await api.request("POST", "create", token(unique("streamer"), "streamer"),
-                                     json={"title": "t", "thumbnail_url": "http://["})
+    status, body = await api.request(
+        "POST",
+        "create",
+        token(unique("streamer"), "streamer"),
+        json={"title": "t", "thumbnail_url": "http://["},
+    )
     assert status == 400 and body["error"]["code"] == "invalid"
 
 
 # -- the live server against the document ----------------------------------------------
+
 
 @dataclass
 class World:
@@ -152,8 +169,9 @@ async def make_streams(world: World, api: Any) -> None:
     world.to_end = (await api.create_stream(owners[3]))["stream_id"]
     world.to_cancel = (await api.create_stream(owners[4], scheduled_at=next_month()))["stream_id"]
     assert (await api.request("POST", f"{world.ended}/end", owners[2]))[0] == 200
-    world.owner_of = dict(zip((world.live, world.scheduled, world.ended, world.to_end, world.to_cancel),
-                              owners, strict=True))
+    world.owner_of = dict(
+        zip((world.live, world.scheduled, world.ended, world.to_end, world.to_cancel), owners, strict=True)
+    )
 
 
 async def moderate_live_stream(world: World, api: Any) -> None:
@@ -163,12 +181,22 @@ async def moderate_live_stream(world: World, api: Any) -> None:
     for user in (mod, *world.moderators):
         assert (await api.request("POST", f"{sid}/moderators", owner, json={"user_id": user}))[0] == 200
     world.sanctioned = [unique("troll"), unique("troll")]
-    assert (await api.request("POST", f"{sid}/bans", owner,
-                              json={"user_id": world.sanctioned[0], "reason": "spam"}))[0] == 200
-    assert (await api.request("POST", f"{sid}/timeouts", owner,
-                              json={"user_id": world.sanctioned[1], "seconds": 600}))[0] == 200
-    world.tokens = {"admin": world.mint(unique("admin"), "admin"), "moderator": world.mint(mod),
-                    "viewer": world.mint(unique("viewer")), "expired": world.mint(unique("late"), ttl=-120)}
+    assert (
+        await api.request(
+            "POST", f"{sid}/bans", owner, json={"user_id": world.sanctioned[0], "reason": "spam"}
+        )
+    )[0] == 200
+    assert (
+        await api.request(
+            "POST", f"{sid}/timeouts", owner, json={"user_id": world.sanctioned[1], "seconds": 600}
+        )
+    )[0] == 200
+    world.tokens = {
+        "admin": world.mint(unique("admin"), "admin"),
+        "moderator": world.mint(mod),
+        "viewer": world.mint(unique("viewer")),
+        "expired": world.mint(unique("late"), ttl=-120),
+    }
 
 
 async def chat_in_live_stream(world: World, api: Any, clients: Any) -> None:
@@ -178,28 +206,47 @@ async def chat_in_live_stream(world: World, api: Any, clients: Any) -> None:
     assert (await fan.call("join_stream", {"stream_id": sid}))["success"]
     assert (await fan.call("send_tip", {"stream_id": sid, "amount": "1.30", "message": "gm"}))["success"]
     assert (await fan.call("send_message", {"stream_id": sid, "message": "hello"}))["success"]
-    status, _ = await api.request("POST", f"{sid}/alerts", world.owner_of[sid], json={
-        "message": "long", "symbol": "btc", "side": "buy", "price": "0.00001234"})
+    status, _ = await api.request(
+        "POST",
+        f"{sid}/alerts",
+        world.owner_of[sid],
+        json={"message": "long", "symbol": "btc", "side": "buy", "price": "0.00001234"},
+    )
     assert status == 200
     status, chat = await api.request("GET", f"{sid}/chat")
     assert {m["message_type"] for m in chat["messages"]} == {"TIP", "TEXT", "ALERT"}
     world.messages = [m["message_id"] for m in chat["messages"]]
 
 
-def run_operation(op: Any, world: World, mode: GenerationMode, examples: int, session: requests.Session,
-                  seen: collections.Counter[int]) -> None:
+def run_operation(
+    op: Any,
+    world: World,
+    mode: GenerationMode,
+    examples: int,
+    session: requests.Session,
+    seen: collections.Counter[int],
+) -> None:
     """Up to ``examples`` generated cases of one operation, each sent and checked."""
     op_id = op.definition.raw["operationId"]
-    branches = [op.as_strategy(generation_mode=mode, path_parameters=p) for p in world.path_parameters(op_id)
-                if set(p) == {param.name for param in op.path_parameters}]
+    branches = [
+        op.as_strategy(generation_mode=mode, path_parameters=p)
+        for p in world.path_parameters(op_id)
+        if set(p) == {param.name for param in op.path_parameters}
+    ]
     cases = st.one_of(*branches, op.as_strategy(generation_mode=mode))
     checks = CHECKS
     if mode is GenerationMode.POSITIVE and op_id not in ACCEPTANCE_EXEMPT:
         checks = [*CHECKS, positive_data_acceptance]
 
     @given(case=cases, role=st.sampled_from(ROLES))
-    @settings(max_examples=examples, derandomize=True, deadline=None, database=None,
-              phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=examples,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     def check(case: schemathesis.Case, role: str) -> None:
         headers = {k: v for k, v in (case.headers or {}).items() if k.lower() != "authorization"}
         bearer = world.token_for(op_id, role, (case.path_parameters or {}).get("stream_id"))
@@ -217,8 +264,13 @@ def run_schemathesis(world: World) -> dict[str, collections.Counter[int]]:
     """Every operation of the served document, positive then negative cases; what each answered."""
     schema = schemathesis.openapi.from_url(world.base_url + OPENAPI, config=schemathesis.Config())
     ops = [result.ok() for result in schema.get_all_operations()]
-    ops.sort(key=lambda op: LAST.index(op.definition.raw["operationId"]) + 1
-             if op.definition.raw["operationId"] in LAST else 0)
+    ops.sort(
+        key=lambda op: (
+            LAST.index(op.definition.raw["operationId"]) + 1
+            if op.definition.raw["operationId"] in LAST
+            else 0
+        )
+    )
     statuses: dict[str, collections.Counter[int]] = {}
     with requests.Session() as session:
         for op in ops:
@@ -249,8 +301,11 @@ def refuse_large_and_frequent_alerts(base_url: str, stream_id: str, streamer: st
     statuses = []
     with requests.Session() as session:
         for body in bodies:
-            case = op.Case(path_parameters={"stream_id": stream_id}, body=body,
-                           headers={"Authorization": f"Bearer {streamer}"})
+            case = op.Case(
+                path_parameters={"stream_id": stream_id},
+                body=body,
+                headers={"Authorization": f"Bearer {streamer}"},
+            )
             response = case.call(base_url=base_url, session=session, timeout=10)
             case.validate_response(response, checks=CHECKS)
             statuses.append(response.status_code)
@@ -259,8 +314,9 @@ def refuse_large_and_frequent_alerts(base_url: str, stream_id: str, streamer: st
     return statuses
 
 
-async def test_refusals_the_generated_cases_seldom_reach_hold_to_the_document(aiohttp_server, settings,
-                                                                              http, token):
+async def test_refusals_the_generated_cases_seldom_reach_hold_to_the_document(
+    aiohttp_server, settings, http, token
+):
     """413 and 429 (with Retry-After), on a worker whose streamers may post two alerts a period."""
     from hub.app import create_app
 

@@ -32,9 +32,28 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
     max_leaves=12,
 )
-FIELDS = ["stream_id", "message", "message_type", "amount", "currency", "client_tip_id", "to_user_id",
-          "title", "description", "category", "thumbnail_url", "scheduled_at", "last_message_id",
-          "user_id", "message_id", "seconds", "reason", "symbol", "side", "price"]
+FIELDS = [
+    "stream_id",
+    "message",
+    "message_type",
+    "amount",
+    "currency",
+    "client_tip_id",
+    "to_user_id",
+    "title",
+    "description",
+    "category",
+    "thumbnail_url",
+    "scheduled_at",
+    "last_message_id",
+    "user_id",
+    "message_id",
+    "seconds",
+    "reason",
+    "symbol",
+    "side",
+    "price",
+]
 payloads = st.one_of(
     json_values,
     st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=6),

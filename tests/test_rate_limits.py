@@ -9,20 +9,28 @@ import time
 
 from tests.conftest import Api, unique
 
-LIMITS = {"HUB_CHAT_RATE": "5", "HUB_CHAT_PERIOD": "30", "HUB_TIP_RATE": "3", "HUB_TIP_PERIOD": "30",
-          "HUB_JOIN_RATE": "4", "HUB_JOIN_PERIOD": "30"}
+LIMITS = {
+    "HUB_CHAT_RATE": "5",
+    "HUB_CHAT_PERIOD": "30",
+    "HUB_TIP_RATE": "3",
+    "HUB_TIP_PERIOD": "30",
+    "HUB_JOIN_RATE": "4",
+    "HUB_JOIN_PERIOD": "30",
+}
 
 
 async def test_one_users_chat_over_two_workers_gets_the_window_and_the_oldests_wait(
-        workers, connect, http, token):
+    workers, connect, http, token
+):
     w1, w2 = await workers(2, **LIMITS)
     sid = (await Api(http, w1.url).create_stream(token(unique("streamer"), "streamer")))["stream_id"]
     who = token(unique("chatter"))
     tabs = [await connect(w.url, who) for w in (w1, w2)]
     for tab in tabs:
         assert (await tab.call("join_stream", {"stream_id": sid}))["success"]
-    acks = await asyncio.gather(*(tab.call("send_message", {"stream_id": sid, "message": f"{i}"})
-                                  for i in range(4) for tab in tabs))
+    acks = await asyncio.gather(
+        *(tab.call("send_message", {"stream_id": sid, "message": f"{i}"}) for i in range(4) for tab in tabs)
+    )
     assert sum(a["success"] for a in acks) == 5
     refusals = [a["error"] for a in acks if not a["success"]]
     assert [r["code"] for r in refusals] == ["rate_limited"] * 3
@@ -35,7 +43,7 @@ async def test_one_users_chat_over_two_workers_gets_the_window_and_the_oldests_w
 async def test_no_window_of_the_period_holds_more_than_the_limit(workers, connect, http, token):
     """A sender that keeps trying for three periods: counted in any 2-second window, never more
     than 4 accepted (a refilling bucket lets one more through every half second)."""
-    w1, = await workers(1, HUB_CHAT_RATE="4", HUB_CHAT_PERIOD="2")
+    (w1,) = await workers(1, HUB_CHAT_RATE="4", HUB_CHAT_PERIOD="2")
     sid = (await Api(http, w1.url).create_stream(token(unique("streamer"), "streamer")))["stream_id"]
     c = await connect(w1.url, token(unique("chatter")))
     assert (await c.call("join_stream", {"stream_id": sid}))["success"]
@@ -61,8 +69,9 @@ async def test_tips_and_joins_get_the_window_too(workers, connect, http, token):
     joins = [await tabs[i % 2].call("join_stream", {"stream_id": sid}) for i in range(5)]
     assert [j["success"] for j in joins] == [True] * 4 + [False]
     assert joins[4]["error"]["code"] == "rate_limited" and joins[4]["error"]["retry_after"] >= 28
-    tips = await asyncio.gather(*(tabs[i % 2].call("send_tip", {"stream_id": sid, "amount": 1})
-                                  for i in range(4)))
+    tips = await asyncio.gather(
+        *(tabs[i % 2].call("send_tip", {"stream_id": sid, "amount": 1}) for i in range(4))
+    )
     assert sum(t["success"] for t in tips) == 3
     refused = next(t["error"] for t in tips if not t["success"])
     assert refused["code"] == "rate_limited" and 28 <= refused["retry_after"] <= 30, refused
@@ -71,7 +80,7 @@ async def test_tips_and_joins_get_the_window_too(workers, connect, http, token):
 async def test_tip_ids_of_two_users_never_share_a_key(workers, connect, http, token):
     """User 'X:x' with tip id '1' and user 'X' with tip id 'x:1' (and ids with braces) are four
     tips, not duplicates of one another."""
-    w1, = await workers(1)
+    (w1,) = await workers(1)
     sid = (await Api(http, w1.url).create_stream(token(unique("streamer"), "streamer")))["stream_id"]
     base = unique("bob")
     pairs = [(f"{base}:x", "1", 1), (base, "x:1", 500), (f"{base}{{x}}", "1", 7), (base + "{x", "}1", 9)]

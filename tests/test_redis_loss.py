@@ -45,9 +45,15 @@ class Database:
         self.url = self.mysql.url
         migrate(self.mysql)
         m = self.mysql
-        self.conn = pymysql.connect(host=m.host, port=m.port, user=m.user, password=m.password,
-                                    database=m.database, autocommit=True,
-                                    cursorclass=pymysql.cursors.DictCursor)
+        self.conn = pymysql.connect(
+            host=m.host,
+            port=m.port,
+            user=m.user,
+            password=m.password,
+            database=m.database,
+            autocommit=True,
+            cursorclass=pymysql.cursors.DictCursor,
+        )
 
     def __call__(self, statement: str, *args: Any) -> list[dict[str, Any]]:
         with self.conn.cursor() as cur:
@@ -83,10 +89,17 @@ async def deployment(volatile_redis, db, env, workers, tmp_path):
 def figures(db: Database, sid: str) -> dict[str, Any]:
     """What MySQL's rows of a stream add up to."""
     messages = db("SELECT COUNT(*) AS n FROM chat_messages WHERE stream_id = %s", sid)[0]["n"]
-    tips = db("SELECT COUNT(*) AS n, COALESCE(SUM(amount), 0) AS amount, "
-               "COALESCE(SUM(platform_fee), 0) AS fees FROM tips WHERE stream_id = %s", sid)[0]
-    return {"message_count": messages, "tip_count": tips["n"], "tips_total": tips["amount"],
-            "platform_fees_total": tips["fees"]}
+    tips = db(
+        "SELECT COUNT(*) AS n, COALESCE(SUM(amount), 0) AS amount, "
+        "COALESCE(SUM(platform_fee), 0) AS fees FROM tips WHERE stream_id = %s",
+        sid,
+    )[0]
+    return {
+        "message_count": messages,
+        "tip_count": tips["n"],
+        "tips_total": tips["amount"],
+        "platform_fees_total": tips["fees"],
+    }
 
 
 async def traffic(a: Client, b: Client, sid: str) -> None:
@@ -99,7 +112,8 @@ async def traffic(a: Client, b: Client, sid: str) -> None:
 
 
 async def test_live_streams_redis_lost_are_ended_with_mysql_figures(
-        volatile_redis, deployment, settings, http, connect, token, db):
+    volatile_redis, deployment, settings, http, connect, token, db
+):
     w1, w2 = deployment
     api1, api2 = Api(http, w1.url), Api(http, w2.url)
     streamer = token(unique("streamer"), "streamer")
@@ -129,14 +143,17 @@ async def test_live_streams_redis_lost_are_ended_with_mysql_figures(
     assert told[0]["duration"] == told[1]["duration"] >= 0
 
     async def ended() -> bool:
-        rows = db("SELECT stream_id FROM streams WHERE stream_id IN (%s, %s) AND status = 'ENDED'",
-                  sid, idle)
+        rows = db("SELECT stream_id FROM streams WHERE stream_id IN (%s, %s) AND status = 'ENDED'", sid, idle)
         return len(rows) == 2
 
     await until(ended, 30, "both live streams ENDED in MySQL")
     row = db("SELECT * FROM streams WHERE stream_id = %s", sid)[0]
-    expected = {"message_count": 6, "tip_count": 3, "tips_total": Decimal("5.59"),
-                "platform_fees_total": figures(db, sid)["platform_fees_total"]}
+    expected = {
+        "message_count": 6,
+        "tip_count": 3,
+        "tips_total": Decimal("5.59"),
+        "platform_fees_total": figures(db, sid)["platform_fees_total"],
+    }
     assert figures(db, sid) == expected
     assert {name: row[name] for name in expected} == expected
     assert row["unique_viewers"] == 2  # a chatted and b tipped: both had joined
@@ -155,8 +172,13 @@ async def test_live_streams_redis_lost_are_ended_with_mysql_figures(
         assert status == 200 and body["stream"]["status"] == "ENDED", (source, body)
         status, body = await api2.request("GET", f"{sid}/stats")
         stats = body["stats"]
-        assert (stats["status"], stats["message_count"], stats["tip_count"], stats["unique_viewers"],
-                stats["duration_seconds"]) == ("ENDED", 6, 3, 2, row["duration_seconds"]), (source, stats)
+        assert (
+            stats["status"],
+            stats["message_count"],
+            stats["tip_count"],
+            stats["unique_viewers"],
+            stats["duration_seconds"],
+        ) == ("ENDED", 6, 3, 2, row["duration_seconds"]), (source, stats)
         assert Decimal(str(stats["tips_total"])) == Decimal("5.59")
         assert Decimal(str(stats["platform_fees_total"])) == row["platform_fees_total"]
         status, body = await api1.request("GET", f"{sid}/chat")
@@ -184,7 +206,9 @@ async def test_live_streams_redis_lost_are_ended_with_mysql_figures(
         assert [e["stream_id"] for e in c.events["stream_ended"]] == [sid]
 
 
-async def test_a_lost_marker_alone_ends_nothing(volatile_redis, deployment, settings, http, connect, token, db):
+async def test_a_lost_marker_alone_ends_nothing(
+    volatile_redis, deployment, settings, http, connect, token, db
+):
     w1, w2 = deployment
     api1 = Api(http, w1.url)
     sid = (await api1.create_stream(token(unique("streamer"), "streamer")))["stream_id"]
@@ -228,7 +252,8 @@ async def test_a_lost_marker_alone_ends_nothing(volatile_redis, deployment, sett
 
 
 async def test_a_cluster_node_back_empty_has_its_streams_ended_and_no_other(
-        settings, env, workers, http, connect, token, tmp_path):
+    settings, env, workers, http, connect, token, tmp_path
+):
     nodes, db = ClusterNodes(tmp_path / "cluster", persistence=False), Database(settings)
     keys = Keys(env["HUB_REDIS_PREFIX"], 16)
     cluster = nodes.client()
@@ -236,8 +261,12 @@ async def test_a_cluster_node_back_empty_has_its_streams_ended_and_no_other(
     try:
         await nodes.start()
         # A presence TTL longer than the node's restart: the other nodes' viewers are not dropped.
-        overrides = {"REDIS_URL": nodes.url, "HUB_REDIS_SHARDS": "16", "MYSQL_URL": db.url,
-                     "HUB_PRESENCE_TTL": "10"}
+        overrides = {
+            "REDIS_URL": nodes.url,
+            "HUB_REDIS_SHARDS": "16",
+            "MYSQL_URL": db.url,
+            "HUB_PRESENCE_TTL": "10",
+        }
         w1, w2 = await workers(2, **overrides)
         flusher = FlusherProcess({**env, **overrides}, tmp_path / "flusher.log")
         await flusher.ready()
@@ -257,8 +286,10 @@ async def test_a_cluster_node_back_empty_has_its_streams_ended_and_no_other(
         await traffic(a, b, lost)
 
         async def flushed() -> bool:
-            return figures(db, lost)["tip_count"] == 3 and len(
-                db("SELECT 1 FROM streams WHERE stream_id IN (%s, %s)", lost, kept)) == 2
+            return (
+                figures(db, lost)["tip_count"] == 3
+                and len(db("SELECT 1 FROM streams WHERE stream_id IN (%s, %s)", lost, kept)) == 2
+            )
 
         await until(flushed, 30, "the streams, messages and tips in MySQL")
         await nodes.restart(port_of(lost))  # back with its slots, without its data

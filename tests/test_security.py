@@ -41,21 +41,24 @@ def _claims(**extra: object) -> dict[str, object]:
     return {"sub": "alice", "exp": int(time.time()) + 60, **extra}
 
 
-@pytest.mark.parametrize(("token", "env"), [
-    (lambda: jwt.encode(_claims(), "k" * 40, "HS256"), {}),
-    (lambda: jwt.encode(_claims(), None, "none"), {}),
-    (lambda: jwt.encode(_claims(exp=int(time.time()) - 5), SECRET, "HS256"), {}),
-    (lambda: jwt.encode({"sub": "alice"}, SECRET, "HS256"), {}),
-    (lambda: jwt.encode({"exp": int(time.time()) + 60}, SECRET, "HS256"), {}),
-    (lambda: jwt.encode(_claims(sub=42), SECRET, "HS256"), {}),
-    (lambda: jwt.encode(_claims(sub=""), SECRET, "HS256"), {}),
-    (lambda: jwt.encode(_claims(aud="other"), SECRET, "HS256"), {"HUB_JWT_AUDIENCE": "hub"}),
-    (lambda: jwt.encode(_claims(), SECRET, "HS256"), {"HUB_JWT_AUDIENCE": "hub"}),
-    (lambda: jwt.encode(_claims(iss="evil"), SECRET, "HS256"), {"HUB_JWT_ISSUER": "auth"}),
-    (lambda: jwt.encode(_claims(), SECRET, "HS512"), {}),
-    (lambda: "not.a.token", {}),
-    (lambda: "", {}),
-])
+@pytest.mark.parametrize(
+    ("token", "env"),
+    [
+        (lambda: jwt.encode(_claims(), "k" * 40, "HS256"), {}),
+        (lambda: jwt.encode(_claims(), None, "none"), {}),
+        (lambda: jwt.encode(_claims(exp=int(time.time()) - 5), SECRET, "HS256"), {}),
+        (lambda: jwt.encode({"sub": "alice"}, SECRET, "HS256"), {}),
+        (lambda: jwt.encode({"exp": int(time.time()) + 60}, SECRET, "HS256"), {}),
+        (lambda: jwt.encode(_claims(sub=42), SECRET, "HS256"), {}),
+        (lambda: jwt.encode(_claims(sub=""), SECRET, "HS256"), {}),
+        (lambda: jwt.encode(_claims(aud="other"), SECRET, "HS256"), {"HUB_JWT_AUDIENCE": "hub"}),
+        (lambda: jwt.encode(_claims(), SECRET, "HS256"), {"HUB_JWT_AUDIENCE": "hub"}),
+        (lambda: jwt.encode(_claims(iss="evil"), SECRET, "HS256"), {"HUB_JWT_ISSUER": "auth"}),
+        (lambda: jwt.encode(_claims(), SECRET, "HS512"), {}),
+        (lambda: "not.a.token", {}),
+        (lambda: "", {}),
+    ],
+)
 def test_forged_or_wrong_tokens_are_refused(token, env):
     with pytest.raises(HubError) as err:
         Verifier(_settings(**env)).verify(token())
@@ -64,7 +67,8 @@ def test_forged_or_wrong_tokens_are_refused(token, env):
 
 def test_audience_and_issuer_are_accepted_when_right():
     who = Verifier(_settings(HUB_JWT_AUDIENCE="hub", HUB_JWT_ISSUER="auth")).verify(
-        jwt.encode(_claims(aud="hub", iss="auth", roles=["streamer"]), SECRET, "HS256"))
+        jwt.encode(_claims(aud="hub", iss="auth", roles=["streamer"]), SECRET, "HS256")
+    )
     assert who.user_id == "alice" and who.is_streamer
 
 
@@ -76,18 +80,23 @@ def test_public_key_tokens_and_algorithm_confusion(kind, tmp_path):
     else:
         key = ec.generate_private_key(ec.SECP256R1())
         alg = "ES256"
-    public = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     path = tmp_path / "key.pem"
     path.write_bytes(public)
     verifier = Verifier(Settings.from_env({"HUB_JWT_PUBLIC_KEY": str(path)}))
     assert verifier.verify(jwt.encode(_claims(), key, alg)).user_id == "alice"
+
     # the public key used as an HMAC secret: the classic confusion attack
     def b64(data: bytes) -> bytes:
         return base64.urlsafe_b64encode(data).rstrip(b"=")
 
-    signing_input = b64(b'{"alg":"HS256","typ":"JWT"}') + b"." + b64(
-        b'{"sub":"mallory","exp":%d}' % (int(time.time()) + 60))
+    signing_input = (
+        b64(b'{"alg":"HS256","typ":"JWT"}')
+        + b"."
+        + b64(b'{"sub":"mallory","exp":%d}' % (int(time.time()) + 60))
+    )
     signature = b64(hmac.new(public, signing_input, hashlib.sha256).digest())
     with pytest.raises(HubError) as err:
         verifier.verify((signing_input + b"." + signature).decode())
@@ -100,20 +109,23 @@ async def test_websocket_from_a_foreign_origin_is_refused(http, base_url):
         async with http.ws_connect(url, headers={"Origin": "https://evil.example"}):
             pass
     assert "400" in str(err.value)
-    async with http.get(base_url + "/socket.io/?EIO=4&transport=polling",
-                        headers={"Origin": "https://evil.example"}) as resp:
+    async with http.get(
+        base_url + "/socket.io/?EIO=4&transport=polling", headers={"Origin": "https://evil.example"}
+    ) as resp:
         assert resp.status == 400
     async with http.get(base_url + "/socket.io/?EIO=4&transport=polling") as resp:
         assert resp.status == 200
 
 
 async def test_rest_cors_answers_only_listed_origins(http, base_url):
-    async with http.options(base_url + "/api/v1/streaming/live",
-                            headers={"Origin": "https://evil.example",
-                                     "Access-Control-Request-Method": "GET"}) as resp:
+    async with http.options(
+        base_url + "/api/v1/streaming/live",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"},
+    ) as resp:
         assert resp.status == 403 and "Access-Control-Allow-Origin" not in resp.headers
-    async with http.get(base_url + "/api/v1/streaming/live",
-                        headers={"Origin": "https://evil.example"}) as resp:
+    async with http.get(
+        base_url + "/api/v1/streaming/live", headers={"Origin": "https://evil.example"}
+    ) as resp:
         assert "Access-Control-Allow-Origin" not in resp.headers
 
 
@@ -139,8 +151,11 @@ async def test_chat_rate_limit_holds_across_two_workers(workers, http, clients, 
 def test_keys_selected_by_kid_for_rotation(tmp_path):
     old, new = (rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(2))
     for kid, key in (("2025", old), ("2026", new)):
-        (tmp_path / f"{kid}.pem").write_bytes(key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        (tmp_path / f"{kid}.pem").write_bytes(
+            key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
     verifier = Verifier(Settings.from_env({"HUB_JWT_PUBLIC_KEYS_DIR": str(tmp_path)}))
     for kid, key in (("2025", old), ("2026", new)):
         token = jwt.encode(_claims(), key, "RS256", headers={"kid": kid})
@@ -153,8 +168,12 @@ def test_keys_selected_by_kid_for_rotation(tmp_path):
 async def test_connection_rate_per_address(workers, token, env):
     # Keys of its own (under the run's prefix): the spent budget of 127.0.0.2 lasts a minute and
     # would refuse the next test's clients from that address.
-    (w1,) = await workers(1, HUB_CONN_RATE="3", HUB_CONN_PERIOD="60",
-                          HUB_REDIS_PREFIX=f"{env['HUB_REDIS_PREFIX']}{unique('connrate')}:")
+    (w1,) = await workers(
+        1,
+        HUB_CONN_RATE="3",
+        HUB_CONN_PERIOD="60",
+        HUB_REDIS_PREFIX=f"{env['HUB_REDIS_PREFIX']}{unique('connrate')}:",
+    )
     made = []
     try:
         for _ in range(3):
@@ -191,13 +210,17 @@ async def test_open_connections_per_user(workers, clients, token):
     await first[0].close()
 
     # the closed tab's slot is released on disconnect
-    await eventually(lambda: can_connect(w1.url, token(user)), 10, "a slot free after a tab closed", every=0.5)
+    await eventually(
+        lambda: can_connect(w1.url, token(user)), 10, "a slot free after a tab closed", every=0.5
+    )
 
 
 async def test_join_rate_per_viewer(workers, http, clients, token):
     (w1,) = await workers(1, HUB_JOIN_RATE="3", HUB_JOIN_PERIOD="60")
     api = Api(http, w1.url)
-    streams = [(await api.create_stream(token(unique("streamer"), "streamer")))["stream_id"] for _ in range(2)]
+    streams = [
+        (await api.create_stream(token(unique("streamer"), "streamer")))["stream_id"] for _ in range(2)
+    ]
     c = await clients(w1.url, token(unique("hopper")))
     codes = []
     for n in range(5):
@@ -243,8 +266,12 @@ async def test_open_connections_per_address(workers, token):
         assert made[2].events["connect_error"][0]["data"]["code"] == "rate_limited"
         await made[0].close()
 
-        await eventually(lambda: can_connect(w1.url, source="127.0.0.4"), 10,
-                         "a slot free after a connection closed", every=0.5)
+        await eventually(
+            lambda: can_connect(w1.url, source="127.0.0.4"),
+            10,
+            "a slot free after a connection closed",
+            every=0.5,
+        )
     finally:
         for c in made:
             await c.close()
@@ -320,8 +347,12 @@ async def test_forwarded_for_from_an_untrusted_peer_is_said_once(server, base_ur
             for forwarded in ("203.0.113.1", "203.0.113.2"):
                 c = Client()
                 made.append(c)
-                await c.sio.connect(base_url, namespaces=["/streaming"], transports=["websocket"],
-                                    headers={"X-Forwarded-For": forwarded})
+                await c.sio.connect(
+                    base_url,
+                    namespaces=["/streaming"],
+                    transports=["websocket"],
+                    headers={"X-Forwarded-For": forwarded},
+                )
         said = [r for r in caplog.records if "HUB_TRUSTED_PROXIES" in r.getMessage()]
         assert len(said) == 1 and "127.0.0.1" in said[0].getMessage()
     finally:

@@ -28,36 +28,50 @@ from tests.faults import FlusherProcess, until
 
 # -- the URL --------------------------------------------------------------------------
 
+
 def test_a_sentinel_url_names_the_sentinels_the_service_and_the_database():
-    s = Settings.from_env({"REDIS_URL": "redis+sentinel://:p%40ss@10.0.0.1:26379,sentinel-b:26380,"
-                                        "[::1]:26381/2/hubtest"})
+    s = Settings.from_env(
+        {"REDIS_URL": "redis+sentinel://:p%40ss@10.0.0.1:26379,sentinel-b:26380,[::1]:26381/2/hubtest"}
+    )
     assert s.redis_sentinel == SentinelSettings(
         sentinels=(("10.0.0.1", 26379), ("sentinel-b", 26380), ("::1", 26381)),
-        service="hubtest", db=2, username=None, password="p@ss")
+        service="hubtest",
+        db=2,
+        username=None,
+        password="p@ss",
+    )
     assert Settings.from_env({}).redis_sentinel is None  # a plain URL stays a plain URL
 
 
-@pytest.mark.parametrize("url", [
-    "redis+sentinel://127.0.0.1:26379/0",            # no service
-    "redis+sentinel://127.0.0.1:26379/hubtest",      # no database
-    "redis+sentinel://127.0.0.1:26379/x/hubtest",    # a database that is not a number
-    "redis+sentinel://127.0.0.1/0/hubtest",          # a sentinel without its port
-    "redis+sentinel://127.0.0.1:26379,:26380/0/hubtest",
-    "redis+sentinel://127.0.0.1:99999/0/hubtest",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+sentinel://127.0.0.1:26379/0",  # no service
+        "redis+sentinel://127.0.0.1:26379/hubtest",  # no database
+        "redis+sentinel://127.0.0.1:26379/x/hubtest",  # a database that is not a number
+        "redis+sentinel://127.0.0.1/0/hubtest",  # a sentinel without its port
+        "redis+sentinel://127.0.0.1:26379,:26380/0/hubtest",
+        "redis+sentinel://127.0.0.1:99999/0/hubtest",
+    ],
+)
 def test_a_bad_sentinel_url_stops_the_process_naming_redis_url(url):
     with pytest.raises(SettingsError, match=r"^REDIS_URL: "):
         Settings.from_env({"REDIS_URL": url})
 
 
 def test_the_password_of_a_sentinel_url_is_never_shown():
-    assert redacted("redis+sentinel://:s3cret@h1:26379,h2:26379/0/hubtest") == \
-        "redis+sentinel://:***@h1:26379,h2:26379/0/hubtest"
-    assert redacted("redis+sentinel://app:s3cret@h1:26379/0/hubtest") == \
-        "redis+sentinel://app:***@h1:26379/0/hubtest"
+    assert (
+        redacted("redis+sentinel://:s3cret@h1:26379,h2:26379/0/hubtest")
+        == "redis+sentinel://:***@h1:26379,h2:26379/0/hubtest"
+    )
+    assert (
+        redacted("redis+sentinel://app:s3cret@h1:26379/0/hubtest")
+        == "redis+sentinel://app:***@h1:26379/0/hubtest"
+    )
 
 
 # -- a private cluster ----------------------------------------------------------------
+
 
 class SentinelCluster:
     """A primary, one replica and three sentinels (quorum 1, down after 1 s), all with a
@@ -75,18 +89,45 @@ class SentinelCluster:
         self.url = f"redis+sentinel://:{self.PASSWORD}@{hosts}/0/{self.SERVICE}"
 
     def client(self, port: int) -> aioredis.Redis:
-        return aioredis.Redis(port=port, password=self.PASSWORD, decode_responses=True,
-                              socket_connect_timeout=1, socket_timeout=2)
+        return aioredis.Redis(
+            port=port,
+            password=self.PASSWORD,
+            decode_responses=True,
+            socket_connect_timeout=1,
+            socket_timeout=2,
+        )
 
     def _redis(self, name: str, port: int, *extra: str) -> None:
         folder = self.folder / name
         folder.mkdir(parents=True)
         self.procs[name] = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
-             "--logfile", str(folder / "redis.log"), "--save", "", "--appendonly", "no",
-             "--requirepass", self.PASSWORD, "--masterauth", self.PASSWORD,
-             "--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0", *extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(folder),
+                "--logfile",
+                str(folder / "redis.log"),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--requirepass",
+                self.PASSWORD,
+                "--masterauth",
+                self.PASSWORD,
+                "--repl-diskless-sync",
+                "yes",
+                "--repl-diskless-sync-delay",
+                "0",
+                *extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def _sentinel(self, n: int, port: int) -> None:
         folder = self.folder / f"sentinel-{n}"
@@ -97,16 +138,21 @@ class SentinelCluster:
             f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.primary_port} 1\n"
             f"sentinel auth-pass {self.SERVICE} {self.PASSWORD}\n"
             f"sentinel down-after-milliseconds {self.SERVICE} 1000\n"
-            f"sentinel failover-timeout {self.SERVICE} 5000\n")
+            f"sentinel failover-timeout {self.SERVICE} 5000\n"
+        )
         self.procs[f"sentinel-{n}"] = subprocess.Popen(
-            ["redis-server", str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            ["redis-server", str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
 
     async def start(self) -> None:
         self._redis("primary", self.primary_port)
         self._redis("replica", self.replica_port, "--replicaof", "127.0.0.1", str(self.primary_port))
         # The sentinels learn the replica from the primary's INFO: start them once it is linked.
-        await until(lambda: self._replication(self.replica_port, "master_link_status", "up"), 15,
-                    "the replica linked to the primary")
+        await until(
+            lambda: self._replication(self.replica_port, "master_link_status", "up"),
+            15,
+            "the replica linked to the primary",
+        )
         for n, port in enumerate(self.sentinel_ports):
             self._sentinel(n, port)
         await until(self._sentinels_ready, 20, "three sentinels that know the replica and each other")
@@ -121,8 +167,7 @@ class SentinelCluster:
             await client.aclose()
 
     async def _sentinel_state(self, port: int) -> dict[str, Any]:
-        client = aioredis.Redis(port=port, decode_responses=True, socket_connect_timeout=1,
-                                socket_timeout=2)
+        client = aioredis.Redis(port=port, decode_responses=True, socket_connect_timeout=1, socket_timeout=2)
         try:
             return (await client.sentinel_masters()).get(self.SERVICE) or {}
         except Exception:
@@ -171,6 +216,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[SentinelCluster]:
 
 # -- traffic --------------------------------------------------------------------------
 
+
 @dataclass
 class Chatter:
     """A viewer chatting at a steady pace; every attempt is recorded with its times."""
@@ -187,7 +233,9 @@ class Chatter:
         except Exception as exc:  # no ack at all: not accepted
             ack = {"success": False, "error": {"code": type(exc).__name__}}
         accepted = ack["message"]["message_id"] if ack.get("success") else None
-        self.attempts.append((started, time.monotonic(), accepted, "ok" if accepted else ack["error"]["code"]))
+        self.attempts.append(
+            (started, time.monotonic(), accepted, "ok" if accepted else ack["error"]["code"])
+        )
         return accepted
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -198,8 +246,11 @@ class Chatter:
             await asyncio.sleep(0.05)  # the pace of the traffic, not a wait for a condition
 
     def acked(self, started_after: float = 0.0, received_before: float = float("inf")) -> set[str]:
-        return {mid for start, end, mid, _ in self.attempts
-                if mid is not None and start > started_after and end < received_before}
+        return {
+            mid
+            for start, end, mid, _ in self.attempts
+            if mid is not None and start > started_after and end < received_before
+        }
 
 
 async def recent_ids(cluster: SentinelCluster, port: int, keys: Keys, stream_id: str) -> list[str]:
@@ -219,17 +270,29 @@ async def ready(api: Api) -> bool:
 
 
 def hub_command(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "hub", *args], cwd=ROOT, env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "hub", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 # -- the failover ---------------------------------------------------------------------
 
+
 async def test_primary_killed_mid_chat_sentinel_promotes_the_replica_and_the_hub_follows(
-        cluster, settings, env, workers, http, connect, token, sql, tmp_path):
+    cluster, settings, env, workers, http, connect, token, sql, tmp_path
+):
     # A presence TTL longer than a failover, as in production (15 s): viewers are not dropped.
-    overrides = {"REDIS_URL": cluster.url, "HUB_CHAT_RATE": "100000", "HUB_RECENT_SIZE": "10000",
-                 "HUB_PRESENCE_TTL": "10"}
+    overrides = {
+        "REDIS_URL": cluster.url,
+        "HUB_CHAT_RATE": "100000",
+        "HUB_RECENT_SIZE": "10000",
+        "HUB_PRESENCE_TTL": "10",
+    }
     hub_env = {**env, **overrides}
     keys = Keys(env["HUB_REDIS_PREFIX"])
     w1, w2 = await workers(2, **overrides)
@@ -279,8 +342,15 @@ async def test_primary_killed_mid_chat_sentinel_promotes_the_replica_and_the_hub
             stop.set()
             await asyncio.gather(*traffic)
         refused = [code for c in (chat_a, chat_b) for _, _, mid, code in c.attempts if mid is None]
-        first_ack = min(start for c in (chat_a, chat_b) for start, _, mid, _ in c.attempts
-                        if mid is not None and start > killed_at) - killed_at
+        first_ack = (
+            min(
+                start
+                for c in (chat_a, chat_b)
+                for start, _, mid, _ in c.attempts
+                if mid is not None and start > killed_at
+            )
+            - killed_at
+        )
 
         # What the new master holds: everything replicated before the kill, everything acked
         # after it, each once. Acked writes the replica had not received yet may be lost.
@@ -341,11 +411,13 @@ async def test_primary_killed_mid_chat_sentinel_promotes_the_replica_and_the_hub
 
         await until(flushed, 30, "the flusher writing every surviving message")
         assert flusher.proc.poll() is None, "the flusher died during the failover"
-        print(f"failover {failover + killed_at - kill_at:.2f}s after the kill; first write accepted "
-              f"{first_ack:.2f}s after it; {len(replicated)} replicated, {len(window)} acked in the "
-              f"last moment before the kill ({len(lost)} of them lost), {len(after)} acked after; "
-              f"{len(refused)} refused during the failover ({sorted(set(refused))}); "
-              f"{dropped} viewer_left seen")
+        print(
+            f"failover {failover + killed_at - kill_at:.2f}s after the kill; first write accepted "
+            f"{first_ack:.2f}s after it; {len(replicated)} replicated, {len(window)} acked in the "
+            f"last moment before the kill ({len(lost)} of them lost), {len(after)} acked after; "
+            f"{len(refused)} refused during the failover ({sorted(set(refused))}); "
+            f"{dropped} viewer_left seen"
+        )
     finally:
         flusher.stop()
 

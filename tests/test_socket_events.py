@@ -54,6 +54,7 @@ async def still_works(c: Client, sid: str) -> None:
 
 # -- connect --------------------------------------------------------------------------
 
+
 async def test_anonymous_viewer_connects_joins_and_counts(clients, base_url, stream):
     c = await clients(base_url)
     ack = await c.call("join_stream", {"stream_id": stream["id"]})
@@ -91,10 +92,13 @@ async def test_bad_tokens_are_refused_at_connect(bad, base_url, token):
 
 # -- join and presence ----------------------------------------------------------------
 
+
 async def test_join_answers_with_stream_count_and_recent_messages(clients, base_url, token, stream):
     uid, first = await joined_viewer(clients, base_url, token, stream["id"])
-    sent = [(await first.call("send_message", {"stream_id": stream["id"], "message": f"m{i}"}))["message"]
-            for i in range(3)]
+    sent = [
+        (await first.call("send_message", {"stream_id": stream["id"], "message": f"m{i}"}))["message"]
+        for i in range(3)
+    ]
     c = await clients(base_url, token(unique("late")))
     ack = await c.call("join_stream", {"stream_id": stream["id"]})
     event = await c.wait_for("joined_stream")
@@ -106,8 +110,9 @@ async def test_join_answers_with_stream_count_and_recent_messages(clients, base_
     assert [m["message_id"] for m in ack["recent_messages"]] == [m["message_id"] for m in sent]
     again = await c.call("join_stream", {"stream_id": stream["id"], "last_message_id": sent[0]["message_id"]})
     assert [m["message"] for m in again["recent_messages"]] == ["m1", "m2"]
-    upper = await c.call("join_stream", {"stream_id": stream["id"].upper(),
-                                         "last_message_id": sent[0]["message_id"].upper()})
+    upper = await c.call(
+        "join_stream", {"stream_id": stream["id"].upper(), "last_message_id": sent[0]["message_id"].upper()}
+    )
     assert [m["message"] for m in upper["recent_messages"]] == ["m1", "m2"]  # ids are case-insensitive
     assert again["viewer_count"] == 2  # joining again changes nothing
 
@@ -116,7 +121,9 @@ async def test_recent_messages_are_the_last_fifty(clients, base_url, token, stre
     for _ in range(3):
         uid, c = await joined_viewer(clients, base_url, token, stream["id"])
         for i in range(20):
-            assert (await c.call("send_message", {"stream_id": stream["id"], "message": f"{uid} {i}"}))["success"]
+            assert (await c.call("send_message", {"stream_id": stream["id"], "message": f"{uid} {i}"}))[
+                "success"
+            ]
     late = await clients(base_url)
     ack = await late.call("join_stream", {"stream_id": stream["id"]})
     assert len(ack["recent_messages"]) == 50
@@ -124,17 +131,20 @@ async def test_recent_messages_are_the_last_fifty(clients, base_url, token, stre
     assert ids == sorted(ids) and ack["recent_messages"][-1]["message"].endswith(" 19")
 
 
-@pytest.mark.parametrize(("payload", "code"), [
-    ({"stream_id": UNKNOWN}, "not_found"),
-    ({"stream_id": "not-a-uuid"}, "not_found"),
-    ({"stream_id": 42}, "invalid"),
-    ({"stream_id": None}, "invalid"),
-    ({}, "invalid"),
-    (None, "invalid"),
-    ("a string", "invalid"),
-    ([1, 2], "invalid"),
-    ({"stream_id": UNKNOWN, "last_message_id": "nope"}, "invalid"),
-])
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        ({"stream_id": UNKNOWN}, "not_found"),
+        ({"stream_id": "not-a-uuid"}, "not_found"),
+        ({"stream_id": 42}, "invalid"),
+        ({"stream_id": None}, "invalid"),
+        ({}, "invalid"),
+        (None, "invalid"),
+        ("a string", "invalid"),
+        ([1, 2], "invalid"),
+        ({"stream_id": UNKNOWN, "last_message_id": "nope"}, "invalid"),
+    ],
+)
 async def test_bad_joins_are_refused(payload, code, clients, base_url, token, stream):
     c = await clients(base_url, token(unique("viewer")))
     ack = await c.call("join_stream", payload)
@@ -209,18 +219,39 @@ async def test_disconnect_and_switching_streams_leave(api, clients, base_url, to
 
 # -- chat -----------------------------------------------------------------------------
 
+
 async def test_chat_reaches_the_room_and_the_sender(clients, base_url, token, stream):
     sid = stream["id"]
     sender_id, sender = await joined_viewer(clients, base_url, token, sid, name="Sender")
     _, other = await joined_viewer(clients, base_url, token, sid)
-    ack = await sender.call("send_message", {
-        "stream_id": sid, "message": "  hello\x00\x07 world \n", "user_id": "mallory",
-        "username": "Admin", "userId": "mallory"})
+    ack = await sender.call(
+        "send_message",
+        {
+            "stream_id": sid,
+            "message": "  hello\x00\x07 world \n",
+            "user_id": "mallory",
+            "username": "Admin",
+            "userId": "mallory",
+        },
+    )
     m = ack["message"]
-    assert set(m) == {"message_id", "stream_id", "user_id", "username", "message", "message_type",
-                      "tip_amount", "created_at"}
+    assert set(m) == {
+        "message_id",
+        "stream_id",
+        "user_id",
+        "username",
+        "message",
+        "message_type",
+        "tip_amount",
+        "created_at",
+    }
     assert (m["user_id"], m["username"], m["message"], m["message_type"], m["tip_amount"]) == (
-        sender_id, "Sender", "hello world", "TEXT", None)
+        sender_id,
+        "Sender",
+        "hello world",
+        "TEXT",
+        None,
+    )
     assert uuid.UUID(m["message_id"]) and m["created_at"].endswith("Z")
     for c in (sender, other):
         assert await c.wait_for("chat_message", lambda x: x["message_id"] == m["message_id"]) == m
@@ -243,7 +274,9 @@ BAD_CHAT = [
 
 
 @pytest.mark.parametrize(("fields", "code"), BAD_CHAT)
-async def test_bad_messages_are_refused_and_change_nothing(fields, code, api, clients, base_url, token, stream):
+async def test_bad_messages_are_refused_and_change_nothing(
+    fields, code, api, clients, base_url, token, stream
+):
     sid = stream["id"]
     _, c = await joined_viewer(clients, base_url, token, sid)
     _, bystander = await joined_viewer(clients, base_url, token, sid)
@@ -270,7 +303,9 @@ async def test_longest_message_and_emoji_are_accepted(clients, base_url, token, 
     _, c = await joined_viewer(clients, base_url, token, stream["id"])
     ack = await c.call("send_message", {"stream_id": stream["id"], "message": "é" * 500})
     assert ack["success"] and len(ack["message"]["message"]) == 500
-    ack = await c.call("send_message", {"stream_id": stream["id"], "message": "🚀🔥", "message_type": "EMOJI"})
+    ack = await c.call(
+        "send_message", {"stream_id": stream["id"], "message": "🚀🔥", "message_type": "EMOJI"}
+    )
     assert ack["message"]["message_type"] == "EMOJI"
 
 
@@ -300,33 +335,85 @@ async def test_chat_rate_limit_per_user(api, clients, base_url, token, stream):
 
 # -- tips -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("amount", "fee"), [(10.05, 0.50), (0.10 * 10, 0.05), (12.34, 0.62), ("10.50", 0.53),
-                                             (1, 0.05), (10000, 500)])
+
+@pytest.mark.parametrize(
+    ("amount", "fee"),
+    [(10.05, 0.50), (0.10 * 10, 0.05), (12.34, 0.62), ("10.50", 0.53), (1, 0.05), (10000, 500)],
+)
 async def test_tip_reaches_the_room_with_an_exact_fee(amount, fee, api, clients, base_url, token, stream):
     sid = stream["id"]
     uid, c = await joined_viewer(clients, base_url, token, sid, name="Fan")
     _, other = await joined_viewer(clients, base_url, token, sid)
-    ack = await c.call("send_tip", {"stream_id": sid, "amount": amount, "message": "gg",
-                                    "to_user_id": stream["streamer"], "from_user_id": "mallory"})
+    ack = await c.call(
+        "send_tip",
+        {
+            "stream_id": sid,
+            "amount": amount,
+            "message": "gg",
+            "to_user_id": stream["streamer"],
+            "from_user_id": "mallory",
+        },
+    )
     tip = ack["tip"]
-    assert set(tip) == {"tip_id", "stream_id", "from_user", "from_username", "to_user", "amount",
-                        "platform_fee", "currency", "message", "created_at"}
+    assert set(tip) == {
+        "tip_id",
+        "stream_id",
+        "from_user",
+        "from_username",
+        "to_user",
+        "amount",
+        "platform_fee",
+        "currency",
+        "message",
+        "created_at",
+    }
     assert (tip["from_user"], tip["from_username"], tip["to_user"], tip["currency"], tip["message"]) == (
-        uid, "Fan", stream["streamer"], "USD", "gg")
+        uid,
+        "Fan",
+        stream["streamer"],
+        "USD",
+        "gg",
+    )
     assert tip["amount"] == float(amount) and tip["platform_fee"] == fee
     assert await other.wait_for("tip_received", lambda t: t["tip_id"] == tip["tip_id"]) == tip
     m = await other.wait_for("chat_message", lambda x: x["message_type"] == "TIP")
     assert (m["tip_amount"], m["message"], m["user_id"], m["message_id"]) == (
-        float(amount), "gg", uid, ack["message_id"])
+        float(amount),
+        "gg",
+        uid,
+        ack["message_id"],
+    )
     s = await stats(api, sid)
     assert (s["tip_count"], s["tips_total"], s["platform_fees_total"], s["message_count"]) == (
-        1, float(amount), fee, 1)
+        1,
+        float(amount),
+        fee,
+        1,
+    )
 
 
 # Digits other than ASCII's, Python's underscores and a plus sign are no amount's text.
 NOT_ASCII_DIGITS = ["１０", "1_0", "+5", "٥", "١٠.٥٠", "10\u00a0", "1e1_0"]
-BAD_AMOUNTS = [0, -1, -0.01, 10.005, 0.001, "abc", True, None, [], {}, "NaN", "Infinity", 1e20,
-               10000.01, 0.99, "", "1e9999999", *NOT_ASCII_DIGITS]
+BAD_AMOUNTS = [
+    0,
+    -1,
+    -0.01,
+    10.005,
+    0.001,
+    "abc",
+    True,
+    None,
+    [],
+    {},
+    "NaN",
+    "Infinity",
+    1e20,
+    10000.01,
+    0.99,
+    "",
+    "1e9999999",
+    *NOT_ASCII_DIGITS,
+]
 
 
 @pytest.mark.parametrize("amount", BAD_AMOUNTS)
@@ -351,15 +438,20 @@ async def raw_ack(ws, ack_id: int) -> object:
             return json.loads(reply.data.removeprefix(prefix))[0]
 
 
-@pytest.mark.parametrize(("literal", "ok"), [
-    ("1.0000000000000001", False),  # a binary float would read 1.0
-    ("10.050000000000000001", False),
-    ("10.05", True),
-    ("10.50", True),
-    ("1e1", True),
-    ("2.5E+1", True),
-])
-async def test_amounts_are_read_as_written_not_as_binary_floats(literal, ok, http, base_url, token, stream, api):
+@pytest.mark.parametrize(
+    ("literal", "ok"),
+    [
+        ("1.0000000000000001", False),  # a binary float would read 1.0
+        ("10.050000000000000001", False),
+        ("10.05", True),
+        ("10.50", True),
+        ("1e1", True),
+        ("2.5E+1", True),
+    ],
+)
+async def test_amounts_are_read_as_written_not_as_binary_floats(
+    literal, ok, http, base_url, token, stream, api
+):
     """JSON number text is read exactly: what a float would round to two decimals is refused."""
     sid = stream["id"]
     ws_url = base_url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket"
@@ -378,14 +470,17 @@ async def test_amounts_are_read_as_written_not_as_binary_floats(literal, ok, htt
         assert (await stats(api, sid))["tip_count"] == 0
 
 
-@pytest.mark.parametrize(("fields", "code"), [
-    ({"to_user_id": "someone-else"}, "invalid"),
-    ({"currency": "EUR"}, "invalid"),
-    ({"client_tip_id": ""}, "invalid"),
-    ({"client_tip_id": "x" * 65}, "invalid"),
-    ({"message": "x" * 501}, "invalid"),
-    ({"amount": None}, "invalid"),
-])
+@pytest.mark.parametrize(
+    ("fields", "code"),
+    [
+        ({"to_user_id": "someone-else"}, "invalid"),
+        ({"currency": "EUR"}, "invalid"),
+        ({"client_tip_id": ""}, "invalid"),
+        ({"client_tip_id": "x" * 65}, "invalid"),
+        ({"message": "x" * 501}, "invalid"),
+        ({"amount": None}, "invalid"),
+    ],
+)
 async def test_bad_tip_fields_are_refused(fields, code, api, clients, base_url, token, stream):
     sid = stream["id"]
     _, c = await joined_viewer(clients, base_url, token, sid)
@@ -403,7 +498,9 @@ async def test_missing_amount_is_invalid(clients, base_url, token, stream):
 async def test_streamer_cannot_tip_their_own_stream(clients, base_url, stream):
     c = await clients(base_url, stream["token"])
     await c.call("join_stream", {"stream_id": stream["id"]})
-    assert (await c.call("send_tip", {"stream_id": stream["id"], "amount": 5}))["error"]["code"] == "forbidden"
+    assert (await c.call("send_tip", {"stream_id": stream["id"], "amount": 5}))["error"][
+        "code"
+    ] == "forbidden"
     await still_works(c, stream["id"])
 
 
@@ -421,6 +518,7 @@ async def test_client_tip_id_charges_once_per_user(api, clients, base_url, token
 
 
 # -- ending, transports, raw frames ---------------------------------------------------
+
 
 async def test_stream_ended_empties_the_room(api, clients, base_url, token, stream):
     sid = stream["id"]
@@ -440,15 +538,18 @@ async def test_polling_transport_works(clients, base_url, token, stream):
     await still_works(c, stream["id"])
 
 
-@pytest.mark.parametrize("frame", [
-    '42/streaming,["send_message",{bad json',
-    "42/streaming,not json at all",
-    '42/streaming,{"not": "a list"}',
-    "42/streaming,[]",
-    '42/streaming,[42, "x"]',
-    "4X",
-    "9",
-])
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '42/streaming,["send_message",{bad json',
+        "42/streaming,not json at all",
+        '42/streaming,{"not": "a list"}',
+        "42/streaming,[]",
+        '42/streaming,[42, "x"]',
+        "4X",
+        "9",
+    ],
+)
 async def test_malformed_frames_do_not_hurt_the_worker(frame, http, base_url, clients, token, stream):
     ws_url = base_url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket"
     async with http.ws_connect(ws_url) as ws:
@@ -483,8 +584,9 @@ async def test_an_oversized_event_is_refused_and_the_socket_stays(clients, base_
 
 @pytest.mark.parametrize("transport", ["websocket", "polling"])
 @pytest.mark.parametrize("size", [100_000, 1_000_000])
-async def test_an_event_up_to_a_mebibyte_is_payload_too_large_and_the_socket_stays(size, transport, api, clients,
-                                                                                    base_url, token, stream):
+async def test_an_event_up_to_a_mebibyte_is_payload_too_large_and_the_socket_stays(
+    size, transport, api, clients, base_url, token, stream
+):
     """PROTOCOL §7: below the transport's 1 MiB a Socket.IO client expects an answer, not a
     closed connection."""
     c = await clients(base_url, token(unique("viewer")), transport)
@@ -512,7 +614,9 @@ async def test_a_message_over_the_transport_limit_closes_that_connection(clients
     await still_works(fresh, stream["id"])
 
 
-async def test_a_long_polling_post_over_the_transport_limit_is_answered_and_closes(api, raw, token, stream, caplog):
+async def test_a_long_polling_post_over_the_transport_limit_is_answered_and_closes(
+    api, raw, token, stream, caplog
+):
     """400 at once and the session closed, its viewer gone with it; not a POST left waiting."""
     caplog.set_level(logging.INFO)
     s = await raw(token(unique("viewer")), "polling")
@@ -528,13 +632,17 @@ async def test_a_long_polling_post_over_the_transport_limit_is_answered_and_clos
 
 @pytest.mark.parametrize("event", ["send_message", "join_stream"])
 async def test_a_token_that_expires_mid_session_is_refused_then_disconnected(
-        event, clients, base_url, token, stream):
+    event, clients, base_url, token, stream
+):
     """Chat, and joining too, once the connection's token has expired: unauthorized, then the
     socket is disconnected."""
     c = await clients(base_url, token(unique("brief"), ttl=2))
     assert (await c.call("join_stream", {"stream_id": stream["id"]}))["success"]
-    payload = {"stream_id": stream["id"], "message": "tick"} if event == "send_message" \
+    payload = (
+        {"stream_id": stream["id"], "message": "tick"}
+        if event == "send_message"
         else {"stream_id": stream["id"]}
+    )
     refusals = []
 
     async def refused() -> bool:
@@ -553,7 +661,9 @@ async def test_a_token_that_expires_mid_session_is_refused_then_disconnected(
 
 
 @pytest.mark.parametrize("event", ["connect", "disconnect", "connect_error", "__disconnect_final"])
-async def test_client_events_named_like_lifecycle_events_change_nothing(event, api, clients, base_url, token, stream):
+async def test_client_events_named_like_lifecycle_events_change_nothing(
+    event, api, clients, base_url, token, stream
+):
     sid = stream["id"]
     uid, c = await joined_viewer(clients, base_url, token, sid)
     _, watcher = await joined_viewer(clients, base_url, token, sid)
@@ -598,8 +708,10 @@ async def test_a_socket_the_end_has_not_reached_yet_is_not_joined(api, token, se
         assert (await hub.join(conn, Join.parse({"stream_id": sid})))["success"]
         status, body = await api.request("POST", f"{sid}/end", streamer)
         assert status == 200, body
-        for attempt in (lambda: hub.chat(conn, Chat.parse({"stream_id": sid, "message": "hi"})),
-                        lambda: hub.tip(conn, Tip.parse({"stream_id": sid, "amount": 5}, settings))):
+        for attempt in (
+            lambda: hub.chat(conn, Chat.parse({"stream_id": sid, "message": "hi"})),
+            lambda: hub.tip(conn, Tip.parse({"stream_id": sid, "amount": 5}, settings)),
+        ):
             presence.watch(conn, sid, "someone", "member")  # the worker's view: still watching
             with pytest.raises(HubError) as refused:
                 await attempt()
@@ -611,6 +723,7 @@ async def test_a_socket_the_end_has_not_reached_yet_is_not_joined(api, token, se
 
 
 # -- one event at a time per socket, on every transport -------------------------------
+
 
 def join_packet(ack_id: int, stream_id: str) -> str:
     return f'2/streaming,{ack_id}["join_stream",{{"stream_id":"{stream_id}"}}]'
@@ -631,12 +744,17 @@ async def flushed(s, ack_id: int) -> None:
 
 async def watching_and_connections(api) -> tuple[float, float]:
     status, text = await api.request("GET", "/metrics")
-    figures = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
-               if line.startswith(("hub_watching ", "hub_connections "))}
+    figures = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith(("hub_watching ", "hub_connections "))
+    }
     return figures["hub_watching"], figures["hub_connections"]
 
 
-async def test_two_joins_in_two_polling_posts_at_once_leave_one_room(api, clients, base_url, token, raw, server):
+async def test_two_joins_in_two_polling_posts_at_once_leave_one_room(
+    api, clients, base_url, token, raw, server
+):
     """Two long-polling POSTs in flight at once, each with a join: handled one after the other,
     so each socket ends in exactly one room, counted in that stream only, hearing that stream
     only; a ban from a stream takes every socket of the user out of its room."""
@@ -671,8 +789,12 @@ async def test_two_joins_in_two_polling_posts_at_once_leave_one_room(api, client
     # Each socket hears the stream it is counted in, and only that one.
     _, speaker_a = await joined_viewer(clients, base_url, token, a)
     _, speaker_b = await joined_viewer(clients, base_url, token, b)
-    said_a = (await speaker_a.call("send_message", {"stream_id": a, "message": "to a"}))["message"]["message_id"]
-    said_b = (await speaker_b.call("send_message", {"stream_id": b, "message": "to b"}))["message"]["message_id"]
+    said_a = (await speaker_a.call("send_message", {"stream_id": a, "message": "to a"}))["message"][
+        "message_id"
+    ]
+    said_b = (await speaker_b.call("send_message", {"stream_id": b, "message": "to b"}))["message"][
+        "message_id"
+    ]
     await speaker_a.wait_for("chat_message", lambda m: m["message_id"] == said_a)
     await speaker_b.wait_for("chat_message", lambda m: m["message_id"] == said_b)
     for n, s in enumerate(socks):
@@ -698,8 +820,9 @@ async def test_two_joins_in_two_polling_posts_at_once_leave_one_room(api, client
     assert await viewer_count(api, a) == 1  # the speaker
 
 
-async def test_a_join_and_a_disconnect_in_two_polling_posts_at_once_leave_no_ghost(api, base_url, token, raw,
-                                                                                      stream):
+async def test_a_join_and_a_disconnect_in_two_polling_posts_at_once_leave_no_ghost(
+    api, base_url, token, raw, stream
+):
     """A namespace disconnect waits for the join in progress; nothing of the join outlives it."""
     sid = stream["id"]
     before = await viewer_count(api, sid)
@@ -716,8 +839,9 @@ async def test_a_join_and_a_disconnect_in_two_polling_posts_at_once_leave_no_gho
     assert watching <= connections, (watching, connections)
 
 
-async def test_a_ban_takes_the_users_sockets_out_of_the_room_whatever_presence_says(api, clients, base_url, token,
-                                                                                     server, stream):
+async def test_a_ban_takes_the_users_sockets_out_of_the_room_whatever_presence_says(
+    api, clients, base_url, token, server, stream
+):
     """Socket.IO's room is the truth: a socket in the room that this worker's presence has
     watching another stream (or nothing) still leaves it on a ban, and hears no more of it."""
     from hub.app import SIO
@@ -751,9 +875,12 @@ def worker_lines(caplog) -> list[str]:
     access log aside, and python-engineio's lines it logs once in a worker's life (a request
     for a session already closed, say)."""
     formatter = logging.Formatter("%(name)s %(message)s")
-    return [line for record in caplog.records
-            if record.name != "aiohttp.access" and not record.getMessage().endswith(ONCE)
-            for line in formatter.format(record).splitlines()]
+    return [
+        line
+        for record in caplog.records
+        if record.name != "aiohttp.access" and not record.getMessage().endswith(ONCE)
+        for line in formatter.format(record).splitlines()
+    ]
 
 
 NESTED = "[" * 500 + "]" * 500
@@ -768,14 +895,15 @@ UNREADABLE = {
     "not a list": ('{{"stream_id":"{sid}"}}', None),
     "no such event": ('["no_such_event",{{}}]', "no_such_event"),
     "a lifecycle name": ('["disconnect",{{}}]', "disconnect"),
-    "a number for a name": ('[42,{{}}]', None),
+    "a number for a name": ("[42,{{}}]", None),
 }
 
 
 @pytest.mark.parametrize("transport", ["websocket", "polling"])
 @pytest.mark.parametrize("kind", list(UNREADABLE), ids=lambda kind: kind.replace(" ", "-"))
-async def test_an_unreadable_event_is_answered_invalid_and_the_socket_stays(kind, transport, raw, token, stream,
-                                                                          caplog):
+async def test_an_unreadable_event_is_answered_invalid_and_the_socket_stays(
+    kind, transport, raw, token, stream, caplog
+):
     caplog.set_level(logging.INFO)
     sid = stream["id"]
     s = await raw(token(unique("viewer")), transport)
@@ -837,19 +965,23 @@ async def test_an_unreadable_connect_is_answered_connect_error(raw, caplog):
     assert len(worker_lines(caplog)) <= 1
 
 
-@pytest.mark.parametrize(("transport", "junk"), [
-    pytest.param("websocket", "X", id="ws-no-type"),
-    pytest.param("websocket", "", id="ws-empty"),
-    pytest.param("websocket", "4" + "[" * 5000 + "]" * 5000, id="ws-nested-json-message"),
-    pytest.param("websocket", '4{"a":1}', id="ws-json-message"),
-    pytest.param("websocket", "b!!!", id="ws-base64"),
-    pytest.param("polling", "X", id="polling-no-type"),
-    pytest.param("polling", "4" + "[" * 5000 + "]" * 5000, id="polling-nested-json-message"),
-    pytest.param("polling", "\x1e".join(["6"] * 17), id="polling-17-packets"),
-    pytest.param("polling", b"42/streaming,\xff\xfe", id="polling-not-utf8"),
-])
-async def test_what_engineio_cannot_take_closes_the_connection_with_one_line(transport, junk, api, raw, token,
-                                                                              stream, caplog):
+@pytest.mark.parametrize(
+    ("transport", "junk"),
+    [
+        pytest.param("websocket", "X", id="ws-no-type"),
+        pytest.param("websocket", "", id="ws-empty"),
+        pytest.param("websocket", "4" + "[" * 5000 + "]" * 5000, id="ws-nested-json-message"),
+        pytest.param("websocket", '4{"a":1}', id="ws-json-message"),
+        pytest.param("websocket", "b!!!", id="ws-base64"),
+        pytest.param("polling", "X", id="polling-no-type"),
+        pytest.param("polling", "4" + "[" * 5000 + "]" * 5000, id="polling-nested-json-message"),
+        pytest.param("polling", "\x1e".join(["6"] * 17), id="polling-17-packets"),
+        pytest.param("polling", b"42/streaming,\xff\xfe", id="polling-not-utf8"),
+    ],
+)
+async def test_what_engineio_cannot_take_closes_the_connection_with_one_line(
+    transport, junk, api, raw, token, stream, caplog
+):
     """Text that is no Engine.IO packet: the connection closes (no answer can be framed), its
     viewer leaves at once, and the worker logs one line."""
     caplog.set_level(logging.INFO)
@@ -872,8 +1004,9 @@ async def test_what_engineio_cannot_take_closes_the_connection_with_one_line(tra
     assert len(lines) <= 1 and all(len(line) < 200 for line in lines), lines
 
 
-async def test_names_and_messages_lose_bidi_and_invisible_characters_but_keep_emoji(clients, base_url, token,
-                                                                                   stream):
+async def test_names_and_messages_lose_bidi_and_invisible_characters_but_keep_emoji(
+    clients, base_url, token, stream
+):
     sid = stream["id"]
     _, watcher = await joined_viewer(clients, base_url, token, sid)
     uid = unique("spoofer")
@@ -881,8 +1014,10 @@ async def test_names_and_messages_lose_bidi_and_invisible_characters_but_keep_em
     assert (await c.call("join_stream", {"stream_id": sid}))["success"]
     joined = await watcher.wait_for("viewer_joined", lambda e: e["user_id"] == uid)
     assert joined["username"] == "Admin ❤️"
-    ack = await c.call("send_message", {"stream_id": sid,
-                                        "message": "\u2067hi\u2069 the\u00adre \u200b👨\u200d👩\u200d👧 ❤️\ufeff"})
+    ack = await c.call(
+        "send_message",
+        {"stream_id": sid, "message": "\u2067hi\u2069 the\u00adre \u200b👨\u200d👩\u200d👧 ❤️\ufeff"},
+    )
     m = ack["message"]
     assert (m["username"], m["message"]) == ("Admin ❤️", "hi there 👨\u200d👩\u200d👧 ❤️")
     assert await watcher.wait_for("chat_message", lambda x: x["message_id"] == m["message_id"]) == m

@@ -55,11 +55,13 @@ async def test_a_scheduled_stream_expires_unstarted_and_lives_on_once_started(ap
 
 
 async def test_a_streamer_holds_few_scheduled_streams_and_creates_at_a_bounded_rate(workers, http, token):
-    w, = await workers(1, HUB_SCHEDULED_MAX="3", HUB_CREATE_RATE="5", HUB_CREATE_PERIOD="3600")
+    (w,) = await workers(1, HUB_SCHEDULED_MAX="3", HUB_CREATE_RATE="5", HUB_CREATE_PERIOD="3600")
     api = Api(http, w.url)
     owner = token(unique("streamer"), "streamer")
     held = [(await api.create_stream(owner, scheduled_at=next_month()))["stream_id"] for _ in range(3)]
-    status, body = await api.request("POST", "create", owner, json={"title": "4th", "scheduled_at": next_month()})
+    status, body = await api.request(
+        "POST", "create", owner, json={"title": "4th", "scheduled_at": next_month()}
+    )
     assert status == 409 and "scheduled" in body["error"]["message"], body
     assert (await api.request("POST", f"{held[0]}/cancel", owner))[0] == 200
     (await api.create_stream(owner, scheduled_at=next_month()))  # room again: the 5th create
@@ -69,13 +71,13 @@ async def test_a_streamer_holds_few_scheduled_streams_and_creates_at_a_bounded_r
 
 
 async def test_listing_a_streamers_streams_reads_only_what_it_returns(workers, http, token, rds, settings):
-    w, = await workers(1, HUB_CREATE_RATE="1000")
+    (w,) = await workers(1, HUB_CREATE_RATE="1000")
     api = Api(http, w.url)
     user = unique("streamer")
     owner = token(user, "streamer")
     made = []
     for i in range(105):
-        stream = (await api.create_stream(owner, title=f"s{i}"))
+        stream = await api.create_stream(owner, title=f"s{i}")
         made.append(stream["stream_id"])
         assert (await api.request("POST", f"{stream['stream_id']}/end", owner))[0] == 200
     live = (await api.create_stream(owner, title="now"))["stream_id"]
@@ -96,7 +98,7 @@ async def test_every_key_expires_or_is_bounded(workers, connect, http, env, toke
     prefix of their own, flush, then read every key: each has a TTL, or is one of the bounded
     ones (README, Redis keys), or belongs to a stream still LIVE."""
     prefix = f"{env['HUB_REDIS_PREFIX']}audit-{unique('k')}:"
-    w, = await workers(1, HUB_REDIS_PREFIX=prefix)
+    (w,) = await workers(1, HUB_REDIS_PREFIX=prefix)
     api = Api(http, w.url)
     streamer, other = unique("streamer"), unique("streamer")
     owner, owner2 = token(streamer, "streamer"), token(other, "streamer")
@@ -110,13 +112,20 @@ async def test_every_key_expires_or_is_bounded(workers, connect, http, env, toke
     for sid in (abandoned, ended):
         assert (await viewer.call("join_stream", {"stream_id": sid}))["success"]
         sent = await viewer.call("send_message", {"stream_id": sid, "message": "hi"})
-        assert (await viewer.call("send_tip", {"stream_id": sid, "amount": 2, "client_tip_id": "t"}))["success"]
+        assert (await viewer.call("send_tip", {"stream_id": sid, "amount": 2, "client_tip_id": "t"}))[
+            "success"
+        ]
         owner_of = owner if sid == ended else owner2
-        for path, body in ((f"{sid}/slow-mode", {"seconds": 5}), (f"{sid}/moderators", {"user_id": "m"}),
-                           (f"{sid}/timeouts", {"user_id": "x", "seconds": 60})):
+        for path, body in (
+            (f"{sid}/slow-mode", {"seconds": 5}),
+            (f"{sid}/moderators", {"user_id": "m"}),
+            (f"{sid}/timeouts", {"user_id": "x", "seconds": 60}),
+        ):
             method = "PUT" if "slow" in path else "POST"
             assert (await api.request(method, path, owner_of, json=body))[0] == 200
-        assert (await api.request("DELETE", f"{sid}/chat/{sent['message']['message_id']}", owner_of))[0] == 200
+        assert (await api.request("DELETE", f"{sid}/chat/{sent['message']['message_id']}", owner_of))[
+            0
+        ] == 200
         assert (await viewer.call("send_message", {"stream_id": sid, "message": "again"}))["success"]
     assert (await api.request("POST", f"{ended}/end", owner))[0] == 200
     settings = Settings.from_env({**env, "HUB_REDIS_PREFIX": prefix})
@@ -132,8 +141,8 @@ async def test_every_key_expires_or_is_bounded(workers, connect, http, env, toke
         async for key in client.scan_iter(match=f"{prefix}*", count=1000):
             if await client.pttl(key) > 0:
                 continue
-            name = key[len(prefix):]
-            name = name[name.index("}:") + 2:] if name.startswith("{") else name
+            name = key[len(prefix) :]
+            name = name[name.index("}:") + 2 :] if name.startswith("{") else name
             if name in BOUNDED or name.startswith("live:cat:"):
                 continue
             if name.startswith("stream:") and name.split(":")[1] in live_ok:

@@ -59,8 +59,12 @@ async def test_message_tip_counts_and_end_cross_workers(workers, http, clients, 
     assert refused["error"]["code"] in ("not_joined", "stream_not_live")
 
     await flusher.drain()
-    row = sql("SELECT tip_count, tips_total, message_count, peak_viewers FROM streams WHERE stream_id=%s", sid)
-    assert row == [{"tip_count": 1, "tips_total": row[0]["tips_total"], "message_count": 2, "peak_viewers": 2}]
+    row = sql(
+        "SELECT tip_count, tips_total, message_count, peak_viewers FROM streams WHERE stream_id=%s", sid
+    )
+    assert row == [
+        {"tip_count": 1, "tips_total": row[0]["tips_total"], "message_count": 2, "peak_viewers": 2}
+    ]
     assert str(row[0]["tips_total"]) == "3.33"
 
 

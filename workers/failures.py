@@ -13,14 +13,50 @@ import time
 
 import pymysql
 
-KINDS = ("connection", "schema", "permission", "read_only", "deadlock", "lock_timeout",
-         "too_many_connections", "disk_full", "data", "other")
+KINDS = (
+    "connection",
+    "schema",
+    "permission",
+    "read_only",
+    "deadlock",
+    "lock_timeout",
+    "too_many_connections",
+    "disk_full",
+    "data",
+    "other",
+)
 
 # MySQL and MariaDB error codes (server 1xxx, client 2xxx) by kind.
 _CODES: dict[int, str] = {
-    **dict.fromkeys((1053, 1077, 1152, 1154, 1155, 1156, 1157, 1158, 1159, 1160, 1161, 1184,
-                     1317, 1927, 2002, 2003, 2005, 2006, 2011, 2012, 2013, 2014, 2026, 2055),
-                    "connection"),
+    **dict.fromkeys(
+        (
+            1053,
+            1077,
+            1152,
+            1154,
+            1155,
+            1156,
+            1157,
+            1158,
+            1159,
+            1160,
+            1161,
+            1184,
+            1317,
+            1927,
+            2002,
+            2003,
+            2005,
+            2006,
+            2011,
+            2012,
+            2013,
+            2014,
+            2026,
+            2055,
+        ),
+        "connection",
+    ),
     **dict.fromkeys((1049, 1051, 1054, 1109, 1136, 1146, 1364, 1932), "schema"),
     **dict.fromkeys((1044, 1045, 1142, 1143, 1227, 1370, 1698), "permission"),
     **dict.fromkeys((1290, 1792, 1836), "read_only"),
@@ -66,5 +102,10 @@ class FailureLog:
         self._last[kind] = now
         self.log.error(
             "MySQL write failed (%s: %s); a batch of %d records is retried until it commits "
-            "(failing for %.0fs%s)", kind, exc, records, stalled,
-            f", {quiet} more {kind} errors since the last such line" if quiet else "")
+            "(failing for %.0fs%s)",
+            kind,
+            exc,
+            records,
+            stalled,
+            f", {quiet} more {kind} errors since the last such line" if quiet else "",
+        )

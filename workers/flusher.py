@@ -72,8 +72,9 @@ def expand(entries: list[Entry]) -> list[Entry]:
     for entry_id, fields in entries:
         if fields.get("t") == "messages":
             if "d" not in fields:
-                records.extend((entry_id, {"t": "message", "d": text})
-                               for name, text in fields.items() if name != "t")
+                records.extend(
+                    (entry_id, {"t": "message", "d": text}) for name, text in fields.items() if name != "t"
+                )
                 continue
             try:
                 items = orjson.loads(fields["d"])
@@ -97,8 +98,11 @@ def _message_texts(records: list[Entry]) -> list[tuple[str, str]]:
         text = fields.get("d")
         if fields.get("t") != "message" or not isinstance(text, str):
             continue
-        if text.startswith('{"message_id":"') and text[_STREAM_ID_AT - 15:_STREAM_ID_AT] == '","stream_id":"':
-            found.append((text[_STREAM_ID_AT:_STREAM_ID_AT + 36], text))  # as the hub writes it
+        if (
+            text.startswith('{"message_id":"')
+            and text[_STREAM_ID_AT - 15 : _STREAM_ID_AT] == '","stream_id":"'
+        ):
+            found.append((text[_STREAM_ID_AT : _STREAM_ID_AT + 36], text))  # as the hub writes it
             continue
         try:
             data = orjson.loads(text)
@@ -110,8 +114,9 @@ def _message_texts(records: list[Entry]) -> list[tuple[str, str]]:
 
 
 class Flusher:
-    def __init__(self, settings: Settings, client: aioredis.Redis, store: Store,
-                 consumer: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings, client: aioredis.Redis, store: Store, consumer: str | None = None
+    ) -> None:
         self.settings = settings
         self.redis = client
         self.store = store
@@ -119,8 +124,11 @@ class Flusher:
         self.outboxes = [k.outbox for k in self.keys.all]
         self.cluster = settings.redis_cluster is not None
         # Per outbox and read: all of a batch from one outbox, a share of it from each of several.
-        self._count = settings.flush_batch if len(self.outboxes) == 1 else \
-            max(50, settings.flush_batch // len(self.outboxes))
+        self._count = (
+            settings.flush_batch
+            if len(self.outboxes) == 1
+            else max(50, settings.flush_batch // len(self.outboxes))
+        )
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.written = 0
         self._stopping = asyncio.Event()
@@ -200,24 +208,40 @@ class Flusher:
             count = max(1, room // max(1, len(full)))
         return found
 
-    async def _read_shards(self, shards: list[int], count: int,
-                           block_ms: int | None) -> list[tuple[int, list[Entry]]]:
+    async def _read_shards(
+        self, shards: list[int], count: int, block_ms: int | None
+    ) -> list[tuple[int, list[Entry]]]:
         """New entries of these shards' outboxes, at most ``count`` each: on one Redis in one
         XREADGROUP (waiting up to ``block_ms`` for any); on a cluster one XREADGROUP per shard,
         all at once, each sent to the node that holds it (redis-py would otherwise ask the
         server which keys an XREADGROUP names, twice per call)."""
         if not self.cluster:
             reply = await self.redis.xreadgroup(
-                OUTBOX_GROUP, self.consumer, {self.outboxes[i]: ">" for i in shards},
-                count=count, block=block_ms)
+                OUTBOX_GROUP,
+                self.consumer,
+                {self.outboxes[i]: ">" for i in shards},
+                count=count,
+                block=block_ms,
+            )
             index = {outbox: i for i, outbox in enumerate(self.outboxes)}
             return [(index[outbox], entries) for outbox, entries in reply or ()]
-        replies = await asyncio.gather(*(
-            self.redis.execute_command(
-                "XREADGROUP", "GROUP", OUTBOX_GROUP, self.consumer, "COUNT", count,
-                "STREAMS", self.outboxes[i], ">",
-                target_nodes=self.redis.get_node_from_key(self.outboxes[i]))
-            for i in shards))
+        replies = await asyncio.gather(
+            *(
+                self.redis.execute_command(
+                    "XREADGROUP",
+                    "GROUP",
+                    OUTBOX_GROUP,
+                    self.consumer,
+                    "COUNT",
+                    count,
+                    "STREAMS",
+                    self.outboxes[i],
+                    ">",
+                    target_nodes=self.redis.get_node_from_key(self.outboxes[i]),
+                )
+                for i in shards
+            )
+        )
         return [(i, reply[0][1]) for i, reply in zip(shards, replies, strict=True) if reply]
 
     async def _claim(self) -> list[Entry]:
@@ -227,8 +251,13 @@ class Flusher:
         found: list[Entry] = []
         for shard, outbox in enumerate(self.outboxes):
             claimed = await self.redis.xautoclaim(
-                outbox, OUTBOX_GROUP, self.consumer,
-                min_idle_time=self.settings.flush_claim_idle_ms, start_id="0-0", count=self._count)
+                outbox,
+                OUTBOX_GROUP,
+                self.consumer,
+                min_idle_time=self.settings.flush_claim_idle_ms,
+                start_id="0-0",
+                count=self._count,
+            )
             gone: list[str] = claimed[2] if len(claimed) > 2 else []
             if gone:  # deleted while still pending: nothing left to write
                 await self.redis.xack(outbox, OUTBOX_GROUP, *gone)
@@ -275,8 +304,7 @@ class Flusher:
             try:
                 batch.add(fields.get("t", ""), fields.get("d", ""))
             except BadRecord as exc:
-                log.error("outbox entry %s cannot be written (%s); moved to the dead letters",
-                          entry_id, exc)
+                log.error("outbox entry %s cannot be written (%s); moved to the dead letters", entry_id, exc)
                 bad.append((entry_id, fields))
         return batch, bad
 
@@ -318,7 +346,7 @@ class Flusher:
         transaction per shard."""
         dead: dict[int, list[Entry]] = {}
         for tagged, fields in bad:
-            (shard, (entry_id,)), = self._by_shard([tagged]).items()
+            ((shard, (entry_id,)),) = self._by_shard([tagged]).items()
             dead.setdefault(shard, []).append((entry_id, fields))
         written = self._written(records or [], bad)
         for shard, entry_ids in self._by_shard(ids).items():
@@ -378,13 +406,17 @@ class Flusher:
         idle_ms = CONSUMER_IDLE_CLAIMS * self.settings.flush_claim_idle_ms
         removed: list[str] = []
         for outbox in self.outboxes:
-            names = await self.redis.eval(FORGET_CONSUMERS_LUA, 1, outbox, OUTBOX_GROUP, idle_ms,
-                                          self.consumer)
+            names = await self.redis.eval(
+                FORGET_CONSUMERS_LUA, 1, outbox, OUTBOX_GROUP, idle_ms, self.consumer
+            )
             removed.extend(names)
         if removed:
             metrics.FLUSH_CONSUMERS_REMOVED.inc(len(removed))
-            log.info("removed %d idle outbox consumers with nothing pending: %s", len(removed),
-                     ", ".join(sorted(set(removed))))
+            log.info(
+                "removed %d idle outbox consumers with nothing pending: %s",
+                len(removed),
+                ", ".join(sorted(set(removed))),
+            )
         return removed
 
     async def _housekeep(self) -> None:
@@ -434,14 +466,22 @@ def serve_metrics(settings: Settings) -> None:
     if not settings.flusher_metrics_port:
         return
     try:
-        start_http_server(settings.flusher_metrics_port, settings.flusher_metrics_host,
-                          registry=metrics.FLUSHER)
+        start_http_server(
+            settings.flusher_metrics_port, settings.flusher_metrics_host, registry=metrics.FLUSHER
+        )
     except OSError as exc:
-        log.error("flusher metrics not served on %s:%d (%s)", settings.flusher_metrics_host,
-                  settings.flusher_metrics_port, exc)
+        log.error(
+            "flusher metrics not served on %s:%d (%s)",
+            settings.flusher_metrics_host,
+            settings.flusher_metrics_port,
+            exc,
+        )
         return
-    print(f"✅ Flusher metrics on http://{settings.flusher_metrics_host}:{settings.flusher_metrics_port}"
-          "/metrics", flush=True)
+    print(
+        f"✅ Flusher metrics on http://{settings.flusher_metrics_host}:{settings.flusher_metrics_port}"
+        "/metrics",
+        flush=True,
+    )
 
 
 async def main_async(settings: Settings, burst: bool) -> int:
@@ -462,10 +502,12 @@ async def main_async(settings: Settings, burst: bool) -> int:
     flusher = Flusher(settings, client, Store(pool))
     await flusher.ensure_group()
     serve_metrics(settings)
-    outboxes = flusher.outboxes[0] if len(flusher.outboxes) == 1 else \
-        f"{len(flusher.outboxes)} outboxes ({flusher.outboxes[0]}…)"
-    print(f"✅ Flusher {flusher.consumer} draining {outboxes} into "
-          f"{settings.mysql.database}", flush=True)
+    outboxes = (
+        flusher.outboxes[0]
+        if len(flusher.outboxes) == 1
+        else f"{len(flusher.outboxes)} outboxes ({flusher.outboxes[0]}…)"
+    )
+    print(f"✅ Flusher {flusher.consumer} draining {outboxes} into {settings.mysql.database}", flush=True)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, flusher.stop)

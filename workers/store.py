@@ -25,18 +25,67 @@ from workers.columns import BadRecord
 __all__ = ["BadRecord", "Batch", "Store"]
 
 STREAM_COLUMNS = (
-    "stream_id", "streamer_id", "streamer_name", "title", "description", "thumbnail_url",
-    "status", "category", "is_recording", "recording_url", "peak_viewers", "unique_viewers",
-    "message_count", "tip_count", "tips_total", "platform_fees_total", "scheduled_at",
-    "started_at", "ended_at", "duration_seconds", "created_at", "updated_at", "version",
+    "stream_id",
+    "streamer_id",
+    "streamer_name",
+    "title",
+    "description",
+    "thumbnail_url",
+    "status",
+    "category",
+    "is_recording",
+    "recording_url",
+    "peak_viewers",
+    "unique_viewers",
+    "message_count",
+    "tip_count",
+    "tips_total",
+    "platform_fees_total",
+    "scheduled_at",
+    "started_at",
+    "ended_at",
+    "duration_seconds",
+    "created_at",
+    "updated_at",
+    "version",
 )
-MESSAGE_COLUMNS = ("message_id", "stream_id", "user_id", "username", "message", "message_type",
-                   "tip_amount", "alert", "created_at")
-TIP_COLUMNS = ("tip_id", "stream_id", "from_user_id", "to_user_id", "amount", "platform_fee",
-               "streamer_share", "currency", "message", "client_tip_id", "created_at")
+MESSAGE_COLUMNS = (
+    "message_id",
+    "stream_id",
+    "user_id",
+    "username",
+    "message",
+    "message_type",
+    "tip_amount",
+    "alert",
+    "created_at",
+)
+TIP_COLUMNS = (
+    "tip_id",
+    "stream_id",
+    "from_user_id",
+    "to_user_id",
+    "amount",
+    "platform_fee",
+    "streamer_share",
+    "currency",
+    "message",
+    "client_tip_id",
+    "created_at",
+)
 SESSION_COLUMNS = ("session_id", "stream_id", "user_id", "joined_at", "left_at", "watch_seconds")
-ACTION_COLUMNS = ("action_id", "stream_id", "action", "by_user", "user_id", "message_id", "seconds",
-                  "reason", "ends_at", "created_at")
+ACTION_COLUMNS = (
+    "action_id",
+    "stream_id",
+    "action",
+    "by_user",
+    "user_id",
+    "message_id",
+    "seconds",
+    "reason",
+    "ends_at",
+    "created_at",
+)
 
 
 Upsert = tuple[str, str]  # the statement's text before its rows, and after them
@@ -46,40 +95,56 @@ def _upsert(table: str, columns: tuple[str, ...], update: str) -> Upsert:
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ", f" ON DUPLICATE KEY UPDATE {update}"
 
 
-_guarded = ", ".join(f"{c} = IF(VALUES(version) >= version, VALUES({c}), {c})"
-                     for c in STREAM_COLUMNS[1:-1])
-UPSERT_STREAMS = _upsert("streams", STREAM_COLUMNS,
-                         _guarded + ", version = GREATEST(version, VALUES(version))")
-UPSERT_MESSAGES = _upsert("chat_messages", MESSAGE_COLUMNS,
-                          "message = VALUES(message), username = VALUES(username), "
-                          "tip_amount = VALUES(tip_amount), alert = VALUES(alert)")
-UPSERT_TIPS = _upsert("tips", TIP_COLUMNS,
-                      "amount = VALUES(amount), platform_fee = VALUES(platform_fee), "
-                      "streamer_share = VALUES(streamer_share)")
-UPSERT_SESSIONS = _upsert("viewing_sessions", SESSION_COLUMNS,
-                          "left_at = GREATEST(left_at, VALUES(left_at)), "
-                          "watch_seconds = GREATEST(watch_seconds, VALUES(watch_seconds))")
+_guarded = ", ".join(f"{c} = IF(VALUES(version) >= version, VALUES({c}), {c})" for c in STREAM_COLUMNS[1:-1])
+UPSERT_STREAMS = _upsert(
+    "streams", STREAM_COLUMNS, _guarded + ", version = GREATEST(version, VALUES(version))"
+)
+UPSERT_MESSAGES = _upsert(
+    "chat_messages",
+    MESSAGE_COLUMNS,
+    "message = VALUES(message), username = VALUES(username), "
+    "tip_amount = VALUES(tip_amount), alert = VALUES(alert)",
+)
+UPSERT_TIPS = _upsert(
+    "tips",
+    TIP_COLUMNS,
+    "amount = VALUES(amount), platform_fee = VALUES(platform_fee), streamer_share = VALUES(streamer_share)",
+)
+UPSERT_SESSIONS = _upsert(
+    "viewing_sessions",
+    SESSION_COLUMNS,
+    "left_at = GREATEST(left_at, VALUES(left_at)), "
+    "watch_seconds = GREATEST(watch_seconds, VALUES(watch_seconds))",
+)
 
 INSERT_ACTIONS = _upsert("moderation_actions", ACTION_COLUMNS, "action_id = action_id")
 # A deleted message, and every message older than a clear, is marked, never erased.
-MARK_DELETED = ("UPDATE chat_messages SET deleted_at = %s, deleted_by = %s "
-                "WHERE message_id = %s AND stream_id = %s AND deleted_at IS NULL")
-MARK_CLEARED = ("UPDATE chat_messages SET deleted_at = %s, deleted_by = %s "
-                "WHERE stream_id = %s AND message_id < %s AND deleted_at IS NULL")
+MARK_DELETED = (
+    "UPDATE chat_messages SET deleted_at = %s, deleted_by = %s "
+    "WHERE message_id = %s AND stream_id = %s AND deleted_at IS NULL"
+)
+MARK_CLEARED = (
+    "UPDATE chat_messages SET deleted_at = %s, deleted_by = %s "
+    "WHERE stream_id = %s AND message_id < %s AND deleted_at IS NULL"
+)
 # Messages written after the deletion or clear that hides them (another flusher wrote the
 # action first): marked from the recorded actions.
-MODERATED_STREAMS = ("SELECT DISTINCT stream_id FROM moderation_actions WHERE stream_id IN ({}) "
-                     "AND action IN ('delete_message', 'clear_chat')")
+MODERATED_STREAMS = (
+    "SELECT DISTINCT stream_id FROM moderation_actions WHERE stream_id IN ({}) "
+    "AND action IN ('delete_message', 'clear_chat')"
+)
 MARK_LATE_DELETED = (
     "UPDATE chat_messages m JOIN moderation_actions a ON a.message_id = m.message_id "
     "AND a.stream_id = m.stream_id AND a.action = 'delete_message' "
     "SET m.deleted_at = a.created_at, m.deleted_by = a.by_user "
-    "WHERE m.message_id IN ({}) AND m.deleted_at IS NULL")
+    "WHERE m.message_id IN ({}) AND m.deleted_at IS NULL"
+)
 MARK_LATE_CLEARED = (
     "UPDATE chat_messages m JOIN moderation_actions a ON a.stream_id = m.stream_id "
     "AND a.action = 'clear_chat' AND a.action_id > m.message_id "
     "SET m.deleted_at = a.created_at, m.deleted_by = a.by_user "
-    "WHERE m.message_id IN ({}) AND m.deleted_at IS NULL")
+    "WHERE m.message_id IN ({}) AND m.deleted_at IS NULL"
+)
 
 
 def _literal(value: Any) -> str:
@@ -138,20 +203,28 @@ def _money(d: dict[str, Any], name: str) -> Decimal:
 def stream_row(d: dict[str, Any]) -> tuple[Any, ...]:
     duration = d.get("duration_seconds")
     return (
-        col.uuid(d["stream_id"], "stream_id"), col.text(d["streamer_id"], "streamer_id", ID),
+        col.uuid(d["stream_id"], "stream_id"),
+        col.text(d["streamer_id"], "streamer_id", ID),
         col.text(d.get("streamer_name") or None, "streamer_name", NAME, null=True),
-        col.text(d["title"], "title", TITLE), col.long_text(d.get("description") or "", "description"),
+        col.text(d["title"], "title", TITLE),
+        col.long_text(d.get("description") or "", "description"),
         col.text(d.get("thumbnail_url") or None, "thumbnail_url", URL, null=True),
-        col.choice(d["status"], "status", STATUSES), col.text(d.get("category") or "", "category", CATEGORY),
+        col.choice(d["status"], "status", STATUSES),
+        col.text(d.get("category") or "", "category", CATEGORY),
         d.get("is_recording") == "1",
         col.text(d.get("recording_url") or None, "recording_url", URL, null=True),
-        _count(d, "peak_viewers"), _count(d, "unique_viewers"), _count(d, "message_count"),
-        _count(d, "tip_count"), _money(d, "tips_cents"), _money(d, "fees_cents"),
+        _count(d, "peak_viewers"),
+        _count(d, "unique_viewers"),
+        _count(d, "message_count"),
+        _count(d, "tip_count"),
+        _money(d, "tips_cents"),
+        _money(d, "fees_cents"),
         col.ms_time(d.get("scheduled_at"), "scheduled_at", null=True),
         col.ms_time(d.get("started_at"), "started_at", null=True),
         col.ms_time(d.get("ended_at"), "ended_at", null=True),
         None if duration in (None, "") else col.whole(duration, "duration_seconds", 0, col.INT_UNSIGNED),
-        col.ms_time(d["created_at"], "created_at"), col.ms_time(d["updated_at"], "updated_at"),
+        col.ms_time(d["created_at"], "created_at"),
+        col.ms_time(d["updated_at"], "updated_at"),
         _count(d, "version", col.BIGINT_UNSIGNED),
     )
 
@@ -173,11 +246,14 @@ def _alert_json(alert: Any) -> str | None:
 
 def message_row(d: dict[str, Any]) -> tuple[Any, ...]:
     return (
-        col.uuid(d["message_id"], "message_id"), col.uuid(d["stream_id"], "stream_id"),
-        col.text(d["user_id"], "user_id", ID), col.text(d.get("username"), "username", NAME, null=True),
+        col.uuid(d["message_id"], "message_id"),
+        col.uuid(d["stream_id"], "stream_id"),
+        col.text(d["user_id"], "user_id", ID),
+        col.text(d.get("username"), "username", NAME, null=True),
         col.text(d["message"], "message", MESSAGE),
         col.choice(d["message_type"], "message_type", MESSAGE_TYPES),
-        col.money(d.get("tip_amount"), "tip_amount"), _alert_json(d.get("alert")),
+        col.money(d.get("tip_amount"), "tip_amount"),
+        _alert_json(d.get("alert")),
         col.iso_time(d["created_at"], "created_at"),
     )
 
@@ -186,9 +262,14 @@ def tip_row(d: dict[str, Any]) -> tuple[Any, ...]:
     amount = col.cents(d["amount_cents"], "amount_cents", 1)
     fee = col.cents(d["fee_cents"], "fee_cents", 0, amount)
     return (
-        col.uuid(d["tip_id"], "tip_id"), col.uuid(d["stream_id"], "stream_id"),
-        col.text(d["from_user_id"], "from_user_id", ID), col.text(d["to_user_id"], "to_user_id", ID),
-        from_cents(amount), from_cents(fee), from_cents(amount - fee), col.code(d["currency"], "currency", 3),
+        col.uuid(d["tip_id"], "tip_id"),
+        col.uuid(d["stream_id"], "stream_id"),
+        col.text(d["from_user_id"], "from_user_id", ID),
+        col.text(d["to_user_id"], "to_user_id", ID),
+        from_cents(amount),
+        from_cents(fee),
+        from_cents(amount - fee),
+        col.code(d["currency"], "currency", 3),
         col.text(d.get("message") or "", "message", MESSAGE),
         col.text(d.get("client_tip_id"), "client_tip_id", CLIENT_TIP_ID, null=True),
         col.iso_time(d["created_at"], "created_at"),
@@ -197,8 +278,10 @@ def tip_row(d: dict[str, Any]) -> tuple[Any, ...]:
 
 def session_row(d: dict[str, Any]) -> tuple[Any, ...]:
     return (
-        col.uuid(d["session_id"], "session_id"), col.uuid(d["stream_id"], "stream_id"),
-        col.text(d.get("user_id"), "user_id", ID, null=True), col.ms_time(d["joined_at"], "joined_at"),
+        col.uuid(d["session_id"], "session_id"),
+        col.uuid(d["stream_id"], "stream_id"),
+        col.text(d.get("user_id"), "user_id", ID, null=True),
+        col.ms_time(d["joined_at"], "joined_at"),
         col.ms_time(d["left_at"], "left_at"),
         col.whole(d["watch_seconds"], "watch_seconds", 0, col.INT_UNSIGNED),
     )
@@ -207,13 +290,16 @@ def session_row(d: dict[str, Any]) -> tuple[Any, ...]:
 def action_row(d: dict[str, Any]) -> tuple[Any, ...]:
     seconds = d.get("seconds")
     return (
-        col.uuid(d["action_id"], "action_id"), col.uuid(d["stream_id"], "stream_id"),
-        col.text(d["action"], "action", ACTION), col.text(d["by"], "by", ID),
+        col.uuid(d["action_id"], "action_id"),
+        col.uuid(d["stream_id"], "stream_id"),
+        col.text(d["action"], "action", ACTION),
+        col.text(d["by"], "by", ID),
         col.text(d.get("user_id"), "user_id", ID, null=True),
         col.uuid(d.get("message_id"), "message_id", null=True),
         None if seconds is None else col.whole(seconds, "seconds", 0, col.INT_UNSIGNED),
         col.text(d.get("reason"), "reason", MESSAGE, null=True),
-        col.iso_time(d.get("until"), "until", null=True), col.iso_time(d["created_at"], "created_at"),
+        col.iso_time(d.get("until"), "until", null=True),
+        col.iso_time(d["created_at"], "created_at"),
     )
 
 
@@ -255,8 +341,14 @@ class Batch:
                 raise BadRecord(f"unknown record type {kind!r}")
         except BadRecord:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError,
-                orjson.JSONDecodeError) as exc:
+        except (
+            KeyError,
+            TypeError,
+            ValueError,
+            AttributeError,
+            ArithmeticError,
+            orjson.JSONDecodeError,
+        ) as exc:
             raise BadRecord(f"{type(exc).__name__}: {exc}") from exc
 
     def statements(self) -> list[str]:
@@ -264,9 +356,13 @@ class Batch:
         if self._statements is None:
             self._statements = [
                 statement
-                for upsert, rows in ((UPSERT_STREAMS, self.streams), (UPSERT_MESSAGES, self.messages),
-                                     (UPSERT_TIPS, self.tips), (UPSERT_SESSIONS, self.sessions),
-                                     (INSERT_ACTIONS, self.actions))
+                for upsert, rows in (
+                    (UPSERT_STREAMS, self.streams),
+                    (UPSERT_MESSAGES, self.messages),
+                    (UPSERT_TIPS, self.tips),
+                    (UPSERT_SESSIONS, self.sessions),
+                    (INSERT_ACTIONS, self.actions),
+                )
                 if rows
                 for statement in _rows_sql(upsert, list(rows.values()))
             ]
@@ -274,12 +370,18 @@ class Batch:
 
     def tables(self) -> dict[str, int]:
         """Rows of the batch by MySQL table."""
-        return {"streams": len(self.streams), "chat_messages": len(self.messages), "tips": len(self.tips),
-                "viewing_sessions": len(self.sessions), "moderation_actions": len(self.actions)}
+        return {
+            "streams": len(self.streams),
+            "chat_messages": len(self.messages),
+            "tips": len(self.tips),
+            "viewing_sessions": len(self.sessions),
+            "moderation_actions": len(self.actions),
+        }
 
     def __len__(self) -> int:
-        return (len(self.streams) + len(self.messages) + len(self.tips) + len(self.sessions)
-                + len(self.actions))
+        return (
+            len(self.streams) + len(self.messages) + len(self.tips) + len(self.sessions) + len(self.actions)
+        )
 
 
 class Store:

@@ -47,8 +47,10 @@ class BenchCluster:
 
     async def start(self) -> None:
         await self.nodes.start()
-        self.clients = {name: redis.Redis(port=port, decode_responses=True)
-                        for name, port in zip(self.names, self.nodes.ports, strict=True)}
+        self.clients = {
+            name: redis.Redis(port=port, decode_responses=True)
+            for name, port in zip(self.names, self.nodes.ports, strict=True)
+        }
         self.redis = RedisCluster(host="127.0.0.1", port=self.nodes.ports[0], decode_responses=True)
         self.aredis = self.nodes.client()
 
@@ -68,8 +70,11 @@ class BenchCluster:
     # -- what the bench reads -----------------------------------------------------------
     def pids(self) -> dict[str, int]:
         """redis-server's pid of each node."""
-        return {name: pid for name, client in self.clients.items()
-                if (pid := redis_server_pid(client)) is not None}
+        return {
+            name: pid
+            for name, client in self.clients.items()
+            if (pid := redis_server_pid(client)) is not None
+        }
 
     def node_of(self, key: str) -> str:
         assert self.redis is not None
@@ -124,8 +129,9 @@ class BenchCluster:
         confirmed: Counter[str] = Counter()
         by_node: dict[str, dict[int, list[str]]] = {}
         for channel in set(channels):
-            by_node.setdefault(self.node_of(channel), {}).setdefault(
-                self.redis.keyslot(channel), []).append(channel)
+            by_node.setdefault(self.node_of(channel), {}).setdefault(self.redis.keyslot(channel), []).append(
+                channel
+            )
         wanted = sum(len(names) for slots in by_node.values() for names in slots.values())
         clients: list[aioredis.Redis] = []
         pubsubs: list[tuple[Any, dict[int, list[str]]]] = []
@@ -144,6 +150,7 @@ class BenchCluster:
         def all_confirmed(kind: str) -> Any:
             async def check() -> bool:
                 return confirmed[kind] >= wanted
+
             return check
 
         try:
@@ -175,8 +182,9 @@ class BenchCluster:
                     await client.aclose()
 
 
-def calls_delta(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]
-                ) -> tuple[dict[str, int], dict[str, int]]:
+def calls_delta(
+    before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]
+) -> tuple[dict[str, int], dict[str, int]]:
     """Calls per command over every node, and calls per node, between two commandstats."""
     calls: Counter[str] = Counter()
     nodes: dict[str, int] = {}

@@ -118,9 +118,15 @@ class Child:
         socks = await asyncio.gather(*(one(s, t) for s, t in zip(specs, tokens, strict=True)))
         t1 = time.monotonic_ns()
         self.socks.extend(s for s in socks if s is not None)
-        return {"opened": sum(s is not None for s in socks), "failed": sum(errors.values()),
-                "errors": dict(errors.most_common(5)), "t0": t0, "t1": t1,
-                "connect": connected.sparse(), "join": joined.sparse()}
+        return {
+            "opened": sum(s is not None for s in socks),
+            "failed": sum(errors.values()),
+            "errors": dict(errors.most_common(5)),
+            "t0": t0,
+            "t1": t1,
+            "connect": connected.sparse(),
+            "join": joined.sparse(),
+        }
 
     async def do_reset(self) -> None:
         self.tally.reset()
@@ -146,12 +152,14 @@ class Child:
                 else:
                     code = (reply or {}).get("error", {}).get("code") if isinstance(reply, dict) else None
                     refused[str(code or "no_ack")] += 1
+
             return done
 
         async def chat(sock: Sock, seq: int) -> asyncio.Future[Any]:
             sent = time.monotonic_ns()
             future = await sock.emit_with_ack(
-                "send_message", {"stream_id": sock.stream_id, "message": f"bench {sent} {seq}"})
+                "send_message", {"stream_id": sock.stream_id, "message": f"bench {sent} {seq}"}
+            )
             future.add_done_callback(settle(str(sock.stream_id), sent))
             return future
 
@@ -181,8 +189,14 @@ class Child:
         last = time.monotonic_ns()
         if pending:
             await asyncio.wait(pending, timeout=timeout)
-        return {"accepted": dict(accepted), "refused": dict(refused), "ack": acks.sparse(),
-                "t_first": first, "t_last_send": last, "senders": n}
+        return {
+            "accepted": dict(accepted),
+            "refused": dict(refused),
+            "ack": acks.sparse(),
+            "t_first": first,
+            "t_last_send": last,
+            "senders": n,
+        }
 
     async def do_expect(self, targets: dict[str, int], stall: float) -> dict[str, Any]:
         """Wait until every socket got the chat messages of its stream, or until none arrived
@@ -198,12 +212,19 @@ class Child:
             missing += max(0, want - sock.chat)
             extra += max(0, sock.chat - want)
             short += sock.chat < want
-        return {"sockets": len(self.socks), "received": tally.received, "expected": expected,
-                "missing": missing, "extra": extra, "short_sockets": short,
-                "closed_sockets": sum(s.closed for s in self.socks),
-                "closed_by": dict(Counter(s.close_reason for s in self.socks if s.closed)),
-                "latency": tally.latency.sparse(), "last_rx": tally.last_rx,
-                "events": dict(tally.events)}
+        return {
+            "sockets": len(self.socks),
+            "received": tally.received,
+            "expected": expected,
+            "missing": missing,
+            "extra": extra,
+            "short_sockets": short,
+            "closed_sockets": sum(s.closed for s in self.socks),
+            "closed_by": dict(Counter(s.close_reason for s in self.socks if s.closed)),
+            "latency": tally.latency.sparse(),
+            "last_rx": tally.last_rx,
+            "events": dict(tally.events),
+        }
 
     async def _until_done_or_stalled(self, stall: float) -> None:
         tally = self.tally
@@ -218,8 +239,12 @@ class Child:
 
     async def do_count(self) -> dict[str, Any]:
         """Open sockets and events seen so far (no waiting)."""
-        return {"sockets": len(self.socks), "closed_sockets": sum(s.closed for s in self.socks),
-                "received": self.tally.received, "events": dict(self.tally.events)}
+        return {
+            "sockets": len(self.socks),
+            "closed_sockets": sum(s.closed for s in self.socks),
+            "received": self.tally.received,
+            "events": dict(self.tally.events),
+        }
 
     async def do_close(self) -> None:
         socks, self.socks, self.senders = self.socks, [], []
@@ -249,8 +274,7 @@ class Fleet:
         self._waiting: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]] = {}
         for i in range(procs):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=child_main, args=(child, secret), daemon=True,
-                               name=f"bench-client-{i}")
+            proc = ctx.Process(target=child_main, args=(child, secret), daemon=True, name=f"bench-client-{i}")
             proc.start()
             child.close()
             self.conns.append(parent)
@@ -275,8 +299,9 @@ class Fleet:
             except (EOFError, OSError) as exc:
                 proc = self.procs[i]
                 proc.join(1)
-                answer.set_exception(RuntimeError(
-                    f"client process {i} died ({exc!r}, exit code {proc.exitcode})"))
+                answer.set_exception(
+                    RuntimeError(f"client process {i} died ({exc!r}, exit code {proc.exitcode})")
+                )
 
         loop.add_reader(fd, readable)
         self._waiting[fd] = (loop, answer)
@@ -293,12 +318,13 @@ class Fleet:
     async def ask_all(self, name: str, *args: Any, timeout: float = 120.0) -> list[Any]:
         return await self.ask_each(name, [args] * len(self), timeout)
 
-    async def ask_each(self, name: str, per_proc: list[tuple[Any, ...]],
-                       timeout: float = 120.0) -> list[Any]:
+    async def ask_each(self, name: str, per_proc: list[tuple[Any, ...]], timeout: float = 120.0) -> list[Any]:
         """Each process gets its own arguments. Every answer is awaited before the first
         failure is raised, so no question is left pending."""
-        answers = await asyncio.gather(*(self.ask(i, name, *args, timeout=timeout)
-                                         for i, args in enumerate(per_proc)), return_exceptions=True)
+        answers = await asyncio.gather(
+            *(self.ask(i, name, *args, timeout=timeout) for i, args in enumerate(per_proc)),
+            return_exceptions=True,
+        )
         for answer in answers:
             if isinstance(answer, BaseException):
                 raise answer

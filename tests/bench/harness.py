@@ -72,10 +72,28 @@ class Sizes:
     lag_rate: float = 1000.0  # messages/s, all streams together
 
 
-SMOKE = Sizes(seconds=1.0, client_procs=2, stall_timeout=10.0, fanout_viewers=50, fanout_users=5,
-              fanout_senders=1, fanout_rate=20.0, streams=20, stream_viewers=3, stream_rate=5.0,
-              joins=100, join_streams=5, join_concurrency=16, ingress_streams=5, ingress_senders=4, spread_streams=10, spread_senders=2,
-              flush_rows=2000, lag_streams=4, lag_rate=200.0)
+SMOKE = Sizes(
+    seconds=1.0,
+    client_procs=2,
+    stall_timeout=10.0,
+    fanout_viewers=50,
+    fanout_users=5,
+    fanout_senders=1,
+    fanout_rate=20.0,
+    streams=20,
+    stream_viewers=3,
+    stream_rate=5.0,
+    joins=100,
+    join_streams=5,
+    join_concurrency=16,
+    ingress_streams=5,
+    ingress_senders=4,
+    spread_streams=10,
+    spread_senders=2,
+    flush_rows=2000,
+    lag_streams=4,
+    lag_rate=200.0,
+)
 
 
 @dataclass
@@ -155,12 +173,19 @@ def cpu_figures(cpu: dict[str, float], ops: int) -> dict[str, Any]:
     def per_op(seconds: float) -> float | None:
         return round(seconds * 1e6 / ops, 2) if ops else None
 
-    return {"interval_s": cpu.get("wall"), "hub_cpu_s": round(hub, 3), "hub_cpu_us_per_op": per_op(hub),
-            "client_cpu_s": round(client, 3), "client_cpu_us_per_op": per_op(client),
-            "cpu_s": {k: v for k, v in cpu.items() if k != "wall"}}
+    return {
+        "interval_s": cpu.get("wall"),
+        "hub_cpu_s": round(hub, 3),
+        "hub_cpu_us_per_op": per_op(hub),
+        "client_cpu_s": round(client, 3),
+        "client_cpu_us_per_op": per_op(client),
+        "cpu_s": {k: v for k, v in cpu.items() if k != "wall"},
+    }
 
 
-def redis_figures(calls: dict[str, int], messages: int, nodes: dict[str, int] | None = None) -> dict[str, Any]:
+def redis_figures(
+    calls: dict[str, int], messages: int, nodes: dict[str, int] | None = None
+) -> dict[str, Any]:
     """Redis commands per message, from INFO commandstats deltas (the Redis is shared:
     anything else using it in the same seconds is counted too). On a cluster ``nodes`` are
     the calls per node: each node's share of them is shown too."""
@@ -203,8 +228,11 @@ def _problems(text: str) -> Counter[str]:
     lines: Counter[str] = Counter()
     for line in text.splitlines():
         parts = line.split(" ", 4)  # date time LEVEL logger message
-        if len(parts) == 5 and parts[2] in ("WARNING", "ERROR", "CRITICAL") and not any(
-                known in line for known in STARTUP_NOTICES):
+        if (
+            len(parts) == 5
+            and parts[2] in ("WARNING", "ERROR", "CRITICAL")
+            and not any(known in line for known in STARTUP_NOTICES)
+        ):
             lines[f"{parts[2]} {parts[3]} {_shape(parts[4])}"] += 1
     return lines
 
@@ -222,8 +250,11 @@ class Bench:
         self.sizes = sizes
         self.logdir = logdir
         self.cluster = BenchCluster(logdir / "cluster") if cluster else None
-        self.env = HubEnv() if self.cluster is None else HubEnv(
-            redis_url=self.cluster.url, cluster=True, redis_shards=SHARDS)
+        self.env = (
+            HubEnv()
+            if self.cluster is None
+            else HubEnv(redis_url=self.cluster.url, cluster=True, redis_shards=SHARDS)
+        )
         self.keys = self.env.keys
         self.workers: list[Worker] = []
         self.flusher: Flusher | None = None
@@ -299,8 +330,9 @@ class Bench:
             return self.cluster.commandstats()
         return {"redis": commandstats(self.redis)}
 
-    def calls_between(self, before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]
-                      ) -> tuple[dict[str, int], dict[str, int]]:
+    def calls_between(
+        self, before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]
+    ) -> tuple[dict[str, int], dict[str, int]]:
         """Calls per command over every node, and (on a cluster only) calls per node."""
         calls, nodes = calls_delta(before, after)
         return calls, nodes if self.cluster is not None else {}
@@ -380,8 +412,10 @@ class Bench:
         assert self.fleet is not None
         z = self.sizes
         replies = await self.fleet.ask_each(
-            "open", [(part, concurrency or z.open_concurrency, 30.0) for part in self.split(specs)],
-            timeout=300.0)
+            "open",
+            [(part, concurrency or z.open_concurrency, 30.0) for part in self.split(specs)],
+            timeout=300.0,
+        )
         failed = sum(r["failed"] for r in replies)
         if failed:
             errors: Counter[str] = Counter()
@@ -428,8 +462,9 @@ class Bench:
         await eventually(empty, timeout, "outbox drained", every=0.05)
 
     # -- one measured chat round --------------------------------------------------
-    async def chat_round(self, rate: float | None, seconds: float, *, pubsub: bool = False,
-                         lag: bool = False) -> Round:
+    async def chat_round(
+        self, rate: float | None, seconds: float, *, pubsub: bool = False, lag: bool = False
+    ) -> Round:
         """Every sender chats for ``seconds`` (``rate`` messages/s each, or closed loop), then
         every socket waits for its stream's accepted messages. CPU, Redis calls, pub/sub
         traffic and outbox lag are measured over the whole round."""
@@ -437,13 +472,15 @@ class Bench:
         await self.fleet.ask_all("reset")
         async with self._pubsub_counter(pubsub) as channels, self._lag_sampler(lag) as ages:
             calls0, snap0 = self.command_counts(), self.meter.snap()
-            sends = await self.fleet.ask_all("send", rate, seconds, self.sizes.ack_timeout,
-                                             timeout=seconds + self.sizes.ack_timeout + 60)
+            sends = await self.fleet.ask_all(
+                "send", rate, seconds, self.sizes.ack_timeout, timeout=seconds + self.sizes.ack_timeout + 60
+            )
             targets: Counter[str] = Counter()
             for s in sends:
                 targets.update(s["accepted"])
-            arrivals = await self.fleet.ask_all("expect", dict(targets), self.sizes.stall_timeout,
-                                                timeout=3600)
+            arrivals = await self.fleet.ask_all(
+                "expect", dict(targets), self.sizes.stall_timeout, timeout=3600
+            )
             snap1, calls1 = self.meter.snap(), self.command_counts()
             self.mark_logs()
         calls, nodes = self.calls_between(calls0, calls1)

@@ -41,8 +41,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str,
-                     every: float = 0.05) -> None:
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout: float, what: str, every: float = 0.05
+) -> None:
     """Poll ``check`` until it holds; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while not await check():
@@ -52,6 +53,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what:
 
 
 # -- /proc --------------------------------------------------------------------------
+
 
 def cpu_ticks(pid: int) -> int:
     """utime + stime of a process (all its threads), in clock ticks; 0 once it is gone."""
@@ -88,8 +90,9 @@ class Meter:
         self.groups = groups
 
     def snap(self) -> tuple[float, dict[str, int]]:
-        return time.monotonic(), {name: sum(cpu_ticks(p) for p in pids)
-                                  for name, pids in self.groups().items()}
+        return time.monotonic(), {
+            name: sum(cpu_ticks(p) for p in pids) for name, pids in self.groups().items()
+        }
 
     @staticmethod
     def delta(a: tuple[float, dict[str, int]], b: tuple[float, dict[str, int]]) -> dict[str, float]:
@@ -99,6 +102,7 @@ class Meter:
 
 
 # -- environment ----------------------------------------------------------------------
+
 
 @dataclass
 class HubEnv:
@@ -147,8 +151,13 @@ class HubEnv:
         }
 
     def migrate(self) -> None:
-        done = subprocess.run([sys.executable, "-m", "hub", "migrate"], cwd=ROOT,
-                              env={**os.environ, **self.env()}, capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "hub", "migrate"],
+            cwd=ROOT,
+            env={**os.environ, **self.env()},
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"migrate failed: {done.stdout}{done.stderr}")
 
@@ -156,9 +165,14 @@ class HubEnv:
         from urllib.parse import urlparse
 
         u = urlparse(self.mysql_server)
-        return pymysql.connect(host=u.hostname or "127.0.0.1", port=u.port or 3306,
-                               user=u.username or "root", password=u.password or "",
-                               database=database, autocommit=True)
+        return pymysql.connect(
+            host=u.hostname or "127.0.0.1",
+            port=u.port or 3306,
+            user=u.username or "root",
+            password=u.password or "",
+            database=database,
+            autocommit=True,
+        )
 
     def cleanup(self) -> None:
         """Drop this run's database and unlink this run's keys (nothing else; a private
@@ -203,6 +217,7 @@ def mysql_server_pid(env: HubEnv) -> int | None:
 
 # -- processes ------------------------------------------------------------------------
 
+
 def _child_setup() -> None:
     """In the child before exec: SIGTERM when the benchmark dies (with ``start_new_session``
     a Ctrl-C reaches only the benchmark, which then stops its children itself)."""
@@ -212,15 +227,22 @@ def _child_setup() -> None:
 class Proc:
     """A hub process (web worker or flusher) with its output in a log file."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], logdir: Path,
-                 executable: str = sys.executable) -> None:
+    def __init__(
+        self, name: str, args: list[str], env: dict[str, str], logdir: Path, executable: str = sys.executable
+    ) -> None:
         self.name = name
         self.log_path = logdir / f"{name}.log"
         self._log = open(self.log_path, "ab")
         self.popen = subprocess.Popen(
-            [executable, *args], cwd=ROOT, env={**os.environ, **env}, stdout=self._log,
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            preexec_fn=_child_setup)
+            [executable, *args],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_child_setup,
+        )
 
     @property
     def pid(self) -> int:
@@ -267,8 +289,12 @@ def node_reference() -> bool:
 
 def install_node_reference() -> None:
     if not (NODE_REFERENCE / "node_modules" / "socket.io").exists():
-        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=NODE_REFERENCE,
-                       check=True, timeout=300)
+        subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund", "--silent"],
+            cwd=NODE_REFERENCE,
+            check=True,
+            timeout=300,
+        )
 
 
 class Worker(Proc):
@@ -276,13 +302,20 @@ class Worker(Proc):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         if node_reference():
-            super().__init__(f"node-{index}-{self.port}",
-                             [str(NODE_REFERENCE / "server.mjs"), "--port", str(self.port)], env, logdir,
-                             executable="node")
+            super().__init__(
+                f"node-{index}-{self.port}",
+                [str(NODE_REFERENCE / "server.mjs"), "--port", str(self.port)],
+                env,
+                logdir,
+                executable="node",
+            )
             return
-        super().__init__(f"worker-{index}-{self.port}",
-                         ["-m", "hub", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-                         env, logdir)
+        super().__init__(
+            f"worker-{index}-{self.port}",
+            ["-m", "hub", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            env,
+            logdir,
+        )
 
     async def ready(self, session: aiohttp.ClientSession, timeout: float = 30.0) -> None:
         async def up() -> bool:
@@ -304,5 +337,4 @@ class Flusher(Proc):
 
 def commandstats(client: redis.Redis) -> dict[str, int]:
     """Calls per command so far (commands run inside scripts included)."""
-    return {name.removeprefix("cmdstat_"): int(v["calls"])
-            for name, v in client.info("commandstats").items()}
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in client.info("commandstats").items()}

@@ -37,17 +37,34 @@ from tests.bench.workloads import WORKLOADS
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workload", action="extend", nargs="+", choices=list(WORKLOADS),
-                        dest="workloads", metavar="NAME",
-                        help=f"run only these ({', '.join(WORKLOADS)}); default: all, in that order")
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.bench.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--workload",
+        action="extend",
+        nargs="+",
+        choices=list(WORKLOADS),
+        dest="workloads",
+        metavar="NAME",
+        help=f"run only these ({', '.join(WORKLOADS)}); default: all, in that order",
+    )
     parser.add_argument("--seconds", type=float, help="measured seconds per workload")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, about a second each")
-    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                        help="override a size, e.g. --set fanout_rate=50 (see harness.Sizes)")
-    parser.add_argument("--cluster", action="store_true",
-                        help="run on a private three-node Redis Cluster (16 shards) instead of the local Redis")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a size, e.g. --set fanout_rate=50 (see harness.Sizes)",
+    )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="run on a private three-node Redis Cluster (16 shards) instead of the local Redis",
+    )
     return parser.parse_args(argv)
 
 
@@ -66,6 +83,7 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
 
 
 # -- the table ------------------------------------------------------------------------
+
 
 def _n(value: Any, digits: int = 1) -> str:
     if value is None:
@@ -87,39 +105,70 @@ Row = tuple[str, str, str, str, str, str, str, str, str]
 
 
 def _fanout(r: dict[str, Any]) -> Row:
-    met = (_ge(r["deliveries_per_s"], 150_000) and _le(r["latency_p99_ms"], 50)
-           and _le(r["hub_cpu_us_per_op"], 6) and r["missing"] == 0)
-    return (f"{_n(r['deliveries_per_s'])} deliv/s", _n(r["latency_p50_ms"]), _n(r["latency_p99_ms"]),
-            _n(r["hub_cpu_us_per_op"]), _n(r["client_cpu_us_per_op"]), _n(r["missing"]),
-            f"{r['viewers']} viewers, offered {_n(r['offered_deliveries_per_s'])}/s",
-            "≥150k deliv/s, p99≤50ms, ≤6µs/deliv", "yes" if met else "no")
+    met = (
+        _ge(r["deliveries_per_s"], 150_000)
+        and _le(r["latency_p99_ms"], 50)
+        and _le(r["hub_cpu_us_per_op"], 6)
+        and r["missing"] == 0
+    )
+    return (
+        f"{_n(r['deliveries_per_s'])} deliv/s",
+        _n(r["latency_p50_ms"]),
+        _n(r["latency_p99_ms"]),
+        _n(r["hub_cpu_us_per_op"]),
+        _n(r["client_cpu_us_per_op"]),
+        _n(r["missing"]),
+        f"{r['viewers']} viewers, offered {_n(r['offered_deliveries_per_s'])}/s",
+        "≥150k deliv/s, p99≤50ms, ≤6µs/deliv",
+        "yes" if met else "no",
+    )
 
 
 def _streams(r: dict[str, Any]) -> Row:
     needed, got = r["pubsub_needed_per_worker"], r["pubsub_msgs_per_worker"]
     met = needed is not None and got <= needed * 1.02 + 10
-    return (f"{_n(r['deliveries_per_s'])} deliv/s", _n(r["latency_p50_ms"]), _n(r["latency_p99_ms"]),
-            _n(r["hub_cpu_us_per_op"]), _n(r["client_cpu_us_per_op"]), _n(r["missing"]),
-            f"pub/sub per worker {_n(got)} (needed {_n(needed)})",
-            "no pub/sub for streams without viewers", "yes" if met else "no")
+    return (
+        f"{_n(r['deliveries_per_s'])} deliv/s",
+        _n(r["latency_p50_ms"]),
+        _n(r["latency_p99_ms"]),
+        _n(r["hub_cpu_us_per_op"]),
+        _n(r["client_cpu_us_per_op"]),
+        _n(r["missing"]),
+        f"pub/sub per worker {_n(got)} (needed {_n(needed)})",
+        "no pub/sub for streams without viewers",
+        "yes" if met else "no",
+    )
 
 
 def _joins(r: dict[str, Any]) -> Row:
-    met = (_ge(r["joins_per_s"], 1500) and _le(r["join_p99_ms"], 100)
-           and _le(r["kib_per_viewer"], 50))
-    return (f"{_n(r['joins_per_s'])} joins/s", _n(r["join_p50_ms"]), _n(r["join_p99_ms"]),
-            _n(r["hub_cpu_us_per_op"]), _n(r["client_cpu_us_per_op"]), "0",
-            f"{_n(r['kib_per_viewer'])} KiB/viewer, {r['joins']} joins",
-            "≥1500 joins/s, p99≤100ms, ≤50KiB/viewer", "yes" if met else "no")
+    met = _ge(r["joins_per_s"], 1500) and _le(r["join_p99_ms"], 100) and _le(r["kib_per_viewer"], 50)
+    return (
+        f"{_n(r['joins_per_s'])} joins/s",
+        _n(r["join_p50_ms"]),
+        _n(r["join_p99_ms"]),
+        _n(r["hub_cpu_us_per_op"]),
+        _n(r["client_cpu_us_per_op"]),
+        "0",
+        f"{_n(r['kib_per_viewer'])} KiB/viewer, {r['joins']} joins",
+        "≥1500 joins/s, p99≤100ms, ≤50KiB/viewer",
+        "yes" if met else "no",
+    )
 
 
 def _ingress(r: dict[str, Any]) -> Row:
     met = _le(r.get("redis_evalsha_per_msg"), 1) and _le(r.get("redis_calls_per_msg"), 2)
-    return (f"{_n(r['accepted_msgs_per_s'])} msgs/s", _n(r["ack_p50_ms"]), _n(r["ack_p99_ms"]),
-            _n(r["hub_cpu_us_per_msg"]), _n(r["client_cpu_us_per_op"]), _n(r["missing"]),
-            f"evalsha/msg {_n(r.get('redis_evalsha_per_msg'), 2)}, "
-            f"calls/msg {_n(r.get('redis_calls_per_msg'), 2)}",
-            "≤1 round trip, ≤2 commands/msg", "yes" if met else "no")
+    return (
+        f"{_n(r['accepted_msgs_per_s'])} msgs/s",
+        _n(r["ack_p50_ms"]),
+        _n(r["ack_p99_ms"]),
+        _n(r["hub_cpu_us_per_msg"]),
+        _n(r["client_cpu_us_per_op"]),
+        _n(r["missing"]),
+        f"evalsha/msg {_n(r.get('redis_evalsha_per_msg'), 2)}, "
+        f"calls/msg {_n(r.get('redis_calls_per_msg'), 2)}",
+        "≤1 round trip, ≤2 commands/msg",
+        "yes" if met else "no",
+    )
 
 
 def _nodes(r: dict[str, Any]) -> str:
@@ -134,17 +183,39 @@ def _flush(r: dict[str, Any]) -> Row:
     def lag(seconds: float | None) -> str:
         return _n(seconds * 1000 if seconds is not None else None)
 
-    return (f"{_n(r['rows_per_s'])} rows/s", lag(r["lag_p50_s"]), lag(r["lag_p99_s"]),
-            _n(r["hub_cpu_us_per_op"]), _n(r["client_cpu_us_per_op"]), _n(r["rows_missing"]),
-            f"lag at {_n(r['lag_offered_msgs_per_s'])} msgs/s; mysqld {_n(r['mysql_cpu_us_per_row'])} µs/row",
-            "≥50k rows/s, lag p99≤2s", "yes" if met else "no")
+    return (
+        f"{_n(r['rows_per_s'])} rows/s",
+        lag(r["lag_p50_s"]),
+        lag(r["lag_p99_s"]),
+        _n(r["hub_cpu_us_per_op"]),
+        _n(r["client_cpu_us_per_op"]),
+        _n(r["rows_missing"]),
+        f"lag at {_n(r['lag_offered_msgs_per_s'])} msgs/s; mysqld {_n(r['mysql_cpu_us_per_row'])} µs/row",
+        "≥50k rows/s, lag p99≤2s",
+        "yes" if met else "no",
+    )
 
 
 ROWS: dict[str, Callable[[dict[str, Any]], Row]] = {
-    "fanout": _fanout, "streams": _streams, "joins": _joins, "ingress": _ingress, "ingress-spread": _ingress,
-    "flush": _flush}
-HEAD = ("workload", "throughput", "p50 ms", "p99 ms", "hub µs/op", "client µs/op", "lost",
-        "notes", "target", "met")
+    "fanout": _fanout,
+    "streams": _streams,
+    "joins": _joins,
+    "ingress": _ingress,
+    "ingress-spread": _ingress,
+    "flush": _flush,
+}
+HEAD = (
+    "workload",
+    "throughput",
+    "p50 ms",
+    "p99 ms",
+    "hub µs/op",
+    "client µs/op",
+    "lost",
+    "notes",
+    "target",
+    "met",
+)
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -163,15 +234,19 @@ def table(results: list[dict[str, Any]]) -> str:
 
 # -- the run --------------------------------------------------------------------------
 
+
 async def run(bench: Bench, names: list[str]) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     try:
         await bench.start()
         if bench.cluster is not None:
             shards = bench.cluster.shards_per_node(bench.keys)
-            print(f"cluster: nodes {', '.join(bench.cluster.names)} (no persistence); "
-                  f"HUB_REDIS_SHARDS={bench.keys.shards}, shards per node "
-                  f"{'/'.join(str(shards.get(n, 0)) for n in bench.cluster.names)}", flush=True)
+            print(
+                f"cluster: nodes {', '.join(bench.cluster.names)} (no persistence); "
+                f"HUB_REDIS_SHARDS={bench.keys.shards}, shards per node "
+                f"{'/'.join(str(shards.get(n, 0)) for n in bench.cluster.names)}",
+                flush=True,
+            )
         for name in names:
             try:
                 result = await WORKLOADS[name](bench)
@@ -206,13 +281,18 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     logdir = Path(tempfile.mkdtemp(prefix="hubbench-"))
     bench = Bench(sizes, logdir, cluster=args.cluster)
-    print(f"hub bench: run {bench.env.run_id}, prefix {bench.env.prefix}, database {bench.env.database}, "
-          f"{sizes.seconds:g}s per workload, {sizes.client_procs} client processes, logs in {logdir}",
-          flush=True)
+    print(
+        f"hub bench: run {bench.env.run_id}, prefix {bench.env.prefix}, database {bench.env.database}, "
+        f"{sizes.seconds:g}s per workload, {sizes.client_procs} client processes, logs in {logdir}",
+        flush=True,
+    )
     if node_reference():
         install_node_reference()
-        print("BENCH_SERVER=node: the workers are the Node.js socket.io 4.8 reference "
-              "(tests/bench/node/server.mjs)", flush=True)
+        print(
+            "BENCH_SERVER=node: the workers are the Node.js socket.io 4.8 reference "
+            "(tests/bench/node/server.mjs)",
+            flush=True,
+        )
     floor = measure_floor(100, 20) if args.smoke else measure_floor()
     print(json.dumps({"floor": "one 200-byte write to a loopback socket", **floor}), flush=True)
     ok = False
@@ -220,8 +300,11 @@ def main(argv: list[str] | None = None) -> int:
         results = asyncio.run(run(bench, names))
         print()
         print(table(results), flush=True)
-        print(f"machine floor: {floor['us_per_write']} µs of CPU per write to a loopback socket "
-              f"(user {floor['user_us']}, system {floor['sys_us']}); a delivery costs at least that", flush=True)
+        print(
+            f"machine floor: {floor['us_per_write']} µs of CPU per write to a loopback socket "
+            f"(user {floor['user_us']}, system {floor['sys_us']}); a delivery costs at least that",
+            flush=True,
+        )
         ok = all("error" not in r for r in results)
     except KeyboardInterrupt:
         print("interrupted; stopping the hub's processes and cleaning up", file=sys.stderr)

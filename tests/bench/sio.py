@@ -141,7 +141,8 @@ class Sock(asyncio.Protocol):
             sock.transport.write(  # type: ignore[union-attr]
                 f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
                 f"Host: {parts.netloc}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+            )
             await sock._expect("0", timeout)
             auth = orjson.dumps({"token": token}).decode() if token else ""
             sock._waiter = loop.create_future()
@@ -219,8 +220,8 @@ class Sock(asyncio.Protocol):
             end = buf.find(b"\r\n\r\n")
             if end < 0:
                 return
-            status = bytes(buf[:buf.find(b"\r\n")])
-            del buf[:end + 4]
+            status = bytes(buf[: buf.find(b"\r\n")])
+            del buf[: end + 4]
             if b" 101 " not in status:
                 self._fail(Refused(f"websocket handshake: {status.decode(errors='replace')}"))
                 return
@@ -266,7 +267,7 @@ class Sock(asyncio.Protocol):
         elif data.startswith(ACK):
             self._on_ack(data)
         elif data.startswith(EVENT):
-            self.tally.events[data[15:data.find('"', 15)]] += 1
+            self.tally.events[data[15 : data.find('"', 15)]] += 1
         elif data.startswith(DISCONNECT) or data == "1":
             self.close_reason = "namespace disconnect" if data != "1" else "engine.io close"
             self.abort()
@@ -292,7 +293,7 @@ class Sock(asyncio.Protocol):
         if i < 0:
             return
         i += len(MARK)
-        sent = int(data[i:data.index(" ", i)])
+        sent = int(data[i : data.index(" ", i)])
         tally.latency.record_ns(now - sent)
         self.chat += 1
         tally.received += 1

@@ -17,20 +17,35 @@ import pytest
 import redis
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMON = {"workload", "interval_s", "hub_cpu_s", "hub_cpu_us_per_op", "client_cpu_s",
-          "client_cpu_us_per_op", "cpu_s"}
-DELIVERY = {"messages", "deliveries", "expected_deliveries", "missing", "extra", "closed_sockets",
-            "deliveries_per_s", "latency_p50_ms", "latency_p99_ms"}
+COMMON = {
+    "workload",
+    "interval_s",
+    "hub_cpu_s",
+    "hub_cpu_us_per_op",
+    "client_cpu_s",
+    "client_cpu_us_per_op",
+    "cpu_s",
+}
+DELIVERY = {
+    "messages",
+    "deliveries",
+    "expected_deliveries",
+    "missing",
+    "extra",
+    "closed_sockets",
+    "deliveries_per_s",
+    "latency_p50_ms",
+    "latency_p99_ms",
+}
 EXPECTED = {
     "fanout": DELIVERY | {"viewers", "offered_deliveries_per_s"},
     "streams": DELIVERY | {"pubsub_msgs_per_worker", "pubsub_needed_per_worker", "pubsub_channels"},
     "joins": {"joins", "joins_per_s", "join_p50_ms", "join_p99_ms", "kib_per_viewer"},
-    "ingress": DELIVERY | {"accepted_msgs_per_s", "ack_p99_ms", "redis_evalsha_per_msg",
-                           "redis_calls_per_msg"},
-    "ingress-spread": DELIVERY | {"accepted_msgs_per_s", "ack_p99_ms", "redis_evalsha_per_msg",
-                                  "redis_calls_per_msg"},
-    "flush": {"rows", "rows_stored", "rows_missing", "rows_per_s", "lag_p50_s", "lag_p99_s",
-              "lag_missing"},
+    "ingress": DELIVERY
+    | {"accepted_msgs_per_s", "ack_p99_ms", "redis_evalsha_per_msg", "redis_calls_per_msg"},
+    "ingress-spread": DELIVERY
+    | {"accepted_msgs_per_s", "ack_p99_ms", "redis_evalsha_per_msg", "redis_calls_per_msg"},
+    "flush": {"rows", "rows_stored", "rows_missing", "rows_per_s", "lag_p50_s", "lag_p99_s", "lag_missing"},
 }
 
 
@@ -57,12 +72,21 @@ def bench(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     """``python -m tests.bench.run ARGS``; one still running 20 s before ``timeout`` prints its
     threads' stacks, and a run over ``timeout`` fails with what it printed."""
     try:
-        return subprocess.run([sys.executable, "-m", "tests.bench.run", *args], cwd=ROOT,
-                              env={**os.environ, "BENCH_STACKS_AFTER": str(timeout - 20)},
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "tests.bench.run", *args],
+            cwd=ROOT,
+            env={**os.environ, "BENCH_STACKS_AFTER": str(timeout - 20)},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired as exc:
-        out, err = (x.decode(errors="replace") if isinstance(x, bytes) else x or "" for x in (exc.stdout, exc.stderr))
-        raise AssertionError(f"bench {args} still running after {timeout}s\n{out[-3000:]}\n{err[-20000:]}") from None
+        out, err = (
+            x.decode(errors="replace") if isinstance(x, bytes) else x or "" for x in (exc.stdout, exc.stderr)
+        )
+        raise AssertionError(
+            f"bench {args} still running after {timeout}s\n{out[-3000:]}\n{err[-20000:]}"
+        ) from None
 
 
 @pytest.mark.timeout(240)

@@ -22,10 +22,14 @@ Workload = Callable[[Bench], Awaitable[dict[str, Any]]]
 
 def _chat_result(name: str, r: Round, extra: dict[str, Any]) -> dict[str, Any]:
     figures = r.figures()
-    return {"workload": name, **extra, **figures,
-            **cpu_figures(r.cpu, figures["deliveries"]),
-            "hub_cpu_us_per_msg": round(_hub(r.cpu) * 1e6 / r.messages, 2) if r.messages else None,
-            **redis_figures(r.redis_calls, r.messages, r.redis_nodes)}
+    return {
+        "workload": name,
+        **extra,
+        **figures,
+        **cpu_figures(r.cpu, figures["deliveries"]),
+        "hub_cpu_us_per_msg": round(_hub(r.cpu) * 1e6 / r.messages, 2) if r.messages else None,
+        **redis_figures(r.redis_calls, r.messages, r.redis_nodes),
+    }
 
 
 def _hub(cpu: dict[str, float]) -> float:
@@ -34,6 +38,7 @@ def _hub(cpu: dict[str, float]) -> float:
 
 # -- 1. fan-out -----------------------------------------------------------------------
 
+
 async def fanout(b: Bench) -> dict[str, Any]:
     """N viewers of one stream, half on each worker; a few senders at a fixed total rate.
     Viewers sign in as ``fanout_users`` users so that opening them does not broadcast
@@ -41,19 +46,29 @@ async def fanout(b: Bench) -> dict[str, Any]:
     z = b.sizes
     workers = await b.fresh_workers()
     [stream] = await b.create_streams(1, "fanout")
-    senders = [Spec(workers[k % 2].url, f"fanout-sender-{k}", stream, sender=True)
-               for k in range(z.fanout_senders)]
-    viewers = [Spec(workers[i % 2].url, f"fanout-viewer-{i % z.fanout_users}", stream)
-               for i in range(z.fanout_viewers)]
+    senders = [
+        Spec(workers[k % 2].url, f"fanout-sender-{k}", stream, sender=True) for k in range(z.fanout_senders)
+    ]
+    viewers = [
+        Spec(workers[i % 2].url, f"fanout-viewer-{i % z.fanout_users}", stream)
+        for i in range(z.fanout_viewers)
+    ]
     await b.open(senders + viewers)
     r = await b.chat_round(z.fanout_rate / z.fanout_senders, z.seconds)
-    return _chat_result("fanout", r, {
-        "viewers": z.fanout_viewers, "senders": z.fanout_senders,
-        "offered_msgs_per_s": z.fanout_rate,
-        "offered_deliveries_per_s": z.fanout_rate * (z.fanout_viewers + z.fanout_senders)})
+    return _chat_result(
+        "fanout",
+        r,
+        {
+            "viewers": z.fanout_viewers,
+            "senders": z.fanout_senders,
+            "offered_msgs_per_s": z.fanout_rate,
+            "offered_deliveries_per_s": z.fanout_rate * (z.fanout_viewers + z.fanout_senders),
+        },
+    )
 
 
 # -- 2. many streams ------------------------------------------------------------------
+
 
 async def streams(b: Bench) -> dict[str, Any]:
     """Many small streams; each stream's viewers and sender on one worker, alternating, so
@@ -71,21 +86,31 @@ async def streams(b: Bench) -> dict[str, Any]:
     numsub = b.numsub(list(r.pubsub))
     received = sum(n * numsub.get(ch, 0) for ch, n in r.pubsub.items())
     accepted = r.accepted
-    needed = [sum(accepted.get(stream, 0) for s, stream in enumerate(ids) if s % 2 == w)
-              for w in range(len(workers))]
+    needed = [
+        sum(accepted.get(stream, 0) for s, stream in enumerate(ids) if s % 2 == w)
+        for w in range(len(workers))
+    ]
     per_worker = received / len(workers)
-    return _chat_result("streams", r, {
-        "streams": z.streams, "viewers_per_stream": z.stream_viewers,
-        "offered_msgs_per_s": z.stream_rate * z.streams,
-        "pubsub_channels": {ch.removeprefix(b.env.prefix): {"messages": n, "subscribers": numsub.get(ch, 0)}
-                            for ch, n in r.pubsub.items()},
-        "pubsub_msgs_per_worker": round(per_worker, 1),
-        "pubsub_needed_per_worker": round(sum(needed) / len(workers), 1),
-        "pubsub_unneeded_fraction": round(1 - sum(needed) / received, 3) if received else None,
-    })
+    return _chat_result(
+        "streams",
+        r,
+        {
+            "streams": z.streams,
+            "viewers_per_stream": z.stream_viewers,
+            "offered_msgs_per_s": z.stream_rate * z.streams,
+            "pubsub_channels": {
+                ch.removeprefix(b.env.prefix): {"messages": n, "subscribers": numsub.get(ch, 0)}
+                for ch, n in r.pubsub.items()
+            },
+            "pubsub_msgs_per_worker": round(per_worker, 1),
+            "pubsub_needed_per_worker": round(sum(needed) / len(workers), 1),
+            "pubsub_unneeded_fraction": round(1 - sum(needed) / received, 3) if received else None,
+        },
+    )
 
 
 # -- 3. joins -------------------------------------------------------------------------
+
 
 async def joins(b: Bench) -> dict[str, Any]:
     """Distinct signed-in viewers connect and join as fast as the hub answers (closed loop,
@@ -109,34 +134,49 @@ async def joins(b: Bench) -> dict[str, Any]:
     join_hist, connect_hist = merge([r["join"] for r in replies]), merge([r["connect"] for r in replies])
     cpu = b.meter.delta(snap0, snap1)
     return {
-        "workload": "joins", "joins": n, "streams": z.join_streams,
+        "workload": "joins",
+        "joins": n,
+        "streams": z.join_streams,
         "concurrency": z.join_concurrency * len(b.fleet),
         "joins_per_s": round(n / seconds, 1),
-        "join_p50_ms": percentile_ms(join_hist, 0.5), "join_p99_ms": percentile_ms(join_hist, 0.99),
+        "join_p50_ms": percentile_ms(join_hist, 0.5),
+        "join_p99_ms": percentile_ms(join_hist, 0.99),
         "join_max_ms": percentile_ms(join_hist, 1.0),
         "connect_p50_ms": percentile_ms(connect_hist, 0.5),
         "connect_p99_ms": percentile_ms(connect_hist, 0.99),
-        "worker_rss_kib_before": rss0, "worker_rss_kib_after": rss1,
+        "worker_rss_kib_before": rss0,
+        "worker_rss_kib_after": rss1,
         "kib_per_viewer": round((rss1 - rss0) / n, 2) if n else None,
         "viewer_joined_received": sum(c["events"].get("viewer_joined", 0) for c in counts),
         **cpu_figures(cpu, n),
         "redis_calls_per_join": round((sum(calls1.values()) - sum(calls0.values())) / n, 2) if n else None,
         "redis_calls_breakdown_per_join": {
             k: round((v - calls0.get(k, 0)) / n, 2)
-            for k, v in sorted(calls1.items(), key=lambda kv: calls0.get(kv[0], 0) - kv[1])[:12]} if n else {},
-        **({"redis_node_share": node_share(b.calls_between(counts0, counts1)[1])} if b.cluster is not None else {}),
+            for k, v in sorted(calls1.items(), key=lambda kv: calls0.get(kv[0], 0) - kv[1])[:12]
+        }
+        if n
+        else {},
+        **(
+            {"redis_node_share": node_share(b.calls_between(counts0, counts1)[1])}
+            if b.cluster is not None
+            else {}
+        ),
     }
 
 
 # -- 4. chat ingress ------------------------------------------------------------------
+
 
 async def _ingress(b: Bench, name: str, streams: int, senders: int) -> dict[str, Any]:
     """``senders`` per stream (on alternating workers), each with one message in flight, for
     ``seconds``; the stream's sender is its only viewer of another sender's messages."""
     workers = await b.fresh_workers()
     ids = await b.create_streams(streams, name)
-    specs = [Spec(workers[k % 2].url, f"{name}-sender-{s}-{k}", stream, sender=True)
-             for s, stream in enumerate(ids) for k in range(senders)]
+    specs = [
+        Spec(workers[k % 2].url, f"{name}-sender-{s}-{k}", stream, sender=True)
+        for s, stream in enumerate(ids)
+        for k in range(senders)
+    ]
     await b.open(specs)
     r = await b.chat_round(None, b.sizes.seconds)
     result = _chat_result(name, r, {"streams": streams, "senders": streams * senders})
@@ -159,11 +199,13 @@ async def ingress_spread(b: Bench) -> dict[str, Any]:
 
 # -- 5. flush -------------------------------------------------------------------------
 
+
 def _uuid7() -> str:
     ms = time.time_ns() // 1_000_000
     rand = uuid.uuid4().int
-    value = ((ms << 80) | (0x7 << 76) | (((rand >> 64) & 0xFFF) << 64) | (0b10 << 62)
-             | (rand & ((1 << 62) - 1)))
+    value = (
+        (ms << 80) | (0x7 << 76) | (((rand >> 64) & 0xFFF) << 64) | (0b10 << 62) | (rand & ((1 << 62) - 1))
+    )
     return str(uuid.UUID(int=value))
 
 
@@ -171,12 +213,18 @@ def _message_record(stream_id: str, i: int) -> bytes:
     """A chat message record exactly as hub/service.py's chat() puts it in the outbox."""
     message_id = _uuid7()
     now = datetime.now(UTC)
-    return orjson.dumps({
-        "message_id": message_id, "stream_id": stream_id, "user_id": f"flush-user-{i % 100}",
-        "username": f"flush-user-{i % 100}", "message": f"backlog message {i}", "message_type": "TEXT",
-        "tip_amount": None,
-        "created_at": now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z",
-    })
+    return orjson.dumps(
+        {
+            "message_id": message_id,
+            "stream_id": stream_id,
+            "user_id": f"flush-user-{i % 100}",
+            "username": f"flush-user-{i % 100}",
+            "message": f"backlog message {i}",
+            "message_type": "TEXT",
+            "tip_amount": None,
+            "created_at": now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z",
+        }
+    )
 
 
 def _backlog(b: Bench, stream_id: str, rows: int, batch: int = 5000) -> None:
@@ -219,7 +267,9 @@ async def _flush_backlog(b: Bench) -> dict[str, Any]:
     cpu = b.meter.delta(snap0, snap1)
     mysql = cpu.get("mysql")
     return {
-        "rows": z.flush_rows, "rows_measured": rows0, "rows_stored": stored,
+        "rows": z.flush_rows,
+        "rows_measured": rows0,
+        "rows_stored": stored,
         "rows_missing": z.flush_rows - stored,
         "rows_per_s": round(rows0 / (t1 - t0), 1),
         **cpu_figures(cpu, rows0),
@@ -243,21 +293,32 @@ async def _flush_lag(b: Bench) -> dict[str, Any]:
     z = b.sizes
     workers = await b.fresh_workers()
     ids = await b.create_streams(z.lag_streams, "lag")
-    await b.open([Spec(workers[s % 2].url, f"lag-sender-{s}", stream, sender=True)
-                  for s, stream in enumerate(ids)])
+    await b.open(
+        [Spec(workers[s % 2].url, f"lag-sender-{s}", stream, sender=True) for s, stream in enumerate(ids)]
+    )
     r = await b.chat_round(z.lag_rate / z.lag_streams, z.seconds, lag=True)
     ages = sorted(r.lag)
 
     def q(p: float) -> float | None:
         return round(ages[min(len(ages) - 1, int(p * len(ages)))], 3) if ages else None
 
-    return {"lag_msgs": r.messages, "lag_offered_msgs_per_s": z.lag_rate, "lag_samples": len(ages),
-            "lag_hub_cpu_us_per_msg": round(_hub(r.cpu) * 1e6 / r.messages, 2) if r.messages else None,
-            "lag_p50_s": q(0.5), "lag_p99_s": q(0.99), "lag_max_s": ages[-1] if ages else None,
-            "lag_missing": r.figures()["missing"]}
+    return {
+        "lag_msgs": r.messages,
+        "lag_offered_msgs_per_s": z.lag_rate,
+        "lag_samples": len(ages),
+        "lag_hub_cpu_us_per_msg": round(_hub(r.cpu) * 1e6 / r.messages, 2) if r.messages else None,
+        "lag_p50_s": q(0.5),
+        "lag_p99_s": q(0.99),
+        "lag_max_s": ages[-1] if ages else None,
+        "lag_missing": r.figures()["missing"],
+    }
 
 
 WORKLOADS: dict[str, Workload] = {
-    "fanout": fanout, "streams": streams, "joins": joins, "ingress": ingress,
-    "ingress-spread": ingress_spread, "flush": flush,
+    "fanout": fanout,
+    "streams": streams,
+    "joins": joins,
+    "ingress": ingress,
+    "ingress-spread": ingress_spread,
+    "flush": flush,
 }
