@@ -8,14 +8,14 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING
 
-from hub.connections import settings_or_exit
 from hub.errors import HubError
 from hub.settings import Settings
+from hub.storage.connections import settings_or_exit
 
 if TYPE_CHECKING:
     import redis
 
-    from hub.keys import Keys
+    from hub.storage.keys import Keys
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
     from hub.app import serve
-    from hub.connections import StartupError, run
+    from hub.storage.connections import StartupError, run
 
     def listening() -> None:
         print(
@@ -115,8 +115,8 @@ def _run_local(settings: Settings, args: argparse.Namespace) -> int:
 def _migrate(settings: Settings, _: argparse.Namespace) -> int:
     import pymysql
 
-    from hub.connections import redacted
-    from hub.db import migrate
+    from hub.storage.connections import redacted
+    from hub.storage.db import migrate
 
     try:
         applied = migrate(settings.mysql)
@@ -134,7 +134,7 @@ def _check(settings: Settings, _: argparse.Namespace) -> int:
     import pymysql
     import redis
 
-    from hub.connections import redacted, sync_redis
+    from hub.storage.connections import redacted, sync_redis
 
     ok = True
     try:
@@ -172,7 +172,7 @@ def _check(settings: Settings, _: argparse.Namespace) -> int:
 
 
 def _token(settings: Settings, args: argparse.Namespace) -> int:
-    from hub.auth import mint
+    from hub.domain.auth import mint
     from hub.errors import HubError
 
     try:
@@ -188,9 +188,9 @@ def _inspect(settings: Settings, args: argparse.Namespace) -> int:
     import redis
 
     from hub import inspection
-    from hub.connections import redacted, sync_redis
-    from hub.keys import Keys
-    from hub.payloads import path_stream_id
+    from hub.domain.payloads import path_stream_id
+    from hub.storage.connections import redacted, sync_redis
+    from hub.storage.keys import Keys
 
     keys = Keys.of_settings(settings)
     try:
@@ -227,8 +227,8 @@ def _outbox(settings: Settings, args: argparse.Namespace) -> int:
     """``outbox dead``: list the dead letters; ``outbox replay``: put them back in the outbox."""
     import redis
 
-    from hub.connections import redacted, sync_redis
-    from hub.keys import Keys
+    from hub.storage.connections import redacted, sync_redis
+    from hub.storage.keys import Keys
 
     keys = Keys.of_settings(settings)
     try:

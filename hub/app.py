@@ -21,18 +21,18 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from prometheus_client.core import CounterMetricFamily
 
-from hub import console, rest
 from hub import metrics as m
-from hub.auth import Verifier
-from hub.connections import StartupError, connect_mysql, connect_redis, redacted
-from hub.db import History
-from hub.keys import NAMESPACE, Keys
-from hub.presence import Presence, every
-from hub.recovery import Recovery
-from hub.service import Hub
+from hub.domain.auth import Verifier
+from hub.domain.presence import Presence, every
+from hub.domain.recovery import Recovery
+from hub.domain.service import Hub
 from hub.settings import Settings
-from hub.sockets import HubPacket, HubRedisManager, HubServer, StreamingNamespace
-from hub.state import State, heartbeat, outbox_lag, persistence_warning
+from hub.storage.connections import StartupError, connect_mysql, connect_redis, redacted
+from hub.storage.db import History
+from hub.storage.keys import NAMESPACE, Keys
+from hub.storage.state import State, heartbeat, outbox_lag, persistence_warning
+from hub.transport import console, rest
+from hub.transport.sockets import HubPacket, HubRedisManager, HubServer, StreamingNamespace
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     await beat()
     runtime.tasks = [
         asyncio.create_task(every(settings.presence_refresh, beat, "heartbeat")),
-        # Each refresh after a look at the epoch markers (hub.recovery): a Redis that lost its
+        # Each refresh after a look at the epoch markers (hub.domain.recovery): a Redis that lost its
         # data is healed before the refresh would find the streams gone.
         asyncio.create_task(
             every(settings.presence_refresh, recovery.guard(presence.refresh_once), "presence refresh")

@@ -16,9 +16,9 @@ from typing import Any, NamedTuple
 
 import redis
 
-from hub.keys import Keys
+from hub.storage.keys import Keys
 
-REPLAY_LUA = (resources.files("hub") / "lua" / "replay.lua").read_text()
+REPLAY_LUA = (resources.files("hub.storage") / "lua" / "replay.lua").read_text()
 PAGE = 500
 PREVIEW = 72
 _ENTRY_ID = re.compile(r"\d+-\d+")

@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 import redis
 
-from hub.keys import OUTBOX_GROUP, Keys
-from hub.records import stats_from_hash, stream_from_hash
-from hub.state import outbox_figures
+from hub.domain.records import stats_from_hash, stream_from_hash
+from hub.storage.keys import OUTBOX_GROUP, Keys
+from hub.storage.state import outbox_figures
 
 
 def overview(client: redis.Redis, keys: Keys, limit: int = 50) -> dict[str, Any]:

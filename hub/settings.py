@@ -146,7 +146,7 @@ class Settings:
         default_factory=lambda: MySQLSettings.from_url("mysql://root@127.0.0.1:3306/hub")
     )
     redis_prefix: str = "hub:"
-    # Shards of the live state (hub.keys): 1 on one Redis; on a cluster, 16 unless set.
+    # Shards of the live state (hub.storage.keys): 1 on one Redis; on a cluster, 16 unless set.
     redis_shards: int = 1
     jwt_secret: str | None = None
     jwt_public_key: str | None = None
@@ -205,7 +205,7 @@ class Settings:
     # The cyclic garbage collector's thresholds (gc.set_threshold); None leaves Python's.
     gc_thresholds: tuple[int, int, int] | None = (50_000, 20, 100)
     shutdown_deadline: float = 15.0
-    # Proxies whose X-Forwarded-For names the client (hub.sockets.client_address); none by default.
+    # Proxies whose X-Forwarded-For names the client (hub.transport.sockets.client_address); none by default.
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @property

@@ -28,10 +28,10 @@ import redis
 import redis.asyncio as aioredis
 import socketio
 
-from hub.auth import mint
-from hub.db import create_pool, migrate
-from hub.keys import NAMESPACE
+from hub.domain.auth import mint
 from hub.settings import Settings
+from hub.storage.db import create_pool, migrate
+from hub.storage.keys import NAMESPACE
 from workers.flusher import Flusher
 from workers.store import Store
 

@@ -11,9 +11,9 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from hub.codec import dumps, iso_ms, uuid7, uuid7_ms
-from hub.keys import Keys
-from hub.service import room_event
-from hub.state import State
+from hub.domain.service import room_event
+from hub.storage.keys import Keys
+from hub.storage.state import State
 from tests.conftest import Api, unique
 
 

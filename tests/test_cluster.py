@@ -17,10 +17,10 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from hub.connections import cluster_client, connect_redis
-from hub.keys import SLOTS, Keys, shard_tags, slot
-from hub.pubsub import ShardedSubscriber
 from hub.settings import ClusterSettings, Settings, SettingsError
+from hub.storage.connections import cluster_client, connect_redis
+from hub.storage.keys import SLOTS, Keys, shard_tags, slot
+from hub.transport.pubsub import ShardedSubscriber
 from tests.conftest import Api, unique
 from tests.faults import ClusterNodes, FlusherProcess, until
 from tests.test_sentinel import hub_command

@@ -19,7 +19,7 @@ import pytest
 from tests.conftest import ROOT, Api, unique
 
 CHROMIUM = Path("/usr/bin/chromium")
-VENDORED = ROOT / "hub" / "console" / "vendor" / "socket.io.min.js"
+VENDORED = ROOT / "hub" / "transport" / "console" / "vendor" / "socket.io.min.js"
 ARTIFACTS = Path(os.environ.get("HUB_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "console"
 # The flags a root process needs in a container, and no calls to Google's services, which this
 # machine's closed network would refuse.

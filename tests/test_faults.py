@@ -15,8 +15,8 @@ import pymysql
 import pytest
 import socketio
 
-from hub.db import migrate
 from hub.settings import Settings
+from hub.storage.db import migrate
 from tests.conftest import Api, Client, unique
 from tests.faults import FlusherProcess, PrivateMariaDB, PrivateRedis, until
 

@@ -18,7 +18,7 @@ import pymysql
 import pytest
 
 from hub import metrics
-from hub.keys import OUTBOX_GROUP, Keys
+from hub.storage.keys import OUTBOX_GROUP, Keys
 from tests.conftest import ROOT, eventually, unique
 from workers.failures import kind_of
 

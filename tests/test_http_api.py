@@ -10,7 +10,7 @@ import time
 import jwt
 import pytest
 
-from hub.keys import Keys
+from hub.storage.keys import Keys
 from tests.conftest import SECRET, eventually, next_month, unique
 
 UNKNOWN = "01a20e30-0000-7000-8000-000000000000"

@@ -26,8 +26,8 @@ import pytest
 import redis.asyncio as aioredis
 import socketio
 
-from hub.keys import NAMESPACE, Keys
 from hub.settings import Settings
+from hub.storage.keys import NAMESPACE, Keys
 from tests.conftest import DEADLINE, ROOT, Api, Client, Worker, eventually, free_port, unique
 
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"

@@ -525,7 +525,7 @@ async def test_trade_alerts_are_the_streamers_and_exact(live, api, flusher, sql)
     assert [r["message_type"] for r in rows] == ["ALERT", "ALERT"]
     assert '"price":64250.12345678' in rows[0]["alert"] and '"price":0.00001234' in rows[1]["alert"]
     # Read back from MySQL, the price is the same decimal text.
-    from hub.records import alert_from_json
+    from hub.domain.records import alert_from_json
 
     assert (
         alert_from_json(rows[1]["alert"])["price"] == orjson.Fragment(b"0.00001234")

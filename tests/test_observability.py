@@ -136,7 +136,11 @@ async def test_json_logs_name_the_stream_and_user_and_never_the_message_or_token
     found = {line["message"]: line for line in lines()}
     created = found["stream created (LIVE)"]
     assert created["stream_id"] == stream_id and created["user_id"] == streamer_id
-    assert created["level"] == "INFO" and created["logger"] == "hub.service" and created["ts"].endswith("Z")
+    assert (
+        created["level"] == "INFO"
+        and created["logger"] == "hub.domain.service"
+        and created["ts"].endswith("Z")
+    )
     assert created["request"] == "POST /api/v1/streaming/create"
     slow = found["moderation: set_slow_mode"]
     assert (slow["stream_id"], slow["user_id"], slow["event"]) == (stream_id, streamer_id, "set_slow_mode")

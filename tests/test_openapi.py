@@ -31,7 +31,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 
-from hub.rest import PREFIX
+from hub.transport.rest import PREFIX
 from tests.conftest import Api, next_month, unique
 
 OPENAPI = "/api/v1/openapi.json"

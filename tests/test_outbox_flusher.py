@@ -10,7 +10,7 @@ from decimal import Decimal
 import orjson
 import pytest
 
-from hub.keys import OUTBOX_GROUP, Keys
+from hub.storage.keys import OUTBOX_GROUP, Keys
 from tests.conftest import ROOT, unique
 from workers.flusher import Flusher
 

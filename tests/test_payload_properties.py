@@ -8,8 +8,7 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hub.errors import HubError
-from hub.payloads import (
+from hub.domain.payloads import (
     MESSAGE_MAX,
     MODERATION_ACTIONS,
     PRICE_DIGITS,
@@ -22,6 +21,7 @@ from hub.payloads import (
     amount_cents,
     price,
 )
+from hub.errors import HubError
 from hub.settings import Settings
 
 SETTINGS = Settings.from_env({})

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hub.auth import identity_from_claims
 from hub.codec import uuid7, uuid7_ms
+from hub.domain.auth import identity_from_claims
+from hub.domain.payloads import Chat, Tip, amount_cents, clean_text, price, query_int
 from hub.errors import HubError
 from hub.money import fee_cents, to_cents
-from hub.payloads import Chat, Tip, amount_cents, clean_text, price, query_int
 from hub.settings import Settings
 
 SETTINGS = Settings.from_env({})

@@ -17,9 +17,9 @@ import pymysql
 import pytest
 import redis.asyncio as aioredis
 
-from hub.db import migrate
-from hub.keys import Keys
 from hub.settings import Settings
+from hub.storage.db import migrate
+from hub.storage.keys import Keys
 from tests.conftest import Api, Client, next_month, unique
 from tests.faults import ClusterNodes, FlusherProcess, PrivateRedis, until
 

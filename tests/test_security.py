@@ -15,7 +15,7 @@ import socketio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from hub.auth import Verifier
+from hub.domain.auth import Verifier
 from hub.errors import HubError
 from hub.settings import Settings
 from tests.conftest import SECRET, Api, Client, RawSocket, eventually, unique
@@ -280,7 +280,7 @@ async def test_open_connections_per_address(workers, token):
 def test_a_remembered_token_is_checked_once_and_still_expires(settings, token):
     import time as clock
 
-    from hub.auth import Verifier
+    from hub.domain.auth import Verifier
     from hub.errors import HubError
 
     verifier = Verifier(settings)
@@ -338,12 +338,12 @@ async def test_forwarded_for_from_an_untrusted_peer_is_said_once(server, base_ur
     """Clients behind a proxy the hub does not trust share its limits: the log says so once."""
     import logging
 
-    from hub import sockets
+    from hub.transport import sockets
 
     sockets._untrusted_forwarders.clear()
     made = []
     try:
-        with caplog.at_level(logging.WARNING, logger="hub.sockets"):
+        with caplog.at_level(logging.WARNING, logger="hub.transport.sockets"):
             for forwarded in ("203.0.113.1", "203.0.113.2"):
                 c = Client()
                 made.append(c)

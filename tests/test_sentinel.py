@@ -20,9 +20,9 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from hub.connections import redacted
-from hub.keys import Keys
 from hub.settings import SentinelSettings, Settings, SettingsError
+from hub.storage.connections import redacted
+from hub.storage.keys import Keys
 from tests.conftest import ROOT, Api, Client, free_port, unique
 from tests.faults import FlusherProcess, until
 

@@ -140,7 +140,7 @@ def test_unreachable_mysql_is_named_with_its_url(env):
 
 
 def test_token_command_prints_only_a_token_that_verifies(env):
-    from hub.auth import Verifier
+    from hub.domain.auth import Verifier
 
     result = subprocess.run(
         [sys.executable, "-m", "hub", "token", "alice", "--name", "Alice", "--role", "streamer"],

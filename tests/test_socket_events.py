@@ -11,14 +11,14 @@ import aiohttp
 import pytest
 import socketio
 
-from hub.auth import Verifier
-from hub.db import History, create_pool
+from hub.domain.auth import Verifier
+from hub.domain.payloads import Chat, Join, Tip
+from hub.domain.presence import Conn, Presence
+from hub.domain.service import Hub
 from hub.errors import HubError
-from hub.keys import NAMESPACE
-from hub.payloads import Chat, Join, Tip
-from hub.presence import Conn, Presence
-from hub.service import Hub
-from hub.state import State
+from hub.storage.db import History, create_pool
+from hub.storage.keys import NAMESPACE
+from hub.storage.state import State
 from tests.conftest import DEADLINE, Client, eventually, next_month, unique
 
 UNKNOWN = "01a20e30-0000-7000-8000-000000000000"

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import redis.asyncio as aioredis
 
-from hub.db import create_pool
-from hub.keys import Keys
 from hub.settings import Settings
+from hub.storage.db import create_pool
+from hub.storage.keys import Keys
 from tests.conftest import Api, next_month, unique
 from workers.flusher import Flusher
 from workers.store import Store

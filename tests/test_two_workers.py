@@ -7,7 +7,7 @@ import re
 import time
 from decimal import Decimal
 
-from hub.keys import Keys
+from hub.storage.keys import Keys
 from tests.conftest import Api, eventually, unique
 
 

@@ -43,10 +43,10 @@ from prometheus_client import start_http_server
 from redis.exceptions import RedisError, ResponseError
 
 from hub import metrics
-from hub.connections import StartupError, connect_mysql, connect_redis, run, settings_or_exit
-from hub.keys import OUTBOX_GROUP, Keys
 from hub.settings import Settings
-from hub.state import outbox_lag, persistence_warning
+from hub.storage.connections import StartupError, connect_mysql, connect_redis, run, settings_or_exit
+from hub.storage.keys import OUTBOX_GROUP, Keys
+from hub.storage.state import outbox_lag, persistence_warning
 from workers.failures import FailureLog, kind_of
 from workers.store import BadRecord, Batch, Store
 
@@ -57,7 +57,7 @@ IDLE_POLL = 0.02
 IDLE_POLL_MAX = 0.25
 Prepared = tuple[list[Entry], list[Entry], Batch, list[Entry]]  # read, records, batch, bad
 BACKOFF_MAX = 5.0
-FORGET_CONSUMERS_LUA = (resources.files("hub") / "lua" / "forget_consumers.lua").read_text()
+FORGET_CONSUMERS_LUA = (resources.files("hub.storage") / "lua" / "forget_consumers.lua").read_text()
 # A consumer idle this many claim intervals with nothing pending belongs to a flusher gone.
 CONSUMER_IDLE_CLAIMS = 10
 FORGET_EVERY = 60.0

@@ -149,7 +149,7 @@ MARK_LATE_CLEARED = (
 
 def _literal(value: Any) -> str:
     """One SQL literal, as pymysql writes it, without its per-value dispatch for the common
-    types. Strings are backslash-escaped: the pool's sql_mode (``hub.db.INIT_COMMAND``) leaves
+    types. Strings are backslash-escaped: the pool's sql_mode (``hub.storage.db.INIT_COMMAND``) leaves
     NO_BACKSLASH_ESCAPES off, and the connection's charset is utf8mb4."""
     kind = type(value)
     if kind is str:

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
-from hub.keys import Keys
+from hub.storage.keys import Keys
 from tests.bench.procs import commandstats, eventually, redis_server_pid
 
 SHARDS = 16

@@ -26,7 +26,7 @@ import aiohttp
 import pymysql
 import redis
 
-from hub.keys import Keys
+from hub.storage.keys import Keys
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "bench-secret-" + "x" * 40

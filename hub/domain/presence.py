@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
-from hub.auth import Identity
+from hub.domain.auth import Identity
 from hub.errors import HubError
-from hub.state import State
+from hub.storage.state import State
 
 log = logging.getLogger(__name__)
 

@@ -106,7 +106,7 @@ class Keys:
     def epoch(self) -> str:
         """String: the id of this Redis's (shard's) life, written when missing; ``ID`` while
         its heal is due, ``ID healed`` once done. A worker that finds it gone knows Redis lost
-        its data and heals the streams MySQL holds as live (``hub.recovery``)."""
+        its data and heals the streams MySQL holds as live (``hub.domain.recovery``)."""
         return f"{self.prefix}epoch"
 
     @property

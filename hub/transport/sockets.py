@@ -23,17 +23,18 @@ import socketio
 from engineio.async_drivers import aiohttp as engineio_aiohttp
 from redis.exceptions import RedisError
 
-from hub import logs, metrics, payloads
-from hub.auth import Verifier, bearer
+from hub import logs, metrics
 from hub.codec import json_module
-from hub.connections import cluster_client, master_client
+from hub.domain import payloads
+from hub.domain.auth import Verifier, bearer
+from hub.domain.presence import Conn, Presence
+from hub.domain.service import Hub
 from hub.errors import HubError, TokenExpired
-from hub.fanout import DirectWebSocket, Pacer, Run, Writer
-from hub.keys import NAMESPACE, Keys
-from hub.presence import Conn, Presence
-from hub.pubsub import ShardedSubscriber
-from hub.service import Hub
 from hub.settings import ClusterSettings, SentinelSettings, Settings, is_sentinel_url
+from hub.storage.connections import cluster_client, master_client
+from hub.storage.keys import NAMESPACE, Keys
+from hub.transport.fanout import DirectWebSocket, Pacer, Run, Writer
+from hub.transport.pubsub import ShardedSubscriber
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class HubRedisManager(socketio.AsyncRedisManager):
     being decoded (``HubServer.broadcast``); its orders go to the namespace: ``!close`` (the
     stream ended, the room is emptied) and ``!ban {"user_id", "reason"}`` (the user's sockets
     leave the room). On Redis Cluster every channel, python-socketio's own included, is a
-    sharded one (``SSUBSCRIBE``/``SPUBLISH``, ``hub.pubsub``)."""
+    sharded one (``SSUBSCRIBE``/``SPUBLISH``, ``hub.transport.pubsub``)."""
 
     RETRY_MAX = 5.0
 
@@ -159,7 +160,7 @@ class HubRedisManager(socketio.AsyncRedisManager):
 
     async def deliver(self, room: str, items: list[bytes]) -> None:
         """Room messages this worker made itself, handled as if they had come on the room's
-        channel (``hub.recovery`` tells its own watchers that a stream ended, whether or not
+        channel (``hub.domain.recovery`` tells its own watchers that a stream ended, whether or not
         this listener was subscribed when the stream's channel carried the news)."""
         await self._room_messages(self.keys.of(room).room(room).encode(), items)
 
@@ -439,9 +440,9 @@ class WholeBody:
 
 class HubServer(socketio.AsyncServer):
     """python-socketio's server whose packets to a WebSocket are written straight to its
-    transport (``hub.fanout.Writer``), with a bounded send buffer per connection: a client that
+    transport (``hub.transport.fanout.Writer``), with a bounded send buffer per connection: a client that
     stops reading is cut off instead of holding an ever-growing buffer, and the other clients
-    are never made to wait for it. Busy large rooms are paced (``hub.fanout.Pacer``).
+    are never made to wait for it. Busy large rooms are paced (``hub.transport.fanout.Pacer``).
 
     Every packet a client sends gets an answer or closes its connection, and none makes the
     worker log more than one line: what cannot be read is refused ``invalid`` (an ack when it

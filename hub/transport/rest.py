@@ -11,12 +11,14 @@ import pymysql
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from hub import logs, metrics, openapi, payloads
-from hub.auth import Identity, Verifier, bearer
+from hub import logs, metrics
 from hub.codec import loads_exact
+from hub.domain import payloads
+from hub.domain.auth import Identity, Verifier, bearer
+from hub.domain.service import Hub
 from hub.errors import HubError
-from hub.service import Hub
 from hub.settings import Settings
+from hub.transport import openapi
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The REST API as an OpenAPI 3.1 document, served at ``GET /api/v1/openapi.json``.
 
 Built here rather than written by hand so that every limit (lengths, ranges, enums) comes from
-``hub.payloads``, the module that enforces it. ``tests/test_openapi.py`` checks that every route
+``hub.domain.payloads``, the module that enforces it. ``tests/test_openapi.py`` checks that every route
 the app registers is described and holds the live server's responses to this document.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from hub import payloads
+from hub.domain import payloads
 from hub.errors import HTTP_STATUS
 
 Schema = dict[str, Any]
@@ -416,11 +416,11 @@ def _request_schemas() -> dict[str, Schema]:
                     "description": "BUY or SELL, in any case.",
                 },
                 "price": {
-                    "type": ["number", "string", "null"],
-                    "exclusiveMinimum": 0,
-                    "exclusiveMaximum": float(payloads.PRICE_MAX),
-                    "multipleOf": float(f"1e-{payloads.PRICE_DECIMALS}"),
-                    "pattern": price_pattern(),
+                    "anyOf": [
+                        {"type": "null"},
+                        {"type": "string", "pattern": price_pattern()},
+                        *price_numbers(),
+                    ],
                     "description": f"A positive JSON number or decimal string below 10^12, with at most "
                     f"{payloads.PRICE_DECIMALS} decimals and {payloads.PRICE_DIGITS} "
                     f"significant digits; kept exactly.",
@@ -428,6 +428,33 @@ def _request_schemas() -> dict[str, Schema]:
             },
         },
     }
+
+
+def price_numbers() -> list[Schema]:
+    """A positive price as a JSON number, one range per length of its integer part, each with the
+    decimals the significant digits leave it: JSON Schema has no "significant digits", and one
+    ``multipleOf`` of 10^-8 over the whole range let 16-digit prices such as 5837306337.460598
+    pass."""
+    digits, decimals = payloads.PRICE_DIGITS, payloads.PRICE_DECIMALS
+    integers = len(str(int(payloads.PRICE_MAX))) - 1
+    ranges: list[Schema] = [
+        {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "exclusiveMaximum": 1,
+            "multipleOf": float(f"1e-{decimals}"),
+        }
+    ]
+    for n in range(1, integers + 1):
+        ranges.append(
+            {
+                "type": "number",
+                "minimum": 10 ** (n - 1),
+                "exclusiveMaximum": 10**n,
+                "multipleOf": float(f"1e-{min(decimals, digits - n)}"),
+            }
+        )
+    return ranges
 
 
 def price_pattern() -> str:

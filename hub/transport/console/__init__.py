@@ -1,7 +1,7 @@
 """The web console: a stream list, a viewer page and a streamer's studio, served at ``/``.
 
-Plain HTML, CSS and JavaScript modules from ``hub/console/``, with the socket.io client taken
-from its npm package (``hub/console/vendor``), so the console works without reaching any other
+Plain HTML, CSS and JavaScript modules from ``hub/transport/console/``, with the socket.io client taken
+from its npm package (``hub/transport/console/vendor``), so the console works without reaching any other
 site. The pages speak the public contract only (REST under ``/api/v1/streaming`` and the
 ``/streaming`` namespace); the hub adds two small routes for them: ``GET /console/config`` (the
 fee rate and tip bounds, to show a tip's fee before it is sent) and, when
@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from importlib import resources
 from pathlib import Path
 
 from aiohttp import web
 
-from hub import rest
-from hub.auth import mint
+from hub.domain.auth import mint
 from hub.errors import HubError
+from hub.transport import rest
 
-FOLDER = Path(str(resources.files("hub") / "console"))
+FOLDER = Path(__file__).resolve().parent
 PAGES = {"/": "index.html", "/watch": "watch.html", "/studio": "studio.html"}
 # Scripts, styles and sockets from the hub only; thumbnails from anywhere (they are streamers' URLs).
 SECURITY = {

@@ -9,8 +9,8 @@ from typing import Any
 
 import jwt
 
+from hub.domain.payloads import clean_text
 from hub.errors import HubError
-from hub.payloads import clean_text
 from hub.settings import Settings
 
 

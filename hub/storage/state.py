@@ -16,8 +16,8 @@ from redis.exceptions import RedisError
 from hub import metrics
 from hub.codec import uuid7
 from hub.errors import HubError
-from hub.keys import NAMESPACE, OUTBOX_GROUP, STREAMER_STREAMS_KEPT, Keys
 from hub.settings import Settings
+from hub.storage.keys import NAMESPACE, OUTBOX_GROUP, STREAMER_STREAMS_KEPT, Keys
 
 SCRIPTS = (
     "admit",
@@ -41,8 +41,8 @@ MODLOG_SIZE = 200
 
 
 def load_script(client: aioredis.Redis, settings: Settings, name: str) -> AsyncScript:
-    """The script ``hub/lua/NAME.lua`` with common.lua and the settings it reads before it."""
-    folder = resources.files("hub") / "lua"
+    """The script ``hub/storage/lua/NAME.lua`` with common.lua and the settings it reads before it."""
+    folder = resources.files("hub.storage") / "lua"
     # On a cluster, room events go out on sharded pub/sub: to the subscribers of the node that
     # holds the stream's slot, not to every node.
     publish = "SPUBLISH" if settings.redis_cluster is not None else "PUBLISH"
@@ -241,7 +241,7 @@ class State:
         sid, user, s = fields["stream_id"], fields["streamer_id"], self.settings
         k = self.keys.of(sid)
         if k is not self.keys.of(user):
-            raise ValueError("a stream's id is drawn in its streamer's shard (hub.service)")
+            raise ValueError("a stream's id is drawn in its streamer's shard (hub.domain.service)")
         expires = int(fields["scheduled_at"]) + s.scheduled_grace * 1000 if fields["scheduled_at"] else 0
         flat = [x for pair in fields.items() for x in pair]
         await self._run(

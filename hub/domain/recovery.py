@@ -33,13 +33,13 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from hub.codec import dumps, uuid7
-from hub.db import History
-from hub.keys import NAMESPACE, Keys
+from hub.domain.presence import Presence
+from hub.domain.service import room_event, room_message
 from hub.money import to_cents
-from hub.presence import Presence
-from hub.service import room_event, room_message
 from hub.settings import Settings
-from hub.state import load_script
+from hub.storage.db import History
+from hub.storage.keys import NAMESPACE, Keys
+from hub.storage.state import load_script
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ class Recovery:
             except Exception:
                 delay = min(max(delay * 2, 0.25), RETRY_MAX)
                 log.exception("epoch check failed; retrying in %.2fs", delay)
-            if task is not None and task.cancelling():  # as in hub.presence.every
+            if task is not None and task.cancelling():  # as in hub.domain.presence.every
                 raise asyncio.CancelledError
 
     # -- the markers ------------------------------------------------------------------

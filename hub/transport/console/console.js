@@ -1,7 +1,7 @@
 // Shared by the console's pages: the signed-in identity, REST and Socket.IO helpers, plain-word
 // errors, exact money for display. User-supplied text is only ever set as textContent.
 
-const TOKEN_KEY = "hub.console.token";
+const TOKEN_KEY = "hub.transport.console.token";
 
 export function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);

@@ -33,8 +33,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from hub import logs
-from hub.db import create_pool
 from hub.settings import ClusterSettings, SentinelSettings, Settings, SettingsError
+from hub.storage.db import create_pool
 
 T = TypeVar("T")
 

@@ -8,17 +8,17 @@ from typing import Any
 
 import orjson
 
-from hub import records
-from hub.auth import Identity
 from hub.codec import dumps, iso_ms, loads, now_ms, uuid7, uuid7_ms
-from hub.db import History
+from hub.domain import records
+from hub.domain.auth import Identity
+from hub.domain.payloads import Alert, Chat, CreateStream, Join, Moderation, Tip
+from hub.domain.presence import Conn, Presence
 from hub.errors import HubError, TokenExpired
-from hub.keys import NAMESPACE, STREAMER_STREAMS_KEPT
 from hub.money import decimal_json, fee_cents, from_cents, money_json
-from hub.payloads import Alert, Chat, CreateStream, Join, Moderation, Tip
-from hub.presence import Conn, Presence
 from hub.settings import Settings
-from hub.state import MessageMissing, NoStream, Stale, State
+from hub.storage.db import History
+from hub.storage.keys import NAMESPACE, STREAMER_STREAMS_KEPT
+from hub.storage.state import MessageMissing, NoStream, Stale, State
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ _SPLIT = b"\x00"  # where the moderators list goes in a moderators_changed broad
 
 def room_event(event: str, data_json: bytes) -> bytes:
     """A room event's Engine.IO text (``42/streaming,["event",{...}]``), encoded here once and
-    written as is to every socket by every worker (``hub.fanout``)."""
+    written as is to every socket by every worker (``hub.transport.fanout``)."""
     return b"42" + _NAMESPACE_COMMA + b"[" + dumps(event) + b"," + data_json + b"]"
 
 

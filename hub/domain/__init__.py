@@ -1,0 +1,1 @@
+"""What the hub does: streams, chat, tips, moderation and presence, whatever the transport."""
