@@ -47,8 +47,11 @@ test: venv test-tools
 bench: venv
 	$(BIN)/python -m tests.bench.run
 
+# ruff (lint and layout) and mypy (types, at the strictness pyproject.toml states).
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache
