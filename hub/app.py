@@ -32,7 +32,9 @@ from hub.storage.db import History
 from hub.storage.keys import NAMESPACE, Keys
 from hub.storage.state import State, heartbeat, outbox_lag, persistence_warning
 from hub.transport import console, rest
-from hub.transport.sockets import HubPacket, HubRedisManager, HubServer, StreamingNamespace
+from hub.transport.namespace import StreamingNamespace
+from hub.transport.roombus import HubRedisManager
+from hub.transport.server import HubPacket, HubServer
 
 log = logging.getLogger(__name__)
 

@@ -205,7 +205,7 @@ class Settings:
     # The cyclic garbage collector's thresholds (gc.set_threshold); None leaves Python's.
     gc_thresholds: tuple[int, int, int] | None = (50_000, 20, 100)
     shutdown_deadline: float = 15.0
-    # Proxies whose X-Forwarded-For names the client (hub.transport.sockets.client_address); none by default.
+    # Proxies whose X-Forwarded-For names the client (hub.transport.addresses); none by default.
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @property

@@ -338,12 +338,12 @@ async def test_forwarded_for_from_an_untrusted_peer_is_said_once(server, base_ur
     """Clients behind a proxy the hub does not trust share its limits: the log says so once."""
     import logging
 
-    from hub.transport import sockets
+    from hub.transport import addresses as sockets
 
     sockets._untrusted_forwarders.clear()
     made = []
     try:
-        with caplog.at_level(logging.WARNING, logger="hub.transport.sockets"):
+        with caplog.at_level(logging.WARNING, logger="hub.transport.addresses"):
             for forwarded in ("203.0.113.1", "203.0.113.2"):
                 c = Client()
                 made.append(c)
