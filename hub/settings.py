@@ -413,7 +413,7 @@ def _gc_thresholds(
             f"HUB_GC_THRESHOLDS: expected three whole numbers like 50000,20,100 "
             f"(or 'python' for Python's own), got {raw!r}"
         )
-    return values  # type: ignore[return-value]
+    return values
 
 
 def _networks(env: Mapping[str, str], name: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
