@@ -6,15 +6,14 @@ import argparse
 import signal
 import subprocess
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hub.errors import HubError
 from hub.settings import Settings
 from hub.storage.connections import settings_or_exit
 
 if TYPE_CHECKING:
-    import redis
-
+    from hub.storage.connections import SyncRedis
     from hub.storage.keys import Keys
 
 
@@ -140,8 +139,8 @@ def _check(settings: Settings, _: argparse.Namespace) -> int:
     try:
         client = sync_redis(settings, socket_connect_timeout=3)
         client.ping()
-        if settings.redis_cluster is not None:
-            primaries = client.get_primaries()  # type: ignore[attr-defined]
+        if isinstance(client, redis.cluster.RedisCluster):
+            primaries = client.get_primaries()
             where = f" (cluster of {len(primaries)} primaries, {settings.redis_shards} shards)"
         elif settings.redis_sentinel is not None:
             server = client.connection_pool.connection_kwargs
@@ -196,21 +195,22 @@ def _inspect(settings: Settings, args: argparse.Namespace) -> int:
     try:
         client = sync_redis(settings, decode_responses=True, socket_connect_timeout=3)
         if args.stream_id is None:
-            found: dict | None = inspection.overview(client, keys)
+            found: dict[str, Any] = inspection.overview(client, keys)
         else:
             try:
                 stream_id = path_stream_id(args.stream_id)
             except HubError:
                 print(f"❌ {args.stream_id!r} is not a stream id", file=sys.stderr)
                 return 2
-            found = inspection.stream(client, keys, stream_id, max(0, args.chat))
-            if found is None:
+            one = inspection.stream(client, keys, stream_id, max(0, args.chat))
+            if one is None:
                 print(
                     f"❌ No stream {stream_id} in Redis (an ended stream's keys expire after "
                     f"HUB_ENDED_RETENTION; its rows are in MySQL)",
                     file=sys.stderr,
                 )
                 return 1
+            found = one
     except redis.RedisError as exc:
         print(f"❌ Redis at {redacted(settings.redis_url)}: {exc}", file=sys.stderr)
         return 1
@@ -241,7 +241,7 @@ def _outbox(settings: Settings, args: argparse.Namespace) -> int:
         return 1
 
 
-def _outbox_dead(client: redis.Redis, keys: Keys, as_json: bool) -> int:
+def _outbox_dead(client: SyncRedis, keys: Keys, as_json: bool) -> int:
     import orjson
 
     from hub import deadletters
@@ -255,7 +255,7 @@ def _outbox_dead(client: redis.Redis, keys: Keys, as_json: bool) -> int:
     return 0
 
 
-def _outbox_replay(client: redis.Redis, keys: Keys, ids: list[str], every: bool) -> int:
+def _outbox_replay(client: SyncRedis, keys: Keys, ids: list[str], every: bool) -> int:
     from hub import deadletters
 
     if bool(ids) == every:

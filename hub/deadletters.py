@@ -14,8 +14,7 @@ from collections.abc import Iterator
 from importlib import resources
 from typing import Any, NamedTuple
 
-import redis
-
+from hub.storage.connections import SyncRedis
 from hub.storage.keys import Keys
 
 REPLAY_LUA = (resources.files("hub.storage") / "lua" / "replay.lua").read_text()
@@ -43,7 +42,7 @@ def targets(names: list[str], shards: int) -> list[Target]:
     return found
 
 
-def _pages(client: redis.Redis, key: str, last: str = "+") -> Iterator[list[tuple[str, dict[str, str]]]]:
+def _pages(client: SyncRedis, key: str, last: str = "+") -> Iterator[list[tuple[str, dict[str, str]]]]:
     start = "-"
     while True:
         page = client.xrange(key, start, last, count=PAGE)
@@ -53,7 +52,7 @@ def _pages(client: redis.Redis, key: str, last: str = "+") -> Iterator[list[tupl
         start = "(" + page[-1][0]
 
 
-def listing(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
+def listing(client: SyncRedis, keys: Keys) -> list[dict[str, Any]]:
     """Every shard's dead letters, oldest first within a shard."""
     return [
         {
@@ -86,7 +85,7 @@ def _preview(data: str) -> str:
     return flat if len(flat) <= PREVIEW else flat[: PREVIEW - 1] + "…"
 
 
-def replay(client: redis.Redis, keys: Keys, wanted: list[Target]) -> list[tuple[int | None, str, str | None]]:
+def replay(client: SyncRedis, keys: Keys, wanted: list[Target]) -> list[tuple[int | None, str, str | None]]:
     """The dead letters named put back in their shard's outbox: (shard, id, new outbox entry id),
     the shard and new id None when it was in no dead letters (replayed already)."""
     script = client.register_script(REPLAY_LUA)
@@ -104,7 +103,7 @@ def replay(client: redis.Redis, keys: Keys, wanted: list[Target]) -> list[tuple[
     return done
 
 
-def replay_all(client: redis.Redis, keys: Keys) -> list[tuple[int | None, str, str | None]]:
+def replay_all(client: SyncRedis, keys: Keys) -> list[tuple[int | None, str, str | None]]:
     """Every dead letter there now put back (not those set aside again meanwhile: a malformed
     record replayed comes back as a new dead letter, which is not replayed in turn)."""
     script = client.register_script(REPLAY_LUA)

@@ -12,14 +12,14 @@ import time
 from typing import Any
 
 import orjson
-import redis
 
 from hub.domain.records import stats_from_hash, stream_from_hash
+from hub.storage.connections import SyncRedis
 from hub.storage.keys import OUTBOX_GROUP, Keys
 from hub.storage.state import outbox_figures
 
 
-def overview(client: redis.Redis, keys: Keys, limit: int = 50) -> dict[str, Any]:
+def overview(client: SyncRedis, keys: Keys, limit: int = 50) -> dict[str, Any]:
     now = _now_ms(client)
     with client.pipeline(transaction=False) as pipe:  # each shard's live set
         for shard in keys.all:
@@ -47,7 +47,7 @@ def overview(client: redis.Redis, keys: Keys, limit: int = 50) -> dict[str, Any]
     }
 
 
-def stream(client: redis.Redis, base: Keys, stream_id: str, chat: int = 10) -> dict[str, Any] | None:
+def stream(client: SyncRedis, base: Keys, stream_id: str, chat: int = 10) -> dict[str, Any] | None:
     now = _now_ms(client)
     keys = base.of(stream_id)
     with client.pipeline(transaction=False) as pipe:
@@ -79,7 +79,7 @@ def stream(client: redis.Redis, base: Keys, stream_id: str, chat: int = 10) -> d
     }
 
 
-def workers(client: redis.Redis, keys: Keys, now: int) -> list[dict[str, Any]]:
+def workers(client: SyncRedis, keys: Keys, now: int) -> list[dict[str, Any]]:
     """The web workers whose heartbeat has not expired, newest beat first."""
     ids = client.zrevrange(keys.workers, 0, -1)
     with client.pipeline(transaction=False) as pipe:
@@ -105,7 +105,7 @@ def workers(client: redis.Redis, keys: Keys, now: int) -> list[dict[str, Any]]:
     return found
 
 
-def outbox(client: redis.Redis, keys: Keys, now: int) -> dict[str, Any]:
+def outbox(client: SyncRedis, keys: Keys, now: int) -> dict[str, Any]:
     """The outbox's lag and dead letters, over every shard."""
     with client.pipeline(transaction=False) as pipe:
         for shard in keys.all:
@@ -171,7 +171,7 @@ def stream_text(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _now_ms(client: redis.Redis) -> int:
+def _now_ms(client: SyncRedis) -> int:
     seconds, micros = client.time()
     return int(seconds) * 1000 + int(micros) // 1000
 

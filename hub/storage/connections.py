@@ -9,7 +9,7 @@ import contextvars
 import gc
 import sys
 from collections.abc import AsyncIterator, Coroutine
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 from urllib.parse import urlparse
 
 import aiomysql
@@ -78,8 +78,14 @@ def settings_or_exit() -> Settings | int:
 
 REDIS_MAX_CONNECTIONS = 64
 
+# The asyncio client ``connect_redis`` gives: one server's (REDIS_URL, or the master its sentinels
+# name) or a cluster's. Their commands are alike but their classes are not related.
+AsyncRedis: TypeAlias = aioredis.Redis | RedisCluster
+# The blocking client ``sync_redis`` gives the command line, on the same terms.
+SyncRedis: TypeAlias = redis.Redis | redis.cluster.RedisCluster
 
-async def connect_redis(settings: Settings, socket_timeout: float) -> aioredis.Redis:
+
+async def connect_redis(settings: Settings, socket_timeout: float) -> AsyncRedis:
     """A client whose pool waits (up to 5 s) for a free connection when all are busy, rather
     than failing the call (redis-py's default pool raises "Too many connections"). With
     sentinels in REDIS_URL, the same pool on whichever server they name the master; with a
@@ -93,6 +99,7 @@ async def connect_redis(settings: Settings, socket_timeout: float) -> aioredis.R
         health_check_interval=10,
     )
     sentinel, cluster = settings.redis_sentinel, settings.redis_cluster
+    client: AsyncRedis
     if cluster is not None:
         client = cluster_client(cluster, socket_timeout=socket_timeout)
     elif sentinel is not None:
@@ -154,10 +161,14 @@ class WaitingCluster(RedisCluster):
     def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
         if shard_hint:
             return super().pipeline(transaction, shard_hint)  # refused by redis-py
-        return WaitingPipeline(self, transaction)
+        # redis-py's command mixins declare an event dispatcher that its own ClusterPipeline never
+        # sets and no pipeline command reads, so to mypy every cluster pipeline class is abstract.
+        return WaitingPipeline(self, transaction)  # type: ignore[abstract]
 
 
 class WaitingPipeline(ClusterPipeline):
+    """A cluster pipeline that sends its commands on one turn of its ``WaitingCluster``."""
+
     async def execute(self, *args: Any, **kwargs: Any) -> Any:
         client = self.cluster_client
         assert isinstance(client, WaitingCluster)
@@ -245,7 +256,7 @@ class FailoverPool(SentinelConnectionPool, BlockingConnectionPool):
 
     async def get_master_address(self) -> tuple[str, int]:
         try:
-            return await super().get_master_address()  # type: ignore[no-any-return]
+            return await super().get_master_address()
         except MasterNotFoundError:
             raise _no_master(self.service_name) from None
 
@@ -264,7 +275,7 @@ def master_client(target: SentinelSettings, **options: Any) -> aioredis.Redis:
     """An asyncio client of the master that ``target``'s sentinels name; ``options`` are the
     connection and pool options (``max_connections``, ``timeout``, ``socket_timeout``…)."""
     sentinel = Sentinel(target.sentinels, sentinel_kwargs=_sentinel_options(Retry(NoBackoff(), 0)))
-    return sentinel.master_for(  # type: ignore[no-any-return]
+    return sentinel.master_for(
         target.service,
         connection_pool_class=FailoverPool,
         connection_class=FailoverConnection,
@@ -276,13 +287,13 @@ def master_client(target: SentinelSettings, **options: Any) -> aioredis.Redis:
     )
 
 
-def sync_redis(settings: Settings, **options: Any) -> redis.Redis:
+def sync_redis(settings: Settings, **options: Any) -> SyncRedis:
     """A blocking client for the command line (``check``, ``inspect``): from REDIS_URL, or of
     the server its sentinels name the master (asked once: a command lasts a moment), or a
     cluster client."""
     cluster = settings.redis_cluster
     if cluster is not None:
-        return redis.cluster.RedisCluster(  # type: ignore[return-value]
+        return redis.cluster.RedisCluster(
             startup_nodes=[redis.cluster.ClusterNode(host, port) for host, port in cluster.nodes],
             username=cluster.username,
             password=cluster.password,
