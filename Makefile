@@ -3,20 +3,30 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
 HOST ?= 127.0.0.1
 PORT ?= 8080
 # Development secret for `make run` only; production sets HUB_JWT_SECRET itself.
 DEV_SECRET := dev-secret-change-me-0123456789abcdef
 
-.PHONY: venv run test lint check-services migrate token clean bench test-tools
+.PHONY: venv lock run test lint check-services migrate token clean bench test-tools
 
+# The project and its dev extras at exactly the versions in requirements.lock (pyproject.toml
+# says which versions may be used, the lock which are); renewed when either file changes.
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[dev]'
+	$(BIN)/pip check
+	@sh scripts/check-lock.sh $(BIN) $(LOCK)
 	touch $(STAMP)
+
+# Renew requirements.lock from pyproject.toml's ranges in a fresh environment: after changing a
+# dependency, or to take newer releases. Then run the tests and commit both files.
+lock:
+	sh scripts/lock.sh $(PYTHON) $(LOCK)
 
 check-services: venv
 	@$(BIN)/python -m hub check
