@@ -9,7 +9,7 @@ PORT ?= 8080
 # Development secret for `make run` only; production sets HUB_JWT_SECRET itself.
 DEV_SECRET := dev-secret-change-me-0123456789abcdef
 
-.PHONY: venv lock run test lint check-services migrate token clean bench test-tools
+.PHONY: venv lock run test lint format check-services migrate token clean bench test-tools
 
 # The project and its dev extras at exactly the versions in requirements.lock (pyproject.toml
 # says which versions may be used, the lock which are); renewed when either file changes.
@@ -62,6 +62,11 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# Lay the code out as `make lint` wants it and apply ruff's safe fixes; what is left it lists.
+format: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 clean:
 	rm -rf $(VENV) .pytest_cache
