@@ -142,7 +142,7 @@ HOOKS: tuple[Hook, ...] = (
     ),
     Hook(
         f"{MANAGER}._thread",
-        (f"{ROOMBUS}._listen_until_closed",),
+        (f"{ROOMBUS}._listen",),
         "The listener task iterates _listen() and takes CancelledError as its stop; a closed "
         "room bus ends _listen with it (any other end is logged as an error).",
         "(self)",

@@ -253,10 +253,7 @@ class HubRedisManager(AsyncPubSubManager):
         )
 
     # -- what python-socketio needs -----------------------------------------------------
-    def _listen(self) -> AsyncIterator[bytes]:
-        return self._listen_until_closed()
-
-    async def _listen_until_closed(self) -> AsyncIterator[bytes]:
+    async def _listen(self) -> AsyncIterator[bytes]:
         """python-socketio's channel, as the bus's listener reads it. When the bus closes, the
         listener ends as a cancelled one (python-socketio logs any other end as an error)."""
         async for data in self.bus.listen():
