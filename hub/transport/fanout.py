@@ -46,7 +46,8 @@ def ws_frame(payload: bytes) -> bytes:
 
 class DirectWebSocket(EngineIOWebSocket):
     """Engine.IO's aiohttp WebSocket, without per-message compression (so one frame serves
-    every socket), that leaves its transport on the Engine.IO socket for direct writes."""
+    every socket), that leaves its transport on the Engine.IO socket for direct writes. It
+    replaces the driver's private ``__call__`` (``hub.transport.hooks``)."""
 
     async def __call__(self, environ: dict[str, Any]) -> Any:
         from aiohttp.web import WebSocketResponse
@@ -141,6 +142,8 @@ class Writer:
         self.deliveries += len(texts)
 
     def _queue(self, eio_sid: str, eio_socket: Any, text: bytes) -> None:
+        """Onto the Engine.IO socket's own queue, as its ``send`` does but without a wait, so a
+        broadcast never yields between sockets (a private hook, ``hub.transport.hooks``)."""
         if eio_socket.closed:
             return
         if eio_socket.queue.qsize() >= self.queue_limit:

@@ -1,20 +1,21 @@
-"""Sharded pub/sub on Redis Cluster for the web workers' listener.
+"""How the room bus reaches Redis pub/sub: a ``Link`` is one connection to it, a client to
+publish with and a subscriber to listen with, made new each time the bus's listener
+(re)connects (``open_link``).
 
-A sharded channel (``SSUBSCRIBE``) is served by the node that holds its slot, so a worker
-holds one subscriber connection per node that has a channel it listens to. redis-py's own
-cluster pub/sub polls its nodes' connections one after another, each for the whole timeout;
-here each node's connection is read by a task of its own and what they read is handed over in
-arrival order, so an event is written as soon as it arrives whichever node it came from.
-
-The object speaks as one ``PubSub`` would to ``HubRedisManager``: ``subscribe``,
-``unsubscribe``, ``get_message`` (``smessage`` read as ``message``, ``ssubscribe`` as
-``subscribe``) and ``aclose``.
+On one Redis, or behind sentinels, the subscriber is redis-py's ``PubSub``. On Redis Cluster
+every channel is a sharded one (``SSUBSCRIBE``/``SPUBLISH``), served by the node that holds
+its slot, so a worker holds one subscriber connection per node that has a channel it listens
+to (``ShardedSubscriber``). redis-py's own cluster pub/sub polls its nodes' connections one
+after another, each for the whole timeout; here each node's connection is read by a task of
+its own and what they read is handed over in arrival order, so an event is written as soon as
+it arrives whichever node it came from.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -22,14 +23,60 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from hub.settings import ClusterSettings, SentinelSettings, is_sentinel_url
+from hub.storage.connections import cluster_client, master_client
+
+
+@dataclass
+class Link:
+    """One connection of the room bus to Redis."""
+
+    client: aioredis.Redis | RedisCluster
+    subscriber: PubSub | ShardedSubscriber
+
+    async def publish(self, channel: str, data: str | bytes) -> int:
+        """PUBLISH, or on a cluster SPUBLISH to the node of the channel's slot."""
+        if isinstance(self.client, RedisCluster):
+            return int(await self.client.spublish(channel, data))
+        return int(await self.client.publish(channel, data))
+
+    async def aclose(self) -> None:
+        """Close the subscriber and the client; a connection already lost is no error."""
+        with contextlib.suppress(Exception):
+            await self.subscriber.aclose()
+        with contextlib.suppress(Exception):
+            await self.client.aclose()
+
+
+def open_link(url: str, cluster: ClusterSettings | None, options: dict[str, Any]) -> Link:
+    """A new link to the Redis of ``url`` (``options``: the client's connection options).
+
+    Behind sentinels the client is the hub's own master client, whose Sentinel is closed with
+    it, so each new link asks the sentinels which server is the master now (after a failover,
+    the promoted replica). On a cluster, a cluster client, and a subscriber with a connection
+    per node. The subscriber reports subscriptions: they are what confirms a new one."""
+    if cluster is not None:
+        client = cluster_client(cluster, decode_responses=False)
+        return Link(client, ShardedSubscriber(client, cluster.username, cluster.password))
+    if is_sentinel_url(url):
+        plain = master_client(SentinelSettings.from_url(url), **options)
+    else:
+        plain = aioredis.Redis.from_url(url, **options)
+    return Link(plain, plain.pubsub())
+
+
 TYPES = {"smessage": "message", "ssubscribe": "subscribe", "sunsubscribe": "unsubscribe"}
 
 
 class ShardedSubscriber:
+    """Sharded channels on a Redis Cluster, read as one ``PubSub`` would be: ``subscribe``,
+    ``unsubscribe``, ``get_message`` (``smessage`` read as ``message``, ``ssubscribe`` as
+    ``subscribe``), ``subscribed`` and ``aclose``."""
+
     def __init__(self, cluster: RedisCluster, username: str | None, password: str | None) -> None:
         self.cluster = cluster
-        self._auth = {"username": username, "password": password}
-        self.ignore_subscribe_messages = False
+        self._username = username
+        self._password = password
         self._pubsubs: dict[str, PubSub] = {}
         self._readers: dict[str, asyncio.Task[None]] = {}
         self._where: dict[bytes, str] = {}  # channel -> the node it was subscribed on
@@ -47,15 +94,15 @@ class ShardedSubscriber:
     async def _subscribe(self, channels: tuple[str, ...]) -> None:
         await self.cluster.initialize()
         by_node: dict[str, list[str]] = {}
-        nodes = {}
+        addresses: dict[str, tuple[str, int]] = {}
         for channel in channels:
             node = self.cluster.get_node_from_key(channel)
             if node is None:
                 raise RedisConnectionError(f"no cluster node holds the slot of {channel!r}")
-            nodes[node.name] = node
+            addresses[node.name] = (node.host, int(node.port))
             by_node.setdefault(node.name, []).append(channel)
         for name, names in by_node.items():
-            pubsub = self._pubsub(name, nodes[name].host, nodes[name].port)
+            pubsub = self._pubsub(name, *addresses[name])
             for channel in names:
                 self._where[channel.encode()] = name
             for same_slot in self._by_slot(names):  # one command names channels of one slot
@@ -105,20 +152,25 @@ class ShardedSubscriber:
             raise RedisConnectionError(
                 f"the cluster dropped the subscription to {item['channel']!r} (its slot moved)"
             )
-        if kind in ("subscribe", "unsubscribe") and self.ignore_subscribe_messages:
-            return None
         return item
 
     def _pubsub(self, name: str, host: str, port: int) -> PubSub:
         pubsub = self._pubsubs.get(name)
         if pubsub is None:
             client = aioredis.Redis(
-                host=host, port=port, socket_connect_timeout=5, health_check_interval=10, **self._auth
+                host=host,
+                port=port,
+                socket_connect_timeout=5,
+                health_check_interval=10,
+                username=self._username,
+                password=self._password,
             )
             pubsub = self._pubsubs[name] = client.pubsub()
         return pubsub
 
     def _read(self, name: str, pubsub: PubSub) -> None:
+        """One task per node reads its connection into the shared queue, so no node's
+        messages wait for another's read timeout."""
         if name in self._readers:
             return
 

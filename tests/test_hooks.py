@@ -1,0 +1,89 @@
+"""The private python-socketio and python-engineio parts the hub hooks (``hub.transport.hooks``)
+are still there as they were checked, and every override still runs in a real app."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+from collections import Counter
+from collections.abc import Iterator
+from importlib.metadata import version
+from typing import Any
+
+import aiohttp
+import pytest
+
+from hub.app import SIO, create_app
+from hub.settings import Settings
+from hub.storage.keys import NAMESPACE
+from hub.transport.hooks import CHECKED_WITH, HOOKS, Hook, problems, resolve
+from tests.conftest import Api, Client, eventually, unique
+
+
+@pytest.mark.parametrize("hook", HOOKS, ids=[hook.upstream for hook in HOOKS])
+def test_the_hooked_upstream_code_is_as_it_was_checked(hook: Hook) -> None:
+    found = problems(hook)
+    installed = {name: version(name) for name in CHECKED_WITH}
+    assert not found, f"checked with {CHECKED_WITH}, installed {installed}:\n" + "\n".join(found)
+
+
+def overrides() -> Iterator[str]:
+    """The hub's methods that take the place of an upstream one of the same name."""
+    for hook in HOOKS:
+        name = hook.upstream.rsplit(".", 1)[1].lstrip("_")
+        for where in hook.where:
+            if where.rsplit(".", 1)[1].lstrip("_") == name:
+                yield where
+
+
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Every override wrapped, before the app is made, to count its calls."""
+    calls: Counter[str] = Counter()
+    for where in overrides():
+        owner_name, attribute = where.rsplit(".", 1)
+        owner, original = resolve(owner_name), resolve(where)
+
+        def wrapper(*args: Any, _original: Any = original, _where: str = where, **kwargs: Any) -> Any:
+            calls[_where] += 1
+            return _original(*args, **kwargs)
+
+        async def async_wrapper(
+            *args: Any, _original: Any = original, _where: str = where, **kwargs: Any
+        ) -> Any:
+            calls[_where] += 1
+            return await _original(*args, **kwargs)
+
+        # python-engineio runs coroutine functions and plain ones differently: each keeps its kind
+        counting = async_wrapper if inspect.iscoroutinefunction(original) else wrapper
+        monkeypatch.setattr(owner, attribute, functools.wraps(original)(counting))
+    return calls
+
+
+async def test_a_client_session_runs_every_override(
+    counted: Counter[str], aiohttp_server: Any, settings: Settings, token: Any
+) -> None:
+    server = await aiohttp_server(create_app(settings))
+    base = str(server.make_url("")).rstrip("/")
+    sio = server.app[SIO]
+    streamer = unique("streamer")
+    async with aiohttp.ClientSession() as http:
+        stream = await Api(http, base).create_stream(token(streamer, "streamer", name="Streamer"))
+    viewer, poller = Client(), Client()
+    try:
+        await viewer.connect(base, token(unique("viewer")))
+        ack = await viewer.call("join_stream", {"stream_id": stream["stream_id"]})
+        assert ack["success"], ack
+        await poller.connect(base, transport="polling")
+        await sio.emit("noop", {}, to=unique("nobody"), namespace=NAMESPACE)  # to the other workers too
+    finally:
+        await viewer.close()
+        await poller.close()
+
+    async def all_ran() -> bool:
+        return all(counted[where] for where in overrides())
+
+    with contextlib.suppress(AssertionError):
+        await eventually(all_ran, what="every override run")
+    assert not [where for where in overrides() if not counted[where]], f"never ran; ran: {dict(counted)}"
