@@ -39,7 +39,7 @@ from hub.money import to_cents
 from hub.settings import Settings
 from hub.storage.db import History
 from hub.storage.keys import NAMESPACE, Keys
-from hub.storage.state import load_script
+from hub.storage.scripts import load_script
 
 log = logging.getLogger(__name__)
 
