@@ -1,5 +1,6 @@
 """Live state in Redis: each state change is one Lua script, so it is one round trip and
-atomic with its outbox record and its broadcast."""
+atomic with its outbox record and its broadcast. Each method names the keys its script touches
+(KEYS) and what else it is told (ARGV), in the order of the script's own header."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from hub.storage.scripts import checked, load_scripts
 
 CHAT_BATCH_MAX = 256
 MODLOG_SIZE = 200
+REAP_MOST_PER_STREAM = 1000
 # The reader of script replies under the name ``chat`` calls it by.
 _result = checked
 
@@ -47,6 +49,15 @@ class Stale(Exception):
         self.cleared = cleared
 
 
+class Joined(NamedTuple):
+    """What ``State.join`` finds: the viewers now, the stream hash and its newest messages
+    (JSON texts, newest first)."""
+
+    viewers: int
+    stream: dict[str, str]
+    recent: list[str]
+
+
 class State:
     def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
         self.redis = client
@@ -71,7 +82,7 @@ class State:
 
     @staticmethod
     def _base(k: Keys) -> list[str]:
-        """What a script needs to name the keys and channel of a shard's streams."""
+        """The shard's prefix, channel prefix and namespace, as moderate.lua takes them first."""
         return [k.prefix, k.room_prefix, NAMESPACE]
 
     # -- streams ------------------------------------------------------------------
@@ -93,17 +104,19 @@ class State:
         if k is not self.keys.of(user):
             raise ValueError("a stream's id is drawn in its streamer's shard (hub.domain.service)")
         expires = int(fields["scheduled_at"]) + s.scheduled_grace * 1000 if fields["scheduled_at"] else 0
-        flat = [x for pair in fields.items() for x in pair]
         await self._run(
             "create",
-            [
+            keys=[
                 k.stream(sid),
+                k.unique(sid),
                 k.streamer_live(user),
                 k.streamer_streams(user),
                 k.streamer_scheduled(user),
                 k.create_rate(user),
+                k.live,
+                k.outbox,
             ],
-            [
+            args=[
                 k.prefix,
                 sid,
                 fields["status"],
@@ -114,7 +127,7 @@ class State:
                 expires,
                 STREAMER_STREAMS_KEPT,
                 s.ended_retention,
-                *flat,
+                *(x for pair in fields.items() for x in pair),
             ],
         )
 
@@ -122,26 +135,48 @@ class State:
         k = self.keys.of(stream_id)
         await self._run(
             "start",
-            [k.stream(stream_id), k.streamer_live(streamer_id), k.streamer_scheduled(streamer_id)],
-            [k.prefix, stream_id],
+            keys=[
+                k.stream(stream_id),
+                k.unique(stream_id),
+                k.streamer_live(streamer_id),
+                k.streamer_scheduled(streamer_id),
+                k.live,
+                k.outbox,
+            ],
+            args=[k.prefix, stream_id],
         )
 
     async def cancel_stream(self, stream_id: str, streamer_id: str) -> None:
         k = self.keys.of(stream_id)
         await self._run(
             "cancel",
-            [k.stream(stream_id), k.streamer_scheduled(streamer_id)],
-            [k.prefix, stream_id, self.settings.ended_retention],
+            keys=[k.stream(stream_id), k.unique(stream_id), k.streamer_scheduled(streamer_id), k.outbox],
+            args=[stream_id, self.settings.ended_retention],
         )
 
     async def end_stream(self, stream_id: str, streamer_id: str) -> int:
+        """End a LIVE stream; returns its duration in seconds."""
         k = self.keys.of(stream_id)
-        reply = await self._run(
+        _, duration = await self._run(
             "end",
-            [k.stream(stream_id), k.streamer_live(streamer_id)],
-            [*self._base(k), stream_id, self.settings.ended_retention],
+            keys=[
+                k.stream(stream_id),
+                k.conns(stream_id),
+                k.viewers(stream_id),
+                k.unique(stream_id),
+                k.recent(stream_id),
+                k.moderators(stream_id),
+                k.sanctions(stream_id),
+                k.deleted(stream_id),
+                k.modlog(stream_id),
+                k.streamer_live(streamer_id),
+                k.live,
+                k.outbox,
+                k.room(stream_id),
+            ],
+            args=[k.prefix, stream_id, self.settings.ended_retention],
         )
-        return int(reply[1])
+        return int(duration)
 
     async def stream(self, stream_id: str) -> tuple[dict[str, str], int, int] | None:
         """The stream hash, its viewer count and its unique viewers, or None."""
@@ -237,8 +272,8 @@ class State:
         s, at = self.settings, self.keys.of(address)
         await self._run(
             "admit",
-            [at.conn_rate(address), at.address_conns(address)],
-            [s.conn_rate, s.conn_period * 1000, eio_sid, self._ttl_ms, "1", s.address_max_conns],
+            keys=[at.conn_rate(address), at.address_conns(address)],
+            args=[s.conn_rate, s.conn_period * 1000, eio_sid, self._ttl_ms, "1", s.address_max_conns],
         )
 
     async def admit_user(self, user_id: str, sid: str) -> None:
@@ -246,8 +281,8 @@ class State:
         s, k = self.settings, self.keys.of(user_id)
         await self._run(
             "admit",
-            [k.user_conns(user_id)],
-            [s.conn_rate, s.conn_period * 1000, sid, self._ttl_ms, "0", s.user_max_conns],
+            keys=[k.user_conns(user_id)],
+            args=[s.conn_rate, s.conn_period * 1000, sid, self._ttl_ms, "0", s.user_max_conns],
         )
 
     def address_holder(self, address: str) -> str:
@@ -269,7 +304,11 @@ class State:
             shards.setdefault(key[key.find("{") : key.find("}") + 1], []).append((key, sid))
         await asyncio.gather(
             *(
-                self._run("touch", [group[0][0]], [self._ttl_ms, *(x for pair in group for x in pair)])
+                self._run(
+                    "touch",
+                    keys=[key for key, _ in group],
+                    args=[self._ttl_ms, *(sid for _, sid in group)],
+                )
                 for group in shards.values()
             )
         )
@@ -283,26 +322,31 @@ class State:
         viewer: str,
         wanted: int,
         after: str | None = None,
-    ) -> tuple[int, dict[str, str], list[str]]:
+    ) -> Joined:
         """Start watching; returns the viewer count, the stream hash and the newest ``wanted``
         messages of the recent set (with ``after``, of those with a higher id), newest first."""
         k, s = self.keys.of(stream_id), self.settings
         here = self._here(viewer, stream_id)
         if not here:
             await self._limit(self.keys.of(viewer).join_rate(viewer), s.join_rate, s.join_period * 1000)
-        # KEYS[4] names the rate key in the stream's shard even when the rate was counted
-        # elsewhere (then unused): a cluster routes a call by its keys, all of one slot.
-        reply = await self._run(
+        # The join rate's key is in the stream's shard even when the rate was counted elsewhere
+        # (then unused): a cluster routes a call by its keys, all of one slot.
+        _, viewers, flat, recent = await self._run(
             "join",
-            [
+            keys=[
                 k.stream(stream_id),
                 k.conns(stream_id),
+                k.viewers(stream_id),
+                k.unique(stream_id),
                 k.recent(stream_id),
                 k.join_rate(viewer),
                 k.sanctions(stream_id),
+                k.live,
+                k.outbox,
+                k.room(stream_id),
             ],
-            [
-                *self._base(k),
+            args=[
+                k.prefix,
                 stream_id,
                 member,
                 self._ttl_ms,
@@ -315,30 +359,52 @@ class State:
                 after or "",
             ],
         )
-        flat = reply[2]
-        return int(reply[1]), dict(zip(flat[::2], flat[1::2], strict=True)), reply[3]
+        return Joined(int(viewers), dict(zip(flat[::2], flat[1::2], strict=True)), recent)
 
     async def leave(self, stream_id: str, member: str) -> None:
         k = self.keys.of(stream_id)
-        await self._run("leave", [k.conns(stream_id)], [*self._base(k), stream_id, member])
+        await self._run(
+            "leave",
+            keys=[
+                k.stream(stream_id),
+                k.conns(stream_id),
+                k.viewers(stream_id),
+                k.live,
+                k.outbox,
+                k.room(stream_id),
+            ],
+            args=[k.prefix, stream_id, member],
+        )
 
     async def refresh(self, stream_id: str, members: list[tuple[str, str, str]]) -> int:
-        """Extend these connections' expiry; returns how many had to be re-asserted."""
+        """Extend these connections' expiry, as (member, socket id, username); returns how many
+        had to be re-asserted."""
         k = self.keys.of(stream_id)
-        flat = [x for triple in members for x in triple]
-        reply = await self._run(
+        _, reasserted = await self._run(
             "refresh",
-            [k.stream(stream_id), k.conns(stream_id), k.sanctions(stream_id)],
-            [*self._base(k), stream_id, self._ttl_ms, *flat],
+            keys=[
+                k.stream(stream_id),
+                k.conns(stream_id),
+                k.viewers(stream_id),
+                k.unique(stream_id),
+                k.sanctions(stream_id),
+                k.live,
+                k.outbox,
+                k.room(stream_id),
+            ],
+            args=[k.prefix, stream_id, self._ttl_ms, *(x for triple in members for x in triple)],
         )
-        return int(reply[1])
+        return int(reasserted)
 
     async def reap(self) -> int:
         """Sweep every shard's live streams; returns how many connections were swept."""
         replies = await asyncio.gather(
-            *(self._run("reap", [k.live], [*self._base(k), 1000]) for k in self.keys.all)
+            *(
+                self._run("reap", keys=[k.live, k.outbox], args=[k.prefix, REAP_MOST_PER_STREAM])
+                for k in self.keys.all
+            )
         )
-        return sum(int(reply[1]) for reply in replies)
+        return sum(int(swept) for _, swept in replies)
 
     @property
     def _ttl_ms(self) -> int:
