@@ -29,8 +29,11 @@ from hub.domain.service import Hub
 from hub.settings import Settings
 from hub.storage.connections import StartupError, connect_mysql, connect_redis, redacted
 from hub.storage.db import History
+from hub.storage.heartbeats import heartbeat
 from hub.storage.keys import NAMESPACE, Keys
-from hub.storage.state import State, heartbeat, outbox_lag, persistence_warning
+from hub.storage.outbox import outbox_lag
+from hub.storage.persistence import persistence_warning
+from hub.storage.state import State
 from hub.transport import console, rest
 from hub.transport.namespace import StreamingNamespace
 from hub.transport.roombus import HubRedisManager

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from importlib import resources
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from hub.storage.connections import SyncRedis
 from hub.storage.keys import Keys
+from hub.storage.scripts import source
 
-REPLAY_LUA = (resources.files("hub.storage") / "lua" / "replay.lua").read_text()
+REPLAY_LUA = source("replay")
 PAGE = 500
 PREVIEW = 72
 _ENTRY_ID = re.compile(r"\d+-\d+")
@@ -42,10 +42,13 @@ def targets(names: list[str], shards: int) -> list[Target]:
     return found
 
 
-def _pages(client: SyncRedis, key: str, last: str = "+") -> Iterator[list[tuple[str, dict[str, str]]]]:
+Page = list[tuple[str, dict[str, str]]]  # stream entries, as a client decoding replies reads them
+
+
+def _pages(client: SyncRedis, key: str, last: str = "+") -> Iterator[Page]:
     start = "-"
     while True:
-        page = client.xrange(key, start, last, count=PAGE)
+        page = cast(Page, client.xrange(key, start, last, count=PAGE))
         if not page:
             return
         yield page
@@ -109,7 +112,7 @@ def replay_all(client: SyncRedis, keys: Keys) -> list[tuple[int | None, str, str
     script = client.register_script(REPLAY_LUA)
     done: list[tuple[int | None, str, str | None]] = []
     for shard, k in enumerate(keys.all):
-        newest = client.xrevrange(k.outbox_dead, count=1)
+        newest = cast(Page, client.xrevrange(k.outbox_dead, count=1))
         if not newest:
             continue
         for page in _pages(client, k.outbox_dead, newest[0][0]):

@@ -9,14 +9,14 @@ hub runs and shows what ``redis-cli`` would.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
 from hub.domain.records import stats_from_hash, stream_from_hash
 from hub.storage.connections import SyncRedis
 from hub.storage.keys import OUTBOX_GROUP, Keys
-from hub.storage.state import outbox_figures
+from hub.storage.outbox import outbox_figures
 
 
 def overview(client: SyncRedis, keys: Keys, limit: int = 50) -> dict[str, Any]:
@@ -81,7 +81,7 @@ def stream(client: SyncRedis, base: Keys, stream_id: str, chat: int = 10) -> dic
 
 def workers(client: SyncRedis, keys: Keys, now: int) -> list[dict[str, Any]]:
     """The web workers whose heartbeat has not expired, newest beat first."""
-    ids = client.zrevrange(keys.workers, 0, -1)
+    ids = cast(list[str], client.zrevrange(keys.workers, 0, -1))
     with client.pipeline(transaction=False) as pipe:
         for worker_id in ids:
             pipe.hgetall(keys.worker(worker_id))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from hub.storage.state import Batcher
+from hub.storage.batcher import Batcher
 from tests.conftest import unique
 
 

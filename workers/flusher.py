@@ -33,7 +33,6 @@ import signal
 import socket
 import sys
 import time
-from importlib import resources
 from typing import Any
 
 import orjson
@@ -46,7 +45,9 @@ from hub import metrics
 from hub.settings import Settings
 from hub.storage.connections import StartupError, connect_mysql, connect_redis, run, settings_or_exit
 from hub.storage.keys import OUTBOX_GROUP, Keys
-from hub.storage.state import outbox_lag, persistence_warning
+from hub.storage.outbox import outbox_lag
+from hub.storage.persistence import persistence_warning
+from hub.storage.scripts import source
 from workers.failures import FailureLog, kind_of
 from workers.store import BadRecord, Batch, Store
 
@@ -57,7 +58,7 @@ IDLE_POLL = 0.02
 IDLE_POLL_MAX = 0.25
 Prepared = tuple[list[Entry], list[Entry], Batch, list[Entry]]  # read, records, batch, bad
 BACKOFF_MAX = 5.0
-FORGET_CONSUMERS_LUA = (resources.files("hub.storage") / "lua" / "forget_consumers.lua").read_text()
+FORGET_CONSUMERS_LUA = source("forget_consumers")
 # A consumer idle this many claim intervals with nothing pending belongs to a flusher gone.
 CONSUMER_IDLE_CLAIMS = 10
 FORGET_EVERY = 60.0

@@ -32,14 +32,15 @@ import pymysql
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from hub import frames
 from hub.codec import dumps, uuid7
 from hub.domain.presence import Presence
 from hub.domain.service import room_event, room_message
 from hub.money import to_cents
 from hub.settings import Settings
 from hub.storage.db import History
-from hub.storage.keys import NAMESPACE, Keys
-from hub.storage.state import load_script
+from hub.storage.keys import Keys
+from hub.storage.scripts import load_script
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,15 @@ class Life(NamedTuple):
         return cls(text.removesuffix(HEALED), text.endswith(HEALED))
 
 
+class Healed(NamedTuple):
+    """What heal.lua did to one stream: whether it wrote the hash (else another worker had, or
+    there was nothing to restore), and the stream's status and duration (seconds) after it."""
+
+    healed: bool
+    status: str
+    duration: int
+
+
 class Figures(NamedTuple):
     """A stream's final figures, from MySQL's rows of it (money in cents)."""
 
@@ -99,7 +109,7 @@ class Figures(NamedTuple):
 def ended_messages(stream_id: str, duration: int) -> list[bytes]:
     """What end.lua publishes on a stream's channel: the event, then the order to empty the room."""
     data = dumps({"stream_id": stream_id, "duration": duration})
-    return [room_message(room_event("stream_ended", data)), b"!close"]
+    return [room_message(room_event("stream_ended", data)), frames.CLOSE]
 
 
 class Recovery:
@@ -282,30 +292,46 @@ class Recovery:
             viewers = final.viewers if final is not None else ()
             # A scheduled stream expires unstarted at its time plus the grace, as create.lua sets.
             expires = int(fields["scheduled_at"] or 0) + self.settings.scheduled_grace * 1000
-            reply = await self._heal(
-                keys=[k.stream(sid), k.unique(sid), k.outbox, k.streamer_scheduled(row["streamer_id"])],
-                args=[
-                    k.prefix,
-                    k.room_prefix,
-                    NAMESPACE,
-                    sid,
-                    self.settings.ended_retention,
-                    status,
-                    expires,
-                    len(viewers),
-                    *viewers,
-                    *(x for pair in fields.items() for x in pair),
-                ],
-            )
-            _, healed, status, duration = reply
-            if int(healed) and status == "ENDED":
+            done = await self._heal_stream(k, row, status, expires, viewers, fields)
+            if done.healed and done.status == "ENDED":
                 log.warning(
                     "stream ended: its live state was lost with Redis's data",
                     extra={"stream_id": sid, "user_id": row["streamer_id"]},
                 )
-            if status == "ENDED":
-                ended[sid] = int(duration or 0)
+            if done.status == "ENDED":
+                ended[sid] = done.duration
         return ended
+
+    async def _heal_stream(
+        self,
+        k: Keys,
+        row: dict[str, Any],
+        status: str,
+        expires: int,
+        viewers: tuple[str, ...],
+        fields: dict[str, str],
+    ) -> Healed:
+        """One stream's heal.lua call (its keys and arguments in the script's order)."""
+        sid = row["stream_id"]
+        _, healed, now_status, duration = await self._heal(
+            keys=[
+                k.stream(sid),
+                k.unique(sid),
+                k.outbox,
+                k.streamer_scheduled(row["streamer_id"]),
+                k.room(sid),
+            ],
+            args=[
+                sid,
+                self.settings.ended_retention,
+                status,
+                expires,
+                len(viewers),
+                *viewers,
+                *(x for pair in fields.items() for x in pair),
+            ],
+        )
+        return Healed(bool(int(healed)), str(now_status or ""), int(duration or 0))
 
     async def _figures(self, ids: list[str]) -> dict[str, Figures]:
         """The final figures of these streams, from MySQL's rows: messages (deleted ones too,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import binascii
 import functools
+import re
 import zlib
 from dataclasses import dataclass
 from functools import cached_property
@@ -17,6 +18,11 @@ if TYPE_CHECKING:
 
 NAMESPACE = "/streaming"
 STREAMER_STREAMS_KEPT = 100
+# The keys a Lua script names itself, from an id it learns inside (the sweep walks the live
+# set; a stream's category is in its hash): ``Keys.lua_prelude`` writes their builders.
+LUA_BUILT = ("stream", "conns", "viewers", "unique", "room", "live", "outbox", "live_category")
+# Stand-ins for the prefix and the id, to read a builder's template off its Python method.
+_PREFIX_MARK, _ID_MARK = "\x00prefix\x00", "\x00id\x00"
 OUTBOX_GROUP = "flushers"
 SLOTS = 16384
 
@@ -72,6 +78,12 @@ class Keys:
     def of(self, name: str) -> Keys:
         """The keys of the shard of a stream, user or address."""
         return self.all[self.shard_of(name)]
+
+    @staticmethod
+    def lua_prelude() -> str:
+        """Lua builders of the ``LUA_BUILT`` keys, ``key_NAME(prefix[, id])``, written from the
+        methods below (called with stand-ins), so that each name's template is written once."""
+        return "".join(_lua_builder(name) for name in LUA_BUILT)
 
     # -- global ---------------------------------------------------------------
     @property
@@ -241,3 +253,21 @@ class Keys:
         """String: the ack of the first tip sent with this ``client_tip_id``. The user id is
         length-prefixed, so no user id and tip id can make another pair's key."""
         return f"{self.prefix}tipid:{len(user_id)}:{user_id}:{client_tip_id}"
+
+
+def _lua_builder(name: str) -> str:
+    """``local function key_NAME(prefix, id) return prefix .. 'literal' .. id end`` for the
+    method or property ``Keys.NAME``."""
+    keys = Keys(_PREFIX_MARK)
+    takes_id = not isinstance(getattr(Keys, name), property)
+    template = getattr(keys, name)(_ID_MARK) if takes_id else getattr(keys, name)
+    terms = {_PREFIX_MARK: "prefix", _ID_MARK: "id"}
+    parts = re.split(f"({re.escape(_PREFIX_MARK)}|{re.escape(_ID_MARK)})", template)
+    lua = " .. ".join(terms.get(part) or _lua_string(part) for part in parts if part)
+    return f"local function key_{name}({'prefix, id' if takes_id else 'prefix'}) return {lua} end\n"
+
+
+def _lua_string(text: str) -> str:
+    """A Lua string literal of ``text``, every byte but plain ASCII written as a decimal escape."""
+    plain = {*"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:_-.{}|/ "}
+    return "'" + "".join(chr(b) if chr(b) in plain else f"\\{b:03d}" for b in text.encode()) + "'"

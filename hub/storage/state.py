@@ -1,119 +1,28 @@
 """Live state in Redis: each state change is one Lua script, so it is one round trip and
-atomic with its outbox record and its broadcast."""
+atomic with its outbox record and its broadcast. Each method names the keys its script touches
+(KEYS) and what else it is told (ARGV), in the order of the script's own header."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from importlib import resources
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
 
 from hub import metrics
 from hub.codec import uuid7
 from hub.errors import HubError
 from hub.settings import Settings
-from hub.storage.keys import NAMESPACE, OUTBOX_GROUP, STREAMER_STREAMS_KEPT, Keys
+from hub.storage.batcher import Batcher
+from hub.storage.keys import NAMESPACE, STREAMER_STREAMS_KEPT, Keys
+from hub.storage.scripts import checked, load_scripts
 
-SCRIPTS = (
-    "admit",
-    "touch",
-    "join",
-    "leave",
-    "refresh",
-    "reap",
-    "chat_batch",
-    "chat_rate",
-    "limit",
-    "tip",
-    "create",
-    "start",
-    "cancel",
-    "end",
-    "moderate",
-)
 CHAT_BATCH_MAX = 256
 MODLOG_SIZE = 200
-
-
-def load_script(client: aioredis.Redis, settings: Settings, name: str) -> AsyncScript:
-    """The script ``hub/storage/lua/NAME.lua`` with common.lua and the settings it reads before it."""
-    folder = resources.files("hub.storage") / "lua"
-    # On a cluster, room events go out on sharded pub/sub: to the subscribers of the node that
-    # holds the stream's slot, not to every node.
-    publish = "SPUBLISH" if settings.redis_cluster is not None else "PUBLISH"
-    common = (
-        f"local COALESCE_ABOVE = {settings.viewer_events_coalesce_above}\n"
-        f"local COALESCE_MS = {int(settings.viewer_events_interval * 1000)}\n"
-        f"local PUBLISH = '{publish}'\n" + (folder / "common.lua").read_text()
-    )
-    return client.register_script(common + "\n" + (folder / f"{name}.lua").read_text())
-
-
-def _load_scripts(client: aioredis.Redis, settings: Settings) -> dict[str, AsyncScript]:
-    return {name: load_script(client, settings, name) for name in SCRIPTS}
-
-
-def _result(reply: list[Any]) -> list[Any]:
-    """A script's reply, or the HubError it stands for."""
-    status = reply[0]
-    if status == "err":
-        retry_ms = int(reply[2]) if len(reply) > 2 and reply[2] is not None else None
-        message = str(reply[3]) if len(reply) > 3 else None
-        raise HubError(str(reply[1]), message, retry_after=None if retry_ms is None else retry_ms / 1000)
-    return reply
-
-
-class Batcher:
-    """Calls made during one event-loop tick, sent together in one call at the end of it.
-
-    ``run`` takes the items and returns one reply per item; a failure of the call is every
-    caller's failure. No call waits for a timer: the batch goes as soon as the loop is done
-    with what was ready, so a lone message costs what it did alone."""
-
-    def __init__(self, run: Callable[[list[Any]], Awaitable[list[Any]]], most: int) -> None:
-        self._run = run
-        self._most = most
-        self._pending: list[tuple[Any, asyncio.Future[Any]]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.calls = 0
-
-    async def submit(self, item: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._pending.append((item, future))
-        if len(self._pending) == 1:
-            loop.call_soon(self._flush)
-        elif len(self._pending) >= self._most:
-            self._flush()
-        return await future
-
-    def _flush(self) -> None:
-        if not self._pending:
-            return
-        batch, self._pending = self._pending, []
-        task = asyncio.ensure_future(self._send(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _send(self, batch: list[tuple[Any, asyncio.Future[Any]]]) -> None:
-        self.calls += 1
-        try:
-            replies = await self._run([item for item, _ in batch])
-        except BaseException as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            return
-        for (_, future), reply in zip(batch, replies, strict=True):
-            if not future.done():
-                future.set_result(reply)
+REAP_MOST_PER_STREAM = 1000
+# The reader of script replies under the name ``chat`` calls it by.
+_result = checked
 
 
 def _message_prefix(message_id: str) -> bytes:
@@ -140,62 +49,13 @@ class Stale(Exception):
         self.cleared = cleared
 
 
-async def outbox_lag(client: aioredis.Redis, keys: Keys) -> dict[str, Any]:
-    """Outbox entries not yet written (read or not), pending ones, and the oldest one's age,
-    over every shard's outbox."""
-    async with client.pipeline(transaction=False) as pipe:
-        for shard in keys.all:
-            pipe.xlen(shard.outbox)
-            pipe.xrange(shard.outbox, count=1)
-            pipe.xpending(shard.outbox, OUTBOX_GROUP)
-        replies = await pipe.execute(raise_on_error=False)
-    now = await client.time()  # not in the pipeline: a cluster's pipelines take keyed commands only
-    return outbox_figures(replies, now[0] * 1000 + now[1] // 1000)
+class Joined(NamedTuple):
+    """What ``State.join`` finds: the viewers now, the stream hash and its newest messages
+    (JSON texts, newest first)."""
 
-
-def outbox_figures(replies: list[Any], now_ms: int) -> dict[str, Any]:
-    """The replies of XLEN, XRANGE … COUNT 1 and XPENDING of each shard's outbox, in turn (an
-    XPENDING may be an error: no group yet), as the outbox's lag."""
-    entries = pending = 0
-    oldest_ms: int | None = None
-    for length, first, waiting in zip(replies[::3], replies[1::3], replies[2::3], strict=True):
-        entries += int(length)
-        if first and not isinstance(first, Exception):
-            first_ms = int(first[0][0].split("-")[0])
-            oldest_ms = first_ms if oldest_ms is None else min(oldest_ms, first_ms)
-        if not isinstance(waiting, Exception):
-            pending += int(waiting["pending"])
-    age = 0.0 if oldest_ms is None else max(0.0, (now_ms - oldest_ms) / 1000)
-    return {"entries": entries, "pending": pending, "oldest_age_seconds": round(age, 3)}
-
-
-async def heartbeat(
-    client: aioredis.Redis, keys: Keys, worker_id: str, fields: dict[str, Any], ttl_ms: int
-) -> None:
-    """One web worker's heartbeat (``python -m hub inspect`` reads them): its hash, expiring
-    after ``ttl_ms`` unless beaten again, and its place in the workers' sorted set (entries of
-    workers gone for a day are dropped)."""
-    now = int(fields["updated_ms"])
-    async with client.pipeline(transaction=False) as pipe:
-        pipe.hset(keys.worker(worker_id), mapping=fields)
-        pipe.pexpire(keys.worker(worker_id), ttl_ms)
-        pipe.zadd(keys.workers, {worker_id: now})
-        pipe.zremrangebyscore(keys.workers, 0, now - 24 * 3600 * 1000)
-        await pipe.execute()
-
-
-async def persistence_warning(client: aioredis.Redis) -> str | None:
-    """A warning when Redis would lose accepted, unflushed tips and messages in a crash."""
-    try:
-        config = await client.config_get("appendonly")
-    except RedisError:
-        return "cannot read Redis's persistence settings (CONFIG GET refused); make sure appendonly is on"
-    if config.get("appendonly") != "yes":
-        return (
-            "Redis runs without append-only persistence: accepted tips and messages not yet "
-            "flushed to MySQL are lost if Redis crashes (set appendonly yes, appendfsync everysec)"
-        )
-    return None
+    viewers: int
+    stream: dict[str, str]
+    recent: list[str]
 
 
 class State:
@@ -204,7 +64,7 @@ class State:
         self.settings = settings
         # On a cluster a script may touch only the keys of one slot: one shard per call.
         self.keys = Keys.of_settings(settings)
-        self._scripts = _load_scripts(client, settings)
+        self._scripts = load_scripts(client, settings)
         self._chat = Batcher(self._chat_batch, CHAT_BATCH_MAX)
         self._timers = {name: metrics.REDIS_SECONDS.labels(name).observe for name in self._scripts}
 
@@ -217,11 +77,12 @@ class State:
             self._timers[name](time.perf_counter() - start)
 
     async def _run(self, name: str, keys: list[str], args: list[Any]) -> list[Any]:
-        return _result(await self._call(name, keys, args))
+        """One script call whose refusal is raised (``HubError``)."""
+        return checked(await self._call(name, keys, args))
 
     @staticmethod
     def _base(k: Keys) -> list[str]:
-        """What a script needs to name the keys and channel of a shard's streams."""
+        """The shard's prefix, channel prefix and namespace, as moderate.lua takes them first."""
         return [k.prefix, k.room_prefix, NAMESPACE]
 
     # -- streams ------------------------------------------------------------------
@@ -243,17 +104,19 @@ class State:
         if k is not self.keys.of(user):
             raise ValueError("a stream's id is drawn in its streamer's shard (hub.domain.service)")
         expires = int(fields["scheduled_at"]) + s.scheduled_grace * 1000 if fields["scheduled_at"] else 0
-        flat = [x for pair in fields.items() for x in pair]
         await self._run(
             "create",
-            [
+            keys=[
                 k.stream(sid),
+                k.unique(sid),
                 k.streamer_live(user),
                 k.streamer_streams(user),
                 k.streamer_scheduled(user),
                 k.create_rate(user),
+                k.live,
+                k.outbox,
             ],
-            [
+            args=[
                 k.prefix,
                 sid,
                 fields["status"],
@@ -264,7 +127,7 @@ class State:
                 expires,
                 STREAMER_STREAMS_KEPT,
                 s.ended_retention,
-                *flat,
+                *(x for pair in fields.items() for x in pair),
             ],
         )
 
@@ -272,26 +135,48 @@ class State:
         k = self.keys.of(stream_id)
         await self._run(
             "start",
-            [k.stream(stream_id), k.streamer_live(streamer_id), k.streamer_scheduled(streamer_id)],
-            [k.prefix, stream_id],
+            keys=[
+                k.stream(stream_id),
+                k.unique(stream_id),
+                k.streamer_live(streamer_id),
+                k.streamer_scheduled(streamer_id),
+                k.live,
+                k.outbox,
+            ],
+            args=[k.prefix, stream_id],
         )
 
     async def cancel_stream(self, stream_id: str, streamer_id: str) -> None:
         k = self.keys.of(stream_id)
         await self._run(
             "cancel",
-            [k.stream(stream_id), k.streamer_scheduled(streamer_id)],
-            [k.prefix, stream_id, self.settings.ended_retention],
+            keys=[k.stream(stream_id), k.unique(stream_id), k.streamer_scheduled(streamer_id), k.outbox],
+            args=[stream_id, self.settings.ended_retention],
         )
 
     async def end_stream(self, stream_id: str, streamer_id: str) -> int:
+        """End a LIVE stream; returns its duration in seconds."""
         k = self.keys.of(stream_id)
-        reply = await self._run(
+        _, duration = await self._run(
             "end",
-            [k.stream(stream_id), k.streamer_live(streamer_id)],
-            [*self._base(k), stream_id, self.settings.ended_retention],
+            keys=[
+                k.stream(stream_id),
+                k.conns(stream_id),
+                k.viewers(stream_id),
+                k.unique(stream_id),
+                k.recent(stream_id),
+                k.moderators(stream_id),
+                k.sanctions(stream_id),
+                k.deleted(stream_id),
+                k.modlog(stream_id),
+                k.streamer_live(streamer_id),
+                k.live,
+                k.outbox,
+                k.room(stream_id),
+            ],
+            args=[k.prefix, stream_id, self.settings.ended_retention],
         )
-        return int(reply[1])
+        return int(duration)
 
     async def stream(self, stream_id: str) -> tuple[dict[str, str], int, int] | None:
         """The stream hash, its viewer count and its unique viewers, or None."""
@@ -325,7 +210,7 @@ class State:
             return k.live_category(category) if category else k.live
 
         if len(self.keys.all) == 1:
-            return list(await self.redis.zrevrange(key(self.keys), offset, offset + limit - 1))
+            return cast(list[str], await self.redis.zrevrange(key(self.keys), offset, offset + limit - 1))
         async with self.redis.pipeline(transaction=False) as pipe:
             for shard in self.keys.all:
                 pipe.zrevrange(key(shard), 0, offset + limit - 1, withscores=True)
@@ -369,7 +254,7 @@ class State:
 
     async def moderation_log(self, stream_id: str) -> list[str]:
         """The newest moderation actions (JSON texts), newest first."""
-        return list(await self.redis.lrange(self.keys.of(stream_id).modlog(stream_id), 0, -1))
+        return cast(list[str], await self.redis.lrange(self.keys.of(stream_id).modlog(stream_id), 0, -1))
 
     async def standing(self, stream_id: str, user_id: str) -> tuple[str | None, bool]:
         """The stream's streamer (None: no live state) and whether the user is a moderator."""
@@ -387,8 +272,8 @@ class State:
         s, at = self.settings, self.keys.of(address)
         await self._run(
             "admit",
-            [at.conn_rate(address), at.address_conns(address)],
-            [s.conn_rate, s.conn_period * 1000, eio_sid, self._ttl_ms, "1", s.address_max_conns],
+            keys=[at.conn_rate(address), at.address_conns(address)],
+            args=[s.conn_rate, s.conn_period * 1000, eio_sid, self._ttl_ms, "1", s.address_max_conns],
         )
 
     async def admit_user(self, user_id: str, sid: str) -> None:
@@ -396,8 +281,8 @@ class State:
         s, k = self.settings, self.keys.of(user_id)
         await self._run(
             "admit",
-            [k.user_conns(user_id)],
-            [s.conn_rate, s.conn_period * 1000, sid, self._ttl_ms, "0", s.user_max_conns],
+            keys=[k.user_conns(user_id)],
+            args=[s.conn_rate, s.conn_period * 1000, sid, self._ttl_ms, "0", s.user_max_conns],
         )
 
     def address_holder(self, address: str) -> str:
@@ -419,7 +304,11 @@ class State:
             shards.setdefault(key[key.find("{") : key.find("}") + 1], []).append((key, sid))
         await asyncio.gather(
             *(
-                self._run("touch", [group[0][0]], [self._ttl_ms, *(x for pair in group for x in pair)])
+                self._run(
+                    "touch",
+                    keys=[key for key, _ in group],
+                    args=[self._ttl_ms, *(sid for _, sid in group)],
+                )
                 for group in shards.values()
             )
         )
@@ -433,26 +322,31 @@ class State:
         viewer: str,
         wanted: int,
         after: str | None = None,
-    ) -> tuple[int, dict[str, str], list[str]]:
+    ) -> Joined:
         """Start watching; returns the viewer count, the stream hash and the newest ``wanted``
         messages of the recent set (with ``after``, of those with a higher id), newest first."""
         k, s = self.keys.of(stream_id), self.settings
         here = self._here(viewer, stream_id)
         if not here:
             await self._limit(self.keys.of(viewer).join_rate(viewer), s.join_rate, s.join_period * 1000)
-        # KEYS[4] names the rate key in the stream's shard even when the rate was counted
-        # elsewhere (then unused): a cluster routes a call by its keys, all of one slot.
-        reply = await self._run(
+        # The join rate's key is in the stream's shard even when the rate was counted elsewhere
+        # (then unused): a cluster routes a call by its keys, all of one slot.
+        _, viewers, flat, recent = await self._run(
             "join",
-            [
+            keys=[
                 k.stream(stream_id),
                 k.conns(stream_id),
+                k.viewers(stream_id),
+                k.unique(stream_id),
                 k.recent(stream_id),
                 k.join_rate(viewer),
                 k.sanctions(stream_id),
+                k.live,
+                k.outbox,
+                k.room(stream_id),
             ],
-            [
-                *self._base(k),
+            args=[
+                k.prefix,
                 stream_id,
                 member,
                 self._ttl_ms,
@@ -465,30 +359,52 @@ class State:
                 after or "",
             ],
         )
-        flat = reply[2]
-        return int(reply[1]), dict(zip(flat[::2], flat[1::2], strict=True)), reply[3]
+        return Joined(int(viewers), dict(zip(flat[::2], flat[1::2], strict=True)), recent)
 
     async def leave(self, stream_id: str, member: str) -> None:
         k = self.keys.of(stream_id)
-        await self._run("leave", [k.conns(stream_id)], [*self._base(k), stream_id, member])
+        await self._run(
+            "leave",
+            keys=[
+                k.stream(stream_id),
+                k.conns(stream_id),
+                k.viewers(stream_id),
+                k.live,
+                k.outbox,
+                k.room(stream_id),
+            ],
+            args=[k.prefix, stream_id, member],
+        )
 
     async def refresh(self, stream_id: str, members: list[tuple[str, str, str]]) -> int:
-        """Extend these connections' expiry; returns how many had to be re-asserted."""
+        """Extend these connections' expiry, as (member, socket id, username); returns how many
+        had to be re-asserted."""
         k = self.keys.of(stream_id)
-        flat = [x for triple in members for x in triple]
-        reply = await self._run(
+        _, reasserted = await self._run(
             "refresh",
-            [k.stream(stream_id), k.conns(stream_id), k.sanctions(stream_id)],
-            [*self._base(k), stream_id, self._ttl_ms, *flat],
+            keys=[
+                k.stream(stream_id),
+                k.conns(stream_id),
+                k.viewers(stream_id),
+                k.unique(stream_id),
+                k.sanctions(stream_id),
+                k.live,
+                k.outbox,
+                k.room(stream_id),
+            ],
+            args=[k.prefix, stream_id, self._ttl_ms, *(x for triple in members for x in triple)],
         )
-        return int(reply[1])
+        return int(reasserted)
 
     async def reap(self) -> int:
         """Sweep every shard's live streams; returns how many connections were swept."""
         replies = await asyncio.gather(
-            *(self._run("reap", [k.live], [*self._base(k), 1000]) for k in self.keys.all)
+            *(
+                self._run("reap", keys=[k.live, k.outbox], args=[k.prefix, REAP_MOST_PER_STREAM])
+                for k in self.keys.all
+            )
         )
-        return sum(int(reply[1]) for reply in replies)
+        return sum(int(swept) for _, swept in replies)
 
     @property
     def _ttl_ms(self) -> int:

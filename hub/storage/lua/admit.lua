@@ -3,21 +3,22 @@
 -- KEYS: the address's rate key (when checked), then the sets that count the connection
 -- ARGV: rate limit, rate period ms, socket id, ttl ms, check the rate ('1'/'0'), then the most
 --       open connections each set allows, one per set
+local rate_limit, period_ms, sid, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local check_rate = ARGV[5] == '1'
+local most = slice(ARGV, 6)
+local rate_key = check_rate and KEYS[1] or nil
+local holder_keys = slice(KEYS, check_rate and 2 or 1)
 local now = now_ms()
-local sid, ttl, first = ARGV[3], tonumber(ARGV[4]), 1
-if ARGV[5] == '1' then
-  local bad = rate_check(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), now)
+if check_rate then
+  local bad = rate_check(rate_key, rate_limit, period_ms, now)
   if bad then return bad end
-  first = 2
 end
-local holders = {}
-for i = first, #KEYS do holders[#holders + 1] = {KEYS[i], tonumber(ARGV[5 + i - first + 1])} end
-for _, holder in ipairs(holders) do
-  redis.call('ZREMRANGEBYSCORE', holder[1], '-inf', now)
-  if redis.call('ZCARD', holder[1]) >= holder[2] then return {'err', 'rate_limited', ttl} end
+for i, holder in ipairs(holder_keys) do
+  redis.call('ZREMRANGEBYSCORE', holder, '-inf', now)
+  if redis.call('ZCARD', holder) >= tonumber(most[i]) then return fail('rate_limited', ttl) end
 end
-for _, holder in ipairs(holders) do
-  redis.call('ZADD', holder[1], now + ttl, sid)
-  redis.call('PEXPIRE', holder[1], ttl)
+for _, holder in ipairs(holder_keys) do
+  redis.call('ZADD', holder, now + ttl, sid)
+  redis.call('PEXPIRE', holder, ttl)
 end
 return {'ok'}

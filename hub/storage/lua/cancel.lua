@@ -1,15 +1,16 @@
 -- SCHEDULED -> ENDED without going live (the streamer cancels it): final record to the outbox,
 -- live state left to expire.
--- KEYS: stream hash, streamer scheduled
--- ARGV: prefix, stream_id, retention s
-local prefix, stream_id = ARGV[1], ARGV[2]
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {'err', 'not_found'} end
-if status ~= 'SCHEDULED' then return {'err', 'conflict', false, 'Only a scheduled stream can be cancelled.'} end
+-- KEYS: stream hash, unique set, streamer scheduled, outbox
+-- ARGV: stream_id, retention s
+local hash_key, unique_key, scheduled_key, outbox_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local stream_id, retention = ARGV[1], tonumber(ARGV[2])
+local status = redis.call('HGET', hash_key, 'status')
+if not status then return fail('not_found') end
+if status ~= 'SCHEDULED' then return fail('conflict', nil, 'Only a scheduled stream can be cancelled.') end
 local now = now_ms()
-redis.call('HSET', KEYS[1], 'status', 'ENDED', 'ended_at', now, 'duration_seconds', 0)
-bump(KEYS[1], now)
-redis.call('ZREM', KEYS[2], stream_id)
-outbox(prefix .. 'outbox', 'stream', stream_record(prefix, stream_id))
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+redis.call('HSET', hash_key, 'status', 'ENDED', 'ended_at', now, 'duration_seconds', 0)
+bump(hash_key, now)
+redis.call('ZREM', scheduled_key, stream_id)
+outbox(outbox_key, 'stream', stream_record(hash_key, unique_key))
+redis.call('EXPIRE', hash_key, retention)
 return {'ok'}

@@ -1,5 +1,15 @@
--- Shared by every script (prepended when the scripts are loaded).
--- Conventions: a script returns {'ok', ...} or {'err', code, retry_after_ms?}.
+-- Shared by the scripts, loaded after the settings (COALESCE_ABOVE, COALESCE_MS, PUBLISH), the
+-- wire format's functions (hub.frames: frame, publish_events, publish_order, ORDER_CLOSE) and
+-- the key builders (hub.storage.keys: key_stream(prefix, id), key_conns, …), see
+-- hub.storage.scripts.
+-- Conventions: a script returns {'ok', ...} or a refusal, fail(...).
+
+-- A refusal, as hub.storage.scripts.ScriptError reads it: its error code, the ms to wait
+-- before retrying (or none) and a message for people (or none: the code's own).
+local function fail(code, retry_after_ms, message)
+  return {'err', code, retry_after_ms or false, message}
+end
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -11,11 +21,26 @@ local function hash_table(flat)
   return t
 end
 
--- A room event on the stream's channel (channel prefix .. room): the socket to skip, a newline,
--- then the event's Engine.IO text, which every subscribed worker writes to its sockets as is.
-local function emit(channel_prefix, namespace, event, data, room, skip_sid)
-  redis.call(PUBLISH, channel_prefix .. room,
-    (skip_sid or '') .. '\n42' .. namespace .. ',' .. cjson.encode({event, data}))
+-- Values `first` to `last` (default: the end) of KEYS or ARGV, copied one by one: unlike
+-- unpack, for any number of them.
+local function slice(t, first, last)
+  local out = {}
+  for i = first, last or #t do out[#out + 1] = t[i] end
+  return out
+end
+
+-- The shard-wide keys a stream's helpers touch, and the prefix that names the keys a script
+-- builds itself (a live category's set).
+local function shard_keys(prefix, live, outbox_key)
+  return {prefix = prefix, live = live, outbox = outbox_key}
+end
+
+-- One stream's keys and channel, built from its id: for a script that learns the id itself (the
+-- sweep walks the live set). A script given the stream's keys makes the same table of them.
+local function stream_keys(prefix, stream_id)
+  return {id = stream_id, hash = key_stream(prefix, stream_id), conns = key_conns(prefix, stream_id),
+          viewers = key_viewers(prefix, stream_id), unique = key_unique(prefix, stream_id),
+          room = key_room(prefix, stream_id)}
 end
 
 local function outbox(key, kind, json)
@@ -23,9 +48,9 @@ local function outbox(key, kind, json)
 end
 
 -- The whole stream row, as the flusher upserts it (absolute figures, with a version).
-local function stream_record(prefix, stream_id)
-  local t = hash_table(redis.call('HGETALL', prefix .. 'stream:' .. stream_id))
-  t['unique_viewers'] = redis.call('SCARD', prefix .. 'stream:' .. stream_id .. ':unique')
+local function stream_record(hash_key, unique_key)
+  local t = hash_table(redis.call('HGETALL', hash_key))
+  t['unique_viewers'] = redis.call('SCARD', unique_key)
   return cjson.encode(t)
 end
 
@@ -34,13 +59,13 @@ local function bump(skey, now)
   redis.call('HSET', skey, 'updated_at', now)
 end
 
-local function set_live_score(prefix, stream_id, count)
-  local skey = prefix .. 'stream:' .. stream_id
-  if redis.call('HGET', skey, 'status') ~= 'LIVE' then return end
-  redis.call('ZADD', prefix .. 'live', count, stream_id)
-  local category = redis.call('HGET', skey, 'category')
+-- A LIVE stream's place in its shard's live set and in its category's, by viewers.
+local function set_live_score(shard, stream, count)
+  if redis.call('HGET', stream.hash, 'status') ~= 'LIVE' then return end
+  redis.call('ZADD', shard.live, count, stream.id)
+  local category = redis.call('HGET', stream.hash, 'category')
   if category and category ~= '' then
-    redis.call('ZADD', prefix .. 'live:cat:' .. category, count, stream_id)
+    redis.call('ZADD', key_live_category(shard.prefix, category), count, stream.id)
   end
 end
 
@@ -55,86 +80,92 @@ local function viewer_user(viewer)
   return nil
 end
 
-local function session_record(prefix, stream_id, member, left)
+local function session_record(outbox_key, stream_id, member, left)
   local session, joined, viewer = split_member(member)
   local user = viewer_user(viewer)
-  outbox(prefix .. 'outbox', 'session', cjson.encode({
+  outbox(outbox_key, 'session', cjson.encode({
     session_id = session, stream_id = stream_id, user_id = user or cjson.null,
     joined_at = joined, left_at = left,
     watch_seconds = math.max(0, math.floor((left - joined) / 1000))}))
 end
 
--- A viewer event to the room. In a stream of more than COALESCE_ABOVE viewers (set when the
--- scripts are loaded), at most one per COALESCE_MS: an event inside that interval is not sent
--- but kept, and the sweep (reap.lua) sends the last one kept with the count of that moment.
-local function viewer_event(channel, namespace, stream_id, base, event, count, user, username, skip)
-  local data = {stream_id = stream_id, viewer_count = count, user_id = user or cjson.null}
+-- A viewer event to the room. In a stream of more than COALESCE_ABOVE viewers, at most one per
+-- COALESCE_MS: an event inside that interval is not sent but kept, and the sweep (reap.lua)
+-- sends the last one kept with the count of that moment.
+local function viewer_event(stream, event, count, user, username, skip)
+  local data = {stream_id = stream.id, viewer_count = count, user_id = user or cjson.null}
   if event == 'viewer_joined' then data.username = username or cjson.null end
   if count > COALESCE_ABOVE then
     local now = now_ms()
-    local last = tonumber(redis.call('HGET', base, 'viewer_event_ms') or '0')
+    local last = tonumber(redis.call('HGET', stream.hash, 'viewer_event_ms') or '0')
     if now - last < COALESCE_MS then
-      redis.call('HSET', base, 'viewer_event_kept',
+      redis.call('HSET', stream.hash, 'viewer_event_kept',
         cjson.encode({event, user or cjson.null, username or cjson.null, skip or cjson.null}))
       return
     end
-    redis.call('HSET', base, 'viewer_event_ms', now)
-    redis.call('HDEL', base, 'viewer_event_kept')
+    redis.call('HSET', stream.hash, 'viewer_event_ms', now)
+    redis.call('HDEL', stream.hash, 'viewer_event_kept')
   end
-  emit(channel, namespace, event, data, stream_id, skip)
+  publish_events(stream.room, skip, {frame(event, data)})
 end
 
 -- The kept viewer event of a large stream, once its interval has passed (see viewer_event).
-local function flush_viewer_event(channel, namespace, stream_id, base, now)
-  local h = redis.call('HMGET', base, 'viewer_event_kept', 'viewer_event_ms')
+local function flush_viewer_event(stream, now)
+  local h = redis.call('HMGET', stream.hash, 'viewer_event_kept', 'viewer_event_ms')
   if not h[1] or now - tonumber(h[2] or '0') < COALESCE_MS then return end
   local kept = cjson.decode(h[1])
-  local data = {stream_id = stream_id, viewer_count = redis.call('HLEN', base .. ':viewers'),
+  local data = {stream_id = stream.id, viewer_count = redis.call('HLEN', stream.viewers),
                 user_id = kept[2]}
   if kept[1] == 'viewer_joined' then data.username = kept[3] end
-  redis.call('HSET', base, 'viewer_event_ms', now)
-  redis.call('HDEL', base, 'viewer_event_kept')
+  redis.call('HSET', stream.hash, 'viewer_event_ms', now)
+  redis.call('HDEL', stream.hash, 'viewer_event_kept')
   local skip = kept[4]
   if skip == cjson.null then skip = nil end
-  emit(channel, namespace, kept[1], data, stream_id, skip)
+  publish_events(stream.room, skip, {frame(kept[1], data)})
 end
 
--- A connection stops watching: its viewer leaves when it was the viewer's last one.
-local function drop_conn(prefix, channel, namespace, stream_id, member, now)
-  local base = prefix .. 'stream:' .. stream_id
+-- A connection stops watching (already out of the conns set): its viewing session goes to the
+-- outbox, and its viewer leaves when it was the viewer's last connection. Returns the viewers.
+local function stop_watching(shard, stream, member, now)
   local _, _, viewer = split_member(member)
-  session_record(prefix, stream_id, member, now)
-  local left = redis.call('HINCRBY', base .. ':viewers', viewer, -1)
-  if left > 0 then return redis.call('HLEN', base .. ':viewers') end
-  redis.call('HDEL', base .. ':viewers', viewer)
-  local count = redis.call('HLEN', base .. ':viewers')
-  set_live_score(prefix, stream_id, count)
-  viewer_event(channel, namespace, stream_id, base, 'viewer_left', count, viewer_user(viewer))
+  session_record(shard.outbox, stream.id, member, now)
+  local left = redis.call('HINCRBY', stream.viewers, viewer, -1)
+  if left > 0 then return redis.call('HLEN', stream.viewers) end
+  redis.call('HDEL', stream.viewers, viewer)
+  local count = redis.call('HLEN', stream.viewers)
+  set_live_score(shard, stream, count)
+  viewer_event(stream, 'viewer_left', count, viewer_user(viewer))
   return count
 end
 
--- A connection starts watching: its viewer joins when it is the viewer's first one.
-local function add_conn(prefix, channel, namespace, stream_id, member, expiry, sid, username)
-  local base = prefix .. 'stream:' .. stream_id
+-- stop_watching for moderate.lua, which names a stream by its id and the shard by its prefix
+-- (the channel prefix and namespace it passes are not needed).
+local function drop_conn(prefix, _channel_prefix, _namespace, stream_id, member, now)
+  local shard = shard_keys(prefix, key_live(prefix), key_outbox(prefix))
+  return stop_watching(shard, stream_keys(prefix, stream_id), member, now)
+end
+
+-- A connection starts watching: its viewer joins when it is the viewer's first connection.
+-- Returns the viewers.
+local function start_watching(shard, stream, member, expiry, sid, username)
   local _, _, viewer = split_member(member)
-  redis.call('ZADD', base .. ':conns', expiry, member)
-  local n = redis.call('HINCRBY', base .. ':viewers', viewer, 1)
-  local count = redis.call('HLEN', base .. ':viewers')
+  redis.call('ZADD', stream.conns, expiry, member)
+  local n = redis.call('HINCRBY', stream.viewers, viewer, 1)
+  local count = redis.call('HLEN', stream.viewers)
   if n > 1 then return count end
-  redis.call('SADD', base .. ':unique', viewer)
-  local peak = tonumber(redis.call('HGET', base, 'peak_viewers') or '0')
-  if count > peak then redis.call('HSET', base, 'peak_viewers', count) end
-  set_live_score(prefix, stream_id, count)
+  redis.call('SADD', stream.unique, viewer)
+  local peak = tonumber(redis.call('HGET', stream.hash, 'peak_viewers') or '0')
+  if count > peak then redis.call('HSET', stream.hash, 'peak_viewers', count) end
+  set_live_score(shard, stream, count)
   local user = viewer_user(viewer)
-  viewer_event(channel, namespace, stream_id, base, 'viewer_joined', count, user,
-    (user and username ~= '') and username or nil, sid)
+  viewer_event(stream, 'viewer_joined', count, user, (user and username ~= '') and username or nil, sid)
   return count
 end
 
 local function live_check(skey)
   local status = redis.call('HGET', skey, 'status')
-  if not status then return {'err', 'not_found'} end
-  if status ~= 'LIVE' then return {'err', 'stream_not_live'} end
+  if not status then return fail('not_found') end
+  if status ~= 'LIVE' then return fail('stream_not_live') end
   return nil
 end
 
@@ -148,7 +179,7 @@ end
 local function window_admit(log, limit, period_ms, now)
   if log.n >= limit then
     local oldest = tonumber(string.match(log.kept, '^%d+') or log.added[1])
-    return nil, {'err', 'rate_limited', math.max(1, oldest + period_ms - now)}
+    return nil, fail('rate_limited', math.max(1, oldest + period_ms - now))
   end
   log.n = log.n + 1
   log.added[#log.added + 1] = now
@@ -162,7 +193,7 @@ local function rate_check(key, limit, period_ms, now)
   local count = redis.call('ZCARD', key)
   if count >= limit then
     local oldest = redis.call('ZRANGE', key, count - limit, count - limit, 'WITHSCORES')
-    return {'err', 'rate_limited', math.max(1, tonumber(oldest[2]) + period_ms - now)}
+    return fail('rate_limited', math.max(1, tonumber(oldest[2]) + period_ms - now))
   end
   redis.call('ZADD', key, now, now .. ':' .. count)
   redis.call('PEXPIRE', key, period_ms)
@@ -234,9 +265,9 @@ end
 local function sanction_check(key, user, now)
   local s = redis.call('HGET', key, user)
   if not s then return nil end
-  if s == 'ban' then return {'err', 'banned'} end
+  if s == 'ban' then return fail('banned') end
   local ends = tonumber(string.sub(s, 3))
-  if ends and ends > now then return {'err', 'timed_out', ends - now} end
+  if ends and ends > now then return fail('timed_out', ends - now) end
   return nil
 end
 

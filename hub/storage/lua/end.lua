@@ -1,31 +1,33 @@
 -- LIVE -> ENDED: final figures to the outbox, open viewing sessions closed, the room told
 -- and emptied, live state left to expire.
--- KEYS: stream hash, streamer live key
--- ARGV: prefix, channel, namespace, stream_id, retention s
-local prefix, channel, namespace, stream_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local retention = tonumber(ARGV[5])
-local base = KEYS[1]
-local status = redis.call('HGET', base, 'status')
-if not status then return {'err', 'not_found'} end
-if status ~= 'LIVE' then return {'err', 'conflict'} end
+-- KEYS: stream hash, conns, viewers, unique set, recent set, moderators, sanctions, deleted
+--       set, moderation log, streamer live key, live set, outbox, stream channel
+-- ARGV: prefix (names the category's live set), stream_id, retention s
+local hash_key, conns_key, viewers_key, unique_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local recent_key, mods_key, sanctions_key, deleted_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local modlog_key, streamer_live_key, live_key, outbox_key = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local room = KEYS[13]
+local prefix, stream_id, retention = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local status = redis.call('HGET', hash_key, 'status')
+if not status then return fail('not_found') end
+if status ~= 'LIVE' then return fail('conflict') end
 local now = now_ms()
-local started = tonumber(redis.call('HGET', base, 'started_at') or now) or now
+local started = tonumber(redis.call('HGET', hash_key, 'started_at') or now) or now
 local duration = math.max(0, math.floor((now - started) / 1000))
-redis.call('HSET', base, 'status', 'ENDED', 'ended_at', now, 'duration_seconds', duration)
-bump(base, now)
-for _, member in ipairs(redis.call('ZRANGE', base .. ':conns', 0, -1)) do
-  session_record(prefix, stream_id, member, now)
+redis.call('HSET', hash_key, 'status', 'ENDED', 'ended_at', now, 'duration_seconds', duration)
+bump(hash_key, now)
+for _, member in ipairs(redis.call('ZRANGE', conns_key, 0, -1)) do
+  session_record(outbox_key, stream_id, member, now)
 end
-redis.call('DEL', base .. ':conns', base .. ':viewers')
-redis.call('ZREM', prefix .. 'live', stream_id)
-local category = redis.call('HGET', base, 'category')
-if category and category ~= '' then redis.call('ZREM', prefix .. 'live:cat:' .. category, stream_id) end
-if redis.call('GET', KEYS[2]) == stream_id then redis.call('DEL', KEYS[2]) end
-outbox(prefix .. 'outbox', 'stream', stream_record(prefix, stream_id))
-emit(channel, namespace, 'stream_ended', {stream_id = stream_id, duration = duration}, stream_id)
-redis.call(PUBLISH, channel .. stream_id, '!close')
-for _, key in ipairs({base, base .. ':unique', base .. ':recent', base .. ':mods',
-                      base .. ':sanctions', base .. ':deleted', base .. ':modlog'}) do
+redis.call('DEL', conns_key, viewers_key)
+redis.call('ZREM', live_key, stream_id)
+local category = redis.call('HGET', hash_key, 'category')
+if category and category ~= '' then redis.call('ZREM', key_live_category(prefix, category), stream_id) end
+if redis.call('GET', streamer_live_key) == stream_id then redis.call('DEL', streamer_live_key) end
+outbox(outbox_key, 'stream', stream_record(hash_key, unique_key))
+publish_events(room, nil, {frame('stream_ended', {stream_id = stream_id, duration = duration})})
+publish_order(room, ORDER_CLOSE)
+for _, key in ipairs({hash_key, unique_key, recent_key, mods_key, sanctions_key, deleted_key, modlog_key}) do
   redis.call('EXPIRE', key, retention)
 end
 return {'ok', duration}

@@ -5,40 +5,38 @@
 -- time plus the grace period gets its hash back as create.lua wrote it (no record: MySQL has
 -- it), so that it can still be started. Nothing happens when the hash exists: another worker
 -- healed the stream first, or it was never lost.
--- KEYS: stream hash, unique set, outbox, streamer scheduled
--- ARGV: prefix, channel prefix, namespace, stream_id, retention s, status in MySQL (LIVE or
---       SCHEDULED), unstarted expiry ms (SCHEDULED), n, then n unique viewers, then the hash's
---       field/value pairs
+-- KEYS: stream hash, unique set, outbox, streamer scheduled, stream channel
+-- ARGV: stream_id, retention s, status in MySQL (LIVE or SCHEDULED), unstarted expiry ms
+--       (SCHEDULED), n, then n unique viewers, then the hash's field/value pairs
 -- Returns {'ok', healed (1 or 0), status, duration_seconds ('' unless ended)}.
-local prefix, channel, namespace, stream_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local retention, status = tonumber(ARGV[5]), ARGV[6]
-local expires, n = tonumber(ARGV[7]), tonumber(ARGV[8])
-local base, unique = KEYS[1], KEYS[2]
-if redis.call('EXISTS', base) == 1 then
-  local h = redis.call('HMGET', base, 'status', 'duration_seconds')
+local hash_key, unique_key, outbox_key, scheduled_key, room = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local stream_id, retention, status = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local expires, n = tonumber(ARGV[4]), tonumber(ARGV[5])
+local viewers = slice(ARGV, 6, 5 + n)
+local fields = slice(ARGV, 6 + n)
+if redis.call('EXISTS', hash_key) == 1 then
+  local h = redis.call('HMGET', hash_key, 'status', 'duration_seconds')
   return {'ok', 0, h[1], h[2] or ''}
 end
-local fields = {}
-for i = 9 + n, #ARGV do fields[#fields + 1] = ARGV[i] end
 local now = now_ms()
 if status == 'SCHEDULED' then
   if expires <= now then return {'ok', 0, '', ''} end  -- expired unstarted: nothing to restore
-  redis.call('HSET', base, unpack(fields))
-  redis.call('PEXPIREAT', base, expires)
-  redis.call('ZADD', KEYS[4], expires, stream_id)
-  redis.call('PEXPIREAT', KEYS[4], tonumber(redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')[2]))
+  redis.call('HSET', hash_key, unpack(fields))
+  redis.call('PEXPIREAT', hash_key, expires)
+  redis.call('ZADD', scheduled_key, expires, stream_id)
+  redis.call('PEXPIREAT', scheduled_key, tonumber(redis.call('ZRANGE', scheduled_key, -1, -1, 'WITHSCORES')[2]))
   return {'ok', 1, 'SCHEDULED', ''}
 end
-redis.call('HSET', base, unpack(fields))
-for i = 9, 8 + n, 1000 do
-  redis.call('SADD', unique, unpack(ARGV, i, math.min(i + 999, 8 + n)))
+redis.call('HSET', hash_key, unpack(fields))
+for i = 1, n, 1000 do
+  redis.call('SADD', unique_key, unpack(viewers, i, math.min(i + 999, n)))
 end
-local started = tonumber(redis.call('HGET', base, 'started_at')) or now
+local started = tonumber(redis.call('HGET', hash_key, 'started_at')) or now
 local duration = math.max(0, math.floor((now - started) / 1000))
-redis.call('HSET', base, 'status', 'ENDED', 'ended_at', now, 'duration_seconds', duration, 'updated_at', now)
-outbox(KEYS[3], 'stream', stream_record(prefix, stream_id))
-emit(channel, namespace, 'stream_ended', {stream_id = stream_id, duration = duration}, stream_id)
-redis.call(PUBLISH, channel .. stream_id, '!close')
-redis.call('EXPIRE', base, retention)
-redis.call('EXPIRE', unique, retention)
+redis.call('HSET', hash_key, 'status', 'ENDED', 'ended_at', now, 'duration_seconds', duration, 'updated_at', now)
+outbox(outbox_key, 'stream', stream_record(hash_key, unique_key))
+publish_events(room, nil, {frame('stream_ended', {stream_id = stream_id, duration = duration})})
+publish_order(room, ORDER_CLOSE)
+redis.call('EXPIRE', hash_key, retention)
+redis.call('EXPIRE', unique_key, retention)
 return {'ok', 1, 'ENDED', duration}

@@ -3,8 +3,10 @@
 -- released if this worker still holds it.
 -- KEYS: epoch, heal lock
 -- ARGV: life ('': the heal failed, the lock is only released), lock holder
-if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1] .. ' healed')
+local epoch_key, lock_key = KEYS[1], KEYS[2]
+local life, holder = ARGV[1], ARGV[2]
+if life ~= '' and redis.call('GET', epoch_key) == life then
+  redis.call('SET', epoch_key, life .. ' healed')
 end
-if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
+if redis.call('GET', lock_key) == holder then redis.call('DEL', lock_key) end
 return 0

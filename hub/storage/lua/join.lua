@@ -1,35 +1,42 @@
--- KEYS: stream hash, conns, recent set, join rate key, sanctions
--- ARGV: prefix, channel prefix, namespace, stream_id, member, ttl_ms, sid, username, join limit,
---       join period ms, recent messages wanted, count the join rate here ('1'/'0': the
---       caller counted it in the viewer's shard), only messages after this id ('': any)
+-- A connection starts watching a stream (or watches it again): the viewer's join rate, the
+-- stream live, the user not banned; then the stream and its newest messages.
+-- KEYS: stream hash, conns, viewers, unique set, recent set, join rate key, sanctions, live
+--       set, outbox, stream channel
+-- ARGV: prefix (names the category's live set), stream_id, member, ttl ms, sid, username,
+--       join limit, join period ms, recent messages wanted, count the join rate here ('1'/'0':
+--       the caller counted it in the viewer's shard), only messages after this id ('': any)
 -- Returns {'ok', viewer count, stream hash (flat), recent messages (newest first)}.
-local prefix, channel, namespace, stream_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local member, ttl, sid, username = ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8]
+local hash_key, conns_key, viewers_key, unique_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local recent_key, rate_key, sanctions_key = KEYS[5], KEYS[6], KEYS[7]
+local live_key, outbox_key, room = KEYS[8], KEYS[9], KEYS[10]
+local prefix, stream_id, member, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local sid, username, rate_limit, period_ms = ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
+local wanted, count_rate, after = tonumber(ARGV[9]), ARGV[10] == '1', ARGV[11]
 local now = now_ms()
 local bad = nil
-if ARGV[12] == '1' then bad = rate_check(KEYS[4], tonumber(ARGV[9]), tonumber(ARGV[10]), now) end
+if count_rate then bad = rate_check(rate_key, rate_limit, period_ms, now) end
 if bad then return bad end
-bad = live_check(KEYS[1])
+bad = live_check(hash_key)
 if bad then return bad end
 local _, _, viewer = split_member(member)
-local user = viewer_user(viewer)
-if is_banned(KEYS[5], user) then return {'err', 'banned'} end
+if is_banned(sanctions_key, viewer_user(viewer)) then return fail('banned') end
 local expiry = now + ttl
 local count
-if redis.call('ZSCORE', KEYS[2], member) then
-  redis.call('ZADD', KEYS[2], expiry, member)
-  count = redis.call('HLEN', KEYS[1] .. ':viewers')
+if redis.call('ZSCORE', conns_key, member) then
+  redis.call('ZADD', conns_key, expiry, member)
+  count = redis.call('HLEN', viewers_key)
 else
-  count = add_conn(prefix, channel, namespace, stream_id, member, expiry, sid, username)
+  local stream = {id = stream_id, hash = hash_key, conns = conns_key, viewers = viewers_key,
+                  unique = unique_key, room = room}
+  count = start_watching(shard_keys(prefix, live_key, outbox_key), stream, member, expiry, sid, username)
 end
 -- The newest `wanted` messages of the recent set, newest first, or with `after` the newest
 -- `wanted` of those with a higher id.
-local wanted, after = tonumber(ARGV[11]), ARGV[13]
 local recent
 if after ~= '' then
-  recent = redis.call('ZREVRANGEBYLEX', KEYS[3], '+', '[{"message_id":"' .. after .. '"\255',
+  recent = redis.call('ZREVRANGEBYLEX', recent_key, '+', '[{"message_id":"' .. after .. '"\255',
                       'LIMIT', 0, wanted)
 else
-  recent = redis.call('ZREVRANGE', KEYS[3], 0, wanted - 1)
+  recent = redis.call('ZREVRANGE', recent_key, 0, wanted - 1)
 end
-return {'ok', count, redis.call('HGETALL', KEYS[1]), recent}
+return {'ok', count, redis.call('HGETALL', hash_key), recent}

@@ -1,5 +1,9 @@
--- KEYS: conns
--- ARGV: prefix, channel, namespace, stream_id, member
-local prefix, channel, namespace, stream_id, member = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-if redis.call('ZREM', KEYS[1], member) == 0 then return {'ok', 0} end
-return {'ok', drop_conn(prefix, channel, namespace, stream_id, member, now_ms())}
+-- A connection stops watching a stream.
+-- KEYS: stream hash, conns, viewers, live set, outbox, stream channel
+-- ARGV: prefix (names the category's live set), stream_id, member
+-- Returns {'ok', viewer count} (0 when the connection was not watching).
+local hash_key, conns_key, viewers_key, live_key, outbox_key, room = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local prefix, stream_id, member = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('ZREM', conns_key, member) == 0 then return {'ok', 0} end
+local stream = {id = stream_id, hash = hash_key, conns = conns_key, viewers = viewers_key, room = room}
+return {'ok', stop_watching(shard_keys(prefix, live_key, outbox_key), stream, member, now_ms())}

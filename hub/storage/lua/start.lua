@@ -1,20 +1,22 @@
 -- SCHEDULED -> LIVE.
--- KEYS: stream hash, streamer live key, streamer scheduled
--- ARGV: prefix, stream_id
+-- KEYS: stream hash, unique set, streamer live key, streamer scheduled, live set, outbox
+-- ARGV: prefix (names the streamer's current stream and the category's live set), stream_id
+local hash_key, unique_key, streamer_live_key, scheduled_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local live_key, outbox_key = KEYS[5], KEYS[6]
 local prefix, stream_id = ARGV[1], ARGV[2]
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {'err', 'not_found'} end
-if status ~= 'SCHEDULED' then return {'err', 'conflict'} end
-local current = redis.call('GET', KEYS[2])
-if current and redis.call('HGET', prefix .. 'stream:' .. current, 'status') == 'LIVE' then
-  return {'err', 'conflict'}
+local status = redis.call('HGET', hash_key, 'status')
+if not status then return fail('not_found') end
+if status ~= 'SCHEDULED' then return fail('conflict') end
+local current = redis.call('GET', streamer_live_key)
+if current and redis.call('HGET', key_stream(prefix, current), 'status') == 'LIVE' then
+  return fail('conflict')
 end
 local now = now_ms()
-redis.call('SET', KEYS[2], stream_id)
-redis.call('HSET', KEYS[1], 'status', 'LIVE', 'started_at', now)
-redis.call('PERSIST', KEYS[1])  -- live: no longer expires unstarted
-redis.call('ZREM', KEYS[3], stream_id)
-bump(KEYS[1], now)
-set_live_score(prefix, stream_id, 0)
-outbox(prefix .. 'outbox', 'stream', stream_record(prefix, stream_id))
+redis.call('SET', streamer_live_key, stream_id)
+redis.call('HSET', hash_key, 'status', 'LIVE', 'started_at', now)
+redis.call('PERSIST', hash_key)  -- live: no longer expires unstarted
+redis.call('ZREM', scheduled_key, stream_id)
+bump(hash_key, now)
+set_live_score(shard_keys(prefix, live_key, outbox_key), {id = stream_id, hash = hash_key}, 0)
+outbox(outbox_key, 'stream', stream_record(hash_key, unique_key))
 return {'ok'}

@@ -1,9 +1,12 @@
 -- Extend this worker's connections in the sets that count them (per address, per user).
--- ARGV: ttl ms, then (holder key, socket id) pairs
+-- KEYS: the sets, one per connection (repeats allowed)
+-- ARGV: ttl ms, then the socket ids, one per key
+local holder_keys = KEYS
 local ttl = tonumber(ARGV[1])
+local sids = slice(ARGV, 2)
 local expiry = now_ms() + ttl
-for i = 2, #ARGV, 2 do
-  redis.call('ZADD', ARGV[i], 'XX', expiry, ARGV[i + 1])
-  redis.call('PEXPIRE', ARGV[i], ttl)
+for i, holder in ipairs(holder_keys) do
+  redis.call('ZADD', holder, 'XX', expiry, sids[i])
+  redis.call('PEXPIRE', holder, ttl)
 end
 return {'ok'}
