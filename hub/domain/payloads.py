@@ -319,27 +319,148 @@ SYMBOL_MAX = 16
 PRICE_DIGITS = 15
 PRICE_DECIMALS = 8
 PRICE_MAX = Decimal("1e12")
-MODERATION_ACTIONS = (
-    "delete_message",
-    "timeout_user",
-    "ban_user",
-    "unban_user",
-    "clear_chat",
-    "set_slow_mode",
-    "add_moderator",
-    "remove_moderator",
-)
-# The fields each action needs besides stream_id.
-_NEEDS = {
-    "delete_message": ("message_id",),
-    "timeout_user": ("user_id", "seconds"),
-    "ban_user": ("user_id",),
-    "unban_user": ("user_id",),
-    "clear_chat": (),
-    "set_slow_mode": ("seconds",),
-    "add_moderator": ("user_id",),
-    "remove_moderator": ("user_id",),
+
+
+@dataclass(frozen=True)
+class Route:
+    """How REST exposes a moderation action: its method and path under ``/{stream_id}``
+    (``{name}`` parts are payload fields taken from the path), the OpenAPI schema of its body
+    (None: no body, or an ignored one on POST) and the operation's summary."""
+
+    method: str
+    path: str
+    body: str | None
+    summary: str
+
+    @property
+    def path_fields(self) -> tuple[str, ...]:
+        return tuple(re.findall(r"\{(\w+)\}", self.path))
+
+
+@dataclass(frozen=True)
+class ModerationAction:
+    """One moderation action of PROTOCOL §8, as every layer reads it from ``MODERATION``.
+
+    ``name`` is its Socket.IO event and the action recorded; ``needs`` the payload fields it
+    needs besides ``stream_id``; ``seconds`` the range of its ``seconds``; ``reason`` whether it
+    takes one. ``owner_only``: only the streamer or an admin may do it (else its moderators
+    too); ``on_self``: the actor may be its target. ``change`` names what ``moderate.lua`` does
+    to the stream's live state. ``event`` is the room event that tells it, with the record's
+    ``announced`` fields (None: the moderators after the change, which only the script knows);
+    ``recorded`` the fields its record always holds; ``conflicts``: it may be refused as a
+    conflict (e.g. banning a banned user)."""
+
+    name: str
+    needs: tuple[str, ...]
+    change: str
+    event: str
+    announced: tuple[str, ...] | None
+    recorded: tuple[str, ...]
+    route: Route
+    seconds: tuple[int, int] | None = None
+    reason: bool = False
+    owner_only: bool = False
+    on_self: bool = False
+    conflicts: bool = False
+
+
+_USER = ("user_id",)
+MODERATION = {
+    action.name: action
+    for action in (
+        ModerationAction(
+            "delete_message",
+            ("message_id",),
+            "delete",
+            "message_deleted",
+            ("message_id",),
+            ("message_id",),
+            Route(
+                "DELETE",
+                "/chat/{message_id}",
+                None,
+                "Delete a message (404 when the stream has no such message)",
+            ),
+        ),
+        ModerationAction(
+            "timeout_user",
+            ("user_id", "seconds"),
+            "sanction",
+            "user_timed_out",
+            ("user_id", "until"),
+            ("user_id", "seconds", "until"),
+            Route(
+                "POST", "/timeouts", "Timeout", "Time a user out (not the streamer, a moderator or yourself)"
+            ),
+            seconds=(1, TIMEOUT_MAX),
+            reason=True,
+            conflicts=True,
+        ),
+        ModerationAction(
+            "ban_user",
+            _USER,
+            "sanction",
+            "user_banned",
+            _USER,
+            _USER,
+            Route("POST", "/bans", "Ban", "Ban a user from the stream"),
+            reason=True,
+            conflicts=True,
+        ),
+        ModerationAction(
+            "unban_user",
+            _USER,
+            "lift",
+            "user_unbanned",
+            _USER,
+            _USER,
+            Route("DELETE", "/bans/{user_id}", None, "Lift a ban or a timeout"),
+            conflicts=True,
+        ),
+        ModerationAction(
+            "clear_chat",
+            (),
+            "clear",
+            "chat_cleared",
+            (),
+            (),
+            Route("POST", "/chat/clear", None, "Hide every message so far"),
+        ),
+        ModerationAction(
+            "set_slow_mode",
+            ("seconds",),
+            "slow",
+            "slow_mode",
+            ("seconds",),
+            ("seconds",),
+            Route("PUT", "/slow-mode", "SlowMode", "Turn slow mode on or off"),
+            seconds=(0, SLOW_MODE_MAX),
+        ),
+        ModerationAction(
+            "add_moderator",
+            _USER,
+            "add_moderator",
+            "moderators_changed",
+            None,
+            _USER,
+            Route("POST", "/moderators", "Moderator", "Name a moderator (streamer or admin)"),
+            owner_only=True,
+            conflicts=True,
+        ),
+        ModerationAction(
+            "remove_moderator",
+            _USER,
+            "remove_moderator",
+            "moderators_changed",
+            None,
+            _USER,
+            Route("DELETE", "/moderators/{user_id}", None, "Drop a moderator (streamer or admin)"),
+            owner_only=True,
+            on_self=True,
+        ),
+    )
 }
+MODERATION_ACTIONS = tuple(MODERATION)
 
 
 def target_user(data: dict[str, Any]) -> str:
@@ -380,24 +501,24 @@ class Moderation:
     seconds: int | None = None
     reason: str | None = None
 
+    @property
+    def kind(self) -> ModerationAction:
+        return MODERATION[self.action]
+
     @classmethod
     def parse(cls, action: str, data: Any) -> Moderation:
         data = _object(data)
         sid = stream_id(data)
-        needs = _NEEDS[action]
-        user = target_user(data) if "user_id" in needs else ""
+        kind = MODERATION[action]
+        user = target_user(data) if "user_id" in kind.needs else ""
         message_id = ""
-        if "message_id" in needs:
+        if "message_id" in kind.needs:
             raw = data.get("message_id")
             if not is_uuid(raw):
                 raise invalid("'message_id' must be a message id.")
             message_id = raw.lower()
-        seconds = None
-        if action == "timeout_user":
-            seconds = whole_seconds(data, 1, TIMEOUT_MAX)
-        elif action == "set_slow_mode":
-            seconds = whole_seconds(data, 0, SLOW_MODE_MAX)
-        reason = _text(data, "reason", REASON_MAX) if action in ("timeout_user", "ban_user") else None
+        seconds = None if kind.seconds is None else whole_seconds(data, *kind.seconds)
+        reason = _text(data, "reason", REASON_MAX) if kind.reason else None
         return cls(action, sid, user, message_id, seconds, reason or None)
 
 
