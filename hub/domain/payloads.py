@@ -11,7 +11,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 from hub.codec import is_uuid, now_ms, parse_iso
@@ -321,6 +321,11 @@ PRICE_DECIMALS = 8
 PRICE_MAX = Decimal("1e12")
 
 
+# What moderate.lua changes for an action: delete a message, set or lift a sanction (a ban or
+# a timeout), clear the chat, set slow mode, name or drop a moderator.
+Change = Literal["delete", "sanction", "lift", "clear", "slow", "add_moderator", "remove_moderator"]
+
+
 @dataclass(frozen=True)
 class Route:
     """How REST exposes a moderation action: its method and path under ``/{stream_id}``
@@ -352,7 +357,7 @@ class ModerationAction:
 
     name: str
     needs: tuple[str, ...]
-    change: str
+    change: Change
     event: str
     announced: tuple[str, ...] | None
     recorded: tuple[str, ...]
@@ -369,13 +374,13 @@ MODERATION = {
     action.name: action
     for action in (
         ModerationAction(
-            "delete_message",
-            ("message_id",),
-            "delete",
-            "message_deleted",
-            ("message_id",),
-            ("message_id",),
-            Route(
+            name="delete_message",
+            needs=("message_id",),
+            change="delete",
+            event="message_deleted",
+            announced=("message_id",),
+            recorded=("message_id",),
+            route=Route(
                 "DELETE",
                 "/chat/{message_id}",
                 None,
@@ -383,13 +388,13 @@ MODERATION = {
             ),
         ),
         ModerationAction(
-            "timeout_user",
-            ("user_id", "seconds"),
-            "sanction",
-            "user_timed_out",
-            ("user_id", "until"),
-            ("user_id", "seconds", "until"),
-            Route(
+            name="timeout_user",
+            needs=("user_id", "seconds"),
+            change="sanction",
+            event="user_timed_out",
+            announced=("user_id", "until"),
+            recorded=("user_id", "seconds", "until"),
+            route=Route(
                 "POST", "/timeouts", "Timeout", "Time a user out (not the streamer, a moderator or yourself)"
             ),
             seconds=(1, TIMEOUT_MAX),
@@ -397,64 +402,64 @@ MODERATION = {
             conflicts=True,
         ),
         ModerationAction(
-            "ban_user",
-            _USER,
-            "sanction",
-            "user_banned",
-            _USER,
-            _USER,
-            Route("POST", "/bans", "Ban", "Ban a user from the stream"),
+            name="ban_user",
+            needs=_USER,
+            change="sanction",
+            event="user_banned",
+            announced=_USER,
+            recorded=_USER,
+            route=Route("POST", "/bans", "Ban", "Ban a user from the stream"),
             reason=True,
             conflicts=True,
         ),
         ModerationAction(
-            "unban_user",
-            _USER,
-            "lift",
-            "user_unbanned",
-            _USER,
-            _USER,
-            Route("DELETE", "/bans/{user_id}", None, "Lift a ban or a timeout"),
+            name="unban_user",
+            needs=_USER,
+            change="lift",
+            event="user_unbanned",
+            announced=_USER,
+            recorded=_USER,
+            route=Route("DELETE", "/bans/{user_id}", None, "Lift a ban or a timeout"),
             conflicts=True,
         ),
         ModerationAction(
-            "clear_chat",
-            (),
-            "clear",
-            "chat_cleared",
-            (),
-            (),
-            Route("POST", "/chat/clear", None, "Hide every message so far"),
+            name="clear_chat",
+            needs=(),
+            change="clear",
+            event="chat_cleared",
+            announced=(),
+            recorded=(),
+            route=Route("POST", "/chat/clear", None, "Hide every message so far"),
         ),
         ModerationAction(
-            "set_slow_mode",
-            ("seconds",),
-            "slow",
-            "slow_mode",
-            ("seconds",),
-            ("seconds",),
-            Route("PUT", "/slow-mode", "SlowMode", "Turn slow mode on or off"),
+            name="set_slow_mode",
+            needs=("seconds",),
+            change="slow",
+            event="slow_mode",
+            announced=("seconds",),
+            recorded=("seconds",),
+            route=Route("PUT", "/slow-mode", "SlowMode", "Turn slow mode on or off"),
             seconds=(0, SLOW_MODE_MAX),
         ),
         ModerationAction(
-            "add_moderator",
-            _USER,
-            "add_moderator",
-            "moderators_changed",
-            None,
-            _USER,
-            Route("POST", "/moderators", "Moderator", "Name a moderator (streamer or admin)"),
+            name="add_moderator",
+            needs=_USER,
+            change="add_moderator",
+            event="moderators_changed",
+            announced=None,
+            recorded=_USER,
+            route=Route("POST", "/moderators", "Moderator", "Name a moderator (streamer or admin)"),
             owner_only=True,
             conflicts=True,
         ),
         ModerationAction(
-            "remove_moderator",
-            _USER,
-            "remove_moderator",
-            "moderators_changed",
-            None,
-            _USER,
-            Route("DELETE", "/moderators/{user_id}", None, "Drop a moderator (streamer or admin)"),
+            name="remove_moderator",
+            needs=_USER,
+            change="remove_moderator",
+            event="moderators_changed",
+            announced=None,
+            recorded=_USER,
+            route=Route("DELETE", "/moderators/{user_id}", None, "Drop a moderator (streamer or admin)"),
             owner_only=True,
             on_self=True,
         ),
