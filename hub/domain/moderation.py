@@ -20,8 +20,6 @@ from hub.storage.state import MessageMissing, ModerationRecord, NoStream, State
 
 log = logging.getLogger(__name__)
 
-BAN = "ban"  # a ban in the stream's sanctions (a timeout is ``t:<until ms>``)
-
 
 class ModerationService:
     def __init__(self, settings: Settings, state: State, history: History) -> None:
@@ -57,7 +55,7 @@ class ModerationService:
             value=value,
             record_json=dumps(record),
             broadcast=_broadcast(m.kind, record),
-            ban_order=frames.ban(m.user_id, m.reason) if value == BAN else b"",
+            ban_order=frames.ban(m.user_id, m.reason) if m.kind.change == "ban" else b"",
         )
         moderators = await self._apply(call)
         log.info("moderation: %s", m.action, extra={"stream_id": m.stream_id, "user_id": who.user_id})
@@ -103,16 +101,14 @@ class ModerationService:
 
 
 def _value(m: Moderation, action_id: str, created_ms: int, record: dict[str, Any]) -> str:
-    """What the action's change writes: a sanction (a timeout's end also recorded as
-    ``until``), the clear's watermark (every message with an older id is cleared) or the
-    slow-mode interval."""
+    """What the action's change writes: a timeout's end (ms; also recorded as ``until``), the
+    clear's watermark (every message with an older id is cleared) or the slow-mode interval."""
     change = m.kind.change
-    if change == "sanction":
-        if m.seconds is None:
-            return BAN
+    if change == "timeout":
+        assert m.seconds is not None
         ends = created_ms + m.seconds * 1000
         record["until"] = iso_ms(ends)
-        return f"t:{ends}"
+        return str(ends)
     if change == "clear":
         return action_id
     if change == "slow":

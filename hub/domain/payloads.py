@@ -321,9 +321,9 @@ PRICE_DECIMALS = 8
 PRICE_MAX = Decimal("1e12")
 
 
-# What moderate.lua changes for an action: delete a message, set or lift a sanction (a ban or
-# a timeout), clear the chat, set slow mode, name or drop a moderator.
-Change = Literal["delete", "sanction", "lift", "clear", "slow", "add_moderator", "remove_moderator"]
+# What moderate.lua changes for an action: delete a message, time a user out, ban one, lift
+# either, clear the chat, set slow mode, name or drop a moderator.
+Change = Literal["delete", "timeout", "ban", "lift", "clear", "slow", "add_moderator", "remove_moderator"]
 
 
 @dataclass(frozen=True)
@@ -390,7 +390,7 @@ MODERATION = {
         ModerationAction(
             name="timeout_user",
             needs=("user_id", "seconds"),
-            change="sanction",
+            change="timeout",
             event="user_timed_out",
             announced=("user_id", "until"),
             recorded=("user_id", "seconds", "until"),
@@ -404,7 +404,7 @@ MODERATION = {
         ModerationAction(
             name="ban_user",
             needs=_USER,
-            change="sanction",
+            change="ban",
             event="user_banned",
             announced=_USER,
             recorded=_USER,

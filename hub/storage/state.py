@@ -180,7 +180,7 @@ class ModerationRecord(NamedTuple):
     on_self: bool  # the actor may be its own target
     target: str  # the user acted on, or ''
     message_id: str  # the message to delete, or ''
-    value: str  # the sanction ('ban', 't:<until ms>'), clear watermark id or slow-mode seconds
+    value: str  # a timeout's end (ms), the clear's watermark id or the slow-mode seconds
     record_json: bytes  # for the outbox and the stream's moderation log
     broadcast: Around  # the room message, with a hole for the moderators after a change of them
     ban_order: bytes  # the ``!ban`` order to the workers, or b''

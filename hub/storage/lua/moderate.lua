@@ -4,9 +4,9 @@
 -- KEYS: stream hash, moderators, sanctions, recent set, unflushed set, deleted set, conns,
 --       outbox, room channel, moderation log, the actor's moderation rate
 -- ARGV: prefix, channel prefix and namespace (for drop_conn, which names a viewer's keys
---       itself), stream id, change (delete | sanction | lift | clear | slow | add_moderator |
---       remove_moderator), owner only ('1'/'0'), on self ('1'/'0'), actor, admin ('1'/'0'),
---       target user, message id, value (the sanction 'ban' | 't:<until ms>', the clear
+--       itself), stream id, change (delete | timeout | ban | lift | clear | slow |
+--       add_moderator | remove_moderator), owner only ('1'/'0'), on self ('1'/'0'), actor,
+--       admin ('1'/'0'), target user, message id, value (a timeout's end ms, the clear
 --       watermark id, or slow-mode seconds), record json, room message head and tail (the
 --       moderators go between them after a change of moderators), ban order ('' if none),
 --       log size, found ('1': the caller found the message in MySQL), rate limit, rate period
@@ -24,7 +24,7 @@ local record_json, room_head, room_tail, ban_order = ARGV[13], ARGV[14], ARGV[15
 local log_size, found = tonumber(ARGV[17]), ARGV[18] == '1'
 local rate_limit, rate_period, count_rate = tonumber(ARGV[19]), tonumber(ARGV[20]), ARGV[21] == '1'
 local of_moderators = change == 'add_moderator' or change == 'remove_moderator'
-local of_sanctions = change == 'sanction' or change == 'lift'
+local of_sanctions = change == 'timeout' or change == 'ban' or change == 'lift'
 
 local h = redis.call('HMGET', stream_key, 'status', 'streamer_id', 'cleared_before')
 if not h[1] then return {'no_stream'} end
@@ -70,14 +70,14 @@ if change == 'delete' then
     or #redis.call('ZRANGEBYLEX', unflushed_key, low, high, 'LIMIT', 0, 1) > 0
   if not held and not found then return {'missing'} end
   redis.call('SADD', deleted_key, message_id)
-elseif change == 'sanction' then
+elseif change == 'timeout' or change == 'ban' then
   if is_mod(target) then
     return {'err', 'forbidden', false, 'Moderators cannot be timed out or banned; remove them as moderator first.'}
   end
   if redis.call('HGET', sanctions_key, target) == 'ban' then
     return {'err', 'conflict', false, 'The user is already banned.'}
   end
-  redis.call('HSET', sanctions_key, target, value)
+  redis.call('HSET', sanctions_key, target, change == 'ban' and 'ban' or 't:' .. value)
 elseif change == 'lift' then
   if redis.call('HDEL', sanctions_key, target) == 0 then
     return {'err', 'conflict', false, 'The user is neither banned nor timed out.'}
