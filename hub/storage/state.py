@@ -196,6 +196,7 @@ class Outcome(NamedTuple):
 
 
 def _outcome(reply: list[Any]) -> Outcome:
+    """Where those replies are read by position, once: a refusal raised, the rest named."""
     _result(reply)
     return Outcome(reply[0], reply[1] if len(reply) > 1 else None)
 
