@@ -10,10 +10,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from hub import frames
 from hub.codec import dumps, iso_ms, uuid7, uuid7_ms
-from hub.domain.service import room_event
 from hub.storage.keys import Keys
-from hub.storage.state import State
+from hub.storage.state import ChatItem, State
 from tests.conftest import Api, unique
 
 
@@ -53,12 +53,15 @@ async def accept_out_of_order(state: State, sid: str, n: int) -> list[str]:
     for message in reversed(made):
         encoded = dumps(message)
         await state.chat(
-            sid,
-            message["user_id"],
-            False,
-            message["message_id"],
-            encoded,
-            room_event("chat_message", encoded),
+            ChatItem(
+                stream_id=sid,
+                user_id=message["user_id"],
+                is_admin=False,
+                is_alert=False,
+                message_id=message["message_id"],
+                message_json=encoded,
+                frame=frames.event("chat_message", encoded),
+            )
         )
     return [m["message_id"] for m in made]
 

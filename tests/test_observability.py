@@ -138,7 +138,7 @@ async def test_json_logs_name_the_stream_and_user_and_never_the_message_or_token
     assert created["stream_id"] == stream_id and created["user_id"] == streamer_id
     assert (
         created["level"] == "INFO"
-        and created["logger"] == "hub.domain.service"
+        and created["logger"] == "hub.domain.streams"
         and created["ts"].endswith("Z")
     )
     assert created["request"] == "POST /api/v1/streaming/create"

@@ -11,7 +11,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 from hub.codec import is_uuid, now_ms, parse_iso
@@ -319,27 +319,153 @@ SYMBOL_MAX = 16
 PRICE_DIGITS = 15
 PRICE_DECIMALS = 8
 PRICE_MAX = Decimal("1e12")
-MODERATION_ACTIONS = (
-    "delete_message",
-    "timeout_user",
-    "ban_user",
-    "unban_user",
-    "clear_chat",
-    "set_slow_mode",
-    "add_moderator",
-    "remove_moderator",
-)
-# The fields each action needs besides stream_id.
-_NEEDS = {
-    "delete_message": ("message_id",),
-    "timeout_user": ("user_id", "seconds"),
-    "ban_user": ("user_id",),
-    "unban_user": ("user_id",),
-    "clear_chat": (),
-    "set_slow_mode": ("seconds",),
-    "add_moderator": ("user_id",),
-    "remove_moderator": ("user_id",),
+
+
+# What moderate.lua changes for an action: delete a message, time a user out, ban one, lift
+# either, clear the chat, set slow mode, name or drop a moderator.
+Change = Literal["delete", "timeout", "ban", "lift", "clear", "slow", "add_moderator", "remove_moderator"]
+
+
+@dataclass(frozen=True)
+class Route:
+    """How REST exposes a moderation action: its method and path under ``/{stream_id}``
+    (``{name}`` parts are payload fields taken from the path), the OpenAPI schema of its body
+    (None: no body, or an ignored one on POST) and the operation's summary."""
+
+    method: str
+    path: str
+    body: str | None
+    summary: str
+
+    @property
+    def path_fields(self) -> tuple[str, ...]:
+        return tuple(re.findall(r"\{(\w+)\}", self.path))
+
+
+@dataclass(frozen=True)
+class ModerationAction:
+    """One moderation action of PROTOCOL §8, as every layer reads it from ``MODERATION``.
+
+    ``name`` is its Socket.IO event and the action recorded; ``needs`` the payload fields it
+    needs besides ``stream_id``; ``seconds`` the range of its ``seconds``; ``reason`` whether it
+    takes one. ``owner_only``: only the streamer or an admin may do it (else its moderators
+    too); ``on_self``: the actor may be its target. ``change`` names what ``moderate.lua`` does
+    to the stream's live state. ``event`` is the room event that tells it, with the record's
+    ``announced`` fields (None: the moderators after the change, which only the script knows);
+    ``recorded`` the fields its record always holds; ``conflicts``: it may be refused as a
+    conflict (e.g. banning a banned user)."""
+
+    name: str
+    needs: tuple[str, ...]
+    change: Change
+    event: str
+    announced: tuple[str, ...] | None
+    recorded: tuple[str, ...]
+    route: Route
+    seconds: tuple[int, int] | None = None
+    reason: bool = False
+    owner_only: bool = False
+    on_self: bool = False
+    conflicts: bool = False
+
+
+_USER = ("user_id",)
+MODERATION = {
+    action.name: action
+    for action in (
+        ModerationAction(
+            name="delete_message",
+            needs=("message_id",),
+            change="delete",
+            event="message_deleted",
+            announced=("message_id",),
+            recorded=("message_id",),
+            route=Route(
+                "DELETE",
+                "/chat/{message_id}",
+                None,
+                "Delete a message (404 when the stream has no such message)",
+            ),
+        ),
+        ModerationAction(
+            name="timeout_user",
+            needs=("user_id", "seconds"),
+            change="timeout",
+            event="user_timed_out",
+            announced=("user_id", "until"),
+            recorded=("user_id", "seconds", "until"),
+            route=Route(
+                "POST", "/timeouts", "Timeout", "Time a user out (not the streamer, a moderator or yourself)"
+            ),
+            seconds=(1, TIMEOUT_MAX),
+            reason=True,
+            conflicts=True,
+        ),
+        ModerationAction(
+            name="ban_user",
+            needs=_USER,
+            change="ban",
+            event="user_banned",
+            announced=_USER,
+            recorded=_USER,
+            route=Route("POST", "/bans", "Ban", "Ban a user from the stream"),
+            reason=True,
+            conflicts=True,
+        ),
+        ModerationAction(
+            name="unban_user",
+            needs=_USER,
+            change="lift",
+            event="user_unbanned",
+            announced=_USER,
+            recorded=_USER,
+            route=Route("DELETE", "/bans/{user_id}", None, "Lift a ban or a timeout"),
+            conflicts=True,
+        ),
+        ModerationAction(
+            name="clear_chat",
+            needs=(),
+            change="clear",
+            event="chat_cleared",
+            announced=(),
+            recorded=(),
+            route=Route("POST", "/chat/clear", None, "Hide every message so far"),
+        ),
+        ModerationAction(
+            name="set_slow_mode",
+            needs=("seconds",),
+            change="slow",
+            event="slow_mode",
+            announced=("seconds",),
+            recorded=("seconds",),
+            route=Route("PUT", "/slow-mode", "SlowMode", "Turn slow mode on or off"),
+            seconds=(0, SLOW_MODE_MAX),
+        ),
+        ModerationAction(
+            name="add_moderator",
+            needs=_USER,
+            change="add_moderator",
+            event="moderators_changed",
+            announced=None,
+            recorded=_USER,
+            route=Route("POST", "/moderators", "Moderator", "Name a moderator (streamer or admin)"),
+            owner_only=True,
+            conflicts=True,
+        ),
+        ModerationAction(
+            name="remove_moderator",
+            needs=_USER,
+            change="remove_moderator",
+            event="moderators_changed",
+            announced=None,
+            recorded=_USER,
+            route=Route("DELETE", "/moderators/{user_id}", None, "Drop a moderator (streamer or admin)"),
+            owner_only=True,
+            on_self=True,
+        ),
+    )
 }
+MODERATION_ACTIONS = tuple(MODERATION)
 
 
 def target_user(data: dict[str, Any]) -> str:
@@ -380,24 +506,24 @@ class Moderation:
     seconds: int | None = None
     reason: str | None = None
 
+    @property
+    def kind(self) -> ModerationAction:
+        return MODERATION[self.action]
+
     @classmethod
     def parse(cls, action: str, data: Any) -> Moderation:
         data = _object(data)
         sid = stream_id(data)
-        needs = _NEEDS[action]
-        user = target_user(data) if "user_id" in needs else ""
+        kind = MODERATION[action]
+        user = target_user(data) if "user_id" in kind.needs else ""
         message_id = ""
-        if "message_id" in needs:
+        if "message_id" in kind.needs:
             raw = data.get("message_id")
             if not is_uuid(raw):
                 raise invalid("'message_id' must be a message id.")
             message_id = raw.lower()
-        seconds = None
-        if action == "timeout_user":
-            seconds = whole_seconds(data, 1, TIMEOUT_MAX)
-        elif action == "set_slow_mode":
-            seconds = whole_seconds(data, 0, SLOW_MODE_MAX)
-        reason = _text(data, "reason", REASON_MAX) if action in ("timeout_user", "ban_user") else None
+        seconds = None if kind.seconds is None else whole_seconds(data, *kind.seconds)
+        reason = _text(data, "reason", REASON_MAX) if kind.reason else None
         return cls(action, sid, user, message_id, seconds, reason or None)
 
 

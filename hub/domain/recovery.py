@@ -35,7 +35,6 @@ from redis.exceptions import RedisError
 from hub import frames
 from hub.codec import dumps, uuid7
 from hub.domain.presence import Presence
-from hub.domain.service import room_event, room_message
 from hub.money import to_cents
 from hub.settings import Settings
 from hub.storage.db import History
@@ -109,7 +108,7 @@ class Figures(NamedTuple):
 def ended_messages(stream_id: str, duration: int) -> list[bytes]:
     """What end.lua publishes on a stream's channel: the event, then the order to empty the room."""
     data = dumps({"stream_id": stream_id, "duration": duration})
-    return [room_message(room_event("stream_ended", data)), frames.CLOSE]
+    return [frames.room_message(frames.event("stream_ended", data)), frames.CLOSE]
 
 
 class Recovery:

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from hub import metrics
 from hub.codec import uuid7
 from hub.errors import HubError
+from hub.frames import Around
 from hub.settings import Settings
 from hub.storage.batcher import Batcher
 from hub.storage.keys import NAMESPACE, STREAMER_STREAMS_KEPT, Keys
@@ -21,8 +22,6 @@ from hub.storage.scripts import checked, load_scripts
 CHAT_BATCH_MAX = 256
 MODLOG_SIZE = 200
 REAP_MOST_PER_STREAM = 1000
-# The reader of script replies under the name ``chat`` calls it by.
-_result = checked
 
 
 def _message_prefix(message_id: str) -> bytes:
@@ -47,6 +46,71 @@ class Stale(Exception):
     def __init__(self, cleared: str) -> None:
         super().__init__(cleared)
         self.cleared = cleared
+
+
+class ChatItem(NamedTuple):
+    """One chat message (or streamer's trade alert) for the batched chat script."""
+
+    stream_id: str
+    user_id: str
+    is_admin: bool
+    is_alert: bool  # the streamer's trade alert: refused from anyone else
+    message_id: str
+    message_json: bytes  # as the recent and unflushed sets and the outbox hold it
+    frame: bytes  # the Engine.IO text of its chat_message event, for the room
+
+
+class TipRecord(NamedTuple):
+    """One tip for ``tip.lua``: its money, its TIP chat message and what it answers and tells."""
+
+    stream_id: str
+    user_id: str
+    client_tip_id: str | None  # the client's idempotency key
+    amount_cents: int
+    fee_cents: int
+    message_id: str  # the TIP chat message's
+    ack_json: bytes  # the sender's ack, kept to answer a retry with the same client_tip_id
+    tip_json: bytes  # the outbox's tip record
+    message_json: bytes  # the TIP chat message
+    room_message: bytes  # tip_received and chat_message, for the room
+
+
+class ModerationRecord(NamedTuple):
+    """One moderation action for ``moderate.lua``, its rules taken from the action's row of
+    ``hub.domain.payloads.MODERATION``."""
+
+    stream_id: str
+    actor: str
+    is_admin: bool
+    change: str  # what the script changes (``ModerationAction.change``)
+    owner_only: bool  # only the streamer or an admin may act
+    on_self: bool  # the actor may be its own target
+    target: str  # the user acted on, or ''
+    message_id: str  # the message to delete, or ''
+    value: str  # a timeout's end (ms), the clear's watermark id or the slow-mode seconds
+    record_json: bytes  # for the outbox and the stream's moderation log
+    broadcast: Around  # the room message, with a hole for the moderators after a change of them
+    ban_order: bytes  # the ``!ban`` order to the workers, or b''
+
+
+class Outcome(NamedTuple):
+    """A chat, tip or moderation script's reply (a refusal is raised as its HubError): its
+    status, 'ok', 'stale', 'dup', 'missing' or 'no_stream', and the one value it may carry
+    (the clear watermark, the first ack, the moderators)."""
+
+    status: str
+    value: Any
+
+
+def _outcome(reply: list[Any]) -> Outcome:
+    """Where those replies are read by position, once: a refusal raised, the rest named."""
+    checked(reply)
+    return Outcome(reply[0], reply[1] if len(reply) > 1 else None)
+
+
+def _flag(value: bool) -> str:
+    """A yes or no as the scripts read it."""
+    return "1" if value else "0"
 
 
 class Joined(NamedTuple):
@@ -411,27 +475,13 @@ class State:
         return int(self.settings.presence_ttl * 1000)
 
     # -- chat and tips ------------------------------------------------------------
-    async def chat(
-        self,
-        stream_id: str,
-        user_id: str,
-        is_admin: bool,
-        message_id: str,
-        message_json: bytes,
-        frame: bytes,
-        kind: str = "chat",
-    ) -> None:
-        """Accept a chat message (or, with ``kind`` alert, the streamer's trade alert): queued
-        for this event-loop tick's one batched script call. Raises the refusal, or Stale when
-        the message id is older than the stream's last chat clear."""
-        here = "1" if self._here(user_id, stream_id) else "0"
-        reply = await self._chat.submit(
-            (stream_id, user_id, "1" if is_admin else "0", kind, message_id, message_json, frame, here)
-        )
-        status = reply[0]
-        if status == "stale":
-            raise Stale(reply[1])
-        _result(reply)
+    async def chat(self, item: ChatItem) -> None:
+        """Accept a chat message (or the streamer's trade alert): queued for this event-loop
+        tick's one batched script call. Raises the refusal, or Stale when the message id is
+        older than the stream's last chat clear."""
+        outcome = _outcome(await self._chat.submit(item))
+        if outcome.status == "stale":
+            raise Stale(outcome.value)
 
     def _here(self, user: str, stream_id: str) -> bool:
         """Whether a user's rate state is in the stream's shard (always, with one shard), so
@@ -442,7 +492,7 @@ class State:
     def _one_shard(self) -> bool:
         return self.keys.shards == 1
 
-    async def _chat_batch(self, items: list[tuple[Any, ...]]) -> list[list[Any]]:
+    async def _chat_batch(self, items: list[ChatItem]) -> list[list[Any]]:
         """The tick's messages in one script call per shard of their streams (one on one Redis),
         after the rate of senders whose rate state is in another shard (``_chat_rates``)."""
         if self._one_shard:
@@ -454,7 +504,7 @@ class State:
             if i in refused:
                 replies[i] = refused[i]
             else:
-                shards.setdefault(self.keys.shard_of(item[0]), []).append(i)
+                shards.setdefault(self.keys.shard_of(item.stream_id), []).append(i)
         results = await asyncio.gather(
             *(self._chat_shard(self.keys.all[shard], [items[i] for i in at]) for shard, at in shards.items())
         )
@@ -463,31 +513,32 @@ class State:
                 replies[i] = reply
         return replies
 
-    async def _chat_rates(self, items: list[tuple[Any, ...]]) -> dict[int, list[Any]]:
+    async def _chat_rates(self, items: list[ChatItem]) -> dict[int, list[Any]]:
         """The chat rate of the batch's senders whose rate state is not in the stream's shard,
         counted in their own shards before the messages go to their streams: admins and the
         stream's moderators at the privileged rate (a streamer's streams are in the streamer's
         shard, so a streamer is never among them). Returns the refusals by message index."""
-        away = [i for i, item in enumerate(items) if item[7] == "0"]
+        away = [i for i, item in enumerate(items) if not self._here(item.user_id, item.stream_id)]
         if not away:
             return {}
         s = self.settings
         async with self.redis.pipeline(transaction=False) as pipe:
             for i in away:
-                sid, user = items[i][0], items[i][1]
-                pipe.sismember(self.keys.of(sid).moderators(sid), user)
+                pipe.sismember(
+                    self.keys.of(items[i].stream_id).moderators(items[i].stream_id), items[i].user_id
+                )
             moderator = await pipe.execute()
         shards: dict[int, list[tuple[int, int]]] = {}
         for i, is_mod in zip(away, moderator, strict=True):
-            privileged = is_mod or items[i][2] == "1"
+            privileged = is_mod or items[i].is_admin
             limit = s.chat_rate_privileged if privileged else s.chat_rate
-            shards.setdefault(self.keys.shard_of(items[i][1]), []).append((i, limit))
+            shards.setdefault(self.keys.shard_of(items[i].user_id), []).append((i, limit))
         results = await asyncio.gather(
             *(
                 self._call(
                     "chat_rate",
                     [self.keys.all[shard].chat_rate_windows],
-                    [s.chat_period * 1000, *(x for i, limit in pairs for x in (items[i][1], limit))],
+                    [s.chat_period * 1000, *(x for i, limit in pairs for x in (items[i].user_id, limit))],
                 )
                 for shard, pairs in shards.items()
             )
@@ -503,149 +554,155 @@ class State:
         """One rate limit counted on its own (a join's or a tip's, in the user's shard)."""
         await self._run("limit", [key], [limit, period_ms])
 
-    async def _chat_shard(self, k: Keys, items: list[tuple[Any, ...]]) -> list[list[Any]]:
+    async def _chat_shard(self, k: Keys, items: list[ChatItem]) -> list[list[Any]]:
+        """One shard's messages of the tick in one ``chat_batch`` call: the keys of each of their
+        streams once, then each sender's slow-mode key; each message names its stream by its
+        place among them."""
         s = self.settings
-        return list(
-            await self._call(
-                "chat_batch",
-                [k.outbox],
-                [
-                    k.prefix,
-                    k.room_prefix,
-                    s.chat_rate,
-                    s.chat_rate_privileged,
-                    s.chat_period * 1000,
-                    s.recent_size,
-                    len(items),
-                    k.chat_rate_windows,
-                    *(x for item in items for x in item),
-                ],
+        streams: dict[str, int] = {}
+        for item in items:
+            streams.setdefault(item.stream_id, len(streams) + 1)
+        keys = [k.outbox, k.chat_rate_windows]
+        for sid in streams:
+            keys += (
+                k.stream(sid),
+                k.moderators(sid),
+                k.sanctions(sid),
+                k.recent(sid),
+                k.unflushed(sid),
+                k.room(sid),
             )
-        )
+        keys += (k.slow(item.stream_id, item.user_id) for item in items)
+        args: list[Any] = [
+            s.chat_rate,
+            s.chat_rate_privileged,
+            s.chat_period * 1000,
+            s.recent_size,
+            len(streams),
+            len(items),
+        ]
+        for item in items:
+            args += (
+                streams[item.stream_id],
+                item.user_id,
+                _flag(item.is_admin),
+                _flag(item.is_alert),
+                item.message_id,
+                item.message_json,
+                item.frame,
+                _flag(self._here(item.user_id, item.stream_id)),
+            )
+        return list(await self._call("chat_batch", keys, args))
 
-    async def tip(
-        self,
-        stream_id: str,
-        user_id: str,
-        client_tip_id: str | None,
-        amount_cents: int,
-        fee_cents: int,
-        message_id: str,
-        ack_json: bytes,
-        tip_json: bytes,
-        message_json: bytes,
-        room_message: bytes,
-    ) -> bytes | None:
-        """Apply a tip; returns the first ack when this ``client_tip_id`` was seen before.
+    async def tip(self, tip: TipRecord) -> str | bytes | None:
+        """Apply a tip; returns the first ack when its ``client_tip_id`` was seen before.
         Raises Stale like ``chat``."""
-        k, s = self.keys.of(stream_id), self.settings
-        idem = k.tip_idempotency(user_id, client_tip_id or "-")
-        here = self._here(user_id, stream_id)  # if not, KEYS[2] is unused, as in ``join``
+        k, s = self.keys.of(tip.stream_id), self.settings
+        idem = k.tip_idempotency(tip.user_id, tip.client_tip_id or "-")
+        here = self._here(tip.user_id, tip.stream_id)  # if not, the rate key is unused, as in ``join``
         if not here:
             try:
-                await self._limit(self.keys.of(user_id).tip_rate(user_id), s.tip_rate, s.tip_period * 1000)
+                await self._limit(
+                    self.keys.of(tip.user_id).tip_rate(tip.user_id), s.tip_rate, s.tip_period * 1000
+                )
             except HubError:
-                first = await self.redis.get(idem) if client_tip_id else None
+                first = await self.redis.get(idem) if tip.client_tip_id else None
                 if first is not None:
                     return first  # a retry of an accepted tip is answered, not counted
                 raise
-        reply = await self._run(
-            "tip",
-            [
-                k.stream(stream_id),
-                k.tip_rate(user_id),
-                idem,
-                k.recent(stream_id),
-                k.outbox,
-                k.room(stream_id),
-                k.sanctions(stream_id),
-                k.unflushed(stream_id),
-            ],
-            [
-                s.tip_rate,
-                s.tip_period * 1000,
-                s.recent_size,
-                amount_cents,
-                fee_cents,
-                s.tip_idempotency_ttl,
-                ack_json,
-                tip_json,
-                message_json,
-                room_message,
-                "1" if client_tip_id else "0",
-                user_id,
-                message_id,
-                "1" if here else "0",
-            ],
+        outcome = _outcome(
+            await self._call(
+                "tip",
+                [
+                    k.stream(tip.stream_id),
+                    k.tip_rate(tip.user_id),
+                    idem,
+                    k.recent(tip.stream_id),
+                    k.unflushed(tip.stream_id),
+                    k.sanctions(tip.stream_id),
+                    k.outbox,
+                    k.room(tip.stream_id),
+                ],
+                [
+                    s.tip_rate,
+                    s.tip_period * 1000,
+                    s.recent_size,
+                    s.tip_idempotency_ttl,
+                    tip.user_id,
+                    tip.message_id,
+                    tip.amount_cents,
+                    tip.fee_cents,
+                    _flag(tip.client_tip_id is not None),
+                    _flag(here),
+                    tip.ack_json,
+                    tip.tip_json,
+                    tip.message_json,
+                    tip.room_message,
+                ],
+            )
         )
-        if reply[0] == "stale":
-            raise Stale(reply[1])
-        return reply[1] if reply[0] == "dup" else None
+        if outcome.status == "stale":
+            raise Stale(outcome.value)
+        return outcome.value if outcome.status == "dup" else None
 
     # -- moderation ---------------------------------------------------------------
-    async def moderate(
-        self,
-        stream_id: str,
-        action: str,
-        actor: str,
-        is_admin: bool,
-        *,
-        target: str = "",
-        message_id: str = "",
-        value: str = "",
-        record_json: bytes,
-        pub_json: bytes,
-        pub_tail: bytes = b"",
-        ban_order: bytes = b"",
-        found: bool = False,
-    ) -> str | None:
+    async def moderate(self, m: ModerationRecord, found: bool = False) -> str | None:
         """Apply one moderation action. Returns the moderators (JSON list) after a change of
-        moderators; raises MessageMissing when a message to delete is not in the recent buffer."""
-        k, s = self.keys.of(stream_id), self.settings
-        here = self._here(actor, stream_id)
+        moderators; raises MessageMissing when a message to delete is not in the recent buffer
+        (call again with ``found`` once MySQL has it), NoStream without live state."""
+        k, s = self.keys.of(m.stream_id), self.settings
+        here = self._here(m.actor, m.stream_id)
         if not here and not found:  # counted once, not again when called back with found
             await self._limit(
-                self.keys.of(actor).moderation_rate(actor), s.moderation_rate, s.moderation_period * 1000
+                self.keys.of(m.actor).moderation_rate(m.actor), s.moderation_rate, s.moderation_period * 1000
             )
-        reply = await self._run(
-            "moderate",
-            [
-                k.stream(stream_id),
-                k.moderators(stream_id),
-                k.sanctions(stream_id),
-                k.recent(stream_id),
-                k.deleted(stream_id),
-                k.conns(stream_id),
-                k.outbox,
-                k.room(stream_id),
-                k.modlog(stream_id),
-                k.moderation_rate(actor),
-            ],
-            [
-                *self._base(k),
-                stream_id,
-                action,
-                actor,
-                "1" if is_admin else "0",
-                target,
-                message_id,
-                value,
-                record_json,
-                pub_json,
-                pub_tail,
-                ban_order,
-                MODLOG_SIZE,
-                "1" if found else "0",
-                s.moderation_rate,
-                s.moderation_period * 1000,
-                "1" if here and not found else "0",
-            ],
+        prefix, channel_prefix, namespace = self._base(k)
+        outcome = _outcome(
+            await self._call(
+                "moderate",
+                [
+                    k.stream(m.stream_id),
+                    k.moderators(m.stream_id),
+                    k.sanctions(m.stream_id),
+                    k.recent(m.stream_id),
+                    k.unflushed(m.stream_id),
+                    k.deleted(m.stream_id),
+                    k.conns(m.stream_id),
+                    k.outbox,
+                    k.room(m.stream_id),
+                    k.modlog(m.stream_id),
+                    k.moderation_rate(m.actor),
+                ],
+                [
+                    prefix,
+                    channel_prefix,
+                    namespace,
+                    m.stream_id,
+                    m.change,
+                    _flag(m.owner_only),
+                    _flag(m.on_self),
+                    m.actor,
+                    _flag(m.is_admin),
+                    m.target,
+                    m.message_id,
+                    m.value,
+                    m.record_json,
+                    m.broadcast.head,
+                    m.broadcast.tail,
+                    m.ban_order,
+                    MODLOG_SIZE,
+                    _flag(found),
+                    s.moderation_rate,
+                    s.moderation_period * 1000,
+                    _flag(here and not found),
+                ],
+            )
         )
-        if reply[0] == "missing":
+        if outcome.status == "missing":
             raise MessageMissing
-        if reply[0] == "no_stream":
+        if outcome.status == "no_stream":
             raise NoStream
-        return reply[1] if len(reply) > 1 else None
+        return outcome.value or None
 
 
 class NoStream(Exception):

@@ -227,21 +227,14 @@ def _alert() -> Schema:
     )
 
 
-_ACTION_NEEDS = {
-    "delete_message": ["message_id"],
-    "timeout_user": ["user_id", "seconds", "until"],
-    "ban_user": ["user_id"],
-    "unban_user": ["user_id"],
-    "set_slow_mode": ["seconds"],
-    "add_moderator": ["user_id"],
-    "remove_moderator": ["user_id"],
-}
-
-
 def _moderation_action() -> Schema:
     needs = [
-        {"if": {"properties": {"action": {"const": action}}}, "then": {"required": fields}}
-        for action, fields in _ACTION_NEEDS.items()
+        {
+            "if": {"properties": {"action": {"const": action.name}}},
+            "then": {"required": list(action.recorded)},
+        }
+        for action in payloads.MODERATION.values()
+        if action.recorded
     ]
     return closed(
         ["action_id", "action", "stream_id", "by", "created_at"],
@@ -543,7 +536,7 @@ def ok(description: str, properties: dict[str, Schema]) -> Schema:
 
 STREAM = {"stream": ref("Stream")}
 COUNT = {"type": "integer", "minimum": 0}
-STREAM_LIST = {"count": COUNT, "streams": {"type": "array", "items": ref("Stream")}}
+STREAM_LIST: dict[str, Schema] = {"count": COUNT, "streams": {"type": "array", "items": ref("Stream")}}
 MODERATED = {"action": ref("ModerationAction")}
 MODERATORS = {
     **MODERATED,
@@ -738,96 +731,57 @@ def _streams(p: str) -> dict[str, Schema]:
     }
 
 
+def _camel(name: str) -> str:
+    """An action's operation id: its event name in camelCase (``ban_user`` -> ``banUser``)."""
+    first, *rest = name.split("_")
+    return first + "".join(word.capitalize() for word in rest)
+
+
 def _moderation(p: str) -> dict[str, Schema]:
+    """The moderation actions' operations, one per row of ``payloads.MODERATION`` at its REST
+    route, then the alerts and the moderation log."""
     s = f"{p}/{{stream_id}}"
     stream_id = ref("StreamId", "parameters")
-    user_id = ref("TargetUserId", "parameters")
     common = ("Unauthorized", "Forbidden", "NotFound")
+    path_params = {
+        "user_id": ref("TargetUserId", "parameters"),
+        "message_id": {
+            "name": "message_id",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "format": "uuid"},
+        },
+    }
 
-    def act(
-        op_id: str,
-        summary: str,
-        conflict: str,
-        *,
-        body: Schema | None = None,
-        body_required: bool = True,
-        params: tuple[Schema, ...] = (),
-        result: dict[str, Schema] = MODERATED,
-    ) -> Schema:
-        errors = ("Invalid", *common, conflict, "RateLimited")
+    def act(action: payloads.ModerationAction) -> Schema:
+        route = action.route
+        errors: tuple[str, ...] = ("Invalid", *common, "NotLiveOrConflict" if action.conflicts else "NotLive")
+        errors += ("RateLimited",)
+        body: Schema | None = None
+        if route.body is not None:
+            body = ref(route.body)
+        elif route.method == "POST":
+            body = {"type": "object", "description": "Ignored."}
         if body is not None:
             errors += ("PayloadTooLarge",)
         return operation(
-            op_id,
-            summary,
+            _camel(action.name),
+            route.summary,
             "moderation",
-            responses(ok("The recorded action.", result), *errors),
+            responses(
+                ok("The recorded action.", MODERATED if action.announced is not None else MODERATORS), *errors
+            ),
             auth=True,
-            params=[stream_id, *params],
+            params=[stream_id, *(path_params[name] for name in route.path_fields)],
             body=body,
-            body_required=body_required,
+            body_required=route.body is not None,
         )
 
+    paths: dict[str, Schema] = {}
+    for action in payloads.MODERATION.values():
+        paths.setdefault(f"{s}{action.route.path}", {})[action.route.method.lower()] = act(action)
     return {
-        f"{s}/chat/clear": {
-            "post": act(
-                "clearChat",
-                "Hide every message so far",
-                "NotLive",
-                body={"type": "object", "description": "Ignored."},
-                body_required=False,
-            )
-        },
-        f"{s}/chat/{{message_id}}": {
-            "delete": act(
-                "deleteMessage",
-                "Delete a message (404 when the stream has no such message)",
-                "NotLive",
-                params=(
-                    {
-                        "name": "message_id",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string", "format": "uuid"},
-                    },
-                ),
-            )
-        },
-        f"{s}/timeouts": {
-            "post": act(
-                "timeoutUser",
-                "Time a user out (not the streamer, a moderator or yourself)",
-                "NotLiveOrConflict",
-                body=ref("Timeout"),
-            )
-        },
-        f"{s}/bans": {
-            "post": act("banUser", "Ban a user from the stream", "NotLiveOrConflict", body=ref("Ban"))
-        },
-        f"{s}/bans/{{user_id}}": {
-            "delete": act("unbanUser", "Lift a ban or a timeout", "NotLiveOrConflict", params=(user_id,))
-        },
-        f"{s}/slow-mode": {
-            "put": act("setSlowMode", "Turn slow mode on or off", "NotLive", body=ref("SlowMode"))
-        },
-        f"{s}/moderators": {
-            "post": act(
-                "addModerator",
-                "Name a moderator (streamer or admin)",
-                "NotLiveOrConflict",
-                body=ref("Moderator"),
-                result=MODERATORS,
-            )
-        },
-        f"{s}/moderators/{{user_id}}": {
-            "delete": act(
-                "removeModerator",
-                "Drop a moderator (streamer or admin)",
-                "NotLive",
-                params=(user_id,),
-                result=MODERATORS,
-            )
-        },
+        **paths,
         f"{s}/alerts": {
             "post": operation(
                 "sendAlert",

@@ -247,13 +247,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get(f"{PREFIX}/{{stream_id}}/chat", chat)
     app.router.add_get(f"{PREFIX}/{{stream_id}}", get_stream)
     stream = f"{PREFIX}/{{stream_id}}"
-    app.router.add_post(f"{stream}/chat/clear", _moderation("clear_chat"))
-    app.router.add_delete(f"{stream}/chat/{{message_id}}", _moderation("delete_message", "message_id"))
-    app.router.add_post(f"{stream}/timeouts", _moderation("timeout_user"))
-    app.router.add_post(f"{stream}/bans", _moderation("ban_user"))
-    app.router.add_delete(f"{stream}/bans/{{user_id}}", _moderation("unban_user", "user_id"))
-    app.router.add_put(f"{stream}/slow-mode", _moderation("set_slow_mode"))
-    app.router.add_post(f"{stream}/moderators", _moderation("add_moderator"))
-    app.router.add_delete(f"{stream}/moderators/{{user_id}}", _moderation("remove_moderator", "user_id"))
+    for action in payloads.MODERATION.values():
+        route = action.route
+        app.router.add_route(route.method, stream + route.path, _moderation(action.name, *route.path_fields))
     app.router.add_post(f"{stream}/alerts", alert)
     app.router.add_get(f"{stream}/moderation", moderation_log)

@@ -5,88 +5,125 @@
 -- them one outbox entry (t = messages, then the records' texts as fields '1', '2', …). The
 -- rate state is the shard's (window_logs in common.lua); a message whose sender's rate lives in
 -- another shard comes with its rate already checked (chat_rate.lua) and is not counted here.
--- KEYS: outbox
--- ARGV: prefix, channel prefix, rate limit, privileged rate limit, period ms, recent size, n,
---       rate window key prefix (the window number follows it),
---       then n times: stream id, user id, admin ('1'/'0'), kind ('chat' | 'alert'), message id,
---       message json, frame (the Engine.IO text of its chat_message event), rate counted
---       here ('1'/'0')
+-- KEYS: outbox, chat rate windows (the prefix of the hashes; the window's number, from Redis's
+--       clock, follows it), then for each stream of the batch STREAM_KEYS keys: its hash,
+--       moderators, sanctions, recent set, unflushed set, room channel; then for each message
+--       its sender's slow-mode key in its stream
+-- ARGV: rate limit, privileged rate limit, period ms, recent size, streams, messages, then for
+--       each message MESSAGE_ARGS values: its stream (1, 2, …: its keys' place), user id,
+--       admin ('1'/'0'), alert ('1'/'0'), message id, message json, frame (the Engine.IO text
+--       of its chat_message event), rate counted here ('1'/'0')
 -- Returns one reply per message: {'ok'}, {'err', code, retry ms}, or {'stale', cleared_before}.
-local FIELDS = 8
-local prefix, channel_prefix, rate_prefix = ARGV[1], ARGV[2], ARGV[8]
-local limit, privileged, period = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local recent_size, n = tonumber(ARGV[6]), tonumber(ARGV[7])
+local STREAM_KEYS, MESSAGE_ARGS, HEADER_ARGS = 6, 8, 6
+local outbox_key, rate_windows = KEYS[1], KEYS[2]
+local limit, privileged, period = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local recent_size, stream_count, n = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+
+local streams = {}
+for j = 1, stream_count do
+  local at = 2 + (j - 1) * STREAM_KEYS
+  streams[j] = {
+    key = KEYS[at + 1], mods_key = KEYS[at + 2], sanctions_key = KEYS[at + 3],
+    recent_key = KEYS[at + 4], unflushed_key = KEYS[at + 5], channel = KEYS[at + 6],
+    messages = {}, frames = {},
+  }
+end
+local messages = {}
+for i = 1, n do
+  local at = HEADER_ARGS + (i - 1) * MESSAGE_ARGS
+  messages[i] = {
+    stream = streams[tonumber(ARGV[at + 1])], user = ARGV[at + 2], admin = ARGV[at + 3],
+    alert = ARGV[at + 4] == '1', id = ARGV[at + 5], json = ARGV[at + 6], frame = ARGV[at + 7],
+    counted = ARGV[at + 8] == '1', slow_key = KEYS[2 + stream_count * STREAM_KEYS + i],
+  }
+end
+
+-- A stream's accepted messages (JSON texts): all into its unflushed set (the flusher takes
+-- each out once MySQL has it), and those above the recent floor (the highest id ever trimmed)
+-- into its recent set, which thus holds every kept message above the floor. A lower id, from
+-- a worker whose message reached Redis late, is read from the unflushed set, then from MySQL.
+local function keep(s)
+  local all, above = {}, {}
+  for _, m in ipairs(s.messages) do
+    all[#all + 1] = 0
+    all[#all + 1] = m
+    if not s.floor or message_id_of(m) > s.floor then
+      above[#above + 1] = 0
+      above[#above + 1] = m
+    end
+  end
+  redis.call('ZADD', s.unflushed_key, unpack(all))
+  if #above > 0 then redis.call('ZADD', s.recent_key, unpack(above)) end
+end
+
+-- The recent set trimmed back to its size, the lowest ids first; the floor rises to the
+-- highest id trimmed.
+local function trim(s)
+  local cut = redis.call('ZCARD', s.recent_key) - recent_size
+  if cut <= 0 then return end
+  local top = redis.call('ZRANGE', s.recent_key, cut - 1, cut - 1)[1]
+  redis.call('ZREMRANGEBYRANK', s.recent_key, 0, cut - 1)
+  redis.call('HSET', s.key, 'recent_floor', message_id_of(top))
+end
+
 local step = math.max(1, math.floor(recent_size / 10))
 local now = now_ms()
 
--- The streams of the batch, and the users whose rate is counted here.
-local streams, stream_order, users, user_order = {}, {}, {}, {}
-for i = 1, n do
-  local at = 8 + (i - 1) * FIELDS
-  local sid, user = ARGV[at + 1], ARGV[at + 2]
-  if not streams[sid] then
-    streams[sid] = {messages = {}, frames = {}}
-    stream_order[#stream_order + 1] = sid
-  end
-  if ARGV[at + 8] == '1' and users[user] == nil then
-    users[user] = false
-    user_order[#user_order + 1] = user
+-- The users whose rate is counted here, and their logs.
+local users, user_order = {}, {}
+for _, m in ipairs(messages) do
+  if m.counted and users[m.user] == nil then
+    users[m.user] = false
+    user_order[#user_order + 1] = m.user
   end
 end
-window_logs(rate_prefix, period, now, users, user_order)
+window_logs(rate_windows, period, now, users, user_order)
 
 -- Each stream's state, and its moderators and sanctions only where it has any.
-for _, sid in ipairs(stream_order) do
-  local s = streams[sid]
-  local base = prefix .. 'stream:' .. sid
-  local h = redis.call('HMGET', base, 'status', 'streamer_id', 'slow_mode', 'cleared_before',
+for _, s in ipairs(streams) do
+  local h = redis.call('HMGET', s.key, 'status', 'streamer_id', 'slow_mode', 'cleared_before',
                        'mod_count', 'sanction_count', 'recent_floor')
   s.status, s.streamer, s.slow, s.cleared = h[1], h[2], tonumber(h[3] or '0') or 0, h[4]
   s.has_mods = tonumber(h[5] or '0') > 0
   s.has_sanctions = tonumber(h[6] or '0') > 0
   s.floor = h[7]
-  s.base = base
 end
 
 local replies, changed = {}, {}
-for i = 1, n do
-  local at = 8 + (i - 1) * FIELDS
-  local sid, user, admin, kind, id = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4], ARGV[at + 5]
-  local s = streams[sid]
+for i, m in ipairs(messages) do
+  local s = m.stream
   local reply = nil
   if not s.status then
     reply = {'err', 'not_found'}
   elseif s.status ~= 'LIVE' then
     reply = {'err', 'stream_not_live'}
-  elseif s.cleared and id <= s.cleared then
+  elseif s.cleared and m.id <= s.cleared then
     reply = {'stale', s.cleared}
   else
-    local role = role_of(s.streamer, s.base .. ':mods', user, admin, not s.has_mods)
-    if kind == 'alert' and role ~= 'streamer' then reply = {'err', 'forbidden'} end
+    local role = role_of(s.streamer, s.mods_key, m.user, m.admin, not s.has_mods)
+    if m.alert and role ~= 'streamer' then reply = {'err', 'forbidden'} end
     if not reply and role ~= 'streamer' and s.has_sanctions then
-      reply = sanction_check(s.base .. ':sanctions', user, now)
+      reply = sanction_check(s.sanctions_key, m.user, now)
     end
     local slow = (role or reply) and 0 or s.slow
-    local slow_key = s.base .. ':slow:' .. user
     if not reply and slow > 0 then
-      local wait = redis.call('PTTL', slow_key)
+      local wait = redis.call('PTTL', m.slow_key)
       if wait > 0 then reply = {'err', 'slow_mode', wait} end
     end
-    local counted = ARGV[at + 8] == '1'
     if not reply then
       -- The sender's log of accepted times, held for this batch (written back once, below).
       local log, refusal = nil, nil
-      if counted then log, refusal = window_admit(users[user], role and privileged or limit, period, now) end
+      if m.counted then log, refusal = window_admit(users[m.user], role and privileged or limit, period, now) end
       if refusal then
         reply = refusal
       else
-        if counted then
-          users[user] = log
-          changed[#changed + 1] = user
+        if m.counted then
+          users[m.user] = log
+          changed[#changed + 1] = m.user
         end
-        if slow > 0 then redis.call('SET', slow_key, '1', 'PX', slow * 1000) end
-        s.messages[#s.messages + 1] = ARGV[at + 6]
-        s.frames[#s.frames + 1] = ARGV[at + 7]
+        if slow > 0 then redis.call('SET', m.slow_key, '1', 'PX', slow * 1000) end
+        s.messages[#s.messages + 1] = m.json
+        s.frames[#s.frames + 1] = m.frame
         reply = {'ok'}
       end
     end
@@ -94,19 +131,19 @@ for i = 1, n do
   replies[i] = reply
 end
 
-window_save(rate_prefix, period, now, users, changed)
+window_save(rate_windows, period, now, users, changed)
 
 local records = {}
-for _, sid in ipairs(stream_order) do
-  local s = streams[sid]
+for _, s in ipairs(streams) do
   local k = #s.messages
   if k > 0 then
-    local count = redis.call('HINCRBY', s.base, 'message_count', k)
-    keep_messages(s.base, s.messages, s.floor)
+    local count = redis.call('HINCRBY', s.key, 'message_count', k)
+    keep(s)
     -- The recent set may hold up to a tenth more than its size: trimmed each time the message
     -- count passes a tenth of it, so its length is not read per call.
-    if math.floor(count / step) ~= math.floor((count - k) / step) then trim_recent(s.base, recent_size) end
-    redis.call(PUBLISH, channel_prefix .. sid, '\n' .. table.concat(s.frames, '\n'))
+    if math.floor(count / step) ~= math.floor((count - k) / step) then trim(s) end
+    -- To every socket in the room (hub.frames.room_message): a newline, then the frames.
+    redis.call(PUBLISH, s.channel, '\n' .. table.concat(s.frames, '\n'))
     for _, m in ipairs(s.messages) do records[#records + 1] = m end
   end
 end
@@ -118,6 +155,6 @@ if #records > 0 then
     fields[#fields + 1] = tostring(i)
     fields[#fields + 1] = m
   end
-  redis.call('XADD', KEYS[1], '*', unpack(fields))
+  redis.call('XADD', outbox_key, '*', unpack(fields))
 end
 return replies

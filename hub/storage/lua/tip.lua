@@ -1,38 +1,57 @@
 -- One accepted tip: idempotency, checks, money counters (cents), the TIP chat message,
 -- outbox records and both broadcasts together.
--- KEYS: stream hash, rate key, idempotency key, recent set, outbox, stream channel, sanctions,
---       unflushed set
--- ARGV: rate limit, rate period ms, recent size, amount cents, fee cents, idempotency ttl s,
---       ack json, tip json, message json, room message (tip_received and chat_message),
---       has idempotency key, user id, TIP message id, count the tip rate here ('1'/'0': the
---       caller counted it in the user's shard)
+-- KEYS: stream hash, tip rate, idempotency key, recent set, unflushed set, sanctions, outbox,
+--       room channel
+-- ARGV: rate limit, rate period ms, recent size, idempotency ttl s, user id, TIP message id,
+--       amount cents, fee cents, has idempotency key ('1'/'0'), count the tip rate here
+--       ('1'/'0': else the caller counted it in the user's shard), ack json, tip json,
+--       message json, room message (tip_received and chat_message)
 -- Returns {'ok'}, {'dup', first ack}, an error, or {'stale', cleared_before} when the TIP
 -- message's id is older than the last chat clear (the caller retries with a newer id).
-local bad = live_check(KEYS[1])
+local stream_key, rate_key, idempotency_key = KEYS[1], KEYS[2], KEYS[3]
+local recent_key, unflushed_key, sanctions_key = KEYS[4], KEYS[5], KEYS[6]
+local outbox_key, channel = KEYS[7], KEYS[8]
+local rate_limit, rate_period, recent_size = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local idempotency_ttl, user, message_id = tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local amount_cents, fee_cents = tonumber(ARGV[7]), tonumber(ARGV[8])
+local idempotent, count_rate = ARGV[9] == '1', ARGV[10] == '1'
+local ack_json, tip_json, message_json, room_message = ARGV[11], ARGV[12], ARGV[13], ARGV[14]
+
+local bad = live_check(stream_key)
 if bad then return bad end
-if ARGV[11] == '1' then
-  local first = redis.call('GET', KEYS[3])
+if idempotent then
+  local first = redis.call('GET', idempotency_key)
   if first then return {'dup', first} end
 end
-local cleared = redis.call('HGET', KEYS[1], 'cleared_before')
-if cleared and ARGV[13] <= cleared then return {'stale', cleared} end
+local h = redis.call('HMGET', stream_key, 'cleared_before', 'recent_floor')
+local cleared, floor = h[1], h[2]
+if cleared and message_id <= cleared then return {'stale', cleared} end
 local now = now_ms()
-bad = sanction_check(KEYS[7], ARGV[12], now)
+bad = sanction_check(sanctions_key, user, now)
 if bad then return bad end
-if ARGV[14] == '1' then
-  bad = rate_check(KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]), now)
+if count_rate then
+  bad = rate_check(rate_key, rate_limit, rate_period, now)
   if bad then return bad end
 end
-if ARGV[11] == '1' then
-  redis.call('SET', KEYS[3], ARGV[7], 'EX', tonumber(ARGV[6]))
+if idempotent then
+  redis.call('SET', idempotency_key, ack_json, 'EX', idempotency_ttl)
 end
-redis.call('HINCRBY', KEYS[1], 'tip_count', 1)
-redis.call('HINCRBY', KEYS[1], 'tips_cents', tonumber(ARGV[4]))
-redis.call('HINCRBY', KEYS[1], 'fees_cents', tonumber(ARGV[5]))
-redis.call('HINCRBY', KEYS[1], 'message_count', 1)
-keep_messages(KEYS[1], {ARGV[9]}, redis.call('HGET', KEYS[1], 'recent_floor'))
-trim_recent(KEYS[1], tonumber(ARGV[3]))
-redis.call('XADD', KEYS[5], '*', 't', 'tip', 'd', ARGV[8])
-redis.call('XADD', KEYS[5], '*', 't', 'message', 'd', ARGV[9])
-redis.call(PUBLISH, KEYS[6], ARGV[10])
+redis.call('HINCRBY', stream_key, 'tip_count', 1)
+redis.call('HINCRBY', stream_key, 'tips_cents', amount_cents)
+redis.call('HINCRBY', stream_key, 'fees_cents', fee_cents)
+redis.call('HINCRBY', stream_key, 'message_count', 1)
+-- The TIP message kept as chat_batch.lua keeps messages: in the unflushed set, and in the
+-- recent set when above the recent floor; the recent set is then trimmed back to its size,
+-- the lowest ids first, the floor rising to the highest id trimmed.
+redis.call('ZADD', unflushed_key, 0, message_json)
+if not floor or message_id > floor then redis.call('ZADD', recent_key, 0, message_json) end
+local cut = redis.call('ZCARD', recent_key) - recent_size
+if cut > 0 then
+  local top = redis.call('ZRANGE', recent_key, cut - 1, cut - 1)[1]
+  redis.call('ZREMRANGEBYRANK', recent_key, 0, cut - 1)
+  redis.call('HSET', stream_key, 'recent_floor', message_id_of(top))
+end
+redis.call('XADD', outbox_key, '*', 't', 'tip', 'd', tip_json)
+redis.call('XADD', outbox_key, '*', 't', 'message', 'd', message_json)
+redis.call(PUBLISH, channel, room_message)
 return {'ok'}
