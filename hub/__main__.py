@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
-    from hub.app import serve
+    from hub.worker import serve
     from hub.storage.connections import StartupError, run
 
     def listening() -> None:

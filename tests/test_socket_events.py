@@ -758,7 +758,7 @@ async def test_two_joins_in_two_polling_posts_at_once_leave_one_room(
     """Two long-polling POSTs in flight at once, each with a join: handled one after the other,
     so each socket ends in exactly one room, counted in that stream only, hearing that stream
     only; a ban from a stream takes every socket of the user out of its room."""
-    from hub.app import SIO
+    from hub.worker import WORKER
 
     streams = {}
     for name in ("a", "b"):
@@ -774,7 +774,7 @@ async def test_two_joins_in_two_polling_posts_at_once_leave_one_room(
         assert (await s.ack(1))["success"] and (await s.ack(2))["success"]
 
     await asyncio.gather(*(race(s) for s in socks))
-    rooms = server.app[SIO].manager.rooms[NAMESPACE]
+    rooms = server.app[WORKER].server.manager.rooms[NAMESPACE]
     where = {}
     for s in socks:
         inside = [room for room in (a, b) if s.sid in rooms.get(room, {})]
@@ -844,9 +844,9 @@ async def test_a_ban_takes_the_users_sockets_out_of_the_room_whatever_presence_s
 ):
     """Socket.IO's room is the truth: a socket in the room that this worker's presence has
     watching another stream (or nothing) still leaves it on a ban, and hears no more of it."""
-    from hub.app import SIO
+    from hub.worker import WORKER
 
-    sio = server.app[SIO]
+    sio = server.app[WORKER].server
     other = (await api.create_stream(token(unique("streamer"), "streamer")))["stream_id"]
     uid = unique("drifter")
     c = await clients(base_url, token(uid))
