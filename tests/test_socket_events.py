@@ -839,6 +839,29 @@ async def test_a_join_and_a_disconnect_in_two_polling_posts_at_once_leave_no_gho
     assert watching <= connections, (watching, connections)
 
 
+async def test_an_event_dispatched_after_its_socket_disconnected_leaves_no_turn(server, token, raw, stream):
+    """An event python-socketio hands the namespace once its socket's disconnect is done (one
+    that passed the connected check just before) is refused ``unauthorized``, and leaves no
+    turn behind for a socket that will never disconnect again."""
+    from hub.worker import WORKER
+
+    namespace = server.app[WORKER].namespace
+    s = await raw(token(unique("late")), "polling")
+    assert await s.send(join_packet(1, stream["id"])) == 200
+    assert (await s.ack(1))["success"]
+    assert await s.send("1/streaming,") == 200  # answered once the disconnect has run
+
+    async def gone() -> bool:
+        return s.sid not in namespace.presence.conns and s.sid not in namespace._turns
+
+    await eventually(gone, what="the socket gone")
+    late = await namespace.trigger_event(
+        "send_message", s.sid, {"stream_id": stream["id"], "message": "late"}
+    )
+    assert late["error"]["code"] == "unauthorized"
+    assert s.sid not in namespace._turns
+
+
 async def test_a_ban_takes_the_users_sockets_out_of_the_room_whatever_presence_says(
     api, clients, base_url, token, server, stream
 ):

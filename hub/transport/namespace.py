@@ -48,8 +48,9 @@ class StreamingNamespace(socketio.AsyncNamespace):
     A socket's events, and its disconnect, are handled one at a time in the order they
     arrive, whatever the transport: over WebSocket they arrive one by one, but two long-polling
     POSTs in flight at once would otherwise run side by side. Each admitted socket has a turn
-    (a lock); the disconnect waits for the event in progress, and an event that was waiting
-    behind it finds the socket gone."""
+    (a lock) from its connect to its disconnect; the disconnect waits for the event in
+    progress, and an event that was waiting behind it, or that comes after it, finds the
+    socket gone."""
 
     def __init__(self, settings: Settings, verifier: Verifier, hub: Hub, presence: Presence) -> None:
         super().__init__(NAMESPACE)
@@ -129,16 +130,14 @@ class StreamingNamespace(socketio.AsyncNamespace):
         except (RedisError, OSError) as exc:
             raise _refused(HubError("unavailable")) from exc
         self.presence.add(conn)
-
-    def _turn(self, sid: str) -> asyncio.Lock:
-        turn = self._turns.get(sid)
-        if turn is None:
-            turn = self._turns[sid] = asyncio.Lock()
-        return turn
+        self._turns[sid] = asyncio.Lock()
 
     async def on_disconnect(self, sid: str) -> None:
+        turn = self._turns.get(sid)
+        if turn is None:  # never admitted
+            return
         try:
-            async with self._turn(sid):
+            async with turn:
                 await self._leave_for_good(sid)
         finally:
             self._turns.pop(sid, None)
@@ -156,7 +155,10 @@ class StreamingNamespace(socketio.AsyncNamespace):
     async def _in_turn(self, event: str, sid: str, args: tuple[Any, ...]) -> Ack:
         """The event's action once the socket's earlier events are done."""
         self._received[event]()
-        async with self._turn(sid):
+        turn = self._turns.get(sid)
+        if turn is None:  # its disconnect is done: nothing to wait for, nothing to keep
+            return await self._refuse(sid, event, HubError("unauthorized", "Not connected."))
+        async with turn:
             conn = self.presence.conns.get(sid)
             context = logs.CONTEXT.set((event, sid, conn, args))
             try:
