@@ -226,6 +226,7 @@ def _socketio_server(settings: Settings, namespace: StreamingNamespace, bus: Hub
 
 
 async def _up(check: Awaitable[object]) -> str:
+    """``up`` when the check answers within 2 s: a readiness probe must not hang."""
     try:
         await asyncio.wait_for(check, 2)
         return "up"
@@ -300,6 +301,8 @@ async def _running(app: web.Application) -> AsyncIterator[None]:
 
 
 async def socketio_request(request: web.Request) -> Any:
+    """Engine.IO's requests, answered by the worker's Socket.IO server: the route is the
+    application's from the start, the server the worker's once it has started."""
     return await request.app[WORKER].server.handle_request(request)
 
 
