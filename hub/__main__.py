@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
-    from hub.app import serve
     from hub.storage.connections import StartupError, run
+    from hub.worker import serve
 
     def listening() -> None:
         print(

@@ -3,7 +3,9 @@
 Counters are incremented where the thing happens; what is cheaper to read than to count (open
 connections, the outbox's length and age) is read when ``/metrics`` is scraped. Label values
 come from fixed sets (event names the hub handles, error codes, script names, table names), so
-no user input ever becomes a label.
+no user input ever becomes a label. The counters the fan-out path keeps itself (deliveries,
+socket writes, cut-offs, paced events, room messages) belong to each worker, in its own
+registry (``hub.worker.FanoutCounters``), served on the same ``/metrics`` page.
 """
 
 from __future__ import annotations

@@ -108,7 +108,7 @@ def token(settings: Settings) -> Callable[..., str]:
 
 @pytest.fixture
 async def server(aiohttp_server: Any, settings: Settings) -> Any:
-    from hub.app import create_app
+    from hub.worker import create_app
 
     return await aiohttp_server(create_app(settings))
 

@@ -14,10 +14,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from hub.app import SIO, create_app
 from hub.settings import Settings
 from hub.storage.keys import NAMESPACE
 from hub.transport.hooks import CHECKED_WITH, HOOKS, Hook, problems, resolve
+from hub.worker import WORKER, create_app
 from tests.conftest import Api, Client, eventually, unique
 
 
@@ -66,7 +66,7 @@ async def test_a_client_session_runs_every_override(
 ) -> None:
     server = await aiohttp_server(create_app(settings))
     base = str(server.make_url("")).rstrip("/")
-    sio = server.app[SIO]
+    sio = server.app[WORKER].server
     streamer = unique("streamer")
     async with aiohttp.ClientSession() as http:
         stream = await Api(http, base).create_stream(token(streamer, "streamer", name="Streamer"))

@@ -74,6 +74,29 @@ async def test_worker_metrics_count_joins_events_errors_and_fan_out(server, http
     assert ("hub_outbox_entries", ()) in after and ("hub_outbox_oldest_age_seconds", ()) in after
 
 
+async def test_each_worker_in_a_process_serves_its_own_fan_out_counters(
+    server, aiohttp_server, settings, http, base_url, api, token
+):
+    """The fan-out counters are the worker's own: a second worker made in the same process
+    neither takes over the first one's figures nor shows them."""
+    from hub.worker import create_app
+
+    other = await aiohttp_server(create_app(settings))
+    stream_id = (await api.create_stream(token(unique("streamer"), "streamer")))["stream_id"]
+    viewer = Client()
+    try:
+        await viewer.connect(base_url, token(unique("viewer")))
+        assert (await viewer.call("join_stream", {"stream_id": stream_id}))["success"]
+        said = await viewer.call("send_message", {"stream_id": stream_id, "message": "counted here"})
+        await viewer.wait_for("chat_message", lambda m: m["message_id"] == said["message"]["message_id"])
+        here = await scrape(http, f"{base_url}/metrics")
+        there = await scrape(http, str(other.make_url("/metrics")))
+    finally:
+        await viewer.close()
+    assert value(here, "hub_deliveries_total") >= 1 and value(here, "hub_socket_writes_total") >= 1
+    assert value(there, "hub_deliveries_total") == 0 and value(there, "hub_socket_writes_total") == 0
+
+
 async def test_the_flusher_serves_its_own_metrics(env, http, server, base_url, api, token, tmp_path):
     port = free_port()
     flusher = FlusherProcess({**env, "HUB_FLUSHER_METRICS_PORT": str(port)}, tmp_path / "flusher.log")

@@ -318,7 +318,7 @@ async def test_refusals_the_generated_cases_seldom_reach_hold_to_the_document(
     aiohttp_server, settings, http, token
 ):
     """413 and 429 (with Retry-After), on a worker whose streamers may post two alerts a period."""
-    from hub.app import create_app
+    from hub.worker import create_app
 
     server = await aiohttp_server(create_app(replace(settings, chat_rate_privileged=2)))
     base_url = str(server.make_url("")).rstrip("/")

@@ -758,7 +758,7 @@ async def test_two_joins_in_two_polling_posts_at_once_leave_one_room(
     """Two long-polling POSTs in flight at once, each with a join: handled one after the other,
     so each socket ends in exactly one room, counted in that stream only, hearing that stream
     only; a ban from a stream takes every socket of the user out of its room."""
-    from hub.app import SIO
+    from hub.worker import WORKER
 
     streams = {}
     for name in ("a", "b"):
@@ -774,7 +774,7 @@ async def test_two_joins_in_two_polling_posts_at_once_leave_one_room(
         assert (await s.ack(1))["success"] and (await s.ack(2))["success"]
 
     await asyncio.gather(*(race(s) for s in socks))
-    rooms = server.app[SIO].manager.rooms[NAMESPACE]
+    rooms = server.app[WORKER].server.manager.rooms[NAMESPACE]
     where = {}
     for s in socks:
         inside = [room for room in (a, b) if s.sid in rooms.get(room, {})]
@@ -839,14 +839,37 @@ async def test_a_join_and_a_disconnect_in_two_polling_posts_at_once_leave_no_gho
     assert watching <= connections, (watching, connections)
 
 
+async def test_an_event_dispatched_after_its_socket_disconnected_leaves_no_turn(server, token, raw, stream):
+    """An event python-socketio hands the namespace once its socket's disconnect is done (one
+    that passed the connected check just before) is refused ``unauthorized``, and leaves no
+    turn behind for a socket that will never disconnect again."""
+    from hub.worker import WORKER
+
+    namespace = server.app[WORKER].namespace
+    s = await raw(token(unique("late")), "polling")
+    assert await s.send(join_packet(1, stream["id"])) == 200
+    assert (await s.ack(1))["success"]
+    assert await s.send("1/streaming,") == 200  # answered once the disconnect has run
+
+    async def gone() -> bool:
+        return s.sid not in namespace.presence.conns and s.sid not in namespace._turns
+
+    await eventually(gone, what="the socket gone")
+    late = await namespace.trigger_event(
+        "send_message", s.sid, {"stream_id": stream["id"], "message": "late"}
+    )
+    assert late["error"]["code"] == "unauthorized"
+    assert s.sid not in namespace._turns
+
+
 async def test_a_ban_takes_the_users_sockets_out_of_the_room_whatever_presence_says(
     api, clients, base_url, token, server, stream
 ):
     """Socket.IO's room is the truth: a socket in the room that this worker's presence has
     watching another stream (or nothing) still leaves it on a ban, and hears no more of it."""
-    from hub.app import SIO
+    from hub.worker import WORKER
 
-    sio = server.app[SIO]
+    sio = server.app[WORKER].server
     other = (await api.create_stream(token(unique("streamer"), "streamer")))["stream_id"]
     uid = unique("drifter")
     c = await clients(base_url, token(uid))

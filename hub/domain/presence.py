@@ -49,7 +49,6 @@ class Presence:
         self.conns: dict[str, Conn] = {}
         self.transports: dict[str, str] = {}  # Engine.IO session id -> its client address
         self.rooms: dict[str, set[str]] = defaultdict(set)
-        self.on_stream_gone: Callable[[str, list[Conn]], Awaitable[None]] | None = None
         self.withdrawn = False
 
     def add(self, conn: Conn) -> None:
@@ -90,8 +89,9 @@ class Presence:
                 except (HubError, RedisError, OSError) as exc:
                     log.warning("withdrawing %s failed: %s", conn.sid, exc)
 
-    async def refresh_once(self) -> int:
-        """Push every local connection's expiry forward; returns how many were re-asserted."""
+    async def refresh_once(self, stream_gone: Callable[[str, list[Conn]], Awaitable[None]]) -> int:
+        """Push every local connection's expiry forward; returns how many were re-asserted.
+        A stream found no longer live is forgotten, and ``stream_gone`` told of its watchers."""
         reasserted = 0
         if self.withdrawn:
             return 0
@@ -119,9 +119,7 @@ class Presence:
             try:
                 reasserted += await self.state.refresh(stream_id, members)
             except HubError:
-                gone = self.forget_stream(stream_id)
-                if self.on_stream_gone is not None:
-                    await self.on_stream_gone(stream_id, gone)
+                await stream_gone(stream_id, self.forget_stream(stream_id))
         return reasserted
 
     async def reap_loop(self, interval: float) -> None:

@@ -6,6 +6,8 @@ import ipaddress
 import logging
 from typing import Any
 
+from aiohttp import web
+
 log = logging.getLogger(__name__)
 
 
@@ -21,11 +23,11 @@ def client_address(environ: dict[str, Any], trusted: Networks) -> str:
     not itself a trusted proxy. Entries left of it were written by whoever sent the request
     and prove nothing. engine.io's aiohttp environ fixes REMOTE_ADDR at 127.0.0.1, so the peer
     comes from the aiohttp request itself."""
-    request = environ.get("aiohttp.request")
-    remote = getattr(request, "remote", None)
+    request: web.BaseRequest | None = environ.get("aiohttp.request")
+    remote = request.remote if request is not None else None
     peer = _ip(remote) if remote else None
-    if peer is None:
-        return str(remote) if remote else "unknown"
+    if request is None or peer is None:
+        return remote or "unknown"
     if not trusted or not _within(peer, trusted):
         if not _untrusted_forwarders and "X-Forwarded-For" in request.headers:
             _untrusted_forwarders.add(str(peer))

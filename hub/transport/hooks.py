@@ -107,13 +107,22 @@ HOOKS: tuple[Hook, ...] = (
     ),
     Hook(
         "socketio.base_server.BaseServer.manager_initialized",
-        ("hub.app._resources",),
+        ("hub.worker.Worker._begin",),
         "The client manager, and with it the room bus's listener, starts with the worker "
         "rather than at its first connection (which is when python-socketio starts it).",
         "(self, eio_sid, environ)",
         "76704886d944a7e6",
         code=f"{SIO}._handle_eio_connect",
         text="self.manager_initialized",
+    ),
+    Hook(
+        "socketio.async_admin.InstrumentedAsyncServer._emit_server_stats",
+        ("hub.worker._socketio_server",),
+        "The Admin UI's statistics count the sockets of the namespaces listed in the server's "
+        "handlers only; a namespace class is not listed there, so the worker lists it.",
+        "(self)",
+        "b4e4cc6bc0974aab",
+        text="self.sio.handlers.keys()",
     ),
     Hook(
         "socketio.packet.Packet.decode",

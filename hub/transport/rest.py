@@ -23,7 +23,7 @@ from hub.transport import openapi
 log = logging.getLogger(__name__)
 
 PREFIX = "/api/v1/streaming"
-HUB = web.AppKey("hub", Callable[[], Hub])
+HUB = web.AppKey("hub", Hub)  # the worker's service, set once it has started
 SETTINGS = web.AppKey("settings", Settings)
 VERIFIER = web.AppKey("verifier", Verifier)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -130,7 +130,7 @@ def identity(request: web.Request) -> Identity:
 
 
 def _hub(request: web.Request) -> Hub:
-    return request.app[HUB]()
+    return request.app[HUB]
 
 
 def _stream_id(request: web.Request) -> str:

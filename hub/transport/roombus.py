@@ -308,7 +308,7 @@ class HubRedisManager(AsyncPubSubManager):
         self.basic_close_room(room, NAMESPACE)
         await self._on_close_room(room)
 
-    # -- the bus, for the worker's wiring (``hub.app``) and the namespace ----------------
+    # -- the bus, for the worker's wiring (``hub.worker``) and the namespace ----------------
     async def watch(self, room: str) -> None:
         await self.bus.watch(room)
 

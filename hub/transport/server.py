@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import engineio
 import engineio.payload
@@ -18,11 +17,8 @@ from engineio.async_drivers import aiohttp as engineio_aiohttp
 from hub import logs, metrics
 from hub.codec import json_module
 from hub.errors import HubError
-from hub.storage.keys import NAMESPACE
+from hub.frames import NAMESPACE, read_head
 from hub.transport.fanout import DirectWebSocket, Pacer, Run, Writer
-
-if TYPE_CHECKING:
-    from hub.transport.namespace import StreamingNamespace
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +126,19 @@ class WholeBody:
         await self._close()
 
 
+class Streaming(Protocol):
+    """The namespace the hub's clients connect to (``hub.transport.namespace``), as its server
+    sees it: what admits and releases Engine.IO sessions, and which events a client may send."""
+
+    namespace: str
+
+    def handles(self, event: str) -> bool: ...
+
+    async def open_transport(self, eio_sid: str, environ: dict[str, Any]) -> dict[str, Any] | None: ...
+
+    async def close_transport(self, eio_sid: str) -> None: ...
+
+
 class HubServer(socketio.AsyncServer):
     """python-socketio's server whose packets to a WebSocket are written straight to its
     transport (``hub.transport.fanout.Writer``), with a bounded send buffer per connection: a client that
@@ -141,9 +150,11 @@ class HubServer(socketio.AsyncServer):
     has an ack id, and an ``error`` event), what python-engineio cannot take closes the
     connection (``HubWebSocket``, ``WholeBody``); refusals are logged summarised per connection.
 
-    A client address's limits are checked at the Engine.IO handshake, before any namespace
-    (``gate``); a session that connects no namespace within ``namespace_timeout`` seconds is
-    closed.
+    The server is made with its one namespace (``streaming``), which it registers: a client
+    address's limits are checked at the Engine.IO handshake, before any namespace
+    (``Streaming.open_transport``), and an event the namespace does not handle is refused
+    before python-socketio dispatches it. A session that connects no namespace within
+    ``namespace_timeout`` seconds is closed.
 
     Private hooks of python-socketio 5.18 / python-engineio 4.15, all here: ``eio._async``
     (the WebSocket class and the request translation), ``_handle_eio_connect``,
@@ -158,6 +169,7 @@ class HubServer(socketio.AsyncServer):
     def __init__(
         self,
         *args: Any,
+        streaming: Streaming,
         send_queue_limit: int,
         send_buffer_limit: int,
         event_limit: int,
@@ -179,17 +191,16 @@ class HubServer(socketio.AsyncServer):
         self._fanout_size = metrics.BROADCAST_SOCKETS.observe
         self.refusals = logs.Repeats(log)
         self.namespace_timeout = namespace_timeout
-        # Admits and releases Engine.IO sessions (the namespace, once it is made).
-        self.gate: StreamingNamespace | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        self.streaming = streaming
+        self.register_namespace(streaming)
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
         """A new Engine.IO session: refused at the handshake (HTTP 401 with the error body) when
         its client address is over its connection rate or holds too many sessions."""
-        if self.gate is not None:
-            refusal = await self.gate.open_transport(eio_sid, environ)
-            if refusal is not None:
-                return refusal
+        refusal = await self.streaming.open_transport(eio_sid, environ)
+        if refusal is not None:
+            return refusal
         await super()._handle_eio_connect(eio_sid, environ)
         asyncio.get_running_loop().call_later(self.namespace_timeout, self._namespace_due, eio_sid)
         return None
@@ -206,8 +217,7 @@ class HubServer(socketio.AsyncServer):
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
         await super()._handle_eio_disconnect(eio_sid, reason)
-        if self.gate is not None:
-            await self.gate.close_transport(eio_sid)
+        await self.streaming.close_transport(eio_sid)
 
     def _translate_request(self, request: Any) -> dict[str, Any]:
         """python-engineio's aiohttp request environ, with the body read whole and checked."""
@@ -239,9 +249,6 @@ class HubServer(socketio.AsyncServer):
             self._fanout_size(len(members))
             self.writer.broadcast_runs(members, runs)
 
-    # A packet's head: type, attachments, namespace, ack id, and the event name if it comes first.
-    _HEAD = re.compile(r'([0-9])(?:\d{1,10}-)?(/[^,\[]{0,100},)?(\d{1,12})?(?:\["([^"\\]{1,64})")?')
-
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         """Every Socket.IO packet from a client. An event larger than ``event_limit`` is
         answered ``payload_too_large`` without being decoded; one that cannot be read (or is
@@ -272,26 +279,23 @@ class HubServer(socketio.AsyncServer):
     async def _refuse(self, eio_sid: str, data: str, exc: HubError, why: str = "") -> None:
         """Answer a packet refused unread, from what its head shows: a CONNECT with
         ``connect_error``, anything else as ``_refuse_event`` does."""
-        head = self._HEAD.match(data, 0, 200)
+        head = read_head(data)
         if head is None:  # not even a packet type: an error event on the hub's namespace
             await self._refuse_event(eio_sid, NAMESPACE, None, None, exc, why)
             return
-        namespace = (head.group(2) or "/,")[:-1]
-        if head.group(1) == "0":
+        if head.packet_type == "0":
             self.refusals.note(eio_sid, f"refused a connect ({exc.code}{': ' + why[:80] if why else ''})")
             metrics.error(exc.code, "connect")
             await self._send_packet(
                 eio_sid,
                 self.packet_class(
                     socketio.packet.CONNECT_ERROR,
-                    namespace=namespace,
+                    namespace=head.namespace,
                     data={"message": exc.code, "data": exc.body()},
                 ),
             )
             return
-        is_event = head.group(1) == "2"
-        ack_id = int(head.group(3)) if is_event and head.group(3) is not None else None
-        await self._refuse_event(eio_sid, namespace, ack_id, head.group(4) if is_event else None, exc, why)
+        await self._refuse_event(eio_sid, head.namespace, head.ack_id, head.event, exc, why)
 
     async def _refuse_event(
         self,
@@ -326,15 +330,15 @@ class HubServer(socketio.AsyncServer):
     RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "__disconnect_final"})
 
     async def _handle_event(self, eio_sid: str, namespace: str | None, id: int | None, data: Any) -> None:
-        """An event whose data is no ``[name, ...]`` list, or whose name is no event of the
-        hub's namespace (a lifecycle name included: a client event named "disconnect" must not
+        """An event whose data is no ``[name, ...]`` list, or whose name is no event the hub's
+        namespace handles (a lifecycle name included: a client event named "disconnect" must not
         run the disconnect handler), is refused ``invalid``."""
         namespace = namespace or "/"
         name = data[0] if isinstance(data, list) and data else None
         if (
             not isinstance(name, str)
             or name in self.RESERVED_EVENTS
-            or (namespace == NAMESPACE and name not in self.handlers[NAMESPACE])
+            or (namespace == self.streaming.namespace and not self.streaming.handles(name))
         ):
             shown = name if isinstance(name, str) and len(name) <= 64 else None
             await self._refuse_event(eio_sid, namespace, id, shown, HubError("invalid", "No such event."))
