@@ -28,8 +28,8 @@ from hub.domain.recovery import Recovery
 from hub.domain.service import Hub
 from hub.settings import Settings
 from hub.storage.connections import StartupError, connect_mysql, connect_redis, redacted
-from hub.storage.db import History
 from hub.storage.keys import NAMESPACE, Keys
+from hub.storage.mysql import History
 from hub.storage.state import State, heartbeat, outbox_lag, persistence_warning
 from hub.transport import console, rest
 from hub.transport.namespace import StreamingNamespace

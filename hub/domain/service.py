@@ -16,8 +16,8 @@ from hub.domain.presence import Conn, Presence
 from hub.errors import HubError, TokenExpired
 from hub.money import decimal_json, fee_cents, from_cents, money_json
 from hub.settings import Settings
-from hub.storage.db import History
 from hub.storage.keys import NAMESPACE, STREAMER_STREAMS_KEPT
+from hub.storage.mysql import History
 from hub.storage.state import MessageMissing, NoStream, Stale, State
 
 log = logging.getLogger(__name__)
