@@ -163,7 +163,7 @@ class Batch(Rows):
             d = data if isinstance(data, dict) else orjson.loads(data)
             if not isinstance(d, dict):
                 raise BadRecord("the record's data is not a JSON object")
-            self._fold(kind, d, data if isinstance(data, str) else None)
+            self._add_row(kind, d, data if isinstance(data, str) else None)
         except BadRecord:
             raise
         except (
@@ -176,7 +176,7 @@ class Batch(Rows):
         ) as exc:
             raise BadRecord(f"{type(exc).__name__}: {exc}") from exc
 
-    def _fold(self, kind: str, d: dict[str, Any], text: str | None) -> None:
+    def _add_row(self, kind: str, d: dict[str, Any], text: str | None) -> None:
         """The record's row in its table, unless the batch holds a later one of the same key."""
         if kind == "stream":
             stream = stream_row(d)
