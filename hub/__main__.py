@@ -115,7 +115,7 @@ def _migrate(settings: Settings, _: argparse.Namespace) -> int:
     import pymysql
 
     from hub.storage.connections import redacted
-    from hub.storage.db import migrate
+    from hub.storage.mysql import migrate
 
     try:
         applied = migrate(settings.mysql)

@@ -18,7 +18,6 @@ from typing import Any
 
 import aiomysql
 import orjson
-import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily
@@ -30,10 +29,10 @@ from hub.domain.recovery import Recovery
 from hub.domain.service import Hub
 from hub.frames import NAMESPACE
 from hub.settings import Settings
-from hub.storage.connections import StartupError, connect_mysql, connect_redis, redacted
-from hub.storage.db import History
+from hub.storage.connections import AsyncRedis, StartupError, connect_mysql, connect_redis, redacted
 from hub.storage.heartbeats import heartbeat
 from hub.storage.keys import Keys
+from hub.storage.mysql import History
 from hub.storage.outbox import outbox_lag
 from hub.storage.persistence import persistence_warning
 from hub.storage.state import State
@@ -56,7 +55,7 @@ class Worker:
     Socket.IO server. ``start`` connects and builds it, then begins its background tasks;
     ``close`` stops them and closes the rest in reverse."""
 
-    def __init__(self, settings: Settings, redis: aioredis.Redis, pool: aiomysql.Pool) -> None:
+    def __init__(self, settings: Settings, redis: AsyncRedis, pool: aiomysql.Pool) -> None:
         self.settings = settings
         self.id = _worker_id()
         self.keys = Keys.of_settings(settings)

@@ -30,10 +30,9 @@ import socketio
 
 from hub.domain.auth import mint
 from hub.settings import Settings
-from hub.storage.db import create_pool, migrate
 from hub.storage.keys import NAMESPACE
+from hub.storage.mysql import Writer, create_pool, migrate
 from workers.flusher import Flusher
-from workers.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-" + "x" * 40
@@ -426,7 +425,7 @@ async def rds(settings: Settings) -> AsyncIterator[aioredis.Redis]:
 @pytest.fixture
 async def flusher(settings: Settings, rds: aioredis.Redis) -> AsyncIterator[Flusher]:
     pool = await create_pool(settings.mysql, maxsize=2)
-    f = Flusher(settings, rds, Store(pool), consumer=unique("test-flusher"))
+    f = Flusher(settings, rds, Writer(pool), consumer=unique("test-flusher"))
     await f.ensure_group()
     yield f
     pool.close()

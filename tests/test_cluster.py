@@ -389,7 +389,7 @@ async def test_a_backlog_in_one_shard_fills_whole_batches(nodes, env, settings, 
     )
     client = await connect_redis(hub_settings, socket_timeout=5)
     try:
-        flusher = Flusher(hub_settings, client, store=None)  # type: ignore[arg-type]
+        flusher = Flusher(hub_settings, client, writer=None)  # type: ignore[arg-type]
         await flusher.ensure_group()
         hot = flusher.keys.all[5].outbox
         async with client.pipeline(transaction=False) as pipe:

@@ -16,7 +16,7 @@ import pytest
 import socketio
 
 from hub.settings import Settings
-from hub.storage.db import migrate
+from hub.storage.mysql import migrate
 from tests.conftest import Api, Client, unique
 from tests.faults import FlusherProcess, PrivateMariaDB, PrivateRedis, until
 

@@ -329,7 +329,7 @@ async def test_a_malformed_record_is_dead_lettered_before_any_sql_and_the_batch_
     record = RECORDS[kind](sid, **changes)
     fields = {"t": kind, "d": orjson.dumps(record).decode()}
 
-    _, _, batch, bad = flusher.prepare([("1-0", fields)])  # Python alone: no connection to MySQL
+    _, batch, bad = flusher.prepare([("1-0", fields)])  # Python alone: no connection to MySQL
     assert (len(batch), [entry_id for entry_id, _ in bad]) == (0, ["1-0"])
 
     await flusher.drain()

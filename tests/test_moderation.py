@@ -614,7 +614,7 @@ async def test_a_deletion_written_before_its_message_still_marks_it(flusher, sql
     """Two flushers may write a deletion before the batch holding its message (one died, its
     entries were claimed later): the message is marked when it lands."""
     from hub.codec import dumps, iso_ms, uuid7, uuid7_ms
-    from workers.store import Batch
+    from workers.batch import Batch
 
     stream_id, user = uuid7(), unique("u")
     message_id, cleared_message = uuid7(), uuid7()
@@ -645,7 +645,7 @@ async def test_a_deletion_written_before_its_message_still_marks_it(flusher, sql
             }
         ).decode(),
     )
-    await flusher.store.write(actions)
+    await flusher.writer.write(actions)
     later = uuid7()
     messages = Batch()
     for mid in (message_id, cleared_message, later):
@@ -664,7 +664,7 @@ async def test_a_deletion_written_before_its_message_still_marks_it(flusher, sql
                 }
             ).decode(),
         )
-    await flusher.store.write(messages)
+    await flusher.writer.write(messages)
     rows = {
         r["message_id"]: r
         for r in sql(

@@ -131,7 +131,7 @@ async def test_a_flusher_that_dies_before_commit_leaves_entries_to_the_next(
         (await c.call("send_message", {"stream_id": sid, "message": f"x{n}"}))["message"]["message_id"]
         for n in range(4)
     ]
-    dead = Flusher(settings, rds, flusher.store, consumer=unique("dead-flusher"))
+    dead = Flusher(settings, rds, flusher.writer, consumer=unique("dead-flusher"))
     taken = await dead.read(None)  # read, then "crash": no write, no ack
     assert len(taken) >= 4
     keys = Keys.of_settings(settings).of(sid)
@@ -149,11 +149,11 @@ async def test_a_flusher_that_dies_after_commit_writes_nothing_twice(
 ):
     _, sid, (c,) = await live_stream(api, clients, base_url, token)
     await c.call("send_tip", {"stream_id": sid, "amount": 2})
-    dead = Flusher(settings, rds, flusher.store, consumer=unique("dead-flusher"))
+    dead = Flusher(settings, rds, flusher.writer, consumer=unique("dead-flusher"))
     taken = await dead.read(None)
     batch, bad = dead._fold(taken)
     assert not bad
-    await dead.store.write(batch)  # committed, then "crash" before the ack
+    await dead.writer.write(batch)  # committed, then "crash" before the ack
     await flusher.drain()
     assert len(sql("SELECT * FROM tips WHERE stream_id = %s", sid)) == 1
     assert len(sql("SELECT * FROM chat_messages WHERE stream_id = %s", sid)) == 1

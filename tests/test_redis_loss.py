@@ -18,8 +18,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from hub.settings import Settings
-from hub.storage.db import migrate
 from hub.storage.keys import Keys
+from hub.storage.mysql import migrate
 from tests.conftest import Api, Client, next_month, unique
 from tests.faults import ClusterNodes, FlusherProcess, PrivateRedis, until
 

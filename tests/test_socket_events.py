@@ -16,8 +16,8 @@ from hub.domain.payloads import Chat, Join, Tip
 from hub.domain.presence import Conn, Presence
 from hub.domain.service import Hub
 from hub.errors import HubError
-from hub.storage.db import History, create_pool
 from hub.storage.keys import NAMESPACE
+from hub.storage.mysql import History, create_pool
 from hub.storage.state import State
 from tests.conftest import DEADLINE, Client, eventually, next_month, unique
 

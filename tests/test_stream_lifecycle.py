@@ -8,11 +8,10 @@ from datetime import UTC, datetime, timedelta
 import redis.asyncio as aioredis
 
 from hub.settings import Settings
-from hub.storage.db import create_pool
 from hub.storage.keys import Keys
+from hub.storage.mysql import Writer, create_pool
 from tests.conftest import Api, next_month, unique
 from workers.flusher import Flusher
-from workers.store import Store
 
 
 def in_hours(hours: float) -> str:
@@ -132,7 +131,7 @@ async def test_every_key_expires_or_is_bounded(workers, connect, http, env, toke
     client = aioredis.from_url(settings.redis_url, decode_responses=True)
     pool = await create_pool(settings.mysql, maxsize=1)
     try:
-        flusher = Flusher(settings, client, Store(pool), consumer=unique("audit"))
+        flusher = Flusher(settings, client, Writer(pool), consumer=unique("audit"))
         await flusher.ensure_group()
         await flusher.drain()
         keys = Keys.of_settings(settings)

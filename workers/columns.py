@@ -12,7 +12,7 @@ import re
 from collections.abc import Collection
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal, overload
 
 from hub.codec import parse_iso
 from hub.money import CENT, exact_decimal
@@ -35,6 +35,10 @@ _DIGITS = re.compile(r"-?[0-9]{1,20}")
 _HUB_ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
+@overload
+def uuid(value: Any, name: str, *, null: Literal[False] = False) -> str: ...
+@overload
+def uuid(value: Any, name: str, *, null: bool) -> str | None: ...
 def uuid(value: Any, name: str, *, null: bool = False) -> str | None:
     """A CHAR(36) id: a UUID's text."""
     if value is None and null:
@@ -44,6 +48,10 @@ def uuid(value: Any, name: str, *, null: bool = False) -> str | None:
     return value
 
 
+@overload
+def text(value: Any, name: str, limit: int, *, null: Literal[False] = False) -> str: ...
+@overload
+def text(value: Any, name: str, limit: int, *, null: bool) -> str | None: ...
 def text(value: Any, name: str, limit: int, *, null: bool = False) -> str | None:
     """A VARCHAR(limit) (characters, as utf8mb4 counts them)."""
     if value is None and null:
@@ -125,6 +133,10 @@ def number(value: Any, name: str) -> Decimal:
     return found
 
 
+@overload
+def ms_time(value: Any, name: str, *, null: Literal[False] = False) -> datetime: ...
+@overload
+def ms_time(value: Any, name: str, *, null: bool) -> datetime | None: ...
 def ms_time(value: Any, name: str, *, null: bool = False) -> datetime | None:
     """A DATETIME(3) from epoch milliseconds (a Redis hash's text, or a JSON number)."""
     if value in (None, "") and null:
@@ -133,6 +145,10 @@ def ms_time(value: Any, name: str, *, null: bool = False) -> datetime | None:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).replace(tzinfo=None)
 
 
+@overload
+def iso_time(value: Any, name: str, *, null: Literal[False] = False) -> datetime | str: ...
+@overload
+def iso_time(value: Any, name: str, *, null: bool) -> datetime | str | None: ...
 def iso_time(value: Any, name: str, *, null: bool = False) -> datetime | str | None:
     """A DATETIME(3) from an ISO 8601 time. The hub's own form (``…T…\\.mmmZ``) becomes MySQL's
     text directly, once Python has read it as a date that exists; any other is parsed."""

@@ -33,30 +33,37 @@ import signal
 import socket
 import sys
 import time
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 import orjson
 import pymysql
-import redis.asyncio as aioredis
 from prometheus_client import start_http_server
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
 from hub import metrics
 from hub.settings import Settings
-from hub.storage.connections import StartupError, connect_mysql, connect_redis, run, settings_or_exit
+from hub.storage.connections import (
+    AsyncRedis,
+    StartupError,
+    connect_mysql,
+    connect_redis,
+    run,
+    settings_or_exit,
+)
 from hub.storage.keys import OUTBOX_GROUP, Keys
+from hub.storage.mysql import Writer
 from hub.storage.outbox import outbox_lag
 from hub.storage.persistence import persistence_warning
 from hub.storage.scripts import source
+from workers.batch import BadRecord, Batch
 from workers.failures import FailureLog, kind_of
-from workers.store import BadRecord, Batch, Store
 
 log = logging.getLogger("workers.flusher")
 
-Entry = tuple[str, dict[str, Any]]
+Entry = tuple[str, dict[str, Any]]  # an outbox entry's id and fields
 IDLE_POLL = 0.02
 IDLE_POLL_MAX = 0.25
-Prepared = tuple[list[Entry], list[Entry], Batch, list[Entry]]  # read, records, batch, bad
 BACKOFF_MAX = 5.0
 FORGET_CONSUMERS_LUA = source("forget_consumers")
 # A consumer idle this many claim intervals with nothing pending belongs to a flusher gone.
@@ -88,39 +95,21 @@ def expand(entries: list[Entry]) -> list[Entry]:
     return records
 
 
-_STREAM_ID_AT = len('{"message_id":"') + 36 + len('","stream_id":"')
+class Prepared(NamedTuple):
+    """One read of the outbox, ready to write."""
 
-
-def _message_texts(records: list[Entry]) -> list[tuple[str, str]]:
-    """The (stream id, text) of each chat message record held as the text the hub wrote: its
-    member in the stream's unflushed set."""
-    found = []
-    for _, fields in records:
-        text = fields.get("d")
-        if fields.get("t") != "message" or not isinstance(text, str):
-            continue
-        if (
-            text.startswith('{"message_id":"')
-            and text[_STREAM_ID_AT - 15 : _STREAM_ID_AT] == '","stream_id":"'
-        ):
-            found.append((text[_STREAM_ID_AT : _STREAM_ID_AT + 36], text))  # as the hub writes it
-            continue
-        try:
-            data = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(data, dict) and isinstance(data.get("stream_id"), str):
-            found.append((data["stream_id"], text))
-    return found
+    read: list[Entry]  # the entries as read, to acknowledge once written
+    batch: Batch  # their records' rows
+    bad: list[Entry]  # their malformed records, for the dead letters
 
 
 class Flusher:
     def __init__(
-        self, settings: Settings, client: aioredis.Redis, store: Store, consumer: str | None = None
+        self, settings: Settings, client: AsyncRedis, writer: Writer, consumer: str | None = None
     ) -> None:
         self.settings = settings
         self.redis = client
-        self.store = store
+        self.writer = writer
         self.keys = Keys.of_settings(settings)
         self.outboxes = [k.outbox for k in self.keys.all]
         self.cluster = settings.redis_cluster is not None
@@ -139,16 +128,14 @@ class Flusher:
         self._idle = IDLE_POLL
         self._failures = FailureLog(log)
 
-    def _written(self, records: list[Entry], bad: list[Entry]) -> dict[int, dict[str, list[str]]]:
-        """The texts of the chat messages of a batch MySQL took (the dead-lettered left out: they
-        stay readable from the unflushed set until replayed), by shard and stream."""
-        refused = {text for _, text in _message_texts(bad)}
-        written: dict[int, dict[str, list[str]]] = {}
-        for stream_id, text in _message_texts(records):
-            if text not in refused:
-                by_stream = written.setdefault(self.keys.shard_of(stream_id), {})
-                by_stream.setdefault(stream_id, []).append(text)
-        return written
+    def _unflushed(self, batch: Batch) -> dict[int, dict[str, list[str]]]:
+        """The texts of the chat messages of a batch MySQL took, by shard and stream: members of
+        their streams' unflushed sets. (A dead-lettered one is not in the batch: it stays
+        readable from the unflushed set until replayed.)"""
+        by_shard: dict[int, dict[str, list[str]]] = {}
+        for stream_id, texts in batch.message_texts.items():
+            by_shard.setdefault(self.keys.shard_of(stream_id), {})[stream_id] = texts
+        return by_shard
 
     async def ensure_group(self) -> None:
         for outbox in self.outboxes:
@@ -217,18 +204,22 @@ class Flusher:
         all at once, each sent to the node that holds it (redis-py would otherwise ask the
         server which keys an XREADGROUP names, twice per call)."""
         if not self.cluster:
-            reply = await self.redis.xreadgroup(
-                OUTBOX_GROUP,
-                self.consumer,
-                {self.outboxes[i]: ">" for i in shards},
-                count=count,
-                block=block_ms,
+            reply = cast(
+                "list[tuple[str, list[Entry]]] | None",
+                await self.redis.xreadgroup(
+                    OUTBOX_GROUP,
+                    self.consumer,
+                    {self.outboxes[i]: ">" for i in shards},
+                    count=count,
+                    block=block_ms,
+                ),
             )
             index = {outbox: i for i, outbox in enumerate(self.outboxes)}
             return [(index[outbox], entries) for outbox, entries in reply or ()]
+        cluster = cast(RedisCluster, self.redis)
         replies = await asyncio.gather(
             *(
-                self.redis.execute_command(
+                cluster.execute_command(
                     "XREADGROUP",
                     "GROUP",
                     OUTBOX_GROUP,
@@ -238,7 +229,7 @@ class Flusher:
                     "STREAMS",
                     self.outboxes[i],
                     ">",
-                    target_nodes=self.redis.get_node_from_key(self.outboxes[i]),
+                    target_nodes=cluster.get_node_from_key(self.outboxes[i]),
                 )
                 for i in shards
             )
@@ -272,7 +263,7 @@ class Flusher:
         entries were settled."""
         if ready is None:
             ready = self.prepare(await self.read(block_ms))
-        read, entries, batch, bad = ready
+        read, batch, bad = ready
         if not read:
             return 0
         start = time.perf_counter()
@@ -283,18 +274,17 @@ class Flusher:
         for table, rows in batch.tables().items():
             if rows:
                 metrics.FLUSH_ROWS.labels(table).inc(rows)
-        await self._settle([eid for eid, _ in read], bad, entries)
+        await self._settle([eid for eid, _ in read], bad, batch)
         if bad:
             metrics.FLUSH_DEAD.inc(len(bad))
         self.written += len(batch)
         return len(read)
 
     def prepare(self, read: list[Entry]) -> Prepared:
-        """Entries as records, folded into a batch, with its SQL built."""
-        entries = expand(read)
-        batch, bad = self._fold(entries)
+        """Entries as records, folded into a batch of rows, with its SQL built."""
+        batch, bad = self._fold(expand(read))
         batch.statements()
-        return read, entries, batch, bad
+        return Prepared(read, batch, bad)
 
     async def _read_ahead(self) -> Prepared:
         return self.prepare(await self.read(None))
@@ -318,7 +308,7 @@ class Flusher:
         while True:
             try:
                 if len(batch):
-                    await self.store.write(batch)
+                    await self.writer.write(batch)
                 break
             except (pymysql.MySQLError, OSError) as exc:
                 failing = failing or time.monotonic()
@@ -341,7 +331,7 @@ class Flusher:
         metrics.FLUSH_STALLED.set(stalled)
         self._failures.failed(kind, exc, records, stalled)
 
-    async def _settle(self, ids: list[str], bad: list[Entry], records: list[Entry] | None = None) -> None:
+    async def _settle(self, ids: list[str], bad: list[Entry], batch: Batch) -> None:
         """Acknowledge and delete a batch's entries, the bad ones kept in the dead letters of
         their shard, and take the messages written out of their streams' unflushed sets: one
         transaction per shard."""
@@ -349,7 +339,7 @@ class Flusher:
         for tagged, fields in bad:
             ((shard, (entry_id,)),) = self._by_shard([tagged]).items()
             dead.setdefault(shard, []).append((entry_id, fields))
-        written = self._written(records or [], bad)
+        written = self._unflushed(batch)
         for shard, entry_ids in self._by_shard(ids).items():
             keys = self.keys.all[shard]
             async with self.redis.pipeline(transaction=True) as pipe:
@@ -361,7 +351,8 @@ class Flusher:
                     data = fields.get("d", "")
                     if not isinstance(data, str):  # one record of a multi-record entry
                         data = orjson.dumps(data).decode()
-                    pipe.xadd(keys.outbox_dead, dict(fields, d=data, entry=entry_id))
+                    letter: dict[Any, Any] = {**fields, "d": data, "entry": entry_id}
+                    pipe.xadd(keys.outbox_dead, letter)
                 pipe.xack(keys.outbox, OUTBOX_GROUP, *entry_ids)
                 pipe.xdel(keys.outbox, *entry_ids)
                 await pipe.execute()
@@ -442,10 +433,10 @@ class Flusher:
                     break
                 else:
                     ready = self.prepare(await self.read(1000))
-                if ready[0] and not self._stopping.is_set():
+                if ready.read and not self._stopping.is_set():
                     # The next batch is read and its SQL built while MySQL writes this one.
                     ahead = asyncio.ensure_future(self._read_ahead())
-                if ready[0]:
+                if ready.read:
                     await self.step(ready=ready)
                 await self._housekeep()
                 delay = 0.5
@@ -500,7 +491,7 @@ async def main_async(settings: Settings, burst: bool) -> int:
     warning = await persistence_warning(client)
     if warning:
         log.warning(warning)
-    flusher = Flusher(settings, client, Store(pool))
+    flusher = Flusher(settings, client, Writer(pool))
     await flusher.ensure_group()
     serve_metrics(settings)
     outboxes = (

@@ -10,7 +10,7 @@ import orjson
 from hub.codec import loads
 from hub.domain import records
 from hub.errors import HubError
-from hub.storage.db import History
+from hub.storage.mysql import History
 from hub.storage.state import State
 
 

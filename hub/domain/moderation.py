@@ -15,7 +15,7 @@ from hub.domain.auth import Identity
 from hub.domain.payloads import Moderation, ModerationAction
 from hub.errors import HubError
 from hub.settings import Settings
-from hub.storage.db import History
+from hub.storage.mysql import History
 from hub.storage.state import MessageMissing, ModerationRecord, NoStream, State
 
 log = logging.getLogger(__name__)

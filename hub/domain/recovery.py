@@ -29,7 +29,6 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 import pymysql
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from hub import frames
@@ -37,8 +36,9 @@ from hub.codec import dumps, uuid7
 from hub.domain.presence import Presence
 from hub.money import to_cents
 from hub.settings import Settings
-from hub.storage.db import History
+from hub.storage.connections import AsyncRedis
 from hub.storage.keys import Keys
+from hub.storage.mysql import History, TipSums
 from hub.storage.scripts import load_script
 
 log = logging.getLogger(__name__)
@@ -52,24 +52,6 @@ IN_BATCH = 500
 NO_RECENT = "ffffffff-ffff-ffff-ffff-ffffffffffff"
 # How far a healed stream's version jumps: past any record of it still in flight.
 HEALED_VERSION_STEP = 1_000_000
-
-UNFINISHED = "SELECT * FROM streams WHERE status IN ('LIVE', 'SCHEDULED')"
-UNFINISHED_OF = "SELECT * FROM streams WHERE stream_id IN ({}) AND status IN ('LIVE', 'SCHEDULED')"
-MESSAGES = "SELECT stream_id, COUNT(*) AS n FROM chat_messages WHERE stream_id IN ({}) GROUP BY stream_id"
-TIPS = (
-    "SELECT stream_id, COUNT(*) AS n, SUM(amount) AS amount, SUM(platform_fee) AS fees "
-    "FROM tips WHERE stream_id IN ({}) GROUP BY stream_id"
-)
-# Everyone who chatted or tipped had joined (an alert is the one message sent without joining);
-# an anonymous viewer is known only by its viewing sessions, each counted as one.
-VIEWERS = (
-    "SELECT stream_id, CONCAT('u:', user_id) AS viewer FROM viewing_sessions "
-    "WHERE stream_id IN ({0}) AND user_id IS NOT NULL "
-    "UNION SELECT stream_id, CONCAT('a:', session_id) FROM viewing_sessions "
-    "WHERE stream_id IN ({0}) AND user_id IS NULL "
-    "UNION SELECT stream_id, CONCAT('u:', user_id) FROM chat_messages "
-    "WHERE stream_id IN ({0}) AND message_type <> 'ALERT'"
-)
 
 Deliver = Callable[[str, list[bytes]], Awaitable[None]]
 
@@ -118,7 +100,7 @@ class Recovery:
     def __init__(
         self,
         settings: Settings,
-        client: aioredis.Redis,
+        client: AsyncRedis,
         history: History,
         presence: Presence,
         deliver: Deliver,
@@ -144,7 +126,7 @@ class Recovery:
 
         async def unfinished() -> list[dict[str, Any]]:  # read once, for every shard healed
             if not read:
-                read.append(await self.history.fetch(UNFINISHED))
+                read.append(await self.history.unfinished_streams())
             return read[0]
 
         async with self._checking:
@@ -263,7 +245,7 @@ class Recovery:
         }
         gone = [sid for sid, (status, _) in zip(ids, states, strict=True) if status is None]
         if gone:
-            ended.update(await self._heal_streams(k, await self._rows(UNFINISHED_OF, gone)))
+            ended.update(await self._heal_streams(k, await self.history.unfinished_streams(gone)))
         for sid, duration in ended.items():
             if sid in self.presence.rooms:  # not emptied meanwhile by the room's own channel
                 await self.deliver(sid, ended_messages(sid, duration))
@@ -338,26 +320,19 @@ class Recovery:
         found: dict[str, Figures] = {}
         for at in range(0, len(ids), IN_BATCH):
             batch = ids[at : at + IN_BATCH]
-            messages = {r["stream_id"]: r["n"] for r in await self._rows(MESSAGES, batch)}
-            tips = {r["stream_id"]: r for r in await self._rows(TIPS, batch)}
-            viewers: dict[str, list[str]] = {}
-            for r in await self._rows(VIEWERS, batch, times=3):
-                viewers.setdefault(r["stream_id"], []).append(r["viewer"])
+            messages = await self.history.message_counts(batch)
+            tips = await self.history.tip_sums(batch)
+            viewers = await self.history.viewers(batch)
             for sid in batch:
-                tip = tips.get(sid)
+                tip = tips.get(sid, TipSums())
                 found[sid] = Figures(
-                    messages=int(messages.get(sid, 0)),
-                    tips=int(tip["n"]) if tip else 0,
-                    tips_cents=to_cents(tip["amount"]) if tip else 0,
-                    fees_cents=to_cents(tip["fees"]) if tip else 0,
+                    messages=messages.get(sid, 0),
+                    tips=tip.tips,
+                    tips_cents=to_cents(tip.amount),
+                    fees_cents=to_cents(tip.fees),
                     viewers=tuple(viewers.get(sid, ())),
                 )
         return found
-
-    async def _rows(self, sql: str, ids: list[str], times: int = 1) -> list[dict[str, Any]]:
-        """``sql`` with its ``IN ({})`` lists filled with ``ids`` (``times`` lists)."""
-        marks = ", ".join(["%s"] * len(ids))
-        return await self.history.fetch(sql.format(marks), tuple(ids) * times)
 
 
 def _hash(row: dict[str, Any], final: Figures | None) -> dict[str, str]:

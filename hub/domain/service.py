@@ -21,7 +21,7 @@ from hub.domain.streams import StreamService
 from hub.domain.tips import TipService
 from hub.domain.watching import WatchService
 from hub.settings import Settings
-from hub.storage.db import History
+from hub.storage.mysql import History
 from hub.storage.state import State
 
 

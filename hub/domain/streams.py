@@ -12,8 +12,8 @@ from hub.domain.auth import Identity
 from hub.domain.guards import may_act
 from hub.domain.payloads import CreateStream
 from hub.errors import HubError
-from hub.storage.db import History
 from hub.storage.keys import STREAMER_STREAMS_KEPT
+from hub.storage.mysql import History
 from hub.storage.state import State
 
 log = logging.getLogger(__name__)

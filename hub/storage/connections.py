@@ -34,7 +34,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from hub import logs
 from hub.settings import ClusterSettings, SentinelSettings, Settings, SettingsError
-from hub.storage.db import create_pool
+from hub.storage.mysql import create_pool
 
 T = TypeVar("T")
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
 
+from hub.storage.connections import AsyncRedis
 from hub.storage.keys import Keys
 
 FORGOTTEN_AFTER_MS = 24 * 3600 * 1000
 
 
 async def heartbeat(
-    client: aioredis.Redis, keys: Keys, worker_id: str, fields: dict[FieldT, EncodableT], ttl_ms: int
+    client: AsyncRedis, keys: Keys, worker_id: str, fields: dict[FieldT, EncodableT], ttl_ms: int
 ) -> None:
     """One web worker's heartbeat: its hash, expiring after ``ttl_ms`` unless beaten again, and
     its place in the workers' sorted set (entries of workers gone for a day are dropped)."""

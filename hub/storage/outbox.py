@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis.asyncio as aioredis
-
+from hub.storage.connections import AsyncRedis
 from hub.storage.keys import OUTBOX_GROUP, Keys
 
 
-async def outbox_lag(client: aioredis.Redis, keys: Keys) -> dict[str, Any]:
+async def outbox_lag(client: AsyncRedis, keys: Keys) -> dict[str, Any]:
     """Outbox entries not yet written (read or not), pending ones, and the oldest one's age,
     over every shard's outbox."""
     async with client.pipeline(transaction=False) as pipe:

@@ -3,11 +3,12 @@ the flusher)."""
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from hub.storage.connections import AsyncRedis
 
-async def persistence_warning(client: aioredis.Redis) -> str | None:
+
+async def persistence_warning(client: AsyncRedis) -> str | None:
     """A warning when Redis would lose accepted, unflushed tips and messages in a crash."""
     try:
         config = await client.config_get("appendonly")

@@ -11,12 +11,12 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any, NamedTuple
 
-import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from hub import frames
 from hub.errors import HubError
 from hub.settings import Settings
+from hub.storage.connections import AsyncRedis
 from hub.storage.keys import Keys
 
 FOLDER = resources.files("hub.storage") / "lua"
@@ -57,12 +57,12 @@ def prelude(settings: Settings) -> str:
     )
 
 
-def load_script(client: aioredis.Redis, settings: Settings, name: str) -> AsyncScript:
+def load_script(client: AsyncRedis, settings: Settings, name: str) -> AsyncScript:
     """The script ``NAME.lua`` with the prelude before it."""
     return client.register_script(prelude(settings) + "\n" + source(name))
 
 
-def load_scripts(client: aioredis.Redis, settings: Settings) -> dict[str, AsyncScript]:
+def load_scripts(client: AsyncRedis, settings: Settings) -> dict[str, AsyncScript]:
     """Every script of ``SCRIPTS``, the prelude built once."""
     shared = prelude(settings) + "\n"
     return {name: client.register_script(shared + source(name)) for name in SCRIPTS}

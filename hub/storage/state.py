@@ -8,14 +8,13 @@ import asyncio
 import time
 from typing import Any, NamedTuple, cast
 
-import redis.asyncio as aioredis
-
 from hub import metrics
 from hub.codec import uuid7
 from hub.errors import HubError
 from hub.frames import Around
 from hub.settings import Settings
 from hub.storage.batcher import Batcher
+from hub.storage.connections import AsyncRedis
 from hub.storage.keys import NAMESPACE, STREAMER_STREAMS_KEPT, Keys
 from hub.storage.scripts import checked, load_scripts
 
@@ -123,7 +122,7 @@ class Joined(NamedTuple):
 
 
 class State:
-    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+    def __init__(self, client: AsyncRedis, settings: Settings) -> None:
         self.redis = client
         self.settings = settings
         # On a cluster a script may touch only the keys of one slot: one shard per call.
