@@ -49,7 +49,7 @@ token: venv
 test-tools:
 	@sh scripts/ensure-test-tools.sh
 
-test: venv test-tools
+test: venv lint test-tools
 	$(BIN)/python -m pytest
 
 # Benchmarks against the local Redis and MySQL: two workers, a flusher, six workloads, a few
