@@ -38,7 +38,7 @@ from hub.storage.persistence import persistence_warning
 from hub.storage.state import State
 from hub.transport import console, rest
 from hub.transport.namespace import StreamingNamespace
-from hub.transport.roombus import HubRedisManager
+from hub.transport.roombus import HubRedisManager, RoomBus
 from hub.transport.server import HubPacket, HubServer
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class Worker:
         self.hub = Hub(settings, self.state, self.history, self.presence)
         self.verifier = Verifier(settings)
         self.namespace = StreamingNamespace(settings, self.verifier, self.hub, self.presence)
-        self.bus = HubRedisManager(
+        self.manager = HubRedisManager(
             settings.redis_url,
             channel=self.keys.channel,
             keys=self.keys,
@@ -76,7 +76,8 @@ class Worker:
             on_banned=self.namespace.banned,
             redis_options={"health_check_interval": 10},
         )
-        self.server = _socketio_server(settings, self.namespace, self.bus)
+        self.bus = self.manager.bus
+        self.server = _socketio_server(settings, self.namespace, self.manager)
         self.recovery = Recovery(settings, redis, self.history, self.presence, self.bus.deliver, self.id)
         self.fanout = CollectorRegistry()
         self.fanout.register(FanoutCounters(self.server, self.bus))
@@ -108,7 +109,7 @@ class Worker:
     async def _begin(self) -> None:
         """The room bus listens, the first heartbeat is written, and the loops start."""
         self.server.manager_initialized = True
-        self.bus.initialize()
+        self.manager.initialize()
         say(f"✅ Socket.IO streaming initialized on {NAMESPACE}")
         say(f"✅ Streaming routes loaded at {rest.PREFIX}")
         await self.beat()
@@ -172,7 +173,7 @@ class Worker:
         checks = {
             "redis": await _up(self.redis.ping()),
             "mysql": await _up(self.history.ping()),
-            "pubsub": "up" if self.bus.pubsub is not None and self.bus.pubsub.subscribed else "down",
+            "pubsub": "up" if self.bus.subscribed else "down",
         }
         if self.namespace.draining:
             checks["worker"] = "draining"
@@ -192,8 +193,10 @@ def _worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-def _socketio_server(settings: Settings, namespace: StreamingNamespace, bus: HubRedisManager) -> HubServer:
-    """The worker's Socket.IO server, with its namespace and room bus."""
+def _socketio_server(
+    settings: Settings, namespace: StreamingNamespace, manager: HubRedisManager
+) -> HubServer:
+    """The worker's Socket.IO server, with its namespace and its client manager (the room bus)."""
     server = HubServer(
         streaming=namespace,
         send_queue_limit=settings.send_queue_limit,
@@ -202,7 +205,7 @@ def _socketio_server(settings: Settings, namespace: StreamingNamespace, bus: Hub
         fanout_pace_above=settings.fanout_pace_above,
         namespace_timeout=settings.namespace_timeout,
         async_mode="aiohttp",
-        client_manager=bus,
+        client_manager=manager,
         serializer=HubPacket,
         cors_allowed_origins=list(settings.cors_origins) or None,
         # Events over HUB_MAX_PAYLOAD get payload_too_large; a message over
@@ -240,7 +243,7 @@ class FanoutCounters:
     """Counters kept by one worker's fan-out path itself (its server's writer and pacer, its
     room bus), served from the worker's own registry (``Worker.fanout``)."""
 
-    def __init__(self, server: HubServer, bus: HubRedisManager) -> None:
+    def __init__(self, server: HubServer, bus: RoomBus) -> None:
         self.server = server
         self.bus = bus
 

@@ -201,13 +201,13 @@ class StreamingNamespace(socketio.AsyncNamespace):
     # -- actions: (conn, data) -> ack ----------------------------------------------
     async def on_join_stream(self, conn: Conn, data: Any) -> Ack:
         payload = payloads.Join.parse(data)
-        bus = self.server.manager
-        was_in = payload.stream_id in bus.stream_rooms(conn.sid)
+        manager = self.server.manager
+        was_in = payload.stream_id in manager.stream_rooms(conn.sid)
         # In the room, and subscribed to the stream's channel, before presence is written, so no
         # broadcast after the join is missed.
         await self.enter_room(conn.sid, payload.stream_id)
         try:
-            await bus.watch(payload.stream_id)
+            await manager.bus.watch(payload.stream_id)
             joined = await self.hub.join(conn, payload)
         except BaseException:
             if not was_in:  # refused: the socket stays where it was

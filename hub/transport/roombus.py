@@ -307,25 +307,3 @@ class HubRedisManager(AsyncPubSubManager):
         own channel carries the order), then the namespace hears of it."""
         self.basic_close_room(room, NAMESPACE)
         await self._on_close_room(room)
-
-    # -- the bus, for the worker's wiring (``hub.worker``) and the namespace ----------------
-    async def watch(self, room: str) -> None:
-        await self.bus.watch(room)
-
-    async def unwatch_idle(self) -> None:
-        await self.bus.unwatch_idle()
-
-    async def deliver(self, room: str, items: list[bytes]) -> None:
-        await self.bus.deliver(room, items)
-
-    async def close(self) -> None:
-        await self.bus.close()
-
-    @property
-    def room_messages(self) -> int:
-        return self.bus.room_messages
-
-    @property
-    def pubsub(self) -> RoomBus:
-        """What ``/readyz`` asks whether the listener is ``subscribed``."""
-        return self.bus

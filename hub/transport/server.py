@@ -156,10 +156,8 @@ class HubServer(socketio.AsyncServer):
     before python-socketio dispatches it. A session that connects no namespace within
     ``namespace_timeout`` seconds is closed.
 
-    Private hooks of python-socketio 5.18 / python-engineio 4.15, all here: ``eio._async``
-    (the WebSocket class and the request translation), ``_handle_eio_connect``,
-    ``_handle_eio_disconnect``, ``_handle_eio_message``, ``_handle_event``, ``_send_packet``,
-    ``_send_eio_packet``."""
+    It overrides private methods of python-socketio and python-engineio; each is listed, with
+    why and the versions it was checked against, in ``hub.transport.hooks``."""
 
     # The largest message the transport reads (python-engineio's max_http_buffer_size): what a
     # Socket.IO client allows by default (maxHttpBufferSize, 1e6 bytes) and a little more, so an
