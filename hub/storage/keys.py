@@ -20,7 +20,7 @@ NAMESPACE = "/streaming"
 STREAMER_STREAMS_KEPT = 100
 # The keys a Lua script names itself, from an id it learns inside (the sweep walks the live
 # set; a stream's category is in its hash): ``Keys.lua_prelude`` writes their builders.
-LUA_BUILT = ("stream", "conns", "viewers", "unique", "room", "live", "outbox", "live_category")
+LUA_BUILT = ("stream", "conns", "viewers", "unique", "room", "live_category")
 # Stand-ins for the prefix and the id, to read a builder's template off its Python method.
 _PREFIX_MARK, _ID_MARK = "\x00prefix\x00", "\x00id\x00"
 OUTBOX_GROUP = "flushers"

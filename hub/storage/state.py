@@ -16,7 +16,7 @@ from hub.errors import HubError
 from hub.frames import Around
 from hub.settings import Settings
 from hub.storage.batcher import Batcher
-from hub.storage.keys import NAMESPACE, STREAMER_STREAMS_KEPT, Keys
+from hub.storage.keys import STREAMER_STREAMS_KEPT, Keys
 from hub.storage.scripts import checked, load_scripts
 
 CHAT_BATCH_MAX = 256
@@ -143,11 +143,6 @@ class State:
     async def _run(self, name: str, keys: list[str], args: list[Any]) -> list[Any]:
         """One script call whose refusal is raised (``HubError``)."""
         return checked(await self._call(name, keys, args))
-
-    @staticmethod
-    def _base(k: Keys) -> list[str]:
-        """The shard's prefix, channel prefix and namespace, as moderate.lua takes them first."""
-        return [k.prefix, k.room_prefix, NAMESPACE]
 
     # -- streams ------------------------------------------------------------------
     def new_stream_id(self, streamer_id: str) -> str:
@@ -656,7 +651,6 @@ class State:
             await self._limit(
                 self.keys.of(m.actor).moderation_rate(m.actor), s.moderation_rate, s.moderation_period * 1000
             )
-        prefix, channel_prefix, namespace = self._base(k)
         outcome = _outcome(
             await self._call(
                 "moderate",
@@ -668,15 +662,15 @@ class State:
                     k.unflushed(m.stream_id),
                     k.deleted(m.stream_id),
                     k.conns(m.stream_id),
-                    k.outbox,
+                    k.viewers(m.stream_id),
                     k.room(m.stream_id),
                     k.modlog(m.stream_id),
                     k.moderation_rate(m.actor),
+                    k.live,
+                    k.outbox,
                 ],
                 [
-                    prefix,
-                    channel_prefix,
-                    namespace,
+                    k.prefix,
                     m.stream_id,
                     m.change,
                     _flag(m.owner_only),

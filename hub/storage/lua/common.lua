@@ -138,13 +138,6 @@ local function stop_watching(shard, stream, member, now)
   return count
 end
 
--- stop_watching for moderate.lua, which names a stream by its id and the shard by its prefix
--- (the channel prefix and namespace it passes are not needed).
-local function drop_conn(prefix, _channel_prefix, _namespace, stream_id, member, now)
-  local shard = shard_keys(prefix, key_live(prefix), key_outbox(prefix))
-  return stop_watching(shard, stream_keys(prefix, stream_id), member, now)
-end
-
 -- A connection starts watching: its viewer joins when it is the viewer's first connection.
 -- Returns the viewers.
 local function start_watching(shard, stream, member, expiry, sid, username)
