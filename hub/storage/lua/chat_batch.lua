@@ -38,34 +38,6 @@ for i = 1, n do
   }
 end
 
--- A stream's accepted messages (JSON texts): all into its unflushed set (the flusher takes
--- each out once MySQL has it), and those above the recent floor (the highest id ever trimmed)
--- into its recent set, which thus holds every kept message above the floor. A lower id, from
--- a worker whose message reached Redis late, is read from the unflushed set, then from MySQL.
-local function keep(s)
-  local all, above = {}, {}
-  for _, m in ipairs(s.messages) do
-    all[#all + 1] = 0
-    all[#all + 1] = m
-    if not s.floor or message_id_of(m) > s.floor then
-      above[#above + 1] = 0
-      above[#above + 1] = m
-    end
-  end
-  redis.call('ZADD', s.unflushed_key, unpack(all))
-  if #above > 0 then redis.call('ZADD', s.recent_key, unpack(above)) end
-end
-
--- The recent set trimmed back to its size, the lowest ids first; the floor rises to the
--- highest id trimmed.
-local function trim(s)
-  local cut = redis.call('ZCARD', s.recent_key) - recent_size
-  if cut <= 0 then return end
-  local top = redis.call('ZRANGE', s.recent_key, cut - 1, cut - 1)[1]
-  redis.call('ZREMRANGEBYRANK', s.recent_key, 0, cut - 1)
-  redis.call('HSET', s.key, 'recent_floor', message_id_of(top))
-end
-
 local step = math.max(1, math.floor(recent_size / 10))
 local now = now_ms()
 
@@ -138,12 +110,13 @@ for _, s in ipairs(streams) do
   local k = #s.messages
   if k > 0 then
     local count = redis.call('HINCRBY', s.key, 'message_count', k)
-    keep(s)
+    keep_messages(s.recent_key, s.unflushed_key, s.messages, s.floor)
     -- The recent set may hold up to a tenth more than its size: trimmed each time the message
     -- count passes a tenth of it, so its length is not read per call.
-    if math.floor(count / step) ~= math.floor((count - k) / step) then trim(s) end
-    -- To every socket in the room (hub.frames.room_message): a newline, then the frames.
-    redis.call(PUBLISH, s.channel, '\n' .. table.concat(s.frames, '\n'))
+    if math.floor(count / step) ~= math.floor((count - k) / step) then
+      trim_recent(s.key, s.recent_key, recent_size)
+    end
+    publish_events(s.channel, nil, s.frames)
     for _, m in ipairs(s.messages) do records[#records + 1] = m end
   end
 end

@@ -284,7 +284,7 @@ end
 -- trimmed) into its recent set, which thus holds every kept message above the floor. A lower
 -- id, from a worker whose message reached Redis late, would be trimmed at once: it is read
 -- from the unflushed set, then from MySQL.
-local function keep_messages(base, messages, floor)
+local function keep_messages(recent_key, unflushed_key, messages, floor)
   local all, above = {}, {}
   for _, m in ipairs(messages) do
     all[#all + 1] = 0
@@ -294,17 +294,16 @@ local function keep_messages(base, messages, floor)
       above[#above + 1] = m
     end
   end
-  redis.call('ZADD', base .. ':unflushed', unpack(all))
-  if #above > 0 then redis.call('ZADD', base .. ':recent', unpack(above)) end
+  redis.call('ZADD', unflushed_key, unpack(all))
+  if #above > 0 then redis.call('ZADD', recent_key, unpack(above)) end
 end
 
--- The recent set trimmed back to `size`, the lowest ids first; the floor rises to the highest
--- id trimmed.
-local function trim_recent(base, size)
-  local recent = base .. ':recent'
-  local cut = redis.call('ZCARD', recent) - size
+-- The recent set trimmed back to `size`, the lowest ids first; the floor (in the stream hash)
+-- rises to the highest id trimmed.
+local function trim_recent(hash_key, recent_key, size)
+  local cut = redis.call('ZCARD', recent_key) - size
   if cut <= 0 then return end
-  local top = redis.call('ZRANGE', recent, cut - 1, cut - 1)[1]
-  redis.call('ZREMRANGEBYRANK', recent, 0, cut - 1)
-  redis.call('HSET', base, 'recent_floor', message_id_of(top))
+  local top = redis.call('ZRANGE', recent_key, cut - 1, cut - 1)[1]
+  redis.call('ZREMRANGEBYRANK', recent_key, 0, cut - 1)
+  redis.call('HSET', hash_key, 'recent_floor', message_id_of(top))
 end
