@@ -532,7 +532,7 @@ class State:
             *(
                 self._call(
                     "chat_rate",
-                    [self.keys.all[shard].chat_rate_windows],
+                    [self.keys.all[shard].prefix],
                     [s.chat_period * 1000, *(x for i, limit in pairs for x in (items[i].user_id, limit))],
                 )
                 for shard, pairs in shards.items()
@@ -557,7 +557,7 @@ class State:
         streams: dict[str, int] = {}
         for item in items:
             streams.setdefault(item.stream_id, len(streams) + 1)
-        keys = [k.outbox, k.chat_rate_windows]
+        keys = [k.outbox]
         for sid in streams:
             keys += (
                 k.stream(sid),
@@ -569,6 +569,7 @@ class State:
             )
         keys += (k.slow(item.stream_id, item.user_id) for item in items)
         args: list[Any] = [
+            k.prefix,
             s.chat_rate,
             s.chat_rate_privileged,
             s.chat_period * 1000,

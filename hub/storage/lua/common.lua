@@ -194,21 +194,21 @@ local function rate_check(key, limit, period_ms, now)
 end
 
 -- The chat rate's state: each user's log of accepted times ('n|t1,t2,…', ms, oldest first)
--- in two hashes per period window (field = user), named by the window's number after
--- `rate_prefix`. A log written two windows ago holds only times that have left the window, so
--- older hashes simply expire. Fills `logs` (user -> log, see window_admit) for the users listed
--- in `order`: this window's hash, then the previous one for the others. Only the times that
--- left the window are looked at, from the oldest, so a log costs the same whatever its limit.
-local function window_logs(rate_prefix, period, now, logs, order)
+-- in one hash per period window (field = user), key_chat_rate_window(prefix, the window's
+-- number). A log written two windows ago holds only times that have left the window, so older
+-- hashes simply expire. Fills `logs` (user -> log, see window_admit) for the users listed in
+-- `order`: this window's hash, then the previous one for the others. Only the times that left
+-- the window are looked at, from the oldest, so a log costs the same whatever its limit.
+local function window_logs(prefix, period, now, logs, order)
   if #order == 0 then return end
   local window = math.floor(now / period)
-  local found = redis.call('HMGET', rate_prefix .. window, unpack(order))
+  local found = redis.call('HMGET', key_chat_rate_window(prefix, window), unpack(order))
   local missing, texts = {}, {}
   for i, user in ipairs(order) do
     if found[i] then texts[user] = found[i] else missing[#missing + 1] = user end
   end
   if #missing > 0 then
-    local older = redis.call('HMGET', rate_prefix .. (window - 1), unpack(missing))
+    local older = redis.call('HMGET', key_chat_rate_window(prefix, window - 1), unpack(missing))
     for j, user in ipairs(missing) do texts[user] = older[j] end
   end
   local since = now - period
@@ -231,9 +231,9 @@ local function window_logs(rate_prefix, period, now, logs, order)
 end
 
 -- Writes back the logs of the users in `changed` (a list, repeats allowed).
-local function window_save(rate_prefix, period, now, logs, changed)
+local function window_save(prefix, period, now, logs, changed)
   if #changed == 0 then return end
-  local key = rate_prefix .. math.floor(now / period)
+  local key = key_chat_rate_window(prefix, math.floor(now / period))
   local flat, seen = {}, {}
   for _, user in ipairs(changed) do
     if not seen[user] then
