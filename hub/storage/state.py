@@ -161,7 +161,7 @@ class State:
         sid, user, s = fields["stream_id"], fields["streamer_id"], self.settings
         k = self.keys.of(sid)
         if k is not self.keys.of(user):
-            raise ValueError("a stream's id is drawn in its streamer's shard (hub.domain.service)")
+            raise ValueError("a stream's id is drawn in its streamer's shard (hub.domain.streams)")
         expires = int(fields["scheduled_at"]) + s.scheduled_grace * 1000 if fields["scheduled_at"] else 0
         await self._run(
             "create",
