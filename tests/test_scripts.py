@@ -60,6 +60,11 @@ def test_lua_key_builders_name_the_keys_python_names(client: redis.Redis, prefix
     assert named == expected
 
 
+def test_every_generated_key_builder_is_used_by_a_script() -> None:
+    lua = "".join(scripts.source(entry.name.removesuffix(".lua")) for entry in scripts.FOLDER.iterdir())
+    assert [name for name in LUA_BUILT if f"key_{name}(" not in lua] == []
+
+
 def test_a_chat_rate_window_named_from_redis_clock_is_the_one_python_names(client: redis.Redis) -> None:
     """The window's number is a Lua number (``math.floor(now / period)``), not a string."""
     lua = "return key_chat_rate_window('hub:', math.floor(1764730000123 / 60000))"
