@@ -116,7 +116,7 @@ redis.call(PUBLISH, channel, room_head .. (moderators or '') .. room_tail)
 if ban_order ~= '' then
   -- An order on the stream's own channel: the workers with sockets in the room (the only ones
   -- subscribed) take the user's sockets out of it, before the viewer_left below goes out.
-  redis.call(PUBLISH, channel, ban_order)
+  publish_order(channel, ban_order)
   -- The user's connections stop watching now.
   local shard = shard_keys(prefix, live_key, outbox_key)
   local stream = {id = stream_id, hash = stream_key, conns = conns_key, viewers = viewers_key, room = channel}
