@@ -78,7 +78,7 @@ def test_each_shard_has_a_tag_in_its_own_equal_range_of_slots(shards):
             k.room("stream-id"),
             k.outbox,
             k.live,
-            k.chat_rate_windows + "123",
+            k.chat_rate_window(123),
             k.tip_idempotency("u", "t"),
         ]
         assert len({slot(key[key.index("{") + 1 : key.index("}")]) for key in tagged}) == 1

@@ -18,9 +18,10 @@ if TYPE_CHECKING:
 
 NAMESPACE = "/streaming"
 STREAMER_STREAMS_KEPT = 100
-# The keys a Lua script names itself, from an id it learns inside (the sweep walks the live
-# set; a stream's category is in its hash): ``Keys.lua_prelude`` writes their builders.
-LUA_BUILT = ("stream", "conns", "viewers", "unique", "room", "live", "outbox", "live_category")
+# The keys a Lua script names itself, from what it learns inside (the sweep walks the live set;
+# a stream's category is in its hash; a chat rate window's number comes from Redis's clock):
+# ``Keys.lua_prelude`` writes their builders.
+LUA_BUILT = ("stream", "conns", "viewers", "unique", "room", "live_category", "chat_rate_window")
 # Stand-ins for the prefix and the id, to read a builder's template off its Python method.
 _PREFIX_MARK, _ID_MARK = "\x00prefix\x00", "\x00id\x00"
 OUTBOX_GROUP = "flushers"
@@ -220,13 +221,12 @@ class Keys:
         """Sorted set: the streams the user created in the last ``HUB_CREATE_PERIOD``."""
         return f"{self.prefix}rate:creates:{user_id}"
 
-    @property
-    def chat_rate_windows(self) -> str:
-        """Prefix of the hashes user -> ``n|t1,t2,…``: how many of the user's chat messages were
-        accepted in the last period, and their times (ms, oldest first); one hash per rate
-        period window, named by the window's number (``now_ms // period_ms``); each expires two
-        periods after it was made."""
-        return f"{self.prefix}rate:chatlog:"
+    def chat_rate_window(self, window: int) -> str:
+        """Hash user -> ``n|t1,t2,…``: how many of the user's chat messages were accepted in the
+        last period, and their times (ms, oldest first). One hash per rate period window, named
+        by the window's number (``now_ms // period_ms``, from Redis's clock, so the scripts name
+        it); each expires two periods after it was made."""
+        return f"{self.prefix}rate:chatlog:{window}"
 
     def user_conns(self, user_id: str) -> str:
         """Sorted set of the user's open connections (socket ids) scored by expiry (ms)."""
@@ -257,7 +257,7 @@ class Keys:
 
 def _lua_builder(name: str) -> str:
     """``local function key_NAME(prefix, id) return prefix .. 'literal' .. id end`` for the
-    method or property ``Keys.NAME``."""
+    method or property ``Keys.NAME`` (``id`` a string, or a number Lua writes as digits)."""
     keys = Keys(_PREFIX_MARK)
     takes_id = not isinstance(getattr(Keys, name), property)
     template = getattr(keys, name)(_ID_MARK) if takes_id else getattr(keys, name)

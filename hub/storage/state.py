@@ -15,7 +15,7 @@ from hub.frames import Around
 from hub.settings import Settings
 from hub.storage.batcher import Batcher
 from hub.storage.connections import AsyncRedis
-from hub.storage.keys import NAMESPACE, STREAMER_STREAMS_KEPT, Keys
+from hub.storage.keys import STREAMER_STREAMS_KEPT, Keys
 from hub.storage.scripts import checked, load_scripts
 
 CHAT_BATCH_MAX = 256
@@ -143,11 +143,6 @@ class State:
         """One script call whose refusal is raised (``HubError``)."""
         return checked(await self._call(name, keys, args))
 
-    @staticmethod
-    def _base(k: Keys) -> list[str]:
-        """The shard's prefix, channel prefix and namespace, as moderate.lua takes them first."""
-        return [k.prefix, k.room_prefix, NAMESPACE]
-
     # -- streams ------------------------------------------------------------------
     def new_stream_id(self, streamer_id: str) -> str:
         """A new stream's id (a UUIDv7), drawn until it falls in its streamer's shard, so that
@@ -165,7 +160,7 @@ class State:
         sid, user, s = fields["stream_id"], fields["streamer_id"], self.settings
         k = self.keys.of(sid)
         if k is not self.keys.of(user):
-            raise ValueError("a stream's id is drawn in its streamer's shard (hub.domain.service)")
+            raise ValueError("a stream's id is drawn in its streamer's shard (hub.domain.streams)")
         expires = int(fields["scheduled_at"]) + s.scheduled_grace * 1000 if fields["scheduled_at"] else 0
         await self._run(
             "create",
@@ -536,7 +531,7 @@ class State:
             *(
                 self._call(
                     "chat_rate",
-                    [self.keys.all[shard].chat_rate_windows],
+                    [self.keys.all[shard].prefix],
                     [s.chat_period * 1000, *(x for i, limit in pairs for x in (items[i].user_id, limit))],
                 )
                 for shard, pairs in shards.items()
@@ -561,7 +556,7 @@ class State:
         streams: dict[str, int] = {}
         for item in items:
             streams.setdefault(item.stream_id, len(streams) + 1)
-        keys = [k.outbox, k.chat_rate_windows]
+        keys = [k.outbox]
         for sid in streams:
             keys += (
                 k.stream(sid),
@@ -573,6 +568,7 @@ class State:
             )
         keys += (k.slow(item.stream_id, item.user_id) for item in items)
         args: list[Any] = [
+            k.prefix,
             s.chat_rate,
             s.chat_rate_privileged,
             s.chat_period * 1000,
@@ -655,7 +651,6 @@ class State:
             await self._limit(
                 self.keys.of(m.actor).moderation_rate(m.actor), s.moderation_rate, s.moderation_period * 1000
             )
-        prefix, channel_prefix, namespace = self._base(k)
         outcome = _outcome(
             await self._call(
                 "moderate",
@@ -667,15 +662,15 @@ class State:
                     k.unflushed(m.stream_id),
                     k.deleted(m.stream_id),
                     k.conns(m.stream_id),
-                    k.outbox,
+                    k.viewers(m.stream_id),
                     k.room(m.stream_id),
                     k.modlog(m.stream_id),
                     k.moderation_rate(m.actor),
+                    k.live,
+                    k.outbox,
                 ],
                 [
-                    prefix,
-                    channel_prefix,
-                    namespace,
+                    k.prefix,
                     m.stream_id,
                     m.change,
                     _flag(m.owner_only),

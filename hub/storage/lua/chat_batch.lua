@@ -1,27 +1,29 @@
 -- The chat messages (and streamers' trade alerts) one worker received in one event-loop tick
 -- of one shard's streams, in one call: each is checked (stream, clear, role, sanctions, slow
 -- mode, rate); the accepted ones of a stream share one counter update, one ZADD to its recent
--- set and one to its unflushed set, and one PUBLISH (their frames one per line), and all of
--- them one outbox entry (t = messages, then the records' texts as fields '1', '2', …). The
--- rate state is the shard's (window_logs in common.lua); a message whose sender's rate lives in
--- another shard comes with its rate already checked (chat_rate.lua) and is not counted here.
--- KEYS: outbox, chat rate windows (the prefix of the hashes; the window's number, from Redis's
---       clock, follows it), then for each stream of the batch STREAM_KEYS keys: its hash,
---       moderators, sanctions, recent set, unflushed set, room channel; then for each message
---       its sender's slow-mode key in its stream
--- ARGV: rate limit, privileged rate limit, period ms, recent size, streams, messages, then for
---       each message MESSAGE_ARGS values: its stream (1, 2, …: its keys' place), user id,
---       admin ('1'/'0'), alert ('1'/'0'), message id, message json, frame (the Engine.IO text
---       of its chat_message event), rate counted here ('1'/'0')
+-- set and one to its unflushed set, and one PUBLISH (their frames one room message), and all
+-- of them one outbox entry (t = messages, then the records' texts as fields '1', '2', …). The
+-- rate state is the shard's (window_logs in common.lua, its hashes named from the prefix); a
+-- message whose sender's rate lives in another shard comes with its rate already checked
+-- (chat_rate.lua) and is not counted here.
+-- KEYS: outbox, then for each stream of the batch STREAM_KEYS keys: its hash, moderators,
+--       sanctions, recent set, unflushed set, room channel; then for each message its sender's
+--       slow-mode key in its stream
+-- ARGV: prefix (names the chat rate's window hashes), rate limit, privileged rate limit,
+--       period ms, recent size, streams, messages, then for each message MESSAGE_ARGS values:
+--       its stream (1, 2, …: its keys' place), user id, admin ('1'/'0'), alert ('1'/'0'),
+--       message id, message json, frame (the Engine.IO text of its chat_message event), rate
+--       counted here ('1'/'0')
 -- Returns one reply per message: {'ok'}, {'err', code, retry ms}, or {'stale', cleared_before}.
-local STREAM_KEYS, MESSAGE_ARGS, HEADER_ARGS = 6, 8, 6
-local outbox_key, rate_windows = KEYS[1], KEYS[2]
-local limit, privileged, period = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local recent_size, stream_count, n = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local HEADER_KEYS, STREAM_KEYS, HEADER_ARGS, MESSAGE_ARGS = 1, 6, 7, 8
+local outbox_key = KEYS[1]
+local prefix, limit, privileged = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local period, recent_size = tonumber(ARGV[4]), tonumber(ARGV[5])
+local stream_count, n = tonumber(ARGV[6]), tonumber(ARGV[7])
 
 local streams = {}
 for j = 1, stream_count do
-  local at = 2 + (j - 1) * STREAM_KEYS
+  local at = HEADER_KEYS + (j - 1) * STREAM_KEYS
   streams[j] = {
     key = KEYS[at + 1], mods_key = KEYS[at + 2], sanctions_key = KEYS[at + 3],
     recent_key = KEYS[at + 4], unflushed_key = KEYS[at + 5], channel = KEYS[at + 6],
@@ -34,36 +36,8 @@ for i = 1, n do
   messages[i] = {
     stream = streams[tonumber(ARGV[at + 1])], user = ARGV[at + 2], admin = ARGV[at + 3],
     alert = ARGV[at + 4] == '1', id = ARGV[at + 5], json = ARGV[at + 6], frame = ARGV[at + 7],
-    counted = ARGV[at + 8] == '1', slow_key = KEYS[2 + stream_count * STREAM_KEYS + i],
+    counted = ARGV[at + 8] == '1', slow_key = KEYS[HEADER_KEYS + stream_count * STREAM_KEYS + i],
   }
-end
-
--- A stream's accepted messages (JSON texts): all into its unflushed set (the flusher takes
--- each out once MySQL has it), and those above the recent floor (the highest id ever trimmed)
--- into its recent set, which thus holds every kept message above the floor. A lower id, from
--- a worker whose message reached Redis late, is read from the unflushed set, then from MySQL.
-local function keep(s)
-  local all, above = {}, {}
-  for _, m in ipairs(s.messages) do
-    all[#all + 1] = 0
-    all[#all + 1] = m
-    if not s.floor or message_id_of(m) > s.floor then
-      above[#above + 1] = 0
-      above[#above + 1] = m
-    end
-  end
-  redis.call('ZADD', s.unflushed_key, unpack(all))
-  if #above > 0 then redis.call('ZADD', s.recent_key, unpack(above)) end
-end
-
--- The recent set trimmed back to its size, the lowest ids first; the floor rises to the
--- highest id trimmed.
-local function trim(s)
-  local cut = redis.call('ZCARD', s.recent_key) - recent_size
-  if cut <= 0 then return end
-  local top = redis.call('ZRANGE', s.recent_key, cut - 1, cut - 1)[1]
-  redis.call('ZREMRANGEBYRANK', s.recent_key, 0, cut - 1)
-  redis.call('HSET', s.key, 'recent_floor', message_id_of(top))
 end
 
 local step = math.max(1, math.floor(recent_size / 10))
@@ -77,7 +51,7 @@ for _, m in ipairs(messages) do
     user_order[#user_order + 1] = m.user
   end
 end
-window_logs(rate_windows, period, now, users, user_order)
+window_logs(prefix, period, now, users, user_order)
 
 -- Each stream's state, and its moderators and sanctions only where it has any.
 for _, s in ipairs(streams) do
@@ -131,19 +105,20 @@ for i, m in ipairs(messages) do
   replies[i] = reply
 end
 
-window_save(rate_windows, period, now, users, changed)
+window_save(prefix, period, now, users, changed)
 
 local records = {}
 for _, s in ipairs(streams) do
   local k = #s.messages
   if k > 0 then
     local count = redis.call('HINCRBY', s.key, 'message_count', k)
-    keep(s)
+    keep_messages(s.recent_key, s.unflushed_key, s.messages, s.floor)
     -- The recent set may hold up to a tenth more than its size: trimmed each time the message
     -- count passes a tenth of it, so its length is not read per call.
-    if math.floor(count / step) ~= math.floor((count - k) / step) then trim(s) end
-    -- To every socket in the room (hub.frames.room_message): a newline, then the frames.
-    redis.call(PUBLISH, s.channel, '\n' .. table.concat(s.frames, '\n'))
+    if math.floor(count / step) ~= math.floor((count - k) / step) then
+      trim_recent(s.key, s.recent_key, recent_size)
+    end
+    publish_events(s.channel, nil, s.frames)
     for _, m in ipairs(s.messages) do records[#records + 1] = m end
   end
 end

@@ -138,13 +138,6 @@ local function stop_watching(shard, stream, member, now)
   return count
 end
 
--- stop_watching for moderate.lua, which names a stream by its id and the shard by its prefix
--- (the channel prefix and namespace it passes are not needed).
-local function drop_conn(prefix, _channel_prefix, _namespace, stream_id, member, now)
-  local shard = shard_keys(prefix, key_live(prefix), key_outbox(prefix))
-  return stop_watching(shard, stream_keys(prefix, stream_id), member, now)
-end
-
 -- A connection starts watching: its viewer joins when it is the viewer's first connection.
 -- Returns the viewers.
 local function start_watching(shard, stream, member, expiry, sid, username)
@@ -201,21 +194,21 @@ local function rate_check(key, limit, period_ms, now)
 end
 
 -- The chat rate's state: each user's log of accepted times ('n|t1,t2,…', ms, oldest first)
--- in two hashes per period window (field = user), named by the window's number after
--- `rate_prefix`. A log written two windows ago holds only times that have left the window, so
--- older hashes simply expire. Fills `logs` (user -> log, see window_admit) for the users listed
--- in `order`: this window's hash, then the previous one for the others. Only the times that
--- left the window are looked at, from the oldest, so a log costs the same whatever its limit.
-local function window_logs(rate_prefix, period, now, logs, order)
+-- in one hash per period window (field = user), key_chat_rate_window(prefix, the window's
+-- number). A log written two windows ago holds only times that have left the window, so older
+-- hashes simply expire. Fills `logs` (user -> log, see window_admit) for the users listed in
+-- `order`: this window's hash, then the previous one for the others. Only the times that left
+-- the window are looked at, from the oldest, so a log costs the same whatever its limit.
+local function window_logs(prefix, period, now, logs, order)
   if #order == 0 then return end
   local window = math.floor(now / period)
-  local found = redis.call('HMGET', rate_prefix .. window, unpack(order))
+  local found = redis.call('HMGET', key_chat_rate_window(prefix, window), unpack(order))
   local missing, texts = {}, {}
   for i, user in ipairs(order) do
     if found[i] then texts[user] = found[i] else missing[#missing + 1] = user end
   end
   if #missing > 0 then
-    local older = redis.call('HMGET', rate_prefix .. (window - 1), unpack(missing))
+    local older = redis.call('HMGET', key_chat_rate_window(prefix, window - 1), unpack(missing))
     for j, user in ipairs(missing) do texts[user] = older[j] end
   end
   local since = now - period
@@ -238,9 +231,9 @@ local function window_logs(rate_prefix, period, now, logs, order)
 end
 
 -- Writes back the logs of the users in `changed` (a list, repeats allowed).
-local function window_save(rate_prefix, period, now, logs, changed)
+local function window_save(prefix, period, now, logs, changed)
   if #changed == 0 then return end
-  local key = rate_prefix .. math.floor(now / period)
+  local key = key_chat_rate_window(prefix, math.floor(now / period))
   local flat, seen = {}, {}
   for _, user in ipairs(changed) do
     if not seen[user] then
@@ -291,7 +284,7 @@ end
 -- trimmed) into its recent set, which thus holds every kept message above the floor. A lower
 -- id, from a worker whose message reached Redis late, would be trimmed at once: it is read
 -- from the unflushed set, then from MySQL.
-local function keep_messages(base, messages, floor)
+local function keep_messages(recent_key, unflushed_key, messages, floor)
   local all, above = {}, {}
   for _, m in ipairs(messages) do
     all[#all + 1] = 0
@@ -301,17 +294,16 @@ local function keep_messages(base, messages, floor)
       above[#above + 1] = m
     end
   end
-  redis.call('ZADD', base .. ':unflushed', unpack(all))
-  if #above > 0 then redis.call('ZADD', base .. ':recent', unpack(above)) end
+  redis.call('ZADD', unflushed_key, unpack(all))
+  if #above > 0 then redis.call('ZADD', recent_key, unpack(above)) end
 end
 
--- The recent set trimmed back to `size`, the lowest ids first; the floor rises to the highest
--- id trimmed.
-local function trim_recent(base, size)
-  local recent = base .. ':recent'
-  local cut = redis.call('ZCARD', recent) - size
+-- The recent set trimmed back to `size`, the lowest ids first; the floor (in the stream hash)
+-- rises to the highest id trimmed.
+local function trim_recent(hash_key, recent_key, size)
+  local cut = redis.call('ZCARD', recent_key) - size
   if cut <= 0 then return end
-  local top = redis.call('ZRANGE', recent, cut - 1, cut - 1)[1]
-  redis.call('ZREMRANGEBYRANK', recent, 0, cut - 1)
-  redis.call('HSET', base, 'recent_floor', message_id_of(top))
+  local top = redis.call('ZRANGE', recent_key, cut - 1, cut - 1)[1]
+  redis.call('ZREMRANGEBYRANK', recent_key, 0, cut - 1)
+  redis.call('HSET', hash_key, 'recent_floor', message_id_of(top))
 end

@@ -2,27 +2,26 @@
 -- stream's moderation log) and the broadcasts, together. The action comes as its rules from
 -- hub.domain.payloads.MODERATION: the change to make, who may make it, whether on oneself.
 -- KEYS: stream hash, moderators, sanctions, recent set, unflushed set, deleted set, conns,
---       outbox, room channel, moderation log, the actor's moderation rate
--- ARGV: prefix, channel prefix and namespace (for drop_conn, which names a viewer's keys
---       itself), stream id, change (delete | timeout | ban | lift | clear | slow |
---       add_moderator | remove_moderator), owner only ('1'/'0'), on self ('1'/'0'), actor,
---       admin ('1'/'0'), target user, message id, value (a timeout's end ms, the clear
---       watermark id, or slow-mode seconds), record json, room message head and tail (the
---       moderators go between them after a change of moderators), ban order ('' if none),
---       log size, found ('1': the caller found the message in MySQL), rate limit, rate period
---       ms, count the rate here ('1'/'0')
+--       viewers, room channel, moderation log, the actor's moderation rate, live set, outbox
+-- ARGV: prefix (names the category's live set), stream id, change (delete | timeout | ban |
+--       lift | clear | slow | add_moderator | remove_moderator), owner only ('1'/'0'), on self
+--       ('1'/'0'), actor, admin ('1'/'0'), target user, message id, value (a timeout's end
+--       ms, the clear watermark id, or slow-mode seconds), record json, room message head and
+--       tail (the moderators go between them after a change of moderators), ban order ('' if
+--       none), log size, found ('1': the caller found the message in MySQL), rate limit, rate
+--       period ms, count the rate here ('1'/'0')
 -- Returns {'ok', moderators json | false}, an error, {'no_stream'} when the stream has no live
 -- state, or {'missing'} when a message to delete is neither in the recent set nor among the
 -- unflushed messages (the caller looks in MySQL and calls again with found = '1').
 local stream_key, mods_key, sanctions_key, recent_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local unflushed_key, deleted_key, conns_key, outbox_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local channel, log_key, rate_key = KEYS[9], KEYS[10], KEYS[11]
-local prefix, channel_prefix, namespace, stream_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local change, owner_only, on_self = ARGV[5], ARGV[6] == '1', ARGV[7] == '1'
-local actor, admin, target, message_id, value = ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]
-local record_json, room_head, room_tail, ban_order = ARGV[13], ARGV[14], ARGV[15], ARGV[16]
-local log_size, found = tonumber(ARGV[17]), ARGV[18] == '1'
-local rate_limit, rate_period, count_rate = tonumber(ARGV[19]), tonumber(ARGV[20]), ARGV[21] == '1'
+local unflushed_key, deleted_key, conns_key, viewers_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local channel, log_key, rate_key, live_key, outbox_key = KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13]
+local prefix, stream_id = ARGV[1], ARGV[2]
+local change, owner_only, on_self = ARGV[3], ARGV[4] == '1', ARGV[5] == '1'
+local actor, admin, target, message_id, value = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local record_json, room_head, room_tail, ban_order = ARGV[11], ARGV[12], ARGV[13], ARGV[14]
+local log_size, found = tonumber(ARGV[15]), ARGV[16] == '1'
+local rate_limit, rate_period, count_rate = tonumber(ARGV[17]), tonumber(ARGV[18]), ARGV[19] == '1'
 local of_moderators = change == 'add_moderator' or change == 'remove_moderator'
 local of_sanctions = change == 'timeout' or change == 'ban' or change == 'lift'
 
@@ -117,13 +116,15 @@ redis.call(PUBLISH, channel, room_head .. (moderators or '') .. room_tail)
 if ban_order ~= '' then
   -- An order on the stream's own channel: the workers with sockets in the room (the only ones
   -- subscribed) take the user's sockets out of it, before the viewer_left below goes out.
-  redis.call(PUBLISH, channel, ban_order)
+  publish_order(channel, ban_order)
   -- The user's connections stop watching now.
+  local shard = shard_keys(prefix, live_key, outbox_key)
+  local stream = {id = stream_id, hash = stream_key, conns = conns_key, viewers = viewers_key, room = channel}
   for _, member in ipairs(redis.call('ZRANGE', conns_key, 0, -1)) do
     local _, _, viewer = split_member(member)
     if viewer == 'u:' .. target then
       redis.call('ZREM', conns_key, member)
-      drop_conn(prefix, channel_prefix, namespace, stream_id, member, now)
+      stop_watching(shard, stream, member, now)
     end
   end
 end

@@ -40,17 +40,10 @@ redis.call('HINCRBY', stream_key, 'tip_count', 1)
 redis.call('HINCRBY', stream_key, 'tips_cents', amount_cents)
 redis.call('HINCRBY', stream_key, 'fees_cents', fee_cents)
 redis.call('HINCRBY', stream_key, 'message_count', 1)
--- The TIP message kept as chat_batch.lua keeps messages: in the unflushed set, and in the
--- recent set when above the recent floor; the recent set is then trimmed back to its size,
--- the lowest ids first, the floor rising to the highest id trimmed.
-redis.call('ZADD', unflushed_key, 0, message_json)
-if not floor or message_id > floor then redis.call('ZADD', recent_key, 0, message_json) end
-local cut = redis.call('ZCARD', recent_key) - recent_size
-if cut > 0 then
-  local top = redis.call('ZRANGE', recent_key, cut - 1, cut - 1)[1]
-  redis.call('ZREMRANGEBYRANK', recent_key, 0, cut - 1)
-  redis.call('HSET', stream_key, 'recent_floor', message_id_of(top))
-end
+-- The TIP message kept as chat_batch.lua keeps messages, the recent set then trimmed back to
+-- its size.
+keep_messages(recent_key, unflushed_key, {message_json}, floor)
+trim_recent(stream_key, recent_key, recent_size)
 redis.call('XADD', outbox_key, '*', 't', 'tip', 'd', tip_json)
 redis.call('XADD', outbox_key, '*', 't', 'message', 'd', message_json)
 redis.call(PUBLISH, channel, room_message)
