@@ -70,6 +70,10 @@ class Sizes:
     flush_rows: int = 200_000
     lag_streams: int = 20
     lag_rate: float = 1000.0  # messages/s, all streams together
+    idle: int = 4000  # idle viewers, signed in and joined
+    idle_streams: int = 40
+    idle_per_address: int = 1  # viewers per loopback source address: real ones have their own
+    idle_seconds: float = 60.0  # the measured window (--seconds sets it too)
 
 
 SMOKE = Sizes(
@@ -93,6 +97,9 @@ SMOKE = Sizes(
     flush_rows=2000,
     lag_streams=4,
     lag_rate=200.0,
+    idle=40,
+    idle_streams=4,
+    idle_seconds=2.0,
 )
 
 
@@ -165,7 +172,7 @@ class Round:
         }
 
 
-def cpu_figures(cpu: dict[str, float], ops: int) -> dict[str, Any]:
+def cpu_figures(cpu: dict[str, float], ops: float) -> dict[str, Any]:
     """Hub CPU (workers + redis-server + flusher) and client CPU, totals and per operation."""
     hub = cpu.get("workers", 0.0) + cpu.get("redis", 0.0) + cpu.get("flusher", 0.0)
     client = cpu.get("client", 0.0)

@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="NAME",
         help=f"run only these ({', '.join(WORKLOADS)}); default: all, in that order",
     )
-    parser.add_argument("--seconds", type=float, help="measured seconds per workload")
+    parser.add_argument("--seconds", type=float, help="measured seconds per workload (idle's window too)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, about a second each")
     parser.add_argument(
         "--set",
@@ -78,7 +78,7 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
             raise SystemExit(f"--set: no size named {name!r}; one of {', '.join(defaults)}")
         changes[name] = type(defaults[name])(value)
     if args.seconds is not None:
-        changes["seconds"] = args.seconds
+        changes["seconds"] = changes["idle_seconds"] = args.seconds
     return dataclasses.replace(sizes, **changes)
 
 
@@ -196,6 +196,24 @@ def _flush(r: dict[str, Any]) -> Row:
     )
 
 
+def _idle(r: dict[str, Any]) -> Row:
+    """Per connection-second: hub and client CPU (µs) and Redis commands; per connection: RSS."""
+    top = r.get("redis_calls_top_per_conn_s", {})
+    return (
+        f"{r['connections']:,} conns idle",
+        "-",
+        "-",
+        _n(r["hub_cpu_us_per_op"], 2),
+        _n(r["client_cpu_us_per_op"], 2),
+        _n(r["closed_sockets"]),
+        f"per conn: {_n(r.get('redis_calls_per_conn_s'), 2)} Redis cmds/s "
+        f"({', '.join(f'{k} {v:.2f}' for k, v in list(top.items())[:3])}), "
+        f"{_n(r['worker_rss_kib_per_conn'])} KiB; µs/op per conn-second over {_n(r['interval_s'])}s",
+        "a baseline: cost while nothing happens",
+        "-",
+    )
+
+
 ROWS: dict[str, Callable[[dict[str, Any]], Row]] = {
     "fanout": _fanout,
     "streams": _streams,
@@ -203,6 +221,7 @@ ROWS: dict[str, Callable[[dict[str, Any]], Row]] = {
     "ingress": _ingress,
     "ingress-spread": _ingress,
     "flush": _flush,
+    "idle": _idle,
 }
 HEAD = (
     "workload",

@@ -46,6 +46,14 @@ EXPECTED = {
     "ingress-spread": DELIVERY
     | {"accepted_msgs_per_s", "ack_p99_ms", "redis_evalsha_per_msg", "redis_calls_per_msg"},
     "flush": {"rows", "rows_stored", "rows_missing", "rows_per_s", "lag_p50_s", "lag_p99_s", "lag_missing"},
+    "idle": {
+        "connections",
+        "closed_sockets",
+        "source_addresses",
+        "worker_rss_kib_per_conn",
+        "redis_calls_per_conn_s",
+        "redis_calls_top_per_conn_s",
+    },
 }
 
 
@@ -105,6 +113,9 @@ def test_bench_smoke_reports_every_workload_without_loss() -> None:
     assert results["joins"]["joins"] == 100
     assert results["flush"]["rows_stored"] == results["flush"]["rows"] == 2000
     assert results["flush"]["rows_missing"] == results["flush"]["lag_missing"] == 0
+    idle = results["idle"]
+    assert idle["connections"] == idle["source_addresses"] == 40 and idle["closed_sockets"] == 0, idle
+    assert idle["interval_s"] >= 2 and idle["redis_calls_per_conn_s"] > 0, idle
     _assert_cleaned_up(_run_id(done.stdout))
 
 
