@@ -276,6 +276,7 @@ class Bench:
         self.streamers: dict[str, str] = {}  # stream id -> its streamer's token
         self.meter = Meter(self.groups)
         self.log_marks: dict[int, int] = {}  # worker pid -> log size when the measurement ended
+        self.server = "hub"  # or "node": fresh_workers() starts the Node.js peer instead
 
     # -- life cycle ---------------------------------------------------------------
     async def start(self) -> None:
@@ -366,9 +367,11 @@ class Bench:
         self._subscribed = set()
 
     async def fresh_workers(self, n: int = 2) -> list[Worker]:
-        """Stop the previous workload's workers; start ``n`` new ones and wait until ready."""
+        """Stop the previous workload's workers; start ``n`` new ones (hub web workers, or
+        Node.js peers while ``server`` is "node") and wait until ready."""
         self.stop_workers()
-        self.workers = [Worker(i, self.env.env(), self.logdir) for i in range(n)]
+        node = self.server == "node"
+        self.workers = [Worker(i, self.env.env(), self.logdir, node) for i in range(n)]
         assert self.http is not None
         await asyncio.gather(*(w.ready(self.http) for w in self.workers))
         return self.workers

@@ -10,6 +10,11 @@ With ``--cluster`` the hub's Redis is a private three-node Redis Cluster (no per
 the local Redis) that the run starts and always stops, with HUB_REDIS_SHARDS=16: Redis
 commands are counted on every node (each node's share is shown), and redis-server CPU is the
 three nodes'.
+
+With ``BENCH_SERVER=node`` the workloads the Node.js socket.io peer (``tests/bench/node/server.mjs``)
+can do (fanout, joins, ingress, idle) run against it too, each right after the hub's, and the
+table shows its row under the hub's; without Node.js or its packages the run says so and goes
+on without the peer.
 """
 
 from __future__ import annotations
@@ -32,8 +37,11 @@ from typing import Any
 
 from tests.bench.floor import measure as measure_floor
 from tests.bench.harness import SMOKE, Bench, Sizes
-from tests.bench.procs import install_node_reference, node_reference
+from tests.bench.procs import node_peer_problem, node_reference
 from tests.bench.workloads import WORKLOADS
+
+# What the Node.js peer can do like the hub: join a room, broadcast and acknowledge.
+PEER_WORKLOADS = ("fanout", "joins", "ingress", "idle")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -240,11 +248,15 @@ HEAD = (
 def table(results: list[dict[str, Any]]) -> str:
     rows = [HEAD]
     for r in results:
+        name = r["workload"] if r.get("server", "hub") == "hub" else f"{r['workload']} · {r['server']}"
         if "error" in r:
-            rows.append((r["workload"], "ERROR", "", "", "", "", "", r["error"][:60], "", ""))
+            rows.append((name, "ERROR", "", "", "", "", "", r["error"][:60], "", ""))
+        elif name != r["workload"]:  # the peer's row: the hub's targets are not its
+            row = ROWS[r["workload"]](r)
+            rows.append((name, *row[:6], row[6], "", ""))
         else:
             row = ROWS[r["workload"]](r)
-            rows.append((r["workload"], *row[:6], row[6] + _nodes(r), *row[7:]))
+            rows.append((name, *row[:6], row[6] + _nodes(r), *row[7:]))
     widths = [max(len(row[i]) for row in rows) for i in range(len(HEAD))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -254,7 +266,9 @@ def table(results: list[dict[str, Any]]) -> str:
 # -- the run --------------------------------------------------------------------------
 
 
-async def run(bench: Bench, names: list[str]) -> list[dict[str, Any]]:
+async def run(bench: Bench, names: list[str], peer: bool = False) -> list[dict[str, Any]]:
+    """Each workload against the hub, and with ``peer`` right after against the Node.js peer
+    when it can do it, so both figures come from the same minutes of the machine."""
     results: list[dict[str, Any]] = []
     try:
         await bench.start()
@@ -267,18 +281,45 @@ async def run(bench: Bench, names: list[str]) -> list[dict[str, Any]]:
                 flush=True,
             )
         for name in names:
-            try:
-                result = await WORKLOADS[name](bench)
-                result["hub_log"] = await bench.teardown()
-            except Exception as exc:
-                traceback.print_exc()
-                result = {"workload": name, "error": f"{type(exc).__name__}: {exc}"}
-                await bench.reset()
-            print(json.dumps(result), flush=True)
-            results.append(result)
+            servers = ("hub", "node") if peer and name in PEER_WORKLOADS else ("hub",)
+            for server in servers:
+                bench.server = server
+                result = await run_one(bench, name)
+                print(json.dumps(result), flush=True)
+                results.append(result)
     finally:
+        bench.server = "hub"
         await bench.aclose()
     return results
+
+
+async def run_one(bench: Bench, name: str) -> dict[str, Any]:
+    """One workload against ``bench.server``; a failure is its result, and the next workload
+    starts clean."""
+    try:
+        result = await WORKLOADS[name](bench)
+        result["server"] = bench.server
+        result["hub_log"] = await bench.teardown()
+    except Exception as exc:
+        traceback.print_exc()
+        result = {"workload": name, "server": bench.server, "error": f"{type(exc).__name__}: {exc}"}
+        await bench.reset()
+    return result
+
+
+def _peer_ready(names: list[str]) -> bool:
+    """BENCH_SERVER=node: whether the Node.js peer runs, said either way."""
+    problem = node_peer_problem()
+    if problem is not None:
+        print(f"BENCH_SERVER=node: the Node.js peer is skipped: {problem}", flush=True)
+        return False
+    print(
+        "BENCH_SERVER=node: "
+        f"{', '.join(n for n in names if n in PEER_WORKLOADS) or 'no workload of this run'} "
+        "also run against the Node.js socket.io 4.8 peer (tests/bench/node/server.mjs)",
+        flush=True,
+    )
+    return True
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -305,18 +346,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{sizes.seconds:g}s per workload, {sizes.client_procs} client processes, logs in {logdir}",
         flush=True,
     )
-    if node_reference():
-        install_node_reference()
-        print(
-            "BENCH_SERVER=node: the workers are the Node.js socket.io 4.8 reference "
-            "(tests/bench/node/server.mjs)",
-            flush=True,
-        )
+    peer = node_reference() and _peer_ready(names)
     floor = measure_floor(100, 20) if args.smoke else measure_floor()
     print(json.dumps({"floor": "one 200-byte write to a loopback socket", **floor}), flush=True)
     ok = False
     try:
-        results = asyncio.run(run(bench, names))
+        results = asyncio.run(run(bench, names, peer))
         print()
         print(table(results), flush=True)
         print(
