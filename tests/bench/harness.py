@@ -360,6 +360,15 @@ class Bench:
             self.flusher.stop()
             self.flusher = None
 
+    def use(self, server: str) -> None:
+        """The next workloads run against ``server``: "hub", or "node", the Node.js peer, which
+        has no outbox: the hub's flusher stops meanwhile, so its polling is not counted."""
+        self.server = server
+        if server == "node":
+            self.stop_flusher()
+        elif self.flusher is None:
+            self.start_flusher()
+
     def stop_workers(self) -> None:
         for w in self.workers:
             w.stop()

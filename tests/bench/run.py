@@ -283,12 +283,11 @@ async def run(bench: Bench, names: list[str], peer: bool = False) -> list[dict[s
         for name in names:
             servers = ("hub", "node") if peer and name in PEER_WORKLOADS else ("hub",)
             for server in servers:
-                bench.server = server
+                bench.use(server)
                 result = await run_one(bench, name)
                 print(json.dumps(result), flush=True)
                 results.append(result)
     finally:
-        bench.server = "hub"
         await bench.aclose()
     return results
 
