@@ -1,4 +1,5 @@
-"""``python -m tests.bench.run [--workload NAME ...] [--seconds S] [--smoke] [--set name=value] [--cluster]``
+"""``python -m tests.bench.run [--workload NAME ...] [--seconds S] [--smoke] [--idle N] [--set name=value]
+[--cluster]``
 
 Starts two web workers and a flusher on a private Redis prefix and MySQL database, drives
 them from lean websocket clients on loopback, and prints one JSON line per workload, then a
@@ -61,6 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seconds", type=float, help="measured seconds per workload (idle's window too)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, about a second each")
+    parser.add_argument("--idle", type=int, metavar="N", help="connections the idle workload holds")
     parser.add_argument(
         "--set",
         action="append",
@@ -87,6 +89,8 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
         changes[name] = type(defaults[name])(value)
     if args.seconds is not None:
         changes["seconds"] = changes["idle_seconds"] = args.seconds
+    if args.idle is not None:
+        changes["idle"] = args.idle
     return dataclasses.replace(sizes, **changes)
 
 

@@ -328,7 +328,9 @@ async def idle(b: Bench) -> dict[str, Any]:
     from its own loopback address (``idle_per_address`` share one), then left alone for
     ``idle_seconds``: what holding a connection costs while nothing happens. Per connection and
     second: Redis commands (INFO commandstats before and after the window) and hub CPU; per
-    connection: the workers' RSS, before connecting and once all joined."""
+    connection: the workers' RSS, before connecting and once all joined. The hub's presence
+    refresh runs every HUB_PRESENCE_REFRESH (5 s) on each worker, so a window may catch one
+    refresh more or less: twelve periods (60 s) keep that within a twelfth."""
     z = b.sizes
     assert b.fleet is not None
     workers = await b.fresh_workers()
