@@ -218,6 +218,14 @@ def total_calls(counts: dict[str, dict[str, int]]) -> dict[str, int]:
     return dict(total)
 
 
+def _private_redis(folder: Path) -> Any:
+    """A redis-server on a free loopback port, without persistence (``tests.faults``'s
+    PrivateRedis, imported only when asked: it imports the test suite's conftest)."""
+    from tests.faults import PrivateRedis
+
+    return PrivateRedis(folder, persistence=False)
+
+
 def log_summary(workers: list[Worker], marks: dict[int, int]) -> dict[str, Any]:
     """WARNING/ERROR lines the workers logged (connections cut off, Redis errors…), up to the
     end of the measurement (``marks``: log size per worker pid then), and during teardown."""
@@ -251,17 +259,23 @@ def _shape(message: str) -> str:
 
 class Bench:
     """``cluster=True``: the hub's Redis is a private three-node cluster (``BenchCluster``),
-    started by start() and stopped by close(), and the hub keeps its keys in 16 shards."""
+    started by start() and stopped by close(), and the hub keeps its keys in 16 shards.
+    ``private_redis=True``: it is a redis-server of the run's own, without persistence, also
+    started by start() and stopped by close(), so its command counts and CPU are the run's."""
 
-    def __init__(self, sizes: Sizes, logdir: Path, cluster: bool = False) -> None:
+    def __init__(
+        self, sizes: Sizes, logdir: Path, cluster: bool = False, private_redis: bool = False
+    ) -> None:
         self.sizes = sizes
         self.logdir = logdir
         self.cluster = BenchCluster(logdir / "cluster") if cluster else None
-        self.env = (
-            HubEnv()
-            if self.cluster is None
-            else HubEnv(redis_url=self.cluster.url, cluster=True, redis_shards=SHARDS)
-        )
+        self.private_redis = _private_redis(logdir / "redis") if private_redis else None
+        if self.cluster is not None:
+            self.env = HubEnv(redis_url=self.cluster.url, cluster=True, redis_shards=SHARDS)
+        elif self.private_redis is not None:
+            self.env = HubEnv(redis_url=self.private_redis.url)
+        else:
+            self.env = HubEnv()
         self.keys = self.env.keys
         self.workers: list[Worker] = []
         self.flusher: Flusher | None = None
@@ -285,6 +299,8 @@ class Bench:
             self.redis, self.aredis = self.cluster.redis, self.cluster.aredis
             self.redis_pids = self.cluster.pids()
         else:
+            if self.private_redis is not None:
+                self.private_redis.start()
             pid = redis_server_pid(self.redis)
             self.redis_pids = {"redis": pid} if pid else {}
         self.env.migrate()
@@ -309,6 +325,8 @@ class Bench:
         else:
             with contextlib.suppress(Exception):
                 self.redis.close()
+        if self.private_redis is not None:
+            self.private_redis.kill()
 
     async def aclose(self) -> None:
         if self.http is not None:

@@ -1,5 +1,5 @@
 """``python -m tests.bench.run [--workload NAME ...] [--seconds S] [--smoke] [--idle N] [--set name=value]
-[--cluster]``
+[--cluster | --private-redis]``
 
 Starts two web workers and a flusher on a private Redis prefix and MySQL database, drives
 them from lean websocket clients on loopback, and prints one JSON line per workload, then a
@@ -11,6 +11,10 @@ With ``--cluster`` the hub's Redis is a private three-node Redis Cluster (no per
 the local Redis) that the run starts and always stops, with HUB_REDIS_SHARDS=16: Redis
 commands are counted on every node (each node's share is shown), and redis-server CPU is the
 three nodes'.
+
+With ``--private-redis`` the hub's Redis is a redis-server of the run's own (no persistence),
+started and always stopped by the run: on the local Redis, anything else using it during a
+measurement is counted too, which matters most for the idle workload's small figures.
 
 With ``BENCH_SERVER=node`` the workloads the Node.js socket.io peer (``tests/bench/node/server.mjs``)
 can do (fanout, joins, ingress, idle) run against it too, each right after the hub's, and the
@@ -74,6 +78,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--cluster",
         action="store_true",
         help="run on a private three-node Redis Cluster (16 shards) instead of the local Redis",
+    )
+    parser.add_argument(
+        "--private-redis",
+        action="store_true",
+        help="run on a redis-server of the run's own instead of the local Redis, so that Redis "
+        "commands and redis-server CPU are the hub's alone",
     )
     return parser.parse_args(argv)
 
@@ -337,18 +347,22 @@ def main(argv: list[str] | None = None) -> int:
         faulthandler.dump_traceback_later(float(os.environ["BENCH_STACKS_AFTER"]), exit=False)
     sizes = sizes_from(args)
     names = args.workloads or list(WORKLOADS)
+    if args.cluster and args.private_redis:
+        raise SystemExit("--cluster and --private-redis: one or the other")
     if args.cluster and node_reference():
         raise SystemExit("--cluster: the Node.js reference (BENCH_SERVER=node) speaks to one Redis only")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     signal.signal(signal.SIGTERM, _interrupt)
     logdir = Path(tempfile.mkdtemp(prefix="hubbench-"))
-    bench = Bench(sizes, logdir, cluster=args.cluster)
+    bench = Bench(sizes, logdir, cluster=args.cluster, private_redis=args.private_redis)
     print(
         f"hub bench: run {bench.env.run_id}, prefix {bench.env.prefix}, database {bench.env.database}, "
         f"{sizes.seconds:g}s per workload, {sizes.client_procs} client processes, logs in {logdir}",
         flush=True,
     )
+    if bench.private_redis is not None:
+        print(f"private redis: {bench.env.redis_url} (no persistence), stopped at the end", flush=True)
     peer = node_reference() and _peer_ready(names)
     floor = measure_floor(100, 20) if args.smoke else measure_floor()
     print(json.dumps({"floor": "one 200-byte write to a loopback socket", **floor}), flush=True)

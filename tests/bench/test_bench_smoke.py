@@ -1,9 +1,9 @@
 """The benchmark suite end to end at tiny sizes (``--smoke``), as a subprocess: it exits 0,
 prints one JSON line per workload with its figures, loses no chat message and no outbox row,
 and leaves no Redis key and no database behind; with ``--cluster`` (two workloads), counts
-every node's commands and leaves no cluster node running; with BENCH_SERVER=node, runs the
-Node.js peer right after the hub where it can, or says why it cannot. No timing target is
-checked."""
+every node's commands and leaves no cluster node running, and with ``--private-redis`` leaves
+no redis-server running; with BENCH_SERVER=node, runs the Node.js peer right after the hub
+where it can, or says why it cannot. No timing target is checked."""
 
 from __future__ import annotations
 
@@ -198,6 +198,20 @@ def test_bench_without_node_says_so_and_measures_the_hub_alone(tmp_path: Path) -
     assert "BENCH_SERVER=node: the Node.js peer is skipped: node is not on PATH" in done.stdout
     assert set(_results(done.stdout)) == {"idle"} and _table_names(done.stdout) == {"idle"}
     _assert_cleaned_up(_run_id(done.stdout))
+
+
+@pytest.mark.timeout(90)
+def test_bench_on_a_private_redis_counts_its_commands_alone_and_stops_it() -> None:
+    done = bench("--smoke", "--private-redis", "--workload", "idle", timeout=70)
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    [line] = [line for line in done.stdout.splitlines() if line.startswith("private redis: ")]
+    port = int(line.split()[2].rsplit(":", 1)[1].split("/")[0])
+    idle = _results(done.stdout)["idle"]
+    assert idle["connections"] == 40 and idle["closed_sockets"] == 0, idle
+    assert idle["redis_calls"] > 0 and idle["cpu_s"]["redis"] >= 0, idle
+    _assert_cleaned_up(_run_id(done.stdout))
+    with pytest.raises(redis.ConnectionError):  # the server went with the run
+        redis.Redis(port=port, socket_connect_timeout=1).ping()
 
 
 def _table_names(stdout: str) -> set[str]:
