@@ -284,7 +284,7 @@ NODE_PEER = ROOT / "tests" / "bench" / "node"
 NODE_PACKAGES = ("socket.io", "@socket.io/redis-adapter", "redis")
 
 
-def node_reference() -> bool:
+def node_peer_asked() -> bool:
     """BENCH_SERVER=node: the workloads the Node.js socket.io peer (node/server.mjs) can do run
     against it too, each right after the hub."""
     return os.environ.get("BENCH_SERVER") == "node"

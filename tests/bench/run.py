@@ -42,7 +42,7 @@ from typing import Any
 
 from tests.bench.floor import measure as measure_floor
 from tests.bench.harness import SMOKE, Bench, Sizes
-from tests.bench.procs import node_peer_problem, node_reference
+from tests.bench.procs import node_peer_asked, node_peer_problem
 from tests.bench.workloads import WORKLOADS
 
 # What the Node.js peer can do like the hub: join a room, broadcast and acknowledge.
@@ -265,12 +265,12 @@ def table(results: list[dict[str, Any]]) -> str:
         name = r["workload"] if r.get("server", "hub") == "hub" else f"{r['workload']} · {r['server']}"
         if "error" in r:
             rows.append((name, "ERROR", "", "", "", "", "", r["error"][:60], "", ""))
-        elif name != r["workload"]:  # the peer's row: the hub's targets are not its
-            row = ROWS[r["workload"]](r)
-            rows.append((name, *row[:6], row[6], "", ""))
-        else:
-            row = ROWS[r["workload"]](r)
+            continue
+        row = ROWS[r["workload"]](r)
+        if name == r["workload"]:
             rows.append((name, *row[:6], row[6] + _nodes(r), *row[7:]))
+        else:  # the peer's row: the hub's targets are not its
+            rows.append((name, *row[:7], "", ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(HEAD))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -349,8 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     names = args.workloads or list(WORKLOADS)
     if args.cluster and args.private_redis:
         raise SystemExit("--cluster and --private-redis: one or the other")
-    if args.cluster and node_reference():
-        raise SystemExit("--cluster: the Node.js reference (BENCH_SERVER=node) speaks to one Redis only")
+    if args.cluster and node_peer_asked():
+        raise SystemExit("--cluster: the Node.js peer (BENCH_SERVER=node) speaks to one Redis only")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     signal.signal(signal.SIGTERM, _interrupt)
@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if bench.private_redis is not None:
         print(f"private redis: {bench.env.redis_url} (no persistence), stopped at the end", flush=True)
-    peer = node_reference() and _peer_ready(names)
+    peer = node_peer_asked() and _peer_ready(names)
     floor = measure_floor(100, 20) if args.smoke else measure_floor()
     print(json.dumps({"floor": "one 200-byte write to a loopback socket", **floor}), flush=True)
     ok = False

@@ -13,7 +13,7 @@ import { createAdapter } from "@socket.io/redis-adapter";
 import { createClient } from "redis";
 
 const port = Number(process.argv[process.argv.indexOf("--port") + 1]);
-const prefix = (process.env.HUB_REDIS_PREFIX || "hub:") + "node-reference";
+const prefix = (process.env.HUB_REDIS_PREFIX || "hub:") + "node-peer";
 const redisUrl = process.env.REDIS_URL || "redis://127.0.0.1:6379/0";
 const secret = process.env.HUB_JWT_SECRET || "";
 
@@ -127,4 +127,4 @@ nsp.on("connection", (socket) => {
     }
   });
 });
-http.listen(port, "127.0.0.1", () => console.log(`node reference listening on ${port}`));
+http.listen(port, "127.0.0.1", () => console.log(`node peer listening on ${port}`));
