@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import redis
@@ -36,6 +36,9 @@ from tests.bench.procs import (
     rss_kib,
 )
 from tests.bench.sio import merge, percentile_ms
+
+if TYPE_CHECKING:
+    from tests.faults import PrivateRedis
 
 API = "/api/v1/streaming"
 # Start-up warnings that say nothing about the load (the local Redis runs without AOF).
@@ -218,7 +221,7 @@ def total_calls(counts: dict[str, dict[str, int]]) -> dict[str, int]:
     return dict(total)
 
 
-def _private_redis(folder: Path) -> Any:
+def _private_redis(folder: Path) -> PrivateRedis:
     """A redis-server on a free loopback port, without persistence (``tests.faults``'s
     PrivateRedis, imported only when asked: it imports the test suite's conftest)."""
     from tests.faults import PrivateRedis
