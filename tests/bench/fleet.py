@@ -30,12 +30,14 @@ TOKEN_TTL = 6 * 3600
 
 @dataclass(frozen=True)
 class Spec:
-    """One socket to open: which worker, signed in as whom, joined to which stream."""
+    """One socket to open: which worker, signed in as whom, joined to which stream, and from
+    which loopback address (None: the kernel's choice, 127.0.0.1)."""
 
     url: str
     user: str | None
     stream_id: str | None
     sender: bool = False
+    source: str | None = None
 
 
 def mint(secret: str, user: str, roles: list[str] | None = None) -> str:
@@ -100,7 +102,7 @@ class Child:
                 start = time.monotonic_ns()
                 try:
                     async with asyncio.timeout(timeout):
-                        sock = await Sock.open(spec.url, token, self.tally)
+                        sock = await Sock.open(spec.url, token, self.tally, source=spec.source)
                         connected.record_ns(time.monotonic_ns() - start)
                         if spec.stream_id is not None:
                             await sock.join(spec.stream_id)

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import redis
@@ -36,6 +36,9 @@ from tests.bench.procs import (
     rss_kib,
 )
 from tests.bench.sio import merge, percentile_ms
+
+if TYPE_CHECKING:
+    from tests.faults import PrivateRedis
 
 API = "/api/v1/streaming"
 # Start-up warnings that say nothing about the load (the local Redis runs without AOF).
@@ -70,6 +73,10 @@ class Sizes:
     flush_rows: int = 200_000
     lag_streams: int = 20
     lag_rate: float = 1000.0  # messages/s, all streams together
+    idle: int = 4000  # idle viewers, signed in and joined
+    idle_streams: int = 40
+    idle_per_address: int = 1  # viewers per loopback source address: real ones have their own
+    idle_seconds: float = 60.0  # the measured window (--seconds sets it too)
 
 
 SMOKE = Sizes(
@@ -93,6 +100,9 @@ SMOKE = Sizes(
     flush_rows=2000,
     lag_streams=4,
     lag_rate=200.0,
+    idle=40,
+    idle_streams=4,
+    idle_seconds=2.0,
 )
 
 
@@ -165,7 +175,7 @@ class Round:
         }
 
 
-def cpu_figures(cpu: dict[str, float], ops: int) -> dict[str, Any]:
+def cpu_figures(cpu: dict[str, float], ops: float) -> dict[str, Any]:
     """Hub CPU (workers + redis-server + flusher) and client CPU, totals and per operation."""
     hub = cpu.get("workers", 0.0) + cpu.get("redis", 0.0) + cpu.get("flusher", 0.0)
     client = cpu.get("client", 0.0)
@@ -211,6 +221,14 @@ def total_calls(counts: dict[str, dict[str, int]]) -> dict[str, int]:
     return dict(total)
 
 
+def _private_redis(folder: Path) -> PrivateRedis:
+    """A redis-server on a free loopback port, without persistence (``tests.faults``'s
+    PrivateRedis, imported only when asked: it imports the test suite's conftest)."""
+    from tests.faults import PrivateRedis
+
+    return PrivateRedis(folder, persistence=False)
+
+
 def log_summary(workers: list[Worker], marks: dict[int, int]) -> dict[str, Any]:
     """WARNING/ERROR lines the workers logged (connections cut off, Redis errors…), up to the
     end of the measurement (``marks``: log size per worker pid then), and during teardown."""
@@ -244,17 +262,23 @@ def _shape(message: str) -> str:
 
 class Bench:
     """``cluster=True``: the hub's Redis is a private three-node cluster (``BenchCluster``),
-    started by start() and stopped by close(), and the hub keeps its keys in 16 shards."""
+    started by start() and stopped by close(), and the hub keeps its keys in 16 shards.
+    ``private_redis=True``: it is a redis-server of the run's own, without persistence, also
+    started by start() and stopped by close(), so its command counts and CPU are the run's."""
 
-    def __init__(self, sizes: Sizes, logdir: Path, cluster: bool = False) -> None:
+    def __init__(
+        self, sizes: Sizes, logdir: Path, cluster: bool = False, private_redis: bool = False
+    ) -> None:
         self.sizes = sizes
         self.logdir = logdir
         self.cluster = BenchCluster(logdir / "cluster") if cluster else None
-        self.env = (
-            HubEnv()
-            if self.cluster is None
-            else HubEnv(redis_url=self.cluster.url, cluster=True, redis_shards=SHARDS)
-        )
+        self.private_redis = _private_redis(logdir / "redis") if private_redis else None
+        if self.cluster is not None:
+            self.env = HubEnv(redis_url=self.cluster.url, cluster=True, redis_shards=SHARDS)
+        elif self.private_redis is not None:
+            self.env = HubEnv(redis_url=self.private_redis.url)
+        else:
+            self.env = HubEnv()
         self.keys = self.env.keys
         self.workers: list[Worker] = []
         self.flusher: Flusher | None = None
@@ -269,6 +293,7 @@ class Bench:
         self.streamers: dict[str, str] = {}  # stream id -> its streamer's token
         self.meter = Meter(self.groups)
         self.log_marks: dict[int, int] = {}  # worker pid -> log size when the measurement ended
+        self.server = "hub"  # or "node": fresh_workers() starts the Node.js peer instead
 
     # -- life cycle ---------------------------------------------------------------
     async def start(self) -> None:
@@ -277,6 +302,8 @@ class Bench:
             self.redis, self.aredis = self.cluster.redis, self.cluster.aredis
             self.redis_pids = self.cluster.pids()
         else:
+            if self.private_redis is not None:
+                self.private_redis.start()
             pid = redis_server_pid(self.redis)
             self.redis_pids = {"redis": pid} if pid else {}
         self.env.migrate()
@@ -301,6 +328,8 @@ class Bench:
         else:
             with contextlib.suppress(Exception):
                 self.redis.close()
+        if self.private_redis is not None:
+            self.private_redis.kill()
 
     async def aclose(self) -> None:
         if self.http is not None:
@@ -352,6 +381,15 @@ class Bench:
             self.flusher.stop()
             self.flusher = None
 
+    def use(self, server: str) -> None:
+        """The next workloads run against ``server``: "hub", or "node", the Node.js peer, which
+        has no outbox: the hub's flusher stops meanwhile, so its polling is not counted."""
+        self.server = server
+        if server == "node":
+            self.stop_flusher()
+        elif self.flusher is None:
+            self.start_flusher()
+
     def stop_workers(self) -> None:
         for w in self.workers:
             w.stop()
@@ -359,9 +397,11 @@ class Bench:
         self._subscribed = set()
 
     async def fresh_workers(self, n: int = 2) -> list[Worker]:
-        """Stop the previous workload's workers; start ``n`` new ones and wait until ready."""
+        """Stop the previous workload's workers; start ``n`` new ones (hub web workers, or
+        Node.js peers while ``server`` is "node") and wait until ready."""
         self.stop_workers()
-        self.workers = [Worker(i, self.env.env(), self.logdir) for i in range(n)]
+        node = self.server == "node"
+        self.workers = [Worker(i, self.env.env(), self.logdir, node) for i in range(n)]
         assert self.http is not None
         await asyncio.gather(*(w.ready(self.http) for w in self.workers))
         return self.workers

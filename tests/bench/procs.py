@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -279,32 +280,50 @@ class Proc:
         self._log.close()
 
 
-NODE_REFERENCE = ROOT / "tests" / "bench" / "node"
+NODE_PEER = ROOT / "tests" / "bench" / "node"
+NODE_PACKAGES = ("socket.io", "@socket.io/redis-adapter", "redis")
 
 
-def node_reference() -> bool:
-    """BENCH_SERVER=node: the workers are the Node.js socket.io reference (node/server.mjs)."""
+def node_peer_asked() -> bool:
+    """BENCH_SERVER=node: the workloads the Node.js socket.io peer (node/server.mjs) can do run
+    against it too, each right after the hub."""
     return os.environ.get("BENCH_SERVER") == "node"
 
 
-def install_node_reference() -> None:
-    if not (NODE_REFERENCE / "node_modules" / "socket.io").exists():
-        subprocess.run(
+def node_peer_problem() -> str | None:
+    """Why the Node.js peer cannot run on this machine, or None when it can: its packages are
+    installed with npm the first time."""
+    if shutil.which("node") is None:
+        return "node is not on PATH"
+    if all((NODE_PEER / "node_modules" / name).is_dir() for name in NODE_PACKAGES):
+        return None
+    if shutil.which("npm") is None:
+        return "tests/bench/node has no node_modules and npm is not on PATH"
+    try:
+        done = subprocess.run(
             ["npm", "install", "--no-audit", "--no-fund", "--silent"],
-            cwd=NODE_REFERENCE,
-            check=True,
+            cwd=NODE_PEER,
+            capture_output=True,
+            text=True,
             timeout=300,
         )
+    except subprocess.TimeoutExpired:
+        return "npm install in tests/bench/node took over 300 s"
+    if done.returncode != 0:
+        return f"npm install in tests/bench/node failed: {(done.stderr or done.stdout).strip()[-300:]}"
+    return None
 
 
 class Worker(Proc):
-    def __init__(self, index: int, env: dict[str, str], logdir: Path) -> None:
+    """A hub web worker, or with ``node`` the Node.js peer in its place."""
+
+    def __init__(self, index: int, env: dict[str, str], logdir: Path, node: bool = False) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        if node_reference():
+        if node:
             super().__init__(
                 f"node-{index}-{self.port}",
-                [str(NODE_REFERENCE / "server.mjs"), "--port", str(self.port)],
+                [str(NODE_PEER / "server.mjs"), "--port", str(self.port)],
                 env,
                 logdir,
                 executable="node",

@@ -1,4 +1,5 @@
-"""``python -m tests.bench.run [--workload NAME ...] [--seconds S] [--smoke] [--set name=value] [--cluster]``
+"""``python -m tests.bench.run [--workload NAME ...] [--seconds S] [--smoke] [--idle N] [--set name=value]
+[--cluster | --private-redis]``
 
 Starts two web workers and a flusher on a private Redis prefix and MySQL database, drives
 them from lean websocket clients on loopback, and prints one JSON line per workload, then a
@@ -10,6 +11,15 @@ With ``--cluster`` the hub's Redis is a private three-node Redis Cluster (no per
 the local Redis) that the run starts and always stops, with HUB_REDIS_SHARDS=16: Redis
 commands are counted on every node (each node's share is shown), and redis-server CPU is the
 three nodes'.
+
+With ``--private-redis`` the hub's Redis is a redis-server of the run's own (no persistence),
+started and always stopped by the run: on the local Redis, anything else using it during a
+measurement is counted too, which matters most for the idle workload's small figures.
+
+With ``BENCH_SERVER=node`` the workloads the Node.js socket.io peer (``tests/bench/node/server.mjs``)
+can do (fanout, joins, ingress, idle) run against it too, each right after the hub's, and the
+table shows its row under the hub's; without Node.js or its packages the run says so and goes
+on without the peer.
 """
 
 from __future__ import annotations
@@ -32,8 +42,11 @@ from typing import Any
 
 from tests.bench.floor import measure as measure_floor
 from tests.bench.harness import SMOKE, Bench, Sizes
-from tests.bench.procs import install_node_reference, node_reference
+from tests.bench.procs import node_peer_asked, node_peer_problem
 from tests.bench.workloads import WORKLOADS
+
+# What the Node.js peer can do like the hub: join a room, broadcast and acknowledge.
+PEER_WORKLOADS = ("fanout", "joins", "ingress", "idle")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -51,8 +64,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="NAME",
         help=f"run only these ({', '.join(WORKLOADS)}); default: all, in that order",
     )
-    parser.add_argument("--seconds", type=float, help="measured seconds per workload")
+    parser.add_argument("--seconds", type=float, help="measured seconds per workload (idle's window too)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, about a second each")
+    parser.add_argument("--idle", type=int, metavar="N", help="connections the idle workload holds")
     parser.add_argument(
         "--set",
         action="append",
@@ -64,6 +78,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--cluster",
         action="store_true",
         help="run on a private three-node Redis Cluster (16 shards) instead of the local Redis",
+    )
+    parser.add_argument(
+        "--private-redis",
+        action="store_true",
+        help="run on a redis-server of the run's own instead of the local Redis, so that Redis "
+        "commands and redis-server CPU are the hub's alone",
     )
     return parser.parse_args(argv)
 
@@ -78,7 +98,9 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
             raise SystemExit(f"--set: no size named {name!r}; one of {', '.join(defaults)}")
         changes[name] = type(defaults[name])(value)
     if args.seconds is not None:
-        changes["seconds"] = args.seconds
+        changes["seconds"] = changes["idle_seconds"] = args.seconds
+    if args.idle is not None:
+        changes["idle"] = args.idle
     return dataclasses.replace(sizes, **changes)
 
 
@@ -196,6 +218,24 @@ def _flush(r: dict[str, Any]) -> Row:
     )
 
 
+def _idle(r: dict[str, Any]) -> Row:
+    """Per connection-second: hub and client CPU (µs) and Redis commands; per connection: RSS."""
+    top = r.get("redis_calls_top_per_conn_s", {})
+    return (
+        f"{r['connections']:,} conns idle",
+        "-",
+        "-",
+        _n(r["hub_cpu_us_per_op"], 2),
+        _n(r["client_cpu_us_per_op"], 2),
+        _n(r["closed_sockets"]),
+        f"per conn: {_n(r.get('redis_calls_per_conn_s'), 2)} Redis cmds/s "
+        f"({', '.join(f'{k} {v:.2f}' for k, v in list(top.items())[:3])}), "
+        f"{_n(r['worker_rss_kib_per_conn'])} KiB; µs/op per conn-second over {_n(r['interval_s'])}s",
+        "a baseline: cost while nothing happens",
+        "-",
+    )
+
+
 ROWS: dict[str, Callable[[dict[str, Any]], Row]] = {
     "fanout": _fanout,
     "streams": _streams,
@@ -203,6 +243,7 @@ ROWS: dict[str, Callable[[dict[str, Any]], Row]] = {
     "ingress": _ingress,
     "ingress-spread": _ingress,
     "flush": _flush,
+    "idle": _idle,
 }
 HEAD = (
     "workload",
@@ -221,11 +262,15 @@ HEAD = (
 def table(results: list[dict[str, Any]]) -> str:
     rows = [HEAD]
     for r in results:
+        name = r["workload"] if r.get("server", "hub") == "hub" else f"{r['workload']} · {r['server']}"
         if "error" in r:
-            rows.append((r["workload"], "ERROR", "", "", "", "", "", r["error"][:60], "", ""))
-        else:
-            row = ROWS[r["workload"]](r)
-            rows.append((r["workload"], *row[:6], row[6] + _nodes(r), *row[7:]))
+            rows.append((name, "ERROR", "", "", "", "", "", r["error"][:60], "", ""))
+            continue
+        row = ROWS[r["workload"]](r)
+        if name == r["workload"]:
+            rows.append((name, *row[:6], row[6] + _nodes(r), *row[7:]))
+        else:  # the peer's row: the hub's targets are not its
+            rows.append((name, *row[:7], "", ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(HEAD))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -235,7 +280,9 @@ def table(results: list[dict[str, Any]]) -> str:
 # -- the run --------------------------------------------------------------------------
 
 
-async def run(bench: Bench, names: list[str]) -> list[dict[str, Any]]:
+async def run(bench: Bench, names: list[str], peer: bool = False) -> list[dict[str, Any]]:
+    """Each workload against the hub, and with ``peer`` right after against the Node.js peer
+    when it can do it, so both figures come from the same minutes of the machine."""
     results: list[dict[str, Any]] = []
     try:
         await bench.start()
@@ -248,18 +295,44 @@ async def run(bench: Bench, names: list[str]) -> list[dict[str, Any]]:
                 flush=True,
             )
         for name in names:
-            try:
-                result = await WORKLOADS[name](bench)
-                result["hub_log"] = await bench.teardown()
-            except Exception as exc:
-                traceback.print_exc()
-                result = {"workload": name, "error": f"{type(exc).__name__}: {exc}"}
-                await bench.reset()
-            print(json.dumps(result), flush=True)
-            results.append(result)
+            servers = ("hub", "node") if peer and name in PEER_WORKLOADS else ("hub",)
+            for server in servers:
+                bench.use(server)
+                result = await run_one(bench, name)
+                print(json.dumps(result), flush=True)
+                results.append(result)
     finally:
         await bench.aclose()
     return results
+
+
+async def run_one(bench: Bench, name: str) -> dict[str, Any]:
+    """One workload against ``bench.server``; a failure is its result, and the next workload
+    starts clean."""
+    try:
+        result = await WORKLOADS[name](bench)
+        result["server"] = bench.server
+        result["hub_log"] = await bench.teardown()
+    except Exception as exc:
+        traceback.print_exc()
+        result = {"workload": name, "server": bench.server, "error": f"{type(exc).__name__}: {exc}"}
+        await bench.reset()
+    return result
+
+
+def _peer_ready(names: list[str]) -> bool:
+    """BENCH_SERVER=node: whether the Node.js peer runs, said either way."""
+    problem = node_peer_problem()
+    if problem is not None:
+        print(f"BENCH_SERVER=node: the Node.js peer is skipped: {problem}", flush=True)
+        return False
+    print(
+        "BENCH_SERVER=node: "
+        f"{', '.join(n for n in names if n in PEER_WORKLOADS) or 'no workload of this run'} "
+        "also run against the Node.js socket.io 4.8 peer (tests/bench/node/server.mjs)",
+        flush=True,
+    )
+    return True
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -274,30 +347,28 @@ def main(argv: list[str] | None = None) -> int:
         faulthandler.dump_traceback_later(float(os.environ["BENCH_STACKS_AFTER"]), exit=False)
     sizes = sizes_from(args)
     names = args.workloads or list(WORKLOADS)
-    if args.cluster and node_reference():
-        raise SystemExit("--cluster: the Node.js reference (BENCH_SERVER=node) speaks to one Redis only")
+    if args.cluster and args.private_redis:
+        raise SystemExit("--cluster and --private-redis: one or the other")
+    if args.cluster and node_peer_asked():
+        raise SystemExit("--cluster: the Node.js peer (BENCH_SERVER=node) speaks to one Redis only")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     signal.signal(signal.SIGTERM, _interrupt)
     logdir = Path(tempfile.mkdtemp(prefix="hubbench-"))
-    bench = Bench(sizes, logdir, cluster=args.cluster)
+    bench = Bench(sizes, logdir, cluster=args.cluster, private_redis=args.private_redis)
     print(
         f"hub bench: run {bench.env.run_id}, prefix {bench.env.prefix}, database {bench.env.database}, "
         f"{sizes.seconds:g}s per workload, {sizes.client_procs} client processes, logs in {logdir}",
         flush=True,
     )
-    if node_reference():
-        install_node_reference()
-        print(
-            "BENCH_SERVER=node: the workers are the Node.js socket.io 4.8 reference "
-            "(tests/bench/node/server.mjs)",
-            flush=True,
-        )
+    if bench.private_redis is not None:
+        print(f"private redis: {bench.env.redis_url} (no persistence), stopped at the end", flush=True)
+    peer = node_peer_asked() and _peer_ready(names)
     floor = measure_floor(100, 20) if args.smoke else measure_floor()
     print(json.dumps({"floor": "one 200-byte write to a loopback socket", **floor}), flush=True)
     ok = False
     try:
-        results = asyncio.run(run(bench, names))
+        results = asyncio.run(run(bench, names, peer))
         print()
         print(table(results), flush=True)
         print(

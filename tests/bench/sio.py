@@ -131,10 +131,17 @@ class Sock(asyncio.Protocol):
         self._next_id = 0
 
     @classmethod
-    async def open(cls, url: str, token: str | None, tally: Tally, timeout: float = 10.0) -> Sock:
+    async def open(
+        cls, url: str, token: str | None, tally: Tally, timeout: float = 10.0, source: str | None = None
+    ) -> Sock:
+        """Connect to ``/streaming``; from the loopback address ``source`` when given (each
+        address has its own ephemeral ports, and the hub its own per-address limits)."""
         parts = urlsplit(url)
         loop = asyncio.get_running_loop()
-        _, sock = await loop.create_connection(lambda: cls(tally), parts.hostname, parts.port)
+        local = (source, 0) if source is not None else None
+        _, sock = await loop.create_connection(
+            lambda: cls(tally), parts.hostname, parts.port, local_addr=local
+        )
         try:
             key = base64.b64encode(os.urandom(16)).decode()
             sock._waiter = loop.create_future()

@@ -1,7 +1,9 @@
 """The benchmark suite end to end at tiny sizes (``--smoke``), as a subprocess: it exits 0,
 prints one JSON line per workload with its figures, loses no chat message and no outbox row,
 and leaves no Redis key and no database behind; with ``--cluster`` (two workloads), counts
-every node's commands and leaves no cluster node running. No timing target is checked."""
+every node's commands and leaves no cluster node running, and with ``--private-redis`` leaves
+no redis-server running; with BENCH_SERVER=node, runs the Node.js peer right after the hub
+where it can, or says why it cannot. No timing target is checked."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from typing import Any
 import pymysql
 import pytest
 import redis
+
+from tests.bench.procs import node_peer_problem
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMON = {
@@ -46,6 +50,14 @@ EXPECTED = {
     "ingress-spread": DELIVERY
     | {"accepted_msgs_per_s", "ack_p99_ms", "redis_evalsha_per_msg", "redis_calls_per_msg"},
     "flush": {"rows", "rows_stored", "rows_missing", "rows_per_s", "lag_p50_s", "lag_p99_s", "lag_missing"},
+    "idle": {
+        "connections",
+        "closed_sockets",
+        "source_addresses",
+        "worker_rss_kib_per_conn",
+        "redis_calls_per_conn_s",
+        "redis_calls_top_per_conn_s",
+    },
 }
 
 
@@ -68,14 +80,15 @@ def _run_id(stdout: str) -> str:
     return first.split()[3].rstrip(",")
 
 
-def bench(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    """``python -m tests.bench.run ARGS``; one still running 20 s before ``timeout`` prints its
-    threads' stacks, and a run over ``timeout`` fails with what it printed."""
+def bench(*args: str, timeout: float, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m tests.bench.run ARGS`` with ``env`` added to the environment; one still
+    running 20 s before ``timeout`` prints its threads' stacks, and a run over ``timeout``
+    fails with what it printed."""
     try:
         return subprocess.run(
             [sys.executable, "-m", "tests.bench.run", *args],
             cwd=ROOT,
-            env={**os.environ, "BENCH_STACKS_AFTER": str(timeout - 20)},
+            env={**os.environ, "BENCH_STACKS_AFTER": str(timeout - 20), **env},
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -105,6 +118,9 @@ def test_bench_smoke_reports_every_workload_without_loss() -> None:
     assert results["joins"]["joins"] == 100
     assert results["flush"]["rows_stored"] == results["flush"]["rows"] == 2000
     assert results["flush"]["rows_missing"] == results["flush"]["lag_missing"] == 0
+    idle = results["idle"]
+    assert idle["connections"] == idle["source_addresses"] == 40 and idle["closed_sockets"] == 0, idle
+    assert idle["interval_s"] >= 2 and idle["redis_calls_per_conn_s"] > 0, idle
     _assert_cleaned_up(_run_id(done.stdout))
 
 
@@ -145,3 +161,62 @@ def _assert_cleaned_up(run_id: str) -> None:
             assert cur.fetchall() == ()
     finally:
         conn.close()
+
+
+@pytest.mark.timeout(150)
+def test_bench_runs_the_node_peer_right_after_the_hub_for_what_it_can_do() -> None:
+    if (problem := node_peer_problem()) is not None:
+        pytest.skip(f"the Node.js peer cannot run here: {problem}")
+    done = bench(
+        "--smoke", "--workload", "joins", "ingress", "idle", "flush", timeout=130, BENCH_SERVER="node"
+    )
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{"workload"')]
+    order = [(r["workload"], r["server"]) for r in lines]
+    assert order == [
+        ("joins", "hub"),
+        ("joins", "node"),
+        ("ingress", "hub"),
+        ("ingress", "node"),
+        ("idle", "hub"),
+        ("idle", "node"),
+        ("flush", "hub"),
+    ], order
+    for r in lines:
+        assert EXPECTED[r["workload"]] | COMMON <= r.keys(), r
+    node = {r["workload"]: r for r in lines if r["server"] == "node"}
+    assert node["joins"]["joins"] == 100 and node["idle"]["closed_sockets"] == 0, node
+    assert node["ingress"]["messages"] > 0 and node["ingress"]["missing"] == 0, node["ingress"]
+    assert {"joins · node", "ingress · node", "idle · node"} <= _table_names(done.stdout)
+    _assert_cleaned_up(_run_id(done.stdout))
+
+
+@pytest.mark.timeout(90)
+def test_bench_without_node_says_so_and_measures_the_hub_alone(tmp_path: Path) -> None:
+    done = bench("--smoke", "--workload", "idle", timeout=70, BENCH_SERVER="node", PATH=str(tmp_path))
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    assert "BENCH_SERVER=node: the Node.js peer is skipped: node is not on PATH" in done.stdout
+    assert set(_results(done.stdout)) == {"idle"} and _table_names(done.stdout) == {"idle"}
+    _assert_cleaned_up(_run_id(done.stdout))
+
+
+@pytest.mark.timeout(90)
+def test_bench_on_a_private_redis_counts_its_commands_alone_and_stops_it() -> None:
+    done = bench("--smoke", "--private-redis", "--workload", "idle", timeout=70)
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    [line] = [line for line in done.stdout.splitlines() if line.startswith("private redis: ")]
+    port = int(line.split()[2].rsplit(":", 1)[1].split("/")[0])
+    idle = _results(done.stdout)["idle"]
+    assert idle["connections"] == 40 and idle["closed_sockets"] == 0, idle
+    assert idle["redis_calls"] > 0 and idle["cpu_s"]["redis"] >= 0, idle
+    _assert_cleaned_up(_run_id(done.stdout))
+    with pytest.raises(redis.ConnectionError):  # the server went with the run
+        redis.Redis(port=port, socket_connect_timeout=1).ping()
+
+
+def _table_names(stdout: str) -> set[str]:
+    """The first column of the table's rows."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("workload "))
+    rows = lines[start + 2 :]
+    return {row.split("  ")[0] for row in rows if not row.startswith("machine floor")}

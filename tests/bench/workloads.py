@@ -1,8 +1,9 @@
-"""The six workloads of the benchmark. Each starts fresh web workers, measures, tears down,
+"""The seven workloads of the benchmark. Each starts fresh web workers, measures, tears down,
 and returns one flat-ish dict: the figures its target names, plus CPU per operation."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -314,6 +315,77 @@ async def _flush_lag(b: Bench) -> dict[str, Any]:
     }
 
 
+# -- 6. idle viewers ------------------------------------------------------------------
+
+
+def loopback_source(n: int) -> str:
+    """The ``n``-th client address, from 127.1.0.0 on (the workers listen on 127.0.0.1)."""
+    return f"127.{1 + n // 65536}.{n // 256 % 256}.{n % 256}"
+
+
+async def idle(b: Bench) -> dict[str, Any]:
+    """``idle`` signed-in viewers joined to ``idle_streams`` streams, half on each worker, each
+    from its own loopback address (``idle_per_address`` share one), then left alone for
+    ``idle_seconds``: what holding a connection costs while nothing happens. Per connection and
+    second: Redis commands (INFO commandstats before and after the window) and hub CPU; per
+    connection: the workers' RSS, before connecting and once all joined. The hub's presence
+    refresh runs every HUB_PRESENCE_REFRESH (5 s) on each worker, so a window may catch one
+    refresh more or less: twelve periods (60 s) keep that within a twelfth."""
+    z = b.sizes
+    assert b.fleet is not None
+    workers = await b.fresh_workers()
+    ids = await b.create_streams(z.idle_streams, "idle")
+    specs = [
+        Spec(
+            workers[i % 2].url,
+            f"idle-viewer-{i}",
+            ids[i % len(ids)],
+            source=loopback_source(i // z.idle_per_address),
+        )
+        for i in range(z.idle)
+    ]
+    rss0 = b.worker_rss_kib()
+    replies = await b.open(specs)
+    await b.outbox_drained(60)
+    rss1 = b.worker_rss_kib()
+    await b.fleet.ask_all("reset")
+    counts0, snap0 = b.command_counts(), b.meter.snap()
+    await asyncio.sleep(z.idle_seconds)  # the measured window: the load is time passing
+    snap1, counts1 = b.meter.snap(), b.command_counts()
+    b.mark_logs()
+    counts = await b.fleet.ask_all("count")
+    n = sum(r["opened"] for r in replies)
+    cpu = b.meter.delta(snap0, snap1)
+    calls, nodes = b.calls_between(counts0, counts1)
+    return {
+        "workload": "idle",
+        "connections": n,
+        "streams": z.idle_streams,
+        "source_addresses": -(-n // z.idle_per_address),
+        "closed_sockets": sum(c["closed_sockets"] for c in counts),
+        "worker_rss_kib_before": rss0,
+        "worker_rss_kib_after": rss1,
+        "worker_rss_kib_per_conn": round((rss1 - rss0) / n, 2) if n else None,
+        "per_op": "connection-second",
+        **cpu_figures(cpu, n * cpu["wall"]),
+        **_idle_redis(calls, n * cpu["wall"]),
+        **({"redis_node_share": node_share(nodes)} if nodes else {}),
+    }
+
+
+def _idle_redis(calls: dict[str, int], conn_seconds: float) -> dict[str, Any]:
+    """Redis commands per connection and second, in all and for the busiest commands (the
+    Redis is shared: anything else using it during the window is counted too)."""
+    if not conn_seconds:
+        return {}
+    top = sorted(calls.items(), key=lambda kv: -kv[1])[:8]
+    return {
+        "redis_calls": sum(calls.values()),
+        "redis_calls_per_conn_s": round(sum(calls.values()) / conn_seconds, 3),
+        "redis_calls_top_per_conn_s": {k: round(v / conn_seconds, 3) for k, v in top},
+    }
+
+
 WORKLOADS: dict[str, Workload] = {
     "fanout": fanout,
     "streams": streams,
@@ -321,4 +393,5 @@ WORKLOADS: dict[str, Workload] = {
     "ingress": ingress,
     "ingress-spread": ingress_spread,
     "flush": flush,
+    "idle": idle,
 }
