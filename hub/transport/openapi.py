@@ -18,6 +18,7 @@ from hub.errors import HTTP_STATUS
 Schema = dict[str, Any]
 
 PATH = "/api/v1/openapi.json"
+ASYNCAPI_PATH = "/api/v1/asyncapi.json"  # the Socket.IO side (``hub.transport.asyncapi``)
 JSON = "application/json"
 
 # Control characters and the other characters ``str.strip`` removes: a user id must start and
@@ -882,6 +883,19 @@ def _operations_outside() -> dict[str, Schema]:
                     "200": json_response(
                         "The OpenAPI 3.1 document.",
                         {"type": "object", "required": ["openapi", "info", "paths"]},
+                    )
+                },
+            )
+        },
+        ASYNCAPI_PATH: {
+            "get": operation(
+                "asyncapi",
+                "The Socket.IO API (namespace /streaming) as AsyncAPI 3.0",
+                "health",
+                {
+                    "200": json_response(
+                        "The AsyncAPI 3.0 document.",
+                        {"type": "object", "required": ["asyncapi", "info", "channels", "operations"]},
                     )
                 },
             )

@@ -18,7 +18,7 @@ from hub.domain.auth import Identity, Verifier, bearer
 from hub.domain.service import Hub
 from hub.errors import HubError
 from hub.settings import Settings
-from hub.transport import openapi
+from hub.transport import asyncapi, openapi
 
 log = logging.getLogger(__name__)
 
@@ -235,8 +235,14 @@ async def openapi_document(request: web.Request) -> web.Response:
     return web.Response(body=openapi.encoded(PREFIX), content_type="application/json")
 
 
+async def asyncapi_document(request: web.Request) -> web.Response:
+    """The Socket.IO API's AsyncAPI 3.0 description (``hub/transport/asyncapi.py``); no token needed."""
+    return web.Response(body=asyncapi.encoded(), content_type="application/json")
+
+
 def setup_routes(app: web.Application) -> None:
     app.router.add_get(openapi.PATH, openapi_document)
+    app.router.add_get(asyncapi.PATH, asyncapi_document)
     app.router.add_get(f"{PREFIX}/live", live)
     app.router.add_post(f"{PREFIX}/create", create)
     app.router.add_get(f"{PREFIX}/user/{{user_id}}/streams", user_streams)
