@@ -270,3 +270,13 @@ async def test_a_refused_connect_holds_to_the_documented_connect_error(server, b
 
 def test_the_namespace_documented_is_the_hubs():
     assert document()["channels"][asyncapi.CHANNEL]["address"] == NAMESPACE
+
+
+def test_the_readable_page_names_every_event_and_code():
+    """docs/api.md, the page a person reads, keeps up with the document."""
+    page = (ROOT / "docs" / "api.md").read_text()
+    named = set(re.findall(r"`(\w+)`", page))
+    events = set(operation_messages("receive")) | set(operation_messages("send"))
+    assert events - named == set(), "events docs/api.md does not name"
+    assert set(HTTP_STATUS) - named == set(), "error codes docs/api.md does not name"
+    assert {ASYNCAPI, "/api/v1/openapi.json"} <= set(re.findall(r"`(/api/v1/[\w.]+)`", page))
