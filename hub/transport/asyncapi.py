@@ -31,6 +31,7 @@ Schema = dict[str, Any]
 PATH = openapi.ASYNCAPI_PATH
 CHANNEL = "streaming"
 
+_DEFAULT: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Settings)}  # the limits by default
 # What each error code means; every code of ``hub.errors.HTTP_STATUS``, and no other.
 CODES = {
     "invalid": "Malformed packet or payload: not JSON, wrong types, out-of-range values.",
@@ -41,10 +42,11 @@ CODES = {
     "conflict": "The action does not fit the state: the user is already banned, not sanctioned, …",
     "stream_not_live": "The stream is not LIVE (scheduled or ended).",
     "not_joined": "Chat or tip without watching that stream (or the stream ended meanwhile).",
-    "payload_too_large": "The event is over the size limit (16 KiB by default); the socket stays open.",
+    "payload_too_large": f"The event is over HUB_MAX_PAYLOAD ({_DEFAULT['max_payload'] // 1024} KiB by "
+    "default); the socket stays open.",
     "rate_limited": "Over a per-user or per-address rate; `retry_after` says how long to wait.",
     "banned": "Banned from the stream by its streamer, a moderator or an admin.",
-    "timed_out": "Timed out in the stream; `retry_after` says until when.",
+    "timed_out": "Timed out in the stream; `retry_after` says how many seconds are left.",
     "slow_mode": "Slow mode is on and your last message is too recent; `retry_after` says how long.",
     "unavailable": "A backing service is unavailable, or the worker is shutting down: try again.",
 }
@@ -65,7 +67,6 @@ SHARED = (
     "ModerationAction",
     "TargetUser",
 )
-_DEFAULT = {f.name: f.default for f in dataclasses.fields(Settings)}
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,10 @@ def _amount() -> Schema:
     return {
         "anyOf": [
             {"type": "number", "exclusiveMinimum": 0, "multipleOf": 0.01},
-            {"type": "string", "pattern": r"^[0-9]+(?:\.[0-9]{1,2})?$"},
+            {
+                "type": "string",
+                "pattern": r"^(?:[0-9]*[1-9][0-9]*(?:\.[0-9]{1,2})?|0+\.(?:[1-9][0-9]?|0[1-9]))$",
+            },
         ],
         "description": "An exact amount with at most two decimals, as a JSON number or its decimal "
         f'text (`"5.00"`); between HUB_TIP_MIN and HUB_TIP_MAX inclusive ({low} and {high} by '
