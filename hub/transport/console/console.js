@@ -183,6 +183,7 @@ export async function signIn(container, onChange) {
   const problem = el("div");
   if (me && !me.invalid && !me.expired) {
     status.append("Signed in as ", el("strong", {}, me.name), me.roles.length ? ` (${me.roles.join(", ")})` : "");
+    status.title = status.textContent;  // whole, where a small screen cuts it short
     container.replaceChildren(status, el("button", {
       type: "button", class: "secondary", onclick: () => { localStorage.removeItem(TOKEN_KEY); onChange(); },
     }, "Sign out"));
