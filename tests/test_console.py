@@ -231,6 +231,25 @@ async def test_a_streamer_and_a_viewer_on_two_workers_see_each_other_in_the_brow
         "Something went wrong.",
         "The hub can't be reached right now. Try again in a moment.",
     ]
+    # A price from the hub (a JSON number, at most 15 significant digits) or as typed, shown
+    # exactly with at least two decimals, without an exponent.
+    prices = await lobby.evaluate("""async () => {
+        const { priceText } = await import('/console/console.js');
+        return [64250.5, 64250.50, 3100, 0.00001234, 1e-8, 1.5e-7, 123456789012.345, 12345678.1234567,
+                "64250.50", "0.10"].map(priceText);
+    }""")
+    assert prices == [
+        "64250.50",
+        "64250.50",
+        "3100.00",
+        "0.00001234",
+        "0.00000001",
+        "0.00000015",
+        "123456789012.345",
+        "12345678.1234567",
+        "64250.50",
+        "0.10",
+    ]
 
     # The viewer, on worker 2, signs in by pasting a token, finds the stream in the list and opens it.
     await watch.goto(f"{w2.url}/")
@@ -385,6 +404,15 @@ async def test_a_streamer_and_a_viewer_on_two_workers_see_each_other_in_the_brow
         await expect(watch.locator(gone)).to_be_hidden()
     await expect(watch.locator("#chat li", has_text="thanks, see you tomorrow")).to_be_visible()
     await studio.screenshot(path=str(ARTIFACTS / "studio-ended.png"), full_page=True)
+    # The studio on a phone, signed in (the same browser's stored token): a compact header too.
+    studio_phone = await studio.context.new_page()
+    await studio_phone.set_viewport_size({"width": 375, "height": 667})
+    await studio_phone.goto(f"{w1.url}/studio")
+    await expect(studio_phone.locator("#go-live-heading")).to_be_visible()
+    await studio_phone.screenshot(path=str(ARTIFACTS / "studio-phone.png"), full_page=True)
+    assert (await box(studio_phone, "header.top"))["height"] <= 100
+    heading, panel = await box(studio_phone, "#go-live-heading"), await box(studio_phone, "#go-live")
+    assert heading["y"] - panel["y"] <= 16
     await expect(lobby.locator(".card", has_text=title)).to_have_count(0)
 
     # The ended stream in the streamer's list links to its page: the chat read again from REST
