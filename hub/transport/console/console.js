@@ -281,6 +281,20 @@ export class ChatLog {
     if (stick) this.list.scrollTop = this.list.scrollHeight;
   }
 
+  // Older messages (oldest first) above those shown, for reading back an ended stream's chat:
+  // the reader keeps the place they were reading.
+  prepend(messages) {
+    const fresh = messages.filter((m) => m && !this.ids.has(m.message_id));
+    for (const m of fresh) this.ids.add(m.message_id);
+    const height = this.list.scrollHeight;
+    this.list.prepend(...fresh.map((m) => chatItem(m, this.tools ? this.tools(m) : null)));
+    this.list.scrollTop += this.list.scrollHeight - height;
+  }
+
+  first() {
+    return this.list.querySelector("li[data-message-id]")?.dataset.messageId || null;
+  }
+
   remove(messageId) {
     this.list.querySelector(`li[data-message-id="${CSS.escape(messageId)}"]`)?.remove();
   }

@@ -40,14 +40,19 @@ function showEnded(s) {
   $("chat-title").textContent = "Chat replay";
 }
 
-// An ended stream's chat, from REST (GET /{id}/chat: the newest 200, oldest first).
-async function replay() {
-  const body = await api("GET", `${encodeURIComponent(streamId)}/chat?limit=200`);
+// An ended stream's chat, from REST (GET /{id}/chat: a page of the newest, oldest first), then
+// page by page before the first shown, as the reader asks for them.
+const REPLAY_PAGE = 200;
+async function replay(before = null) {
+  const query = before ? `&before=${encodeURIComponent(before)}` : "";
+  const body = await api("GET", `${encodeURIComponent(streamId)}/chat?limit=${REPLAY_PAGE}${query}`);
   if (!body.success) {
     return $("banner").append(el("p", { class: "notice error" }, `The chat can't be shown: ${plainWords(body.error)}`));
   }
-  if (!body.count) $("chat").append(el("li", { class: "meta" }, "Nobody wrote in this chat."));
-  for (const m of body.messages) chat.add(m);
+  if (before) chat.prepend(body.messages);
+  else if (!body.count) $("chat").append(el("li", { class: "meta" }, "Nobody wrote in this chat."));
+  else for (const m of body.messages) chat.add(m);
+  $("earlier").hidden = body.count < REPLAY_PAGE;
 }
 
 // The stream as REST has it now, shown as ended (with its end time) when it is.
@@ -153,6 +158,7 @@ $("chat-form").addEventListener("submit", async (e) => {
   if (await send(input.value, "TEXT")) input.value = "";
   input.focus();
 });
+$("earlier").addEventListener("click", () => replay(chat.first()));
 for (const button of document.querySelectorAll("#emoji button")) {
   button.addEventListener("click", () => send(button.dataset.emoji, "EMOJI"));
 }
