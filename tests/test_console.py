@@ -160,9 +160,8 @@ async def test_a_streamer_and_a_viewer_on_two_workers_see_each_other_in_the_brow
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     # A prefix of its own: the lobby lists only this test's streams, not other tests' (whose
     # thumbnails name hosts that do not resolve here).
-    w1, w2 = await workers(
-        2, HUB_CONSOLE_DEV_TOKENS="1", HUB_REDIS_PREFIX=f"{env['HUB_REDIS_PREFIX']}{unique('console')}:"
-    )
+    prefix = f"{env['HUB_REDIS_PREFIX']}{unique('console')}:"
+    w1, w2 = await workers(2, HUB_CONSOLE_DEV_TOKENS="1", HUB_REDIS_PREFIX=prefix)
     streamer, viewer = unique("streamer"), unique("viewer")
     title = f"Morning session {unique('t')}"
     studio = await (await browser.new_context(viewport={"width": 1280, "height": 900})).new_page()
@@ -444,4 +443,28 @@ async def test_a_streamer_and_a_viewer_on_two_workers_see_each_other_in_the_brow
     for gone in ("#tip-form", "#emoji", "#chat-form", "#watching"):
         await expect(reader.locator(gone)).to_be_hidden()
     await reader.screenshot(path=str(ARTIFACTS / "watch-ended.png"), full_page=True)
+
+    # A longer chat reads back page by page: the newest 200, then the earlier ones on demand.
+    # (Its writer is on a third worker allowing 300 messages a period, to write them at once.)
+    (w3,) = await workers(1, HUB_REDIS_PREFIX=prefix, HUB_CHAT_RATE="300")
+    host_token = token(unique("host"), "streamer", name="Host Hana")
+    long = (await Api(http, w3.url).create_stream(host_token, title="A long chat"))["stream_id"]
+    talker = await connect(w3.url, token(unique("talker"), name="Talker Tim"))
+    assert (await talker.call("join_stream", {"stream_id": long}))["success"]
+    for i in range(1, 206):
+        sent = await talker.call("send_message", {"stream_id": long, "message": f"line {i}"})
+        assert sent["success"], (i, sent)
+    status, _ = await Api(http, w3.url).request("POST", f"{long}/end", host_token)
+    assert status == 200
+    await reader.goto(f"{w2.url}/watch?stream={long}")
+    lines = reader.locator("#chat li .text")
+    await expect(lines).to_have_count(200)
+    await expect(lines.first).to_have_text("line 6")
+    await expect(lines.last).to_have_text("line 205")
+    await reader.get_by_role("button", name="Show earlier messages").click()
+    await expect(lines).to_have_count(205)
+    await expect(lines.first).to_have_text("line 1")
+    await expect(lines.nth(5)).to_have_text("line 6")
+    await expect(lines.last).to_have_text("line 205")
+    await expect(reader.get_by_role("button", name="Show earlier messages")).to_be_hidden()
     assert problems == []
