@@ -148,6 +148,9 @@ async function start() {
   socket.on("user_timed_out", (e) => {
     if (signedIn && e.user_id === me.id) notice($("chat-notice"), `You were timed out until ${new Date(e.until).toLocaleTimeString()}.`);
   });
+  socket.on("user_unbanned", (e) => {
+    if (signedIn && e.user_id === me.id) notice($("chat-notice"), "Your timeout was lifted: you can write again.", "info");
+  });
   socket.on("slow_mode", (e) => notice($("chat-notice"), e.seconds ? `Slow mode is on: one message every ${e.seconds} s.` : "Slow mode is off.", "info"));
 }
 
