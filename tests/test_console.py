@@ -324,6 +324,7 @@ async def test_a_streamer_and_a_viewer_on_two_workers_see_each_other_in_the_brow
     # The timeout's Undo lifts it: the viewer writes again.
     await studio.get_by_role("button", name="Undo the timeout of Viewer Vic").click()
     await expect(studio.locator("#tools-notice")).to_contain_text("Viewer Vic's timeout is lifted")
+    await expect(watch.locator("#chat-notice")).to_have_text("Your timeout was lifted: you can write again.")
     await watch.get_by_label("Message", exact=True).fill("back in the room")
     await watch.get_by_role("button", name="Send", exact=True).click()
     await expect(studio.locator("#chat li", has_text="back in the room")).to_be_visible()
