@@ -10,9 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import urllib.parse
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -143,17 +146,22 @@ async def unlabelled(page: Any) -> list[str]:
         .map((e) => e.outerHTML)""")
 
 
+async def box(page: Any, selector: str) -> dict[str, float]:
+    found = await page.locator(selector).bounding_box()
+    assert found is not None, selector
+    return dict(found)
+
+
 async def test_a_streamer_and_a_viewer_on_two_workers_see_each_other_in_the_browser(
-    workers, http, token, browser, env
+    workers, http, token, browser, env, connect
 ):
     from playwright.async_api import expect
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     # A prefix of its own: the lobby lists only this test's streams, not other tests' (whose
     # thumbnails name hosts that do not resolve here).
-    w1, w2 = await workers(
-        2, HUB_CONSOLE_DEV_TOKENS="1", HUB_REDIS_PREFIX=f"{env['HUB_REDIS_PREFIX']}{unique('console')}:"
-    )
+    prefix = f"{env['HUB_REDIS_PREFIX']}{unique('console')}:"
+    w1, w2 = await workers(2, HUB_CONSOLE_DEV_TOKENS="1", HUB_REDIS_PREFIX=prefix)
     streamer, viewer = unique("streamer"), unique("viewer")
     title = f"Morning session {unique('t')}"
     studio = await (await browser.new_context(viewport={"width": 1280, "height": 900})).new_page()
@@ -162,11 +170,37 @@ async def test_a_streamer_and_a_viewer_on_two_workers_see_each_other_in_the_brow
     for page in (studio, watch):
         page.on("pageerror", lambda exc: problems.append(str(exc)))
         page.on("console", lambda msg: msg.type == "error" and problems.append(msg.text))
-        page.on("dialog", lambda dialog: dialog.accept())
+    # The studio's confirmations: each is answered as the test says beforehand (True: OK).
+    answers: list[bool] = []
+    asked: list[str] = []
 
-    # The streamer signs in with the development-token button on worker 1 and goes live.
+    async def answer(dialog: Any) -> None:
+        asked.append(dialog.message)
+        await (dialog.accept() if answers.pop(0) else dialog.dismiss())
+
+    studio.on("dialog", answer)
+    token_requests: list[str] = []
+    studio.on("request", lambda r: "/console/dev-token" in r.url and token_requests.append(r.url))
+
+    # The streamer signs in with the development-token button on worker 1 and goes live. The id
+    # field shows an example in lighter text; asked for a token without an id, the console says
+    # what is missing and does not call the hub.
     await studio.goto(f"{w1.url}/studio")
-    await studio.get_by_label("User id").fill(streamer)
+    user_field = studio.get_by_label("User id")
+    await expect(user_field).to_have_attribute("placeholder", "e.g. alice")
+    await expect(user_field).to_have_value("")
+    ink, hint = await user_field.evaluate(
+        "(e) => [getComputedStyle(e).color, getComputedStyle(e, '::placeholder').color]"
+    )
+    assert ink != hint, (ink, hint)
+    await studio.get_by_role("button", name="Get a development token").click()
+    await expect(studio.get_by_text("Enter a user id first")).to_be_visible()
+    await expect(user_field).to_be_focused()
+    await user_field.fill("not an id")
+    await studio.get_by_role("button", name="Get a development token").click()
+    await expect(studio.get_by_text("A user id is 1–64 letters")).to_be_visible()
+    assert token_requests == []
+    await user_field.fill(streamer)
     await studio.get_by_label("as", exact=True).select_option("streamer")
     await studio.get_by_role("button", name="Get a development token").click()
     await expect(studio.get_by_text(f"Signed in as {streamer}")).to_be_visible()
@@ -196,6 +230,25 @@ async def test_a_streamer_and_a_viewer_on_two_workers_see_each_other_in_the_brow
         "Something went wrong.",
         "The hub can't be reached right now. Try again in a moment.",
     ]
+    # A price from the hub (a JSON number, at most 15 significant digits) or as typed, shown
+    # exactly with at least two decimals, without an exponent.
+    prices = await lobby.evaluate("""async () => {
+        const { priceText } = await import('/console/console.js');
+        return [64250.5, 64250.50, 3100, 0.00001234, 1e-8, 1.5e-7, 123456789012.345, 12345678.1234567,
+                "64250.50", "0.10"].map(priceText);
+    }""")
+    assert prices == [
+        "64250.50",
+        "64250.50",
+        "3100.00",
+        "0.00001234",
+        "0.00000001",
+        "0.00000015",
+        "123456789012.345",
+        "12345678.1234567",
+        "64250.50",
+        "0.10",
+    ]
 
     # The viewer, on worker 2, signs in by pasting a token, finds the stream in the list and opens it.
     await watch.goto(f"{w2.url}/")
@@ -208,6 +261,7 @@ async def test_a_streamer_and_a_viewer_on_two_workers_see_each_other_in_the_brow
     await watch.screenshot(path=str(ARTIFACTS / "streams.png"), full_page=True)
     await card.get_by_role("link", name=title).click()
     await expect(watch.locator("#title")).to_have_text(title)
+    stream_id = urllib.parse.parse_qs(urllib.parse.urlsplit(watch.url).query)["stream"][0]
     await expect(watch.locator("#viewer-count")).to_have_text("2")  # the streamer's studio and the viewer
     await expect(studio.locator("#f-viewers")).to_have_text("2")
     await expect(listed).to_contain_text("2 watching")  # the list follows the count by itself
@@ -236,16 +290,29 @@ async def test_a_streamer_and_a_viewer_on_two_workers_see_each_other_in_the_brow
     await expect(studio.locator("#f-total")).to_have_text("$12.50")
     await expect(studio.locator("#f-fees")).to_have_text("$0.63")
 
-    # The streamer's trade alert, highlighted on the viewer's page.
+    # Clearing the chat asks first; cancelled, nothing is cleared (the alert below arrives after
+    # where a clear would have been, and the tip is still there on both pages).
+    answers.append(False)
+    await studio.get_by_role("button", name="Clear the chat").click()
+    assert len(asked) == 1 and asked[-1].startswith("Clear the chat for everyone?")
+
+    # The streamer's trade alert, highlighted on the viewer's page with its symbol, side and
+    # price, the price as typed (a decimal string, never a float: not 64250.5).
+    assert token_requests == [f"{w1.url}/console/dev-token"]
     await studio.get_by_label("Alert message").fill("Taking profit here")
     await studio.get_by_label("Symbol", exact=True).fill("BTC")
     await studio.get_by_label("Side", exact=True).select_option("SELL")
-    await studio.get_by_label("Price", exact=True).fill("64250.5")
+    await studio.get_by_label("Price", exact=True).fill("64250.50")
     await studio.get_by_role("button", name="Post alert").click()
-    await expect(watch.locator("#chat li.alert", has_text="SELL BTC @ 64250.5")).to_contain_text(
-        "Taking profit here"
+    await expect(
+        watch.locator("#chat li.alert", has_text="SELL BTC @ 64250.50 — Taking profit here")
+    ).to_be_visible()
+    await expect(watch.locator("#highlight")).to_have_text(
+        f"📣 {streamer}: SELL BTC @ 64250.50 — Taking profit here"
     )
-    await expect(watch.locator("#highlight")).to_contain_text("Taking profit here")
+    await expect(studio.locator("#chat li.alert")).to_contain_text("SELL BTC @ 64250.50")
+    await expect(watch.locator("#chat li.tip")).to_have_count(1)
+    await expect(studio.locator("#chat li.tip")).to_have_count(1)
 
     # Moderation from the studio: a deleted message disappears, a timeout is told in plain words.
     await studio.get_by_role("button", name="Delete Viewer Vic's message").first.click()
@@ -254,31 +321,151 @@ async def test_a_streamer_and_a_viewer_on_two_workers_see_each_other_in_the_brow
     await watch.get_by_label("Message", exact=True).fill("can I still talk?")
     await watch.get_by_role("button", name="Send", exact=True).click()
     await expect(watch.locator("#chat-notice")).to_contain_text("You are timed out: you can write again in")
+    # The timeout's Undo lifts it: the viewer writes again.
+    await studio.get_by_role("button", name="Undo the timeout of Viewer Vic").click()
+    await expect(studio.locator("#tools-notice")).to_contain_text("Viewer Vic's timeout is lifted")
+    await expect(watch.locator("#chat-notice")).to_have_text("Your timeout was lifted: you can write again.")
+    await watch.get_by_label("Message", exact=True).fill("back in the room")
+    await watch.get_by_role("button", name="Send", exact=True).click()
+    await expect(studio.locator("#chat li", has_text="back in the room")).to_be_visible()
+    await expect(watch.locator("#chat-notice")).to_have_text("")
+
+    # A ban asks first: cancelled, the user stays and writes; confirmed, the user is banned.
+    troll = await connect(w2.url, token(unique("troll"), name="Troll Tom"))
+    joined = await troll.call("join_stream", {"stream_id": stream_id})
+    assert joined["success"], joined
+    sent = await troll.call("send_message", {"stream_id": stream_id, "message": "buy my course"})
+    assert sent["success"], sent
+    ban = studio.get_by_role("button", name="Ban Troll Tom").first
+    answers.append(False)
+    await ban.click()
+    assert asked[-1].startswith("Ban Troll Tom from this stream?")
+    sent = await troll.call("send_message", {"stream_id": stream_id, "message": "still here"})
+    assert sent["success"] and "banned" not in troll.events, sent
+    await expect(studio.locator("#chat li", has_text="still here")).to_be_visible()
+    answers.append(True)
+    await ban.click()
+    assert (await troll.wait_for("banned"))["stream_id"] == stream_id
+    assert len(asked) == 3 and answers == []
+    await expect(studio.locator("#tools-notice")).to_have_text("")
 
     await watch.screenshot(path=str(ARTIFACTS / "watch.png"), full_page=True)
     await studio.screenshot(path=str(ARTIFACTS / "studio.png"), full_page=True)
 
-    # On a phone-sized screen the viewer page fits its width.
+    # On a phone (375 × 667) the viewer page fits its width; the header with the sign-in folded
+    # is two short rows, and a panel's heading sits close under the panel's top edge.
     phone = await (
-        await browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+        await browser.new_context(viewport={"width": 375, "height": 667}, is_mobile=True)
     ).new_page()
+    phone.on("pageerror", lambda exc: problems.append(str(exc)))
     await phone.goto(watch.url)
     await expect(phone.locator("#title")).to_have_text(title)
     await expect(phone.locator("#chat li.tip")).to_contain_text("tipped $12.50")  # history on join
     await expect(phone.locator("#chat-notice")).to_contain_text("sign in to chat and tip")
     await expect(phone.get_by_role("button", name="Send tip")).to_be_disabled()
     assert await phone.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    await expect(phone.get_by_label("Token")).to_be_hidden()
+    assert (await box(phone, "header.top"))["height"] <= 100
+    for heading, panel in (("#chat-heading", "section.panel"), ("#about-heading", "aside.panel")):
+        assert (await box(phone, heading))["y"] - (await box(phone, panel))["y"] <= 16, heading
     await phone.screenshot(path=str(ARTIFACTS / "watch-phone.png"), full_page=True)
+    await phone.locator("summary", has_text="Sign in").click()  # unfolds the sign-in forms
+    await expect(phone.get_by_label("Token")).to_be_visible()
+    await phone.screenshot(path=str(ARTIFACTS / "watch-phone-sign-in.png"), full_page=True)
 
-    # The streamer ends the stream: the final figures, and the viewer is told.
+    # Clearing the chat, confirmed: both pages empty; what is written next stays.
+    answers.append(True)
+    await studio.get_by_role("button", name="Clear the chat").click()
+    await expect(watch.locator("#chat li")).to_have_count(0)
+    await expect(studio.locator("#chat li")).to_have_count(0)
+    assert len(asked) == 4 and answers == []
+    await studio.get_by_label("Alert message").fill("Closing the session")
+    await studio.get_by_label("Symbol", exact=True).fill("ETH")
+    await studio.get_by_label("Side", exact=True).select_option("BUY")
+    await studio.get_by_label("Price", exact=True).fill("3100")
+    await studio.get_by_role("button", name="Post alert").click()
+    await expect(watch.locator("#chat li.alert")).to_contain_text("BUY ETH @ 3100.00 — Closing the session")
+    await watch.get_by_label("Message", exact=True).fill("thanks, see you tomorrow")
+    await watch.get_by_role("button", name="Send", exact=True).click()
+    await expect(studio.locator("#chat li", has_text="thanks, see you tomorrow")).to_be_visible()
+
+    # The streamer ends the stream: the final figures, and the viewer is told when it ended; what
+    # can no longer be used (sending, emoji, tips) and what no longer holds (the count, the
+    # highlight) go away, the chat stays.
+    answers.append(True)
     await studio.get_by_role("button", name="End the stream").click()
     await expect(studio.locator("#final-heading")).to_have_text(f"Stream ended: {title}")
     await expect(studio.locator("#final-figures")).to_contain_text("$12.50")
-    await expect(watch.locator("#banner")).to_contain_text("The stream has ended")
-    await expect(watch.get_by_role("button", name="Send tip")).to_be_disabled()
+    assert asked[-1] == "End the stream now?" and answers == []
+    status, ended = await Api(http, w1.url).request("GET", stream_id)
+    assert status == 200 and ended["stream"]["status"] == "ENDED"
+    await expect(watch.locator("#banner")).to_contain_text("This stream ended on ")
+    for gone in ("#tip-form", "#emoji", "#chat-form", "#watching", "#highlight"):
+        await expect(watch.locator(gone)).to_be_hidden()
+    await expect(watch.locator("#chat li", has_text="thanks, see you tomorrow")).to_be_visible()
     await studio.screenshot(path=str(ARTIFACTS / "studio-ended.png"), full_page=True)
+    # The studio on a phone, signed in (the same browser's stored token): a compact header too.
+    studio_phone = await studio.context.new_page()
+    await studio_phone.set_viewport_size({"width": 375, "height": 667})
+    await studio_phone.goto(f"{w1.url}/studio")
+    await expect(studio_phone.locator("#go-live-heading")).to_be_visible()
+    await studio_phone.screenshot(path=str(ARTIFACTS / "studio-phone.png"), full_page=True)
+    assert (await box(studio_phone, "header.top"))["height"] <= 100
+    heading, panel = await box(studio_phone, "#go-live-heading"), await box(studio_phone, "#go-live")
+    assert heading["y"] - panel["y"] <= 16
     await expect(lobby.locator(".card", has_text=title)).to_have_count(0)
-    await lobby.get_by_label("Streamer id").fill(streamer)
-    await lobby.get_by_role("button", name="Show ended streams").click()
-    await expect(lobby.locator("#ended .card", has_text=title)).to_contain_text("peak 3 viewers")
+
+    # The ended stream in the streamer's list links to its page: the chat read again from REST
+    # (what was written after the clear), and when it ended in the reader's own time (here a
+    # British reader in Tokyo).
+    ended_at = datetime.fromisoformat(ended["stream"]["ended_at"].replace("Z", "+00:00")).astimezone(
+        ZoneInfo("Asia/Tokyo")
+    )
+    reader = await (
+        await browser.new_context(
+            viewport={"width": 1280, "height": 800}, locale="en-GB", timezone_id="Asia/Tokyo"
+        )
+    ).new_page()
+    reader.on("pageerror", lambda exc: problems.append(str(exc)))
+    await reader.goto(f"{w2.url}/")
+    await reader.get_by_label("Streamer id").fill(streamer)
+    await reader.get_by_role("button", name="Show ended streams").click()
+    ended_card = reader.locator("#ended .card", has_text=title)
+    await expect(ended_card).to_contain_text("peak 3 viewers")
+    await ended_card.get_by_role("link", name=title).click()
+    await expect(reader).to_have_url(f"{w2.url}/watch?stream={stream_id}")
+    await expect(reader.locator("#title")).to_have_text(title)
+    when = f"{ended_at.day} {ended_at:%b %Y}, {ended_at:%H:%M}"
+    await expect(reader.locator("#banner")).to_contain_text(f"This stream ended on {when} after ")
+    await expect(reader.get_by_role("heading", name="Chat replay", exact=True)).to_be_visible()
+    await expect(reader.locator("#chat li.alert")).to_contain_text("BUY ETH @ 3100.00 — Closing the session")
+    await expect(reader.locator("#chat li", has_text="thanks, see you tomorrow")).to_be_visible()
+    await expect(reader.locator("#chat li")).to_have_count(2)  # the clear hid every earlier message
+    for gone in ("#tip-form", "#emoji", "#chat-form", "#watching"):
+        await expect(reader.locator(gone)).to_be_hidden()
+    await reader.screenshot(path=str(ARTIFACTS / "watch-ended.png"), full_page=True)
+
+    # A longer chat reads back page by page: the newest 200, then the earlier ones on demand.
+    # (Its writer is on a third worker allowing 300 messages a period, to write them at once.)
+    (w3,) = await workers(1, HUB_REDIS_PREFIX=prefix, HUB_CHAT_RATE="300")
+    host_token = token(unique("host"), "streamer", name="Host Hana")
+    long = (await Api(http, w3.url).create_stream(host_token, title="A long chat"))["stream_id"]
+    talker = await connect(w3.url, token(unique("talker"), name="Talker Tim"))
+    assert (await talker.call("join_stream", {"stream_id": long}))["success"]
+    for i in range(1, 206):
+        sent = await talker.call("send_message", {"stream_id": long, "message": f"line {i}"})
+        assert sent["success"], (i, sent)
+    status, _ = await Api(http, w3.url).request("POST", f"{long}/end", host_token)
+    assert status == 200
+    await reader.goto(f"{w2.url}/watch?stream={long}")
+    lines = reader.locator("#chat li .text")
+    await expect(lines).to_have_count(200)
+    await expect(lines.first).to_have_text("line 6")
+    await expect(lines.last).to_have_text("line 205")
+    await reader.get_by_role("button", name="Show earlier messages").click()
+    await expect(lines).to_have_count(205)
+    await expect(lines.first).to_have_text("line 1")
+    await expect(lines.nth(5)).to_have_text("line 6")
+    await expect(lines.last).to_have_text("line 205")
+    await expect(reader.get_by_role("button", name="Show earlier messages")).to_be_hidden()
     assert problems == []

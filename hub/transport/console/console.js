@@ -130,6 +130,39 @@ export function money(amount, currency = "USD") {
   return currency === "USD" ? `$${text}` : `${text} ${currency}`;
 }
 
+// A trade price for display, exact: the hub sends it as a JSON number of at most 15 significant
+// digits, whose shortest text (String) is exactly its decimal; that text is written out without an
+// exponent and with at least two decimals (64250.5 -> "64250.50", 0.00001234 as it is), by string
+// operations only. A string (a price as typed) is shown the same way.
+export function priceText(value) {
+  let text = String(value).trim();
+  const e = /^(\d+)(?:\.(\d+))?e([-+]?\d+)$/i.exec(text);
+  if (e) {
+    const digits = e[1] + (e[2] || "");
+    const point = e[1].length + Number(e[3]);
+    if (point <= 0) text = `0.${"0".repeat(-point)}${digits}`;
+    else if (point >= digits.length) text = digits + "0".repeat(point - digits.length);
+    else text = `${digits.slice(0, point)}.${digits.slice(point)}`;
+    text = text.replace(/^0+(?=\d)/, "");
+  }
+  if (!/^\d+(\.\d+)?$/.test(text)) return text;
+  const [whole, fraction = ""] = text.split(".");
+  return `${whole}.${fraction.padEnd(2, "0")}`;
+}
+
+// A trade alert's head: side, symbol and price ("SELL BTC @ 64250.50"), the parts it has.
+export function alertHead(a) {
+  if (!a) return "";
+  const price = a.price !== null && a.price !== undefined ? `@ ${priceText(a.price)}` : null;
+  return [a.side, a.symbol, price].filter(Boolean).join(" ");
+}
+
+// A moment (ISO 8601) in the reader's own time zone and words: "3 Dec 2026, 07:41".
+export function localTime(iso) {
+  const t = Date.parse(iso);
+  return Number.isNaN(t) ? "" : new Date(t).toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+}
+
 export function duration(seconds) {
   const s = Math.max(0, Math.floor(seconds));
   const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
@@ -150,6 +183,7 @@ export async function signIn(container, onChange) {
   const problem = el("div");
   if (me && !me.invalid && !me.expired) {
     status.append("Signed in as ", el("strong", {}, me.name), me.roles.length ? ` (${me.roles.join(", ")})` : "");
+    status.title = status.textContent;  // whole, where a small screen cuts it short
     container.replaceChildren(status, el("button", {
       type: "button", class: "secondary", onclick: () => { localStorage.removeItem(TOKEN_KEY); onChange(); },
     }, "Sign out"));
@@ -166,14 +200,24 @@ export async function signIn(container, onChange) {
       onChange();
     },
   }, el("label", { for: "token-input" }, "Token"), field, el("button", { type: "submit" }, "Sign in"));
-  const parts = [status, form];
+  const parts = [form];
   if (cfg.dev_tokens) {
-    const user = el("input", { id: "dev-user", name: "user", value: "", placeholder: "alice", autocomplete: "off" });
+    const user = el("input", {
+      id: "dev-user", name: "user", value: "", placeholder: "e.g. alice", autocomplete: "off", maxlength: 64,
+      "aria-describedby": "dev-user-hint",
+    });
     const role = el("select", { id: "dev-role", name: "role" },
       el("option", { value: "" }, "viewer"), el("option", { value: "streamer" }, "streamer"));
     parts.push(el("form", {
       class: "signin dev", onsubmit: async (e) => {
         e.preventDefault();
+        const missing = devUserProblem(user.value.trim());
+        if (missing) {
+          user.setAttribute("aria-invalid", "true");
+          user.focus();
+          return notice(problem, missing);
+        }
+        user.removeAttribute("aria-invalid");
         const response = await fetch("/console/dev-token", {
           method: "POST", headers: { "Content-Type": "application/json" },
           body: JSON.stringify({ user_id: user.value.trim(), role: role.value }),
@@ -183,9 +227,21 @@ export async function signIn(container, onChange) {
         onChange();
       },
     }, el("label", { for: "dev-user" }, "User id"), user, el("label", { for: "dev-role" }, "as"), role,
-    el("button", { type: "submit", class: "secondary" }, "Get a development token")));
+    el("button", { type: "submit", class: "secondary" }, "Get a development token"),
+    el("span", { id: "dev-user-hint", class: "hint" }, "Any id: letters, digits or . _ @ -")));
   }
-  container.replaceChildren(...parts, problem);
+  // The forms fold away behind "Sign in" on a small screen, where they would fill it; open on a wide one.
+  const box = el("details", { class: "signin-box", open: matchMedia("(min-width: 48rem)").matches },
+    el("summary", {}, "Sign in"), ...parts);
+  container.replaceChildren(status, box, problem);
+}
+
+// What is wrong with a user id for a development token, in plain words ("" when nothing), as the
+// hub checks it (hub/transport/console/__init__.py's USER_ID), so that a bad one is not sent.
+function devUserProblem(id) {
+  if (!id) return "Enter a user id first, like alice: the hub makes a token for that id.";
+  if (!/^[A-Za-z0-9_.@-]{1,64}$/.test(id)) return "A user id is 1–64 letters, digits or . _ @ - (no spaces).";
+  return "";
 }
 
 // One chat message as a list item: TIP and ALERT highlighted, EMOJI large. `tools` adds
@@ -197,9 +253,7 @@ export function chatItem(m, tools = null) {
   if (kind === "tip") {
     item.append("💸 ", name, `tipped ${money(m.tip_amount)}`, m.message ? `: ${m.message}` : "");
   } else if (kind === "alert") {
-    const a = m.alert || {};
-    const head = [a.side, a.symbol, a.price !== null && a.price !== undefined ? `@ ${a.price}` : null]
-      .filter(Boolean).join(" ");
+    const head = alertHead(m.alert);
     item.append("📣 ", name, el("strong", {}, `Alert${head ? `: ${head}` : ""}`), ` — ${m.message}`);
   } else {
     item.append(name, el("span", { class: "text" }, m.message));
@@ -225,6 +279,20 @@ export class ChatLog {
     this.list.append(chatItem(m, this.tools ? this.tools(m) : null));
     while (this.list.children.length > 300) this.list.firstElementChild.remove();
     if (stick) this.list.scrollTop = this.list.scrollHeight;
+  }
+
+  // Older messages (oldest first) above those shown, for reading back an ended stream's chat:
+  // the reader keeps the place they were reading.
+  prepend(messages) {
+    const fresh = messages.filter((m) => m && !this.ids.has(m.message_id));
+    for (const m of fresh) this.ids.add(m.message_id);
+    const height = this.list.scrollHeight;
+    this.list.prepend(...fresh.map((m) => chatItem(m, this.tools ? this.tools(m) : null)));
+    this.list.scrollTop += this.list.scrollHeight - height;
+  }
+
+  first() {
+    return this.list.querySelector("li[data-message-id]")?.dataset.messageId || null;
   }
 
   remove(messageId) {

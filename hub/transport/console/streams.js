@@ -1,4 +1,5 @@
-// The stream list: live streams by viewers, refreshed every few seconds; ended streams of a streamer.
+// The stream list: live streams by viewers, refreshed every few seconds; ended streams of a streamer,
+// each linked to its viewer page like a live one.
 import { api, el, header, notice, plainWords, duration } from "/console/console.js";
 
 const live = document.getElementById("live");
@@ -12,7 +13,8 @@ function card(s, ended = false) {
     ? el("span", { class: "meta" }, `ended · ${duration(s.duration_seconds || 0)} · peak ${s.peak_viewers} viewers`)
     : el("span", { class: "meta" }, el("span", { class: "badge" }, "LIVE"), " ",
       el("span", { class: "viewers", "data-stream-id": s.stream_id }, String(s.viewer_count)), " watching");
-  const title = ended ? el("span", {}, s.title) : el("a", { href: `/watch?stream=${encodeURIComponent(s.stream_id)}` }, s.title);
+  // Both link to the viewer page: a live stream to watch, an ended one to read its chat again.
+  const title = el("a", { href: `/watch?stream=${encodeURIComponent(s.stream_id)}` }, s.title);
   return el("li", { class: "card", "data-stream-id": s.stream_id }, thumb,
     el("div", { class: "body" }, el("h3", {}, title),
       el("span", { class: "meta" }, `${s.streamer_name || s.streamer_id} · ${s.category || "general"}`), viewers));

@@ -1,4 +1,5 @@
-// The streamer's dashboard: go live, live figures, chat with moderation, alerts, end.
+// The streamer's dashboard: go live, live figures, chat with moderation, alerts, end. What cannot
+// be taken back (a ban, clearing the chat, the end) asks first; a timeout can be undone at once.
 import {
   ChatLog, api, call, connect, duration, el, header, identity, money, notice, plainWords,
 } from "/console/console.js";
@@ -22,9 +23,23 @@ function tools(m) {
     el("button", { type: "button", class: "secondary", "aria-label": `Delete ${who}'s message`,
       onclick: () => moderate("delete_message", { message_id: m.message_id }) }, "Delete"),
     el("button", { type: "button", class: "secondary", "aria-label": `Time ${who} out for 5 minutes`,
-      onclick: () => moderate("timeout_user", { user_id: m.user_id, seconds: 300 }) }, "Timeout 5 min"),
+      onclick: () => timeout(m.user_id, who) }, "Timeout 5 min"),
     el("button", { type: "button", class: "danger", "aria-label": `Ban ${who}`,
-      onclick: () => moderate("ban_user", { user_id: m.user_id }) }, "Ban"));
+      onclick: () => confirm(`Ban ${who} from this stream? They leave it at once and cannot come back.`)
+        && moderate("ban_user", { user_id: m.user_id }) }, "Ban"));
+}
+
+// A timeout at once, with an Undo that lifts it (unban_user lifts a ban or a timeout).
+async function timeout(userId, who) {
+  const ack = await moderate("timeout_user", { user_id: userId, seconds: 300 });
+  if (!ack.success) return;
+  $("tools-notice").replaceChildren(el("p", { class: "notice info" },
+    `${who} is timed out for 5 minutes. `,
+    el("button", { type: "button", class: "secondary", "aria-label": `Undo the timeout of ${who}`,
+      onclick: async () => {
+        const lifted = await moderate("unban_user", { user_id: userId });
+        if (lifted.success) notice($("tools-notice"), `${who}'s timeout is lifted: they can write again.`, "info");
+      } }, "Undo")));
 }
 
 const chat = new ChatLog($("chat"), tools);
@@ -141,16 +156,22 @@ $("unban-form").addEventListener("submit", async (e) => {
   e.preventDefault();
   if ((await moderate("unban_user", { user_id: $("unban-user").value.trim() })).success) $("unban-user").value = "";
 });
-$("clear-chat").addEventListener("click", () => moderate("clear_chat", {}));
+$("clear-chat").addEventListener("click", () => {
+  if (confirm("Clear the chat for everyone? Every message so far disappears, also from the chat history.")) {
+    moderate("clear_chat", {});
+  }
+});
 $("alert-form").addEventListener("submit", async (e) => {
   e.preventDefault();
   const payload = { stream_id: stream.stream_id, message: $("alert-message").value.trim() };
   if ($("alert-symbol").value.trim()) payload.symbol = $("alert-symbol").value.trim();
   if ($("alert-side").value) payload.side = $("alert-side").value;
-  // A JSON number: the hub takes at most 15 significant digits, which a double holds exactly.
+  // The price as typed, a decimal string (the hub reads it exactly), never through a float.
   const price = $("alert-price").value.trim();
-  if (price && !/^\d+(\.\d+)?$/.test(price)) return notice($("tools-notice"), "The price must be a number, like 64250.50.");
-  if (price) payload.price = Number(price);
+  if (price && !/^\d{1,12}(\.\d{1,8})?$/.test(price)) {
+    return notice($("tools-notice"), "The price must be a number like 64250.50 (at most 8 decimals).");
+  }
+  if (price) payload.price = price;
   const ack = await call(socket, "send_alert", payload);
   notice($("tools-notice"), ack.success ? "" : plainWords(ack.error));
   if (ack.success) $("alert-message").value = "";

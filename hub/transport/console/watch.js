@@ -1,7 +1,8 @@
-// The viewer page: the stream, its live viewer count, chat with history, emoji and tips.
+// The viewer page: the stream, its live viewer count, chat with history, emoji and tips; once the
+// stream has ended, its chat read again from REST, with when it ended.
 import {
-  ChatLog, api, call, cents, config, connect, duration, el, feeCents, formatCents, header, identity, money, notice,
-  plainWords, randomId,
+  ChatLog, alertHead, api, call, cents, config, connect, duration, el, feeCents, formatCents, header, identity,
+  localTime, money, notice, plainWords, randomId,
 } from "/console/console.js";
 
 const streamId = new URLSearchParams(location.search).get("stream") || "";
@@ -26,10 +27,38 @@ function setViewers(n) {
   $("viewer-count").textContent = String(n);
 }
 
-function endedBanner(seconds) {
+// The end, told with when (in the reader's own time) and after how long. What can no longer be
+// used (sending, emoji, tips) and what no longer holds (the viewer count, the live notices) goes.
+function showEnded(s) {
   ended = true;
-  notice($("banner"), `The stream has ended${seconds ? ` after ${duration(seconds)}` : ""}. Thanks for watching!`, "info");
-  for (const control of document.querySelectorAll("#chat-form *, #emoji button, #tip-form *")) control.disabled = true;
+  const when = s.ended_at ? localTime(s.ended_at) : "";
+  const seconds = s.duration_seconds;
+  notice($("banner"),
+    `This stream ended${when ? ` on ${when}` : ""}${seconds ? ` after ${duration(seconds)}` : ""}. Thanks for watching!`,
+    "info");
+  for (const id of ["chat-form", "emoji", "tip-form", "tip-notice", "watching", "highlight", "chat-notice"]) $(id).hidden = true;
+  $("chat-title").textContent = "Chat replay";
+}
+
+// An ended stream's chat, from REST (GET /{id}/chat: a page of the newest, oldest first), then
+// page by page before the first shown, as the reader asks for them.
+const REPLAY_PAGE = 200;
+async function replay(before = null) {
+  const query = before ? `&before=${encodeURIComponent(before)}` : "";
+  const body = await api("GET", `${encodeURIComponent(streamId)}/chat?limit=${REPLAY_PAGE}${query}`);
+  if (!body.success) {
+    return $("banner").append(el("p", { class: "notice error" }, `The chat can't be shown: ${plainWords(body.error)}`));
+  }
+  if (before) chat.prepend(body.messages);
+  else if (!body.count) $("chat").append(el("li", { class: "meta" }, "Nobody wrote in this chat."));
+  else for (const m of body.messages) chat.add(m);
+  $("earlier").hidden = body.count < REPLAY_PAGE;
+}
+
+// The stream as REST has it now, shown as ended (with its end time) when it is.
+async function ending(fallback) {
+  const found = await api("GET", encodeURIComponent(streamId));
+  showEnded(found.success && found.stream.status === "ENDED" ? found.stream : fallback);
 }
 
 function forms(enabled, why) {
@@ -44,7 +73,7 @@ async function join() {
   if (chat.last) payload.last_message_id = chat.last;  // after a reconnect: only what was missed
   const ack = await call(socket, "join_stream", payload);
   if (!ack.success) {
-    if (ack.error?.code === "stream_not_live") return endedBanner();
+    if (ack.error?.code === "stream_not_live") return ending({}).then(replay);
     return notice($("banner"), plainWords(ack.error));
   }
   notice($("banner"), "");
@@ -84,8 +113,11 @@ async function start() {
   const found = await api("GET", encodeURIComponent(streamId));
   if (!found.success) return notice($("banner"), plainWords(found.error));
   showStream(found.stream);
+  if (found.stream.status === "ENDED") {
+    showEnded(found.stream);
+    return replay();
+  }
   forms(signedIn, signedIn ? "" : "You are watching anonymously: sign in to chat and tip.");
-  if (found.stream.status === "ENDED") return endedBanner(found.stream.duration_seconds);
   if (found.stream.status !== "LIVE") return notice($("banner"), "This stream has not started yet.", "info");
 
   socket = connect();
@@ -95,7 +127,10 @@ async function start() {
   socket.on("chat_message", (m) => {
     if (m.stream_id !== streamId) return;
     chat.add(m);
-    if (m.message_type === "ALERT") notice($("highlight"), `📣 ${m.username || "The streamer"}: ${m.message}`, "alert");
+    if (m.message_type === "ALERT") {
+      const head = alertHead(m.alert);
+      notice($("highlight"), `📣 ${m.username || "The streamer"}: ${head ? `${head} — ` : ""}${m.message}`, "alert");
+    }
   });
   socket.on("viewer_joined", (e) => e.stream_id === streamId && setViewers(e.viewer_count));
   socket.on("viewer_left", (e) => e.stream_id === streamId && setViewers(e.viewer_count));
@@ -104,10 +139,17 @@ async function start() {
   socket.on("tip_received", (t) => {
     notice($("highlight"), `💸 ${t.from_username || t.from_user} tipped ${money(t.amount, t.currency)}!`, "tip");
   });
-  socket.on("stream_ended", (e) => endedBanner(e.duration));
+  socket.on("stream_ended", (e) => {
+    if (e.stream_id !== streamId) return;
+    showEnded({ ended_at: new Date().toISOString(), duration_seconds: e.duration });  // at once, then REST's time
+    ending({ ended_at: new Date().toISOString(), duration_seconds: e.duration });
+  });
   socket.on("banned", () => { forms(false); notice($("banner"), plainWords({ code: "banned" })); });
   socket.on("user_timed_out", (e) => {
     if (signedIn && e.user_id === me.id) notice($("chat-notice"), `You were timed out until ${new Date(e.until).toLocaleTimeString()}.`);
+  });
+  socket.on("user_unbanned", (e) => {
+    if (signedIn && e.user_id === me.id) notice($("chat-notice"), "Your timeout was lifted: you can write again.", "info");
   });
   socket.on("slow_mode", (e) => notice($("chat-notice"), e.seconds ? `Slow mode is on: one message every ${e.seconds} s.` : "Slow mode is off.", "info"));
 }
@@ -119,6 +161,7 @@ $("chat-form").addEventListener("submit", async (e) => {
   if (await send(input.value, "TEXT")) input.value = "";
   input.focus();
 });
+$("earlier").addEventListener("click", () => replay(chat.first()));
 for (const button of document.querySelectorAll("#emoji button")) {
   button.addEventListener("click", () => send(button.dataset.emoji, "EMOJI"));
 }
