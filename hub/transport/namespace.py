@@ -119,7 +119,7 @@ class StreamingNamespace(socketio.AsyncNamespace):
         identity = None
         if token is not None:
             try:
-                identity = self.verifier.verify(token)
+                identity = await self.verifier.authenticate(token)
             except HubError as exc:
                 raise _refused(exc) from exc
         conn = Conn(sid, identity, client_address(environ, self.settings.trusted_proxies))

@@ -1,0 +1,282 @@
+"""Identity providers: keys from a JWKS URL.
+
+The identity provider is an aiohttp app of the test's own on a loopback port, serving a JSON Web
+Key Set of keys generated here with ``cryptography``; it counts the fetches it answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import hmac
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import jwt
+import pytest
+import socketio
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+from hub.domain.auth import Verifier
+from hub.errors import HubError
+from hub.settings import Settings, SettingsError
+from tests.conftest import Client, eventually, unique
+
+
+class Provider:
+    """An identity provider: signing keys by kid, its JWKS at ``url``, the fetches counted."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, Any] = {}  # kid -> private key
+        self.published: list[dict[str, Any]] = []  # extra raw JWKs (an HMAC key, say)
+        self.fetches = 0
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    def add(self, kid: str, kind: str = "RSA") -> None:
+        if kind == "RSA":
+            self.keys[kid] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        else:
+            self.keys[kid] = ec.generate_private_key(ec.SECP256R1())
+
+    def sign(self, kid: str, sub: str = "alice", ttl: int = 3600, **claims: Any) -> str:
+        key = self.keys[kid]
+        alg = "RS256" if isinstance(key, rsa.RSAPrivateKey) else "ES256"
+        now = int(time.time())
+        body = {"sub": sub, "exp": now + ttl, "iat": now, "jti": uuid.uuid4().hex, **claims}
+        return jwt.encode(body, key, alg, headers={"kid": kid})
+
+    def jwks(self) -> dict[str, Any]:
+        keys = []
+        for kid, key in self.keys.items():
+            if isinstance(key, rsa.RSAPrivateKey):
+                jwk = RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
+            else:
+                jwk = ECAlgorithm.to_jwk(key.public_key(), as_dict=True)
+            keys.append({**jwk, "kid": kid, "use": "sig"})
+        return {"keys": keys + self.published}
+
+    async def _serve(self, _: web.Request) -> web.Response:
+        self.fetches += 1
+        return web.json_response(self.jwks())
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/.well-known/jwks.json", self._serve)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}/.well-known/jwks.json"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+@pytest.fixture
+async def provider() -> AsyncIterator[Provider]:
+    p = Provider()
+    p.add("k1")
+    await p.start()
+    yield p
+    await p.stop()
+
+
+def jwks_settings(provider: Provider, interval: float = 60.0, **fields: Any) -> Settings:
+    return dataclasses.replace(
+        Settings(), jwt_jwks_url=provider.url, jwt_jwks_min_interval=interval, jwt_leeway=0, **fields
+    )
+
+
+async def refused(verifier: Verifier, token: str) -> bool:
+    try:
+        await verifier.authenticate(token)
+    except HubError as exc:
+        assert exc.code == "unauthorized", exc
+        return True
+    return False
+
+
+# -- keys from a JWKS URL ---------------------------------------------------------------
+
+
+async def test_a_token_of_a_provider_key_works_and_the_set_is_fetched_once(provider):
+    verifier = Verifier(jwks_settings(provider))
+    for _ in range(5):
+        who = await verifier.authenticate(provider.sign("k1", name="Alice"))
+        assert who.user_id == "alice" and who.name == "Alice"
+    assert provider.fetches == 1
+
+
+async def test_rotation_to_a_new_key_takes_one_fetch(provider):
+    verifier = Verifier(jwks_settings(provider, interval=0.3))
+    assert (await verifier.authenticate(provider.sign("k1"))).user_id == "alice"
+    provider.add("k2", "EC")
+    del provider.keys["k1"]
+    rotated = provider.sign("k2", sub="bob")
+    # The first fetch was moments ago: the new kid is fetched once its interval has passed.
+    await eventually(lambda: _accepted(verifier, rotated), what="the rotated key accepted")
+    assert provider.fetches == 2
+    assert (await verifier.authenticate(provider.sign("k2", sub="carol"))).user_id == "carol"
+    assert provider.fetches == 2
+
+
+async def _accepted(verifier: Verifier, token: str) -> bool:
+    return not await refused(verifier, token)
+
+
+async def test_forged_kids_are_refused_and_fetch_at_most_once_per_interval(provider):
+    verifier = Verifier(jwks_settings(provider, interval=60.0))
+    # Misses at the same moment share one fetch; the real token among them is accepted.
+    forged = [_forge(provider) for _ in range(30)]
+    results = await asyncio.gather(
+        verifier.authenticate(provider.sign("k1")),
+        *(refused(verifier, t) for t in forged),
+        return_exceptions=False,
+    )
+    assert results[0].user_id == "alice" and all(results[1:])
+    assert provider.fetches == 1
+    for _ in range(3):  # later misses inside the interval fetch nothing
+        assert all(await asyncio.gather(*(refused(verifier, _forge(provider)) for _ in range(30))))
+    assert provider.fetches == 1
+    assert (await verifier.authenticate(provider.sign("k1"))).user_id == "alice"
+
+
+def _forge(provider: Provider) -> str:
+    """A token signed by a key of the attacker's, naming a kid the provider never had."""
+    now = int(time.time())
+    return jwt.encode(
+        {"sub": "mallory", "exp": now + 60}, ATTACKER, "ES256", headers={"kid": uuid.uuid4().hex}
+    )
+
+
+ATTACKER = ec.generate_private_key(ec.SECP256R1())
+
+
+async def test_the_provider_down_keeps_cached_keys_and_is_logged_once(provider, caplog):
+    caplog.set_level(logging.INFO, logger="hub.domain.auth")
+    verifier = Verifier(jwks_settings(provider, interval=0.2))
+    assert (await verifier.authenticate(provider.sign("k1"))).user_id == "alice"
+    signer = provider.keys["k1"]
+    await provider.stop()
+    assert verifier.jwks is not None
+
+    async def failed_three_times() -> bool:
+        assert await refused(verifier, _forge(provider))
+        return verifier.jwks is not None and verifier.jwks.fetches >= 4
+
+    await eventually(failed_three_times, what="three failed fetches")
+    provider.keys["k1"] = signer
+    for _ in range(3):  # new tokens (not the remembered one) of the cached key still verify
+        assert (await verifier.authenticate(provider.sign("k1", sub="dave"))).user_id == "dave"
+    failures = [r for r in caplog.records if "cannot be fetched" in r.getMessage()]
+    assert len(failures) == 1, [r.getMessage() for r in caplog.records]
+    assert failures[0].levelno == logging.WARNING
+
+
+async def test_hmac_keys_from_the_set_and_algorithm_tricks_are_refused(provider):
+    secret = "s" * 40
+    provider.published.append(
+        {"kty": "oct", "kid": "h", "k": jwt.utils.base64url_encode(secret.encode()).decode(), "alg": "HS256"}
+    )
+    verifier = Verifier(jwks_settings(provider))
+    now = int(time.time())
+    claims = {"sub": "mallory", "exp": now + 60}
+    assert await refused(verifier, jwt.encode(claims, secret, "HS256", headers={"kid": "h"}))
+    # The provider's public key as an HMAC secret, under the kid of that key.
+    public_pem = (
+        provider.keys["k1"]
+        .public_key()
+        .public_bytes(
+            encoding=serialization.Encoding.PEM,
+            format=serialization.PublicFormat.SubjectPublicKeyInfo,
+        )
+    )
+    unsigned = jwt.utils.base64url_encode(b'{"alg":"none","typ":"JWT","kid":"k1"}')
+    body = jwt.utils.base64url_encode(b'{"sub":"mallory","exp":%d}' % (now + 60))
+    forged = (unsigned + b"." + body + b".").decode()
+    assert await refused(verifier, forged)
+    header = jwt.utils.base64url_encode(b'{"alg":"HS256","typ":"JWT","kid":"k1"}')
+    payload = jwt.utils.base64url_encode(b'{"sub":"mallory","exp":%d}' % (now + 60))
+    signature = hmac.new(public_pem, header + b"." + payload, hashlib.sha256).digest()
+    assert await refused(
+        verifier, (header + b"." + payload + b"." + jwt.utils.base64url_encode(signature)).decode()
+    )
+    # A token without a kid is refused without a fetch.
+    before = provider.fetches
+    unnamed = jwt.encode(claims, provider.keys["k1"], "RS256")
+    assert await refused(verifier, unnamed)
+    assert provider.fetches == before
+    assert (await verifier.authenticate(provider.sign("k1"))).user_id == "alice"
+
+
+async def test_audience_and_issuer_are_checked_for_provider_tokens(provider):
+    verifier = Verifier(jwks_settings(provider, jwt_audience="hub", jwt_issuer="https://idp.example/"))
+    assert await refused(verifier, provider.sign("k1"))
+    assert await refused(verifier, provider.sign("k1", aud="other", iss="https://idp.example/"))
+    assert await refused(verifier, provider.sign("k1", aud="hub", iss="https://evil.example/"))
+    who = await verifier.authenticate(provider.sign("k1", aud="hub", iss="https://idp.example/"))
+    assert who.user_id == "alice"
+
+
+def test_the_jwks_settings(provider):
+    s = Settings.from_env({"HUB_JWT_JWKS_URL": "https://idp.example/.well-known/jwks.json"})
+    assert s.jwt_jwks_url == "https://idp.example/.well-known/jwks.json"
+    assert s.jwt_jwks_min_interval == 30.0 and s.jwt_algorithms == ["RS256", "ES256"]
+    s = Settings.from_env({"HUB_JWT_JWKS_URL": provider.url, "HUB_JWT_JWKS_MIN_INTERVAL": "5"})
+    assert s.jwt_jwks_min_interval == 5.0
+    for env, name in (
+        ({"HUB_JWT_JWKS_URL": "ftp://idp.example/jwks"}, "HUB_JWT_JWKS_URL"),
+        ({"HUB_JWT_JWKS_URL": "not a url"}, "HUB_JWT_JWKS_URL"),
+        ({"HUB_JWT_JWKS_URL": provider.url, "HUB_JWT_JWKS_MIN_INTERVAL": "0"}, "HUB_JWT_JWKS_MIN_INTERVAL"),
+    ):
+        with pytest.raises(SettingsError, match=name):
+            Settings.from_env(env)
+    pem = (
+        provider.keys["k1"]
+        .public_key()
+        .public_bytes(
+            encoding=serialization.Encoding.PEM,
+            format=serialization.PublicFormat.SubjectPublicKeyInfo,
+        )
+    )
+    with pytest.raises(SettingsError, match="HUB_JWT_JWKS_URL"):
+        Settings.from_env({"HUB_JWT_JWKS_URL": provider.url, "HUB_JWT_PUBLIC_KEY": pem.decode()})
+
+
+async def test_a_worker_with_a_jwks_url_admits_provider_tokens_on_sockets_and_rest(
+    provider, aiohttp_server, settings, http
+):
+    from hub.worker import create_app
+    from tests.conftest import Api
+
+    hub_settings = dataclasses.replace(settings, jwt_jwks_url=provider.url, jwt_jwks_min_interval=60.0)
+    server = await aiohttp_server(create_app(hub_settings))
+    url = str(server.make_url("")).rstrip("/")
+    provider.add("k2", "EC")
+    streamer = unique("streamer")
+    created = await Api(http, url).create_stream(provider.sign("k2", sub=streamer, roles=["streamer"]))
+    viewer = Client()
+    try:
+        await viewer.connect(url, provider.sign("k1", sub=unique("viewer")))
+        ack = await viewer.call("join_stream", {"stream_id": created["stream_id"]})
+        assert ack["success"], ack
+        mallory = Client()
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await mallory.connect(url, _forge(provider))
+        (refusal,) = mallory.events["connect_error"]
+        assert refusal["message"] == "unauthorized" and refusal["data"]["code"] == "unauthorized"
+        await mallory.close()
+    finally:
+        await viewer.close()
+    assert provider.fetches == 1  # at the first token; the forged kid, inside the interval, fetched nothing
