@@ -1,4 +1,5 @@
-"""Identity providers: keys from a JWKS URL.
+"""Identity providers and long sessions: keys from a JWKS URL, ``refresh_token`` and
+``token_expiring``.
 
 The identity provider is an aiohttp app of the test's own on a loopback port, serving a JSON Web
 Key Set of keys generated here with ``cryptography``; it counts the fetches it answers.
@@ -24,9 +25,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from hub.codec import parse_iso
 from hub.domain.auth import Verifier
 from hub.errors import HubError
 from hub.settings import Settings, SettingsError
+from hub.storage.keys import NAMESPACE
 from tests.conftest import Client, eventually, unique
 
 
@@ -280,3 +283,119 @@ async def test_a_worker_with_a_jwks_url_admits_provider_tokens_on_sockets_and_re
     finally:
         await viewer.close()
     assert provider.fetches == 1  # at the first token; the forged kid, inside the interval, fetched nothing
+
+
+# -- refresh_token and token_expiring ---------------------------------------------------
+
+
+@pytest.fixture
+async def stream(api, token):
+    streamer = unique("streamer")
+    s = await api.create_stream(token(streamer, "streamer", name="Streamer"))
+    return s["stream_id"]
+
+
+def namespace(server: Any) -> Any:
+    from hub.worker import WORKER
+
+    return server.app[WORKER].namespace
+
+
+async def test_refresh_token_swaps_the_identity_without_reconnecting(clients, base_url, token, stream):
+    uid = unique("viewer")
+    short = token(uid, name="Before", ttl=2)
+    c = await clients(base_url, short)
+    other = await clients(base_url, token(unique("other"), ttl=2))  # the same, never refreshed
+    for client in (c, other):
+        assert (await client.call("join_stream", {"stream_id": stream}))["success"]
+    longer = token(uid, name="After", ttl=3600)
+    ack = await c.call("refresh_token", {"token": longer})
+    expires = jwt.decode(longer, options={"verify_signature": False})["exp"]
+    assert ack == {"success": True, "expires_at": _iso(expires)}
+    old_exp = jwt.decode(short, options={"verify_signature": False})["exp"]
+
+    async def old_token_expired() -> bool:
+        return time.time() > old_exp + 0.2
+
+    await eventually(old_token_expired, what="the first token's expiry")
+    sent = await c.call("send_message", {"stream_id": stream, "message": "still here"})
+    assert sent["success"], sent
+    assert sent["message"]["user_id"] == uid and sent["message"]["username"] == "After"
+    stale = await other.call("send_message", {"stream_id": stream, "message": "too late"})
+    assert stale["error"]["code"] == "unauthorized"
+
+
+def _iso(exp: int) -> str:
+    from hub.codec import iso_ms
+
+    result = iso_ms(exp * 1000)
+    assert result is not None
+    return result
+
+
+async def test_refresh_token_refusals_keep_the_old_identity(clients, base_url, token, settings, stream):
+    uid = unique("viewer")
+    c = await clients(base_url, token(uid, name="Kept"))
+    assert (await c.call("join_stream", {"stream_id": stream}))["success"]
+    wrong = jwt.encode({"sub": uid, "exp": int(time.time()) + 600}, "w" * 40, "HS256")
+    cases = [
+        ({"token": token(unique("someone-else"))}, "forbidden"),
+        ({"token": "garbage"}, "unauthorized"),
+        ({"token": wrong}, "unauthorized"),
+        ({"token": token(uid, ttl=-5)}, "unauthorized"),
+        ({}, "invalid"),
+        ("a-token-not-in-an-object", "invalid"),
+        ({"token": 42}, "invalid"),
+    ]
+    for payload, code in cases:
+        ack = await c.call("refresh_token", payload)
+        assert ack["success"] is False and ack["error"]["code"] == code, (payload, ack)
+        error = await c.wait_for(
+            "error", lambda e, code=code: e["event"] == "refresh_token" and e["code"] == code
+        )
+        assert error["message"]
+    sent = await c.call("send_message", {"stream_id": stream, "message": "me still"})
+    assert sent["success"] and sent["message"]["user_id"] == uid and sent["message"]["username"] == "Kept"
+    anonymous = await clients(base_url)
+    ack = await anonymous.call("refresh_token", {"token": token(uid)})
+    assert ack["error"]["code"] == "forbidden"
+
+
+async def test_token_expiring_comes_a_minute_before_and_a_refresh_rearms_it(clients, base_url, token, server):
+    uid = unique("viewer")
+    c = await clients(base_url, token(uid, ttl=62))
+    notice = await c.wait_for("token_expiring")
+    exp = parse_iso(notice["expires_at"]) / 1000
+    assert 55 <= notice["seconds_left"] <= 60 and abs(exp - (time.time() + notice["seconds_left"])) < 3
+    sid = c.sio.get_sid(NAMESPACE)
+    ns = namespace(server)
+    assert sid not in ns._expiring  # fired once, gone
+
+    again = token(uid, ttl=61)
+    ack = await c.call("refresh_token", {"token": again})
+    assert ack["success"]
+    second = await c.wait_for("token_expiring", lambda e: e["expires_at"] == ack["expires_at"])
+    assert second["seconds_left"] <= 60 and len(c.events["token_expiring"]) == 2
+
+    assert (await c.call("refresh_token", {"token": token(uid, ttl=7200)}))["success"]
+    timer = ns._expiring[sid]
+    assert 7200 - 60 - 5 < timer.when() - asyncio.get_running_loop().time() <= 7200 - 60
+    anonymous = await clients(base_url)
+    assert anonymous.sio.get_sid(NAMESPACE) not in ns._expiring
+    await c.close()
+
+    async def cancelled() -> bool:
+        return sid not in ns._expiring
+
+    await eventually(cancelled, what="the timer cancelled at disconnect")
+    assert timer.cancelled()
+
+
+async def test_signed_in_sockets_hold_one_timer_each_due_at_their_expiry(clients, base_url, token, server):
+    ns = namespace(server)
+    loop = asyncio.get_running_loop()
+    made = [await clients(base_url, token(unique("idle"), ttl=3600 + 60 * i)) for i in range(10)]
+    for i, c in enumerate(made):
+        timer = ns._expiring[c.sio.get_sid(NAMESPACE)]
+        assert isinstance(timer, asyncio.TimerHandle)
+        assert abs(timer.when() - loop.time() - (3600 + 60 * i - 60)) < 5
