@@ -30,6 +30,7 @@ from hub.domain.auth import Verifier
 from hub.errors import HubError
 from hub.settings import Settings, SettingsError
 from hub.storage.keys import NAMESPACE
+from tests import test_console
 from tests.conftest import Client, eventually, unique
 
 
@@ -399,3 +400,42 @@ async def test_signed_in_sockets_hold_one_timer_each_due_at_their_expiry(clients
         timer = ns._expiring[c.sio.get_sid(NAMESPACE)]
         assert isinstance(timer, asyncio.TimerHandle)
         assert abs(timer.when() - loop.time() - (3600 + 60 * i - 60)) < 5
+
+
+# -- the console renews its token -------------------------------------------------------
+
+browser = test_console.browser  # headless Chromium, as the console's own tests drive it
+
+
+async def test_the_console_renews_its_token_when_told_it_expires(workers, http, token, browser):
+    from playwright.async_api import expect
+
+    from tests.conftest import Api
+
+    (w,) = await workers(1, HUB_CONSOLE_DEV_TOKENS="1")
+    made = await Api(http, w.url).create_stream(token(unique("streamer"), "streamer"))
+    viewer = unique("viewer")
+    short = token(viewer, name="Viewer Vic", ttl=62)  # token_expiring comes 2 s after connecting
+    page = await (await browser.new_context()).new_page()
+    problems: list[str] = []
+    sockets: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    await page.goto(f"{w.url}/")
+    await page.evaluate("(t) => localStorage.setItem('hub.transport.console.token', t)", short)
+    await page.goto(f"{w.url}/watch?stream={made['stream_id']}")
+    await expect(page.locator("#viewer-count")).to_have_text("1")
+
+    async def renewed() -> bool:
+        stored = await page.evaluate("() => localStorage.getItem('hub.transport.console.token')")
+        return stored != short
+
+    await eventually(renewed, what="the console's token renewed")
+    stored = await page.evaluate("() => localStorage.getItem('hub.transport.console.token')")
+    claims = jwt.decode(stored, options={"verify_signature": False})
+    assert claims["sub"] == viewer and claims["exp"] > time.time() + 11 * 3600
+    # The hub took it on the same connection: no second socket, and the chat works.
+    await page.get_by_label("Message", exact=True).fill("renewed in place")
+    await page.get_by_role("button", name="Send", exact=True).click()
+    await expect(page.locator("#chat li", has_text="renewed in place")).to_be_visible()
+    assert len(sockets) == 1 and problems == []
