@@ -439,3 +439,12 @@ async def test_the_console_renews_its_token_when_told_it_expires(workers, http, 
     await page.get_by_role("button", name="Send", exact=True).click()
     await expect(page.locator("#chat li", has_text="renewed in place")).to_be_visible()
     assert len(sockets) == 1 and problems == []
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+async def test_a_token_with_less_than_a_minute_left_is_told_after_the_connect(
+    clients, base_url, token, transport
+):
+    c = await clients(base_url, token(unique("viewer"), ttl=30), transport)
+    notice = await c.wait_for("token_expiring")
+    assert 25 <= notice["seconds_left"] <= 30
