@@ -71,12 +71,13 @@ class Provider:
         self.fetches += 1
         return web.json_response(self.jwks())
 
-    async def start(self) -> None:
+    async def start(self, port: int = 0) -> None:
+        """Serve on ``port`` (a free one by default; the same one again after ``stop``)."""
         app = web.Application()
         app.router.add_get("/.well-known/jwks.json", self._serve)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
         port = self._runner.addresses[0][1]
         self.url = f"http://127.0.0.1:{port}/.well-known/jwks.json"
@@ -167,7 +168,7 @@ def _forge(provider: Provider) -> str:
 ATTACKER = ec.generate_private_key(ec.SECP256R1())
 
 
-async def test_the_provider_down_keeps_cached_keys_and_is_logged_once(provider, caplog):
+async def test_the_provider_down_keeps_cached_keys_and_is_logged_once_until_it_is_back(provider, caplog):
     caplog.set_level(logging.INFO, logger="hub.domain.auth")
     verifier = Verifier(jwks_settings(provider, interval=0.2))
     assert (await verifier.authenticate(provider.sign("k1"))).user_id == "alice"
@@ -186,6 +187,14 @@ async def test_the_provider_down_keeps_cached_keys_and_is_logged_once(provider, 
     failures = [r for r in caplog.records if "cannot be fetched" in r.getMessage()]
     assert len(failures) == 1, [r.getMessage() for r in caplog.records]
     assert failures[0].levelno == logging.WARNING
+
+    # The provider comes back, having rotated meanwhile: the next miss fetches, and says so once.
+    provider.add("k2", "EC")
+    await provider.start(port=int(provider.url.split(":")[2].split("/")[0]))
+    rotated = provider.sign("k2", sub="erin")
+    await eventually(lambda: _accepted(verifier, rotated), what="the provider's new key accepted")
+    back = [r for r in caplog.records if "fetched again" in r.getMessage()]
+    assert len(back) == 1 and len([r for r in caplog.records if "cannot be fetched" in r.getMessage()]) == 1
 
 
 async def test_hmac_keys_from_the_set_and_algorithm_tricks_are_refused(provider):
