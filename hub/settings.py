@@ -151,6 +151,10 @@ class Settings:
     jwt_secret: str | None = None
     jwt_public_key: str | None = None
     jwt_public_keys: tuple[tuple[str, str], ...] = ()
+    # An identity provider's JSON Web Key Set (Auth0, Keycloak, Cognito, Firebase): fetched,
+    # cached, fetched again for an unknown kid at most once per jwt_jwks_min_interval seconds.
+    jwt_jwks_url: str | None = None
+    jwt_jwks_min_interval: float = 30.0
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     jwt_leeway: int = 10
@@ -220,7 +224,7 @@ class Settings:
 
     @property
     def jwt_algorithms(self) -> list[str]:
-        if self.jwt_public_key or self.jwt_public_keys:
+        if self.jwt_public_key or self.jwt_public_keys or self.jwt_jwks_url:
             return ["RS256", "ES256"]
         return ["HS256"]
 
@@ -247,6 +251,10 @@ class Settings:
             jwt_secret=env.get("HUB_JWT_SECRET") or None,
             jwt_public_key=_read_key(env.get("HUB_JWT_PUBLIC_KEY")),
             jwt_public_keys=_read_keys(env.get("HUB_JWT_PUBLIC_KEYS_DIR")),
+            jwt_jwks_url=env.get("HUB_JWT_JWKS_URL", "").strip() or None,
+            jwt_jwks_min_interval=_float(
+                env, "HUB_JWT_JWKS_MIN_INTERVAL", default.jwt_jwks_min_interval, 1.0, 3600.0
+            ),
             jwt_audience=env.get("HUB_JWT_AUDIENCE") or None,
             jwt_issuer=env.get("HUB_JWT_ISSUER") or None,
             jwt_leeway=_int(env, "HUB_JWT_LEEWAY", default.jwt_leeway, 0, 300),
@@ -326,6 +334,16 @@ class Settings:
             raise SettingsError("HUB_PRESENCE_REFRESH: must be at most half of HUB_PRESENCE_TTL")
         if self.jwt_secret is not None and len(self.jwt_secret.encode()) < 32:
             raise SettingsError("HUB_JWT_SECRET: must be at least 32 bytes (HS256 needs a key that long)")
+        if self.jwt_jwks_url is not None:
+            parsed = urlparse(self.jwt_jwks_url)
+            if parsed.scheme not in ("https", "http") or not parsed.hostname:
+                raise SettingsError(
+                    f"HUB_JWT_JWKS_URL: expected the provider's https:// JWKS URL, got {self.jwt_jwks_url!r}"
+                )
+            if self.jwt_public_key or self.jwt_public_keys:
+                raise SettingsError(
+                    "HUB_JWT_JWKS_URL: set it alone, without HUB_JWT_PUBLIC_KEY or HUB_JWT_PUBLIC_KEYS_DIR"
+                )
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise SettingsError(f"HUB_LOG_LEVEL: use DEBUG, INFO, WARNING or ERROR, not {self.log_level!r}")
         if self.drain_seconds >= self.shutdown_deadline:

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -18,8 +19,9 @@ import socketio
 from redis.exceptions import RedisError
 
 from hub import logs, metrics
+from hub.codec import iso_ms
 from hub.domain import payloads
-from hub.domain.auth import Verifier, bearer
+from hub.domain.auth import Identity, Verifier, bearer
 from hub.domain.presence import Conn, Presence
 from hub.domain.service import Hub
 from hub.errors import HubError, TokenExpired
@@ -61,12 +63,14 @@ class StreamingNamespace(socketio.AsyncNamespace):
         self.draining = False
         self._pending: set[asyncio.Task[None]] = set()
         self._turns: dict[str, asyncio.Lock] = {}  # sid -> its events' turn
+        self._expiring: dict[str, asyncio.TimerHandle] = {}  # sid -> its token_expiring timer
         self.actions: dict[str, Action] = {
             "join_stream": self.on_join_stream,
             "leave_stream": self.on_leave_stream,
             "send_message": self.on_send_message,
             "send_tip": self.on_send_tip,
             "send_alert": self.on_send_alert,
+            "refresh_token": self.on_refresh_token,
         }
         for event in payloads.MODERATION_ACTIONS:
             self.actions[event] = partial(self.on_moderation, event)
@@ -119,7 +123,7 @@ class StreamingNamespace(socketio.AsyncNamespace):
         identity = None
         if token is not None:
             try:
-                identity = self.verifier.verify(token)
+                identity = await self.verifier.authenticate(token)
             except HubError as exc:
                 raise _refused(exc) from exc
         conn = Conn(sid, identity, client_address(environ, self.settings.trusted_proxies))
@@ -131,6 +135,7 @@ class StreamingNamespace(socketio.AsyncNamespace):
             raise _refused(HubError("unavailable")) from exc
         self.presence.add(conn)
         self._turns[sid] = asyncio.Lock()
+        self._arm_expiry(sid, identity)
 
     async def on_disconnect(self, sid: str) -> None:
         turn = self._turns.get(sid)
@@ -141,6 +146,7 @@ class StreamingNamespace(socketio.AsyncNamespace):
                 await self._leave_for_good(sid)
         finally:
             self._turns.pop(sid, None)
+            self._arm_expiry(sid, None)
 
     async def _leave_for_good(self, sid: str) -> None:
         conn = self.presence.remove(sid)
@@ -242,6 +248,44 @@ class StreamingNamespace(socketio.AsyncNamespace):
     async def on_moderation(self, event: str, conn: Conn, data: Any) -> Ack:
         """Any of the events of ``payloads.MODERATION_ACTIONS``."""
         return await self.hub.moderate(conn.identity, payloads.Moderation.parse(event, data))
+
+    # -- long sessions: a new token without reconnecting ------------------------------
+    EXPIRY_NOTICE = 60.0  # seconds before a token's expiry that token_expiring is sent
+
+    async def on_refresh_token(self, conn: Conn, data: Any) -> Ack:
+        """``{token}``: the socket's identity becomes the new token's, of the same user; a
+        token that does not verify leaves the old identity in place."""
+        token = data.get("token") if isinstance(data, dict) else None
+        if not isinstance(token, str) or not token:
+            raise HubError("invalid", "refresh_token takes {token}.")
+        identity = await self.verifier.authenticate(token)
+        if conn.identity is None or identity.user_id != conn.identity.user_id:
+            raise HubError("forbidden", "The token is another user's; connect again with it to change user.")
+        conn.identity = identity
+        self._arm_expiry(conn.sid, identity)
+        return {"success": True, "expires_at": iso_ms(int(identity.expires_at * 1000))}
+
+    def _arm_expiry(self, sid: str, identity: Identity | None) -> None:
+        """One timer per signed-in socket, set to fire once ``EXPIRY_NOTICE`` seconds before
+        its token expires (at once if that is past), replaced by a refresh, cancelled at
+        disconnect (``identity`` None); nothing runs for a socket in between."""
+        timer = self._expiring.pop(sid, None)
+        if timer is not None:
+            timer.cancel()
+        if identity is not None and identity.expires_at:
+            delay = max(0.0, identity.expires_at - self.EXPIRY_NOTICE - time.time())
+            loop = asyncio.get_running_loop()
+            self._expiring[sid] = loop.call_later(delay, self._token_expiring, sid, identity.expires_at)
+
+    def _token_expiring(self, sid: str, expires_at: float) -> None:
+        self._expiring.pop(sid, None)
+        payload = {
+            "expires_at": iso_ms(int(expires_at * 1000)),
+            "seconds_left": max(0, int(expires_at - time.time())),
+        }
+        task = asyncio.create_task(self.emit("token_expiring", payload, to=sid, ignore_queue=True))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     # -- orders from the room bus and the presence refresh --------------------------
     async def banned(self, stream_id: str, user_id: str, reason: str | None) -> None:

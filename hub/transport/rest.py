@@ -118,11 +118,11 @@ async def read_json(request: web.Request) -> Any:
         raise HubError("invalid", "The body is not valid JSON the hub reads.") from exc
 
 
-def identity(request: web.Request) -> Identity:
+async def identity(request: web.Request) -> Identity:
     token = bearer(request.headers.get("Authorization"))
     if token is None:
         raise HubError("unauthorized")
-    found = request.app[VERIFIER].verify(token)
+    found = await request.app[VERIFIER].authenticate(token)
     context = logs.CONTEXT.get()
     if isinstance(context, dict):  # the request's log lines name the user from now on
         context["user_id"] = found.user_id
@@ -147,26 +147,26 @@ async def live(request: web.Request) -> web.Response:
 
 
 async def create(request: web.Request) -> web.Response:
-    who = identity(request)
+    who = await identity(request)
     payload = payloads.CreateStream.parse(await read_json(request))
     stream = await _hub(request).create_stream(who, payload)
     return json_response({"success": True, "stream": stream}, 201)
 
 
 async def start(request: web.Request) -> web.Response:
-    who = identity(request)
+    who = await identity(request)
     stream = await _hub(request).start_stream(who, _stream_id(request))
     return json_response({"success": True, "stream": stream})
 
 
 async def end(request: web.Request) -> web.Response:
-    who = identity(request)
+    who = await identity(request)
     stream = await _hub(request).end_stream(who, _stream_id(request))
     return json_response({"success": True, "stream": stream})
 
 
 async def cancel(request: web.Request) -> web.Response:
-    stream = await _hub(request).cancel_stream(identity(request), _stream_id(request))
+    stream = await _hub(request).cancel_stream(await identity(request), _stream_id(request))
     return json_response({"success": True, "stream": stream})
 
 
@@ -200,7 +200,7 @@ def _moderation(action: str, *path_fields: str) -> Handler:
     """A §8 action as a REST call: the body's fields, with the path's ids over them."""
 
     async def handle(request: web.Request) -> web.Response:
-        who = identity(request)
+        who = await identity(request)
         body = await read_json(request) if request.method in ("POST", "PUT") else {}
         if not isinstance(body, dict):
             raise HubError("invalid", "The body must be a JSON object.")
@@ -214,7 +214,7 @@ def _moderation(action: str, *path_fields: str) -> Handler:
 
 
 async def alert(request: web.Request) -> web.Response:
-    who = identity(request)
+    who = await identity(request)
     body = await read_json(request)
     if not isinstance(body, dict):
         raise HubError("invalid", "The body must be a JSON object.")
@@ -223,7 +223,7 @@ async def alert(request: web.Request) -> web.Response:
 
 
 async def moderation_log(request: web.Request) -> web.Response:
-    who = identity(request)
+    who = await identity(request)
     stream_id = _stream_id(request)
     limit = payloads.query_int(request.query, "limit", 50, 1, 200)
     actions = await _hub(request).moderation_log(who, stream_id, limit)

@@ -22,18 +22,26 @@ export function token() {
   return localStorage.getItem(TOKEN_KEY);
 }
 
-// The token's claims, for display only: the hub checks the token itself on every call.
-export function identity() {
+// The stored token's claims, unverified (null if none can be read): the hub checks the token
+// itself on every call.
+function tokenClaims() {
   const t = token();
   if (!t) return null;
   try {
     const part = t.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
-    const claims = JSON.parse(decodeURIComponent(escape(atob(part))));
-    if (claims.exp && claims.exp * 1000 < Date.now()) return { expired: true, ...claims };
-    return { id: String(claims.sub), name: claims.name || String(claims.sub), roles: claims.roles || [] };
+    return JSON.parse(decodeURIComponent(escape(atob(part))));
   } catch {
-    return { invalid: true };
+    return null;
   }
+}
+
+// The token's claims, for display only.
+export function identity() {
+  if (!token()) return null;
+  const claims = tokenClaims();
+  if (!claims || typeof claims !== "object") return { invalid: true };
+  if (claims.exp && claims.exp * 1000 < Date.now()) return { expired: true, ...claims };
+  return { id: String(claims.sub), name: claims.name || String(claims.sub), roles: claims.roles || [] };
 }
 
 let configPromise = null;
@@ -90,10 +98,33 @@ export function notice(target, text, kind = "error") {
   target.replaceChildren(text ? el("p", { class: `notice ${kind}` }, text) : "");
 }
 
-// The Socket.IO connection to /streaming, signed in when a token is stored.
+// The Socket.IO connection to /streaming, signed in when a token is stored (read again at each
+// reconnect, so a renewed token is the one sent). A minute before the token expires the hub sends
+// token_expiring; the console then renews it without reconnecting.
 export function connect() {
-  const t = token();
-  return io("/streaming", { auth: t ? { token: t } : {} });
+  const socket = io("/streaming", {
+    auth: (send) => { const t = token(); send(t ? { token: t } : {}); },
+  });
+  socket.on("token_expiring", () => renewToken(socket));
+  return socket;
+}
+
+// A new token for the same user handed to the hub with refresh_token, kept once the hub took
+// it. Only development tokens can be had here (HUB_CONSOLE_DEV_TOKENS): with tokens from an
+// identity provider the user signs in again when this one expires.
+export async function renewToken(socket) {
+  const cfg = await config();
+  const claims = tokenClaims();
+  if (!cfg.dev_tokens || !claims?.sub) return false;
+  const roles = Array.isArray(claims.roles) ? claims.roles : [];
+  const response = await fetch("/console/dev-token", {
+    method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ user_id: String(claims.sub), role: roles.includes("streamer") ? "streamer" : "" }),
+  }).then((r) => r.json()).catch(() => ({ success: false }));
+  if (!response.success) return false;
+  const ack = await call(socket, "refresh_token", { token: response.token });
+  if (ack.success) localStorage.setItem(TOKEN_KEY, response.token);
+  return ack.success;
 }
 
 export function call(socket, event, payload) {
