@@ -397,6 +397,26 @@ def client_events() -> tuple[ClientEvent, ...]:
             description="The stream's streamer only (the socket need not watch it). The room gets "
             "a `chat_message` of type ALERT with `alert: {symbol, side, price}`.",
         ),
+        ClientEvent(
+            name="refresh_token",
+            summary="Swap the socket's token for a newer one of the same user",
+            payload=request(
+                ["token"], {"token": {"type": "string", "minLength": 1, "description": "A JWT."}}
+            ),
+            ack={
+                "expires_at": {
+                    "type": "string",
+                    "format": "date-time",
+                    "description": "The new token's expiry.",
+                }
+            },
+            codes=("forbidden",),
+            example={"token": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJib2IifQ.c2lnbmF0dXJl"},
+            ack_example={"success": True, "expires_at": AT},
+            description="Without reconnecting: a token of another user is `forbidden`, one that does "
+            "not verify `unauthorized`; either way the socket keeps its old identity. Answers "
+            "`token_expiring`.",
+        ),
         *(
             ClientEvent(
                 name=action.name,
@@ -491,6 +511,18 @@ def server_events() -> tuple[ServerEvent, ...]:
                 {"stream_id": ref("Id"), "duration": {**COUNT, "description": "Seconds it was live."}},
             ),
             example={"stream_id": STREAM_ID, "duration": 3600},
+        ),
+        ServerEvent(
+            name="token_expiring",
+            summary="The socket's token expires in about a minute",
+            to="the signed-in socket",
+            payload=closed(
+                ["expires_at", "seconds_left"],
+                {"expires_at": {"type": "string", "format": "date-time"}, "seconds_left": COUNT},
+            ),
+            example={"expires_at": AT, "seconds_left": 60},
+            description="Once per token, a minute before it expires (at once if less is left); "
+            "send `refresh_token` to keep the connection's identity.",
         ),
         ServerEvent(
             name="banned",
