@@ -183,7 +183,6 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _inspect(settings: Settings, args: argparse.Namespace) -> int:
-    import orjson
     import redis
 
     from hub import inspection
@@ -215,7 +214,7 @@ def _inspect(settings: Settings, args: argparse.Namespace) -> int:
         print(f"❌ Redis at {redacted(settings.redis_url)}: {exc}", file=sys.stderr)
         return 1
     if args.json:
-        print(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
+        print(inspection.dumps(found))
     elif args.stream_id is None:
         print(inspection.overview_text(found))
     else:
