@@ -122,9 +122,11 @@ def _migrate(settings: Settings, _: argparse.Namespace) -> int:
     except pymysql.MySQLError as exc:
         print(f"❌ MySQL at {redacted(settings.mysql.url)}: {exc}", file=sys.stderr)
         return 1
+    database = settings.mysql.database
     print(
-        f"✅ Schema of {settings.mysql.database} up to date"
-        + (f" (applied {', '.join(applied)})" if applied else "")
+        f"✅ Schema of {database}: applied {', '.join(applied)}"
+        if applied
+        else f"✅ Schema of {database} is up to date: nothing new to apply"
     )
     return 0
 
