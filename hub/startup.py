@@ -26,14 +26,16 @@ class CannotListen(Exception):
         self.cause = cause
 
     def line(self, what: str, change: Callable[[str], str]) -> str:
-        """``what`` cannot listen, why, and ``change(port)``: the setting that moves it, given a
-        port free now (or ``…``)."""
+        """``what`` cannot listen, why, and for a port in use (or one only root may take)
+        ``change(port)``: the setting that moves it, given a port free now (or ``…``)."""
+        where = f"{what} cannot listen on {self.host or '*'}"
         if self.cause.errno == errno.EADDRINUSE:
             why = f"port {self.port} is in use by another program"
-        else:
-            why = f"port {self.port}: {self.cause.strerror or self.cause}"
-        free = free_port_after(self.host, self.port)
-        return f"{what} cannot listen on {self.host or '*'}: {why}; choose another: {change(free)}"
+        elif self.cause.errno == errno.EACCES:
+            why = f"port {self.port} is reserved for root"
+        else:  # a host that is not this machine's, or not a host at all
+            return f"{where}:{self.port}: {self.cause.strerror or self.cause}"
+        return f"{where}: {why}; choose another: {change(free_port_after(self.host, self.port))}"
 
 
 def listen(host: str, port: int) -> list[socket.socket]:
