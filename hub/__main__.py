@@ -72,8 +72,6 @@ def _serve(settings: Settings, args: argparse.Namespace, sockets: list[socket.so
     """A web worker on ``sockets``, or on ``--host``/``--port``, taken before anything else is
     done: a port in use is one line and exit status 1, with nothing connected or registered."""
     from hub.startup import CannotListen, listen
-    from hub.storage.connections import StartupError, run
-    from hub.worker import serve
 
     if sockets is None:
         try:
@@ -81,6 +79,8 @@ def _serve(settings: Settings, args: argparse.Namespace, sockets: list[socket.so
         except CannotListen as exc:
             print(f"❌ {exc.line('The web worker', lambda port: f'--port {port}')}", file=sys.stderr)
             return 1
+    from hub.storage.connections import StartupError, run
+    from hub.worker import serve  # the web stack: imported once the port is ours
 
     port = sockets[0].getsockname()[1]  # --port 0: the one the system chose
 
