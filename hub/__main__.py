@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
 import subprocess
 import sys
 from typing import TYPE_CHECKING, Any
@@ -16,16 +17,18 @@ if TYPE_CHECKING:
     from hub.storage.connections import SyncRedis
     from hub.storage.keys import Keys
 
+DEFAULT_PORT = 8080  # the Makefile's PORT too
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hub", description="The streaming hub.")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run one web worker")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT)
     local = sub.add_parser("run-local", help="run a web worker and a flusher together (make run)")
     local.add_argument("--host", default="127.0.0.1")
-    local.add_argument("--port", type=int, default=8080)
+    local.add_argument("--port", type=int, default=DEFAULT_PORT)
     sub.add_parser("migrate", help="create the database and apply sql/*.sql")
     sub.add_parser("check", help="check that Redis and MySQL are reachable")
     token = sub.add_parser("token", help="print a development token")
@@ -65,25 +68,36 @@ def main(argv: list[str] | None = None) -> int:
     return commands[args.command](settings, args)
 
 
-def _serve(settings: Settings, args: argparse.Namespace) -> int:
+def _serve(settings: Settings, args: argparse.Namespace, sockets: list[socket.socket] | None = None) -> int:
+    """A web worker on ``sockets``, or on ``--host``/``--port``, taken before anything else is
+    done: a port in use is one line and exit status 1, with nothing connected or registered."""
+    from hub.startup import CannotListen, listen
 
+    if sockets is None:
+        try:
+            sockets = listen(args.host, args.port)
+        except CannotListen as exc:
+            print(f"❌ {exc.line('The web worker', lambda port: f'--port {port}')}", file=sys.stderr)
+            return 1
     from hub.storage.connections import StartupError, run
-    from hub.worker import serve
+    from hub.worker import serve  # the web stack: imported once the port is ours
+
+    port = sockets[0].getsockname()[1]  # --port 0: the one the system chose
 
     def listening() -> None:
         print(
-            f"✅ Hub worker listening on http://{args.host}:{args.port} "
+            f"✅ Hub worker listening on http://{args.host}:{port} "
             f"(Socket.IO namespace /streaming, REST /api/v1/streaming)",
             flush=True,
         )
         print(
-            f"🖥️  Web console: http://{args.host}:{args.port}/ (streams), /studio (go live)"
+            f"🖥️  Web console: http://{args.host}:{port}/ (streams), /studio (go live)"
             + (", with a development-token button" if settings.console_dev_tokens else ""),
             flush=True,
         )
 
     try:
-        run(serve(settings, args.host, args.port, listening), settings.gc_thresholds)
+        run(serve(settings, sockets, listening), settings.gc_thresholds)
     except StartupError as exc:
         print(f"❌ {exc}", file=sys.stderr)
         return 1
@@ -92,6 +106,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 def _run_local(settings: Settings, args: argparse.Namespace) -> int:
     """The web worker in this process and a flusher beside it; both stop together."""
+    sockets = _make_run_ports(settings, args)
+    if sockets is None:
+        return 1
     flusher = subprocess.Popen([sys.executable, "-m", "workers.flusher"])
     print(f"✅ Flusher started (pid {flusher.pid})", flush=True)
     if settings.jwt_secret:
@@ -102,7 +119,7 @@ def _run_local(settings: Settings, args: argparse.Namespace) -> int:
             flush=True,
         )
     try:
-        return _serve(settings, args)
+        return _serve(settings, args, sockets)
     finally:
         flusher.send_signal(signal.SIGTERM)
         try:
@@ -111,20 +128,55 @@ def _run_local(settings: Settings, args: argparse.Namespace) -> int:
             flusher.kill()
 
 
+def _make_run_ports(settings: Settings, args: argparse.Namespace) -> list[socket.socket] | None:
+    """The web worker's sockets, taken, and the flusher's metrics port found free, before either
+    process starts; or None, after one line saying which port is in use and what to add to
+    ``make run``."""
+    from hub.startup import CannotListen, listen
+
+    try:
+        sockets = listen(args.host, args.port)
+    except CannotListen as exc:
+        print(f"❌ {exc.line('The web worker', lambda port: f'make run PORT={port}')}", file=sys.stderr)
+        return None
+    if not settings.flusher_metrics_port:
+        return sockets
+    try:
+        for sock in listen(settings.flusher_metrics_host, settings.flusher_metrics_port):
+            sock.close()  # free again for the flusher, a moment from now
+    except CannotListen as exc:
+        for sock in sockets:
+            sock.close()
+        web = "" if args.port == DEFAULT_PORT else f"PORT={args.port} "
+
+        def change(port: str) -> str:
+            return f"make run {web}HUB_FLUSHER_METRICS_PORT={port} (0: none)"
+
+        print("❌ " + exc.line("The flusher's metrics", change), file=sys.stderr)
+        return None
+    return sockets
+
+
 def _migrate(settings: Settings, _: argparse.Namespace) -> int:
     import pymysql
 
+    from hub.startup import mysql_hint
     from hub.storage.connections import redacted
     from hub.storage.mysql import migrate
 
     try:
         applied = migrate(settings.mysql)
     except pymysql.MySQLError as exc:
-        print(f"❌ MySQL at {redacted(settings.mysql.url)}: {exc}", file=sys.stderr)
+        print(
+            f"❌ MySQL at {redacted(settings.mysql.url)}: {exc}; {mysql_hint(settings.mysql, exc)}",
+            file=sys.stderr,
+        )
         return 1
+    database = settings.mysql.database
     print(
-        f"✅ Schema of {settings.mysql.database} up to date"
-        + (f" (applied {', '.join(applied)})" if applied else "")
+        f"✅ Schema of {database}: applied {', '.join(applied)}"
+        if applied
+        else f"✅ Schema of {database} is up to date: nothing new to apply"
     )
     return 0
 
@@ -133,6 +185,7 @@ def _check(settings: Settings, _: argparse.Namespace) -> int:
     import pymysql
     import redis
 
+    from hub.startup import mysql_hint, redis_hint
     from hub.storage.connections import redacted, sync_redis
 
     ok = True
@@ -152,7 +205,7 @@ def _check(settings: Settings, _: argparse.Namespace) -> int:
         ok = False
         print(
             f"❌ Redis is not reachable at {redacted(settings.redis_url)}: {exc}\n"
-            "   start it (redis-server --daemonize yes --port 6379) or set REDIS_URL",
+            f"   {redis_hint(settings, isinstance(exc, redis.AuthenticationError))}",
             file=sys.stderr,
         )
     m = settings.mysql
@@ -162,10 +215,7 @@ def _check(settings: Settings, _: argparse.Namespace) -> int:
     except pymysql.MySQLError as exc:
         ok = False
         print(
-            f"❌ MySQL is not reachable at {redacted(m.url)}: {exc}\n"
-            "   start MariaDB (start-stop-daemon --start --oknodo --background "
-            "--exec /usr/sbin/mariadbd) or set MYSQL_URL",
-            file=sys.stderr,
+            f"❌ MySQL is not reachable at {redacted(m.url)}: {exc}\n   {mysql_hint(m, exc)}", file=sys.stderr
         )
     return 0 if ok else 1
 
@@ -183,7 +233,6 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _inspect(settings: Settings, args: argparse.Namespace) -> int:
-    import orjson
     import redis
 
     from hub import inspection
@@ -215,7 +264,7 @@ def _inspect(settings: Settings, args: argparse.Namespace) -> int:
         print(f"❌ Redis at {redacted(settings.redis_url)}: {exc}", file=sys.stderr)
         return 1
     if args.json:
-        print(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
+        print(inspection.dumps(found))
     elif args.stream_id is None:
         print(inspection.overview_text(found))
     else:

@@ -8,12 +8,15 @@ hub runs and shows what ``redis-cli`` would.
 
 from __future__ import annotations
 
+import json
 import time
+from decimal import Decimal
 from typing import Any, cast
 
 import orjson
 
 from hub.domain.records import stats_from_hash, stream_from_hash
+from hub.money import decimal_json
 from hub.storage.connections import SyncRedis
 from hub.storage.keys import OUTBOX_GROUP, Keys
 from hub.storage.outbox import outbox_figures
@@ -62,7 +65,7 @@ def stream(client: SyncRedis, base: Keys, stream_id: str, chat: int = 10) -> dic
     if not h:
         return None
     per_worker = {w["worker_id"]: w["streams"].get(stream_id, 0) for w in workers(client, base, now)}
-    messages = [orjson.loads(item) for item in recent][-chat:] if chat > 0 else []
+    messages = [_exact(item) for item in recent][-chat:] if chat > 0 else []
     return {
         **stream_from_hash(h, viewers),
         **stats_from_hash(h, viewers, unique, now),
@@ -119,6 +122,23 @@ def outbox(client: SyncRedis, keys: Keys, now: int) -> dict[str, Any]:
     return dict(outbox_figures(replies[:lag], now), dead_letters=sum(int(n) for n in replies[lag:]))
 
 
+def _exact(item: str) -> Any:
+    """A recent chat message with its numbers as written (a tip's ``10.50``, an alert's
+    ``0.00001234``): decimals, not binary floats."""
+    return json.loads(item, parse_float=Decimal)
+
+
+def dumps(found: dict[str, Any]) -> str:
+    """What ``inspect --json`` prints: money and prices as the hub writes them."""
+    return orjson.dumps(found, default=_decimal, option=orjson.OPT_INDENT_2).decode()
+
+
+def _decimal(value: object) -> orjson.Fragment:
+    if isinstance(value, Decimal):
+        return cast(orjson.Fragment, decimal_json(value))
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
 # -- text -----------------------------------------------------------------------------------
 
 
@@ -127,7 +147,7 @@ def overview_text(o: dict[str, Any]) -> str:
     for s in o["live_streams"]:
         lines.append(
             f"  {s['stream_id']}  {s['viewer_count']:>6} viewers  "
-            f"{s['message_count']:>7} messages  {s['tip_count']:>5} tips ({s['tips_total']})  "
+            f"{s['message_count']:>7} messages  {s['tip_count']:>5} tips ({_money(s['tips_total'])})  "
             f"{_short(s['title'], 40)!r} by {s['streamer_id']}"
         )
     lines.append(f"Workers: {len(o['workers'])}")
@@ -153,8 +173,8 @@ def stream_text(s: dict[str, Any]) -> str:
         f"  viewers {s['viewer_count']} (peak {s['peak_viewers']}, unique {s['unique_viewers']}), "
         f"connections {s['connections']}",
         f"  keys {s['keys']}…",
-        f"  messages {s['message_count']}, tips {s['tip_count']} totalling {s['tips_total']} "
-        f"(fees {s['platform_fees_total']})",
+        f"  messages {s['message_count']}, tips {s['tip_count']} totalling {_money(s['tips_total'])} "
+        f"(fees {_money(s['platform_fees_total'])})",
         f"  slow mode {s['slow_mode_seconds'] or 'off'}; moderators: {', '.join(s['moderators']) or '-'}; "
         f"sanctions: {', '.join(f'{u} {v}' for u, v in s['sanctions'].items()) or '-'}",
         "  connections per worker: "
@@ -162,13 +182,36 @@ def stream_text(s: dict[str, Any]) -> str:
         f"Recent chat ({len(s['recent_messages'])}):",
     ]
     for m in s["recent_messages"]:
-        kind = m.get("message_type")
-        amount = f" [{kind} {m.get('tip_amount') or ''}]" if kind != "TEXT" else ""
         lines.append(
-            f"  {m.get('created_at', '')}  {m.get('username') or m.get('user_id')}:{amount} "
+            f"  {m.get('created_at', '')}  {m.get('username') or m.get('user_id')}:{_kind(m)} "
             f"{_short(m.get('message', ''), 100)}"
         )
     return "\n".join(lines)
+
+
+def _kind(m: dict[str, Any]) -> str:
+    """A chat line's tag: ``[TIP 10.50]``, ``[ALERT BUY BTC-USD 64250.50]``; none for text."""
+    kind = m.get("message_type")
+    if kind == "TEXT":
+        return ""
+    if kind == "TIP":
+        return f" [TIP {_money(m.get('tip_amount'))}]"
+    alert = m.get("alert") or {}
+    if kind == "ALERT" and alert:
+        return f" [ALERT {alert.get('side')} {alert.get('symbol')} {_money(alert.get('price'))}]"
+    return f" [{kind}]"
+
+
+def _money(value: object) -> str:
+    """An amount as the hub writes it: the exact decimal text, two decimals for money (an
+    ``orjson.Fragment`` from the stream's figures, a ``Decimal`` from a chat message)."""
+    if value is None:
+        return "-"
+    if isinstance(value, orjson.Fragment):
+        return orjson.dumps(value).decode()
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    return str(value)
 
 
 def _now_ms(client: SyncRedis) -> int:

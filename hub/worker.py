@@ -334,14 +334,25 @@ async def metrics(request: web.Request) -> web.Response:
     )
 
 
-async def serve(settings: Settings, host: str, port: int, on_listening: Callable[[], None]) -> None:
-    """Run one worker until SIGTERM or SIGINT, then drain it: /readyz turns 503 and new
-    connections are refused, its presence goes at once, its connections close over
-    HUB_DRAIN_SECONDS, and it exits within HUB_SHUTDOWN_DEADLINE."""
+async def serve(settings: Settings, sockets: list[socket.socket], on_listening: Callable[[], None]) -> None:
+    """Run one worker on ``sockets`` (already listening: ``hub.startup.listen`` took the port
+    before the worker connects or registers anything) until SIGTERM or SIGINT, then drain it:
+    /readyz turns 503 and new connections are refused, its presence goes at once, its
+    connections close over HUB_DRAIN_SECONDS, and it exits within HUB_SHUTDOWN_DEADLINE."""
     app = create_app(settings)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    started = False
+    try:
+        await runner.setup()  # the worker starts
+        started = True
+        for sock in sockets:
+            await web.SockSite(runner, sock).start()
+    except BaseException:
+        if started:
+            await runner.cleanup()  # the worker stops: its loops end before the event loop does
+        for sock in sockets:
+            sock.close()
+        raise
     on_listening()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

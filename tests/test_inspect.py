@@ -78,3 +78,39 @@ async def test_inspect_answers_unknown_and_malformed_streams_clearly(env, settin
     assert code == 2 and "not a stream id" in err
     code, _, err = await inspect({**env, "REDIS_URL": "redis://127.0.0.1:1/0"})
     assert code == 1 and "Redis at redis://127.0.0.1:1/0" in err
+
+
+async def test_inspect_writes_money_as_the_hub_does(workers, http, token, env):
+    """Tips and alert prices with their decimals as written (``10.50``, never ``10.5``, an
+    ``orjson.Fragment`` or a float's exponent), in the text and in ``--json``."""
+    [w] = await workers(1, HUB_TIP_MIN="0.05", HUB_TIP_MAX="100000", HUB_PLATFORM_FEE="0.10")
+    streamer = token(unique("streamer"), "streamer")
+    sid = (await Api(http, w.url).create_stream(streamer, title="Money"))["stream_id"]
+    viewer, host = Client(), Client()
+    try:
+        await viewer.connect(w.url, token(unique("tipper")))
+        await host.connect(w.url, streamer)
+        assert (await viewer.call("join_stream", {"stream_id": sid}))["success"]
+        for amount in ("10.50", "0.05", "64250.50"):
+            ack = await viewer.call("send_tip", {"stream_id": sid, "amount": amount})
+            assert ack["success"], ack
+        alert = {"stream_id": sid, "message": "in", "symbol": "btc-usd", "side": "buy", "price": "0.00001234"}
+        assert (await host.call("send_alert", alert))["success"]
+
+        code, text, _ = await inspect(env, sid)
+        assert code == 0
+        assert "tips 3 totalling 64261.05 (fees 6426.11)" in text, text
+        tips = [line for line in text.splitlines() if "[TIP " in line]
+        assert [line.split("[TIP ")[1].split("]")[0] for line in tips] == ["10.50", "0.05", "64250.50"], text
+        assert "BTC-USD" in text and "0.00001234" in text, text
+
+        code, text, _ = await inspect(env)
+        [line] = [line for line in text.splitlines() if sid in line]
+        assert "3 tips (64261.05)" in line, text
+
+        code, out, _ = await inspect(env, sid, "--json")
+        assert '"tips_total": 64261.05' in out and '"tip_amount": 10.50' in out, out
+        assert '"price": 0.00001234' in out, out
+    finally:
+        await viewer.close()
+        await host.close()

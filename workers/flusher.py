@@ -43,6 +43,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from hub import metrics
 from hub.settings import Settings
+from hub.startup import CannotListen
 from hub.storage.connections import (
     AsyncRedis,
     StartupError,
@@ -452,31 +453,29 @@ class Flusher:
                     await self.ensure_group()
 
 
-def serve_metrics(settings: Settings) -> None:
-    """The flusher's /metrics on a port of its own (HUB_FLUSHER_METRICS_PORT; 0: none). A port
-    already taken is logged, not fatal: flushing matters more than its figures."""
-    if not settings.flusher_metrics_port:
-        return
+def serve_metrics(settings: Settings) -> bool:
+    """The flusher's /metrics on a port of its own (HUB_FLUSHER_METRICS_PORT; 0: none), taken
+    before the flusher connects to anything. A port that cannot be listened on is one line and
+    False: a flusher nobody can watch is not started (HUB_FLUSHER_METRICS_PORT=0 runs one
+    without figures)."""
+    host, port = settings.flusher_metrics_host, settings.flusher_metrics_port
+    if not port:
+        return True
     try:
-        start_http_server(
-            settings.flusher_metrics_port, settings.flusher_metrics_host, registry=metrics.FLUSHER
-        )
+        start_http_server(port, host, registry=metrics.FLUSHER)
     except OSError as exc:
-        log.error(
-            "flusher metrics not served on %s:%d (%s)",
-            settings.flusher_metrics_host,
-            settings.flusher_metrics_port,
-            exc,
+        line = CannotListen(host, port, exc).line(
+            "The flusher's metrics", lambda free: f"HUB_FLUSHER_METRICS_PORT={free} (0: none)"
         )
-        return
-    print(
-        f"✅ Flusher metrics on http://{settings.flusher_metrics_host}:{settings.flusher_metrics_port}"
-        "/metrics",
-        flush=True,
-    )
+        print(f"❌ {line}", file=sys.stderr)
+        return False
+    print(f"✅ Flusher metrics on http://{host}:{port}/metrics", flush=True)
+    return True
 
 
 async def main_async(settings: Settings, burst: bool) -> int:
+    if not serve_metrics(settings):
+        return 1
     try:
         client = await connect_redis(settings, socket_timeout=10)
     except StartupError as exc:
@@ -493,7 +492,6 @@ async def main_async(settings: Settings, burst: bool) -> int:
         log.warning(warning)
     flusher = Flusher(settings, client, Writer(pool))
     await flusher.ensure_group()
-    serve_metrics(settings)
     outboxes = (
         flusher.outboxes[0]
         if len(flusher.outboxes) == 1

@@ -34,6 +34,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from hub import logs
 from hub.settings import ClusterSettings, SentinelSettings, Settings, SettingsError
+from hub.startup import mysql_hint, redis_hint
 from hub.storage.mysql import create_pool
 
 T = TypeVar("T")
@@ -115,7 +116,7 @@ async def connect_redis(settings: Settings, socket_timeout: float) -> AsyncRedis
         await client.aclose()
         raise StartupError(
             f"Redis is not reachable at {redacted(settings.redis_url)} ({exc}); "
-            "start redis-server or set REDIS_URL"
+            + redis_hint(settings, isinstance(exc, AuthenticationError))
         ) from exc
     return client
 
@@ -334,5 +335,5 @@ async def connect_mysql(settings: Settings, maxsize: int) -> aiomysql.Pool:
     except Exception as exc:
         raise StartupError(
             f"MySQL is not reachable at {redacted(settings.mysql.url)} ({exc}); "
-            "start MariaDB, run `python -m hub migrate`, or set MYSQL_URL"
+            + mysql_hint(settings.mysql, exc)
         ) from exc
