@@ -162,6 +162,10 @@ class Recovery:
             await asyncio.sleep(delay)
             try:
                 await self.check()
+                if task is not None and task.cancelling():
+                    # redis-py may swallow a cancellation that came during the check: do not
+                    # then wait for a failure that will never come.
+                    raise asyncio.CancelledError
                 self._failed.clear()
                 await self._failed.wait()
                 delay = 0.25
