@@ -22,8 +22,8 @@ CHAT_BATCH_MAX = 256
 MODLOG_SIZE = 200
 # The sweep's bounds: entries of a lapsed lease's registry per call (each call well under
 # 2 ms), calls per shard per HUB_REAP_INTERVAL.
-REAP_CHUNK = 100
-REAP_CALLS = 20
+REAP_CHUNK = 25
+REAP_CALLS = 40
 
 
 def _message_prefix(message_id: str) -> bytes:
