@@ -4,12 +4,15 @@ in its registry, and a lapsed lease is swept in bounded chunks, sparing what was
 
 from __future__ import annotations
 
+import asyncio
+import json
 import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import redis
 import redis.asyncio as aioredis
@@ -19,7 +22,7 @@ from hub.settings import Settings
 from hub.storage import scripts
 from hub.storage.keys import Keys
 from hub.storage.state import REAP_CHUNK, Holding, State
-from tests.conftest import Api, Client, eventually, unique
+from tests.conftest import Api, Client, RawSocket, eventually, unique
 from tests.faults import PrivateRedis
 
 AWKWARD = ["1", "12", "2:x", "a|b", "{t}", "1:2|3", "", "é:{9}"]
@@ -323,3 +326,56 @@ async def test_open_connection_limits_hold_across_two_workers(workers, connect, 
         await extra.close()
     await eventually(lambda: admitted(w1.url), 10, "the address's place freed", every=0.2)
     assert others
+
+
+@pytest.fixture
+async def own_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path / "own-redis", persistence=False)
+    server.start()
+    yield server
+    server.kill()
+
+
+async def test_a_socket_closed_while_its_connect_waits_on_redis_leaves_nothing_behind(
+    workers, token, own_redis, env
+):
+    """The client goes away while the worker's connect handler waits for Redis (writes paused):
+    once Redis answers, the connection is released, not kept as if it were open."""
+    # The worker's own loops write rarely, so that the connect is what Redis holds back.
+    slow = {"HUB_PRESENCE_TTL": "25", "HUB_PRESENCE_REFRESH": "10", "HUB_REAP_INTERVAL": "5"}
+    (w,) = await workers(1, REDIS_URL=own_redis.url, **slow)
+    rds = aioredis.from_url(own_redis.url, decode_responses=True)
+    keys = Keys.of_settings(Settings.from_env({**env, "REDIS_URL": own_redis.url}))
+    user = unique("gone")
+    # Over long-polling: the connect's POST waits for its handler while another POST closes.
+    sock = RawSocket(w.url, "polling")
+    try:
+        await sock.open(connect=False)
+        await rds.execute_command("CLIENT", "PAUSE", 2000, "WRITE")
+        held_back = (await rds.info("clients"))["blocked_clients"]
+        connecting = asyncio.create_task(sock.send("0/streaming," + json.dumps({"token": token(user)})))
+
+        async def connect_waits() -> bool:
+            return int((await rds.info("clients"))["blocked_clients"]) > held_back
+
+        await eventually(connect_waits, 5, "the connect's admission held back by Redis", every=0.02)
+        await sock.raw_send("1")  # Engine.IO close, while the connect handler still waits
+        await connecting
+
+        async def released() -> bool:
+            held = await rds.zcard(keys.of(user).user_conns(user))
+            connections = await w_connections(w.url)
+            return held == 0 and connections == 0
+
+        await eventually(released, 15, "the closed socket released and forgotten", every=0.2)
+    finally:
+        await sock.close()
+        await rds.aclose()
+
+
+async def w_connections(url: str) -> int:
+    """The worker's open connections, as its /metrics counts them."""
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as resp:
+        text = await resp.text()
+    (line,) = [x for x in text.splitlines() if x.startswith("hub_connections ")]
+    return int(float(line.split()[1]))
