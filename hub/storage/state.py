@@ -20,10 +20,12 @@ from hub.storage.scripts import checked, load_scripts
 
 CHAT_BATCH_MAX = 256
 MODLOG_SIZE = 200
-# The sweep's bounds: entries of a lapsed lease's registry per call (each call well under
-# 2 ms), calls per shard per HUB_REAP_INTERVAL.
+# The sweep's bounds: entries of a lapsed lease's registry per call (a call under 2 ms), calls
+# per shard per HUB_REAP_INTERVAL: 5,000 entries (a connection has up to three: its stream, its
+# user, its address), so that one surviving worker sweeps a dead one's 10,000 connections
+# within 15 s of its lease lapsing, as viewers must leave within 30 s.
 REAP_CHUNK = 25
-REAP_CALLS = 40
+REAP_CALLS = 200
 
 
 def _message_prefix(message_id: str) -> bytes:
