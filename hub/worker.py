@@ -107,7 +107,9 @@ class Worker:
         return worker
 
     async def _begin(self) -> None:
-        """The room bus listens, the first heartbeat is written, and the loops start."""
+        """The presence leases are taken, the room bus listens, the first heartbeat is written,
+        and the loops start."""
+        await self.presence.take_leases()
         self.server.manager_initialized = True
         self.manager.initialize()
         say(f"✅ Socket.IO streaming initialized on {NAMESPACE}")
@@ -137,6 +139,8 @@ class Worker:
         for conn in list(self.presence.conns.values()):
             with contextlib.suppress(Exception):
                 await self.hub.disconnect(conn)
+        with contextlib.suppress(Exception):  # and what its leases still hold (the sessions)
+            await self.state.drop_leases()
         with contextlib.suppress(Exception):
             await self.redis.delete(self.keys.worker(self.id))
         self.pool.close()
@@ -144,8 +148,8 @@ class Worker:
         await self.redis.aclose()
 
     async def refresh_presence(self) -> None:
-        """This worker's presence pushed forward; the watchers of a stream found no longer live
-        leave its room."""
+        """This worker's leases renewed (what a lapsed one held re-asserted); the watchers of a
+        stream found no longer live leave its room."""
         await self.presence.refresh_once(self.namespace.stream_gone)
 
     async def beat(self) -> None:

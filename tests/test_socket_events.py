@@ -702,6 +702,7 @@ async def test_a_socket_the_end_has_not_reached_yet_is_not_joined(api, token, se
     state = State(rds, settings)
     presence = Presence(state)
     hub = Hub(settings, state, History(pool), presence)
+    await presence.take_leases()  # as a worker does before it accepts connections
     try:
         conn = Conn(unique("sock"), Verifier(settings).verify(token(unique("viewer"))))
         presence.add(conn)
@@ -718,6 +719,7 @@ async def test_a_socket_the_end_has_not_reached_yet_is_not_joined(api, token, se
             assert refused.value.code == "not_joined"
             assert conn.stream_id is None and sid not in presence.rooms
     finally:
+        await state.drop_leases()
         pool.close()
         await pool.wait_closed()
 

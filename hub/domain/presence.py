@@ -1,8 +1,14 @@
 """This worker's own connections, and the loops that keep their presence in Redis true.
 
-Each connection that watches a stream is a member of the stream's ``conns`` sorted set,
-scored by an expiry this worker keeps pushing forward. A worker that dies stops pushing;
-any worker's sweep then removes its connections and tells the room (``viewer_left``).
+Presence costs per worker, not per connection: the worker holds a lease in every shard
+(``Keys.leases``), taken before it accepts connections and renewed every
+``HUB_PRESENCE_REFRESH`` for ``HUB_PRESENCE_TTL`` by one call per shard. Each connection that
+watches a stream is a member of the stream's ``conns`` sorted set, and each open connection a
+member of its user's or address's set, scored by the number of the lease that holds it and
+listed in that lease's registry (``Keys.lease_held``). A worker that dies stops renewing; once
+its lease lapses any worker's sweep removes what it held and tells the rooms (``viewer_left``).
+A worker whose lease lapsed while it lived (it froze, its loop stalled, Redis lost its data)
+takes a new one and re-asserts everything it holds in that shard under it.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from redis.exceptions import RedisError
 
 from hub.domain.auth import Identity
 from hub.errors import HubError
-from hub.storage.state import State
+from hub.storage.state import Holding, State
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +85,9 @@ class Presence:
         return gone
 
     async def withdraw(self) -> None:
-        """Remove every local connection's presence now (the worker is stopping); the
-        connections keep their local state until they close, and refreshing stops."""
+        """Remove every local connection's presence now (the worker is stopping), then drop its
+        leases with what they still hold; the connections keep their local state until they
+        close, and refreshing stops."""
         self.withdrawn = True
         for conn in list(self.conns.values()):
             if conn.stream_id is not None and conn.member is not None:
@@ -88,38 +95,65 @@ class Presence:
                     await self.state.leave(conn.stream_id, conn.member)
                 except (HubError, RedisError, OSError) as exc:
                     log.warning("withdrawing %s failed: %s", conn.sid, exc)
+        await self.state.drop_leases()
+
+    async def take_leases(self) -> None:
+        """A lease in every shard, before the worker accepts connections."""
+        await self.state.renew({})
+
+    def holdings(self, shard: int) -> list[Holding]:
+        """The open connections this worker counts in the shard's address and user sets."""
+        of = self.state.keys.shard_of
+        return [
+            *(Holding("a", a, eio_sid) for eio_sid, a in list(self.transports.items()) if of(a) == shard),
+            *(
+                Holding("u", c.identity.user_id, c.sid)
+                for c in list(self.conns.values())
+                if c.identity is not None and of(c.identity.user_id) == shard
+            ),
+        ]
+
+    def _members(self, stream_id: str) -> list[tuple[str, str, str]]:
+        return [
+            (c.member, c.sid, c.username)
+            for c in (self.conns.get(sid) for sid in list(self.rooms.get(stream_id, ())))
+            if c is not None and c.member is not None
+        ]
 
     async def refresh_once(self, stream_gone: Callable[[str, list[Conn]], Awaitable[None]]) -> int:
-        """Push every local connection's expiry forward; returns how many were re-asserted.
-        A stream found no longer live is forgotten, and ``stream_gone`` told of its watchers."""
-        reasserted = 0
+        """Renew this worker's leases; where one lapsed, re-assert under the new one what the
+        worker holds in that shard. Returns how many connections watch again after a sweep.
+        A watched stream found no longer live is forgotten, and ``stream_gone`` told of its
+        watchers."""
         if self.withdrawn:
             return 0
-        await self.state.touch(
-            [
-                *(
-                    (self.state.address_holder(address), eio_sid)
-                    for eio_sid, address in list(self.transports.items())
-                ),
-                *(
-                    (self.state.user_holder(c.identity.user_id), c.sid)
-                    for c in list(self.conns.values())
-                    if c.identity is not None
-                ),
-            ]
-        )
-        for stream_id, sids in list(self.rooms.items()):
-            members = [
-                (c.member, c.sid, c.username)
-                for c in (self.conns.get(sid) for sid in list(sids))
-                if c is not None and c.member is not None
-            ]
+        watched: dict[int, list[str]] = defaultdict(list)
+        for stream_id in list(self.rooms):
+            watched[self.state.keys.shard_of(stream_id)].append(stream_id)
+        reasserted = 0
+        for renewal in await self.state.renew(watched):
+            for stream_id in renewal.gone:
+                await stream_gone(stream_id, self.forget_stream(stream_id))
+            if renewal.fresh:
+                reasserted += await self.reassert(renewal.shard, stream_gone)
+        return reasserted
+
+    async def reassert(self, shard: int, stream_gone: Callable[[str, list[Conn]], Awaitable[None]]) -> int:
+        """Everything this worker holds in the shard, under its lease there now."""
+        await self.state.hold(shard, self.holdings(shard))
+        reasserted = 0
+        for stream_id in [s for s in list(self.rooms) if self.state.keys.shard_of(s) == shard]:
+            members = self._members(stream_id)
             if not members:
                 continue
             try:
                 reasserted += await self.state.refresh(stream_id, members)
             except HubError:
                 await stream_gone(stream_id, self.forget_stream(stream_id))
+        if reasserted:
+            log.warning(
+                "shard %d: %d connection(s) swept while the lease lapsed watch again", shard, reasserted
+            )
         return reasserted
 
     async def reap_loop(self, interval: float) -> None:

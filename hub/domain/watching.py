@@ -3,6 +3,8 @@ connections' admission and release that bound each address and user."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Awaitable
 from typing import Any
 
 from hub.codec import now_ms, uuid7
@@ -10,8 +12,9 @@ from hub.domain import guards, records
 from hub.domain.history import HistoryService
 from hub.domain.payloads import Join
 from hub.domain.presence import Conn, Presence
+from hub.errors import HubError
 from hub.settings import Settings
-from hub.storage.state import State
+from hub.storage.state import Holding, State
 
 RECENT_ON_JOIN = 50
 
@@ -29,6 +32,7 @@ class WatchService:
                 conn.identity, self.settings
             )  # a token that expired since the connect may not join
         again = conn.stream_id == payload.stream_id and conn.member is not None
+        leases = self.state.lease_changes
         # Joining again keeps the same presence (no viewer events).
         member = conn.member if again and conn.member else f"{uuid7()}|{now_ms()}|{conn.viewer}"
         # The newest 50, or the newest of those after last_message_id up to the recent size;
@@ -46,6 +50,11 @@ class WatchService:
         if not again and conn.stream_id is not None:
             await self.leave(conn)  # only once the new stream has accepted the join
         self.presence.watch(conn, payload.stream_id, h["streamer_id"], member)
+        if self.state.lease_changes != leases:
+            # A lease was taken meanwhile, maybe after this join was written under the old one,
+            # and maybe after this stream's connections were re-asserted: this one is now.
+            with contextlib.suppress(HubError):  # ended meanwhile: its close order follows
+                await self.state.refresh(payload.stream_id, [(member, conn.sid, conn.username)])
         messages = await self.history.messages(
             payload.stream_id,
             None,
@@ -71,21 +80,31 @@ class WatchService:
 
     async def admit_transport(self, address: str, eio_sid: str) -> None:
         """An Engine.IO session opens: counted against its address's limits."""
-        await self.state.admit_transport(address, eio_sid)
+        held = Holding("a", address, eio_sid)
+        await self._hold(held, self.state.admit_transport(address, eio_sid))
         self.presence.transports[eio_sid] = address
 
     async def release_transport(self, eio_sid: str) -> None:
         address = self.presence.transports.pop(eio_sid, None)
         if address is not None:
-            await self.state.release(self.state.address_holder(address), eio_sid)
+            await self.state.release(Holding("a", address, eio_sid))
 
     async def admit(self, conn: Conn) -> None:
         """A connection to the namespace: a signed-in one counted against its user's limit."""
         if conn.identity is not None:
-            await self.state.admit_user(conn.identity.user_id, conn.sid)
+            held = Holding("u", conn.identity.user_id, conn.sid)
+            await self._hold(held, self.state.admit_user(conn.identity.user_id, conn.sid))
 
     async def disconnect(self, conn: Conn) -> None:
         if conn.stream_id is not None:
             await self.leave(conn)
         if conn.identity is not None:
-            await self.state.release(self.state.user_holder(conn.identity.user_id), conn.sid)
+            await self.state.release(Holding("u", conn.identity.user_id, conn.sid))
+
+    async def _hold(self, held: Holding, admit: Awaitable[None]) -> None:
+        """``admit``; then, should a lease have been taken meanwhile (the connection may have
+        been written under the old one after the others were re-asserted), re-asserted."""
+        leases = self.state.lease_changes
+        await admit
+        if self.state.lease_changes != leases:
+            await self.state.hold(self.state.keys.shard_of(held.id), [held])

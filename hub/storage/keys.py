@@ -18,10 +18,22 @@ if TYPE_CHECKING:
 
 NAMESPACE = "/streaming"
 STREAMER_STREAMS_KEPT = 100
-# The keys a Lua script names itself, from what it learns inside (the sweep walks the live set;
-# a stream's category is in its hash; a chat rate window's number comes from Redis's clock):
+# The keys a Lua script names itself, from what it learns inside (the sweep reads a lapsed
+# lease's registry; a member's score names the lease whose registry holds it; a stream's
+# category is in its hash; a chat rate window's number comes from Redis's clock):
 # ``Keys.lua_prelude`` writes their builders.
-LUA_BUILT = ("stream", "conns", "viewers", "unique", "room", "live_category", "chat_rate_window")
+LUA_BUILT = (
+    "stream",
+    "conns",
+    "viewers",
+    "unique",
+    "room",
+    "live_category",
+    "chat_rate_window",
+    "user_conns",
+    "address_conns",
+    "lease_held",
+)
 # Stand-ins for the prefix and the id, to read a builder's template off its Python method.
 _PREFIX_MARK, _ID_MARK = "\x00prefix\x00", "\x00id\x00"
 OUTBOX_GROUP = "flushers"
@@ -146,13 +158,36 @@ class Keys:
         worker stops beating."""
         return f"{self.prefix}worker:{worker_id}"
 
+    @property
+    def leases(self) -> str:
+        """Sorted set of presence leases, lease number -> expiry (ms), one per shard: one lease
+        per live web worker, which renews it every ``HUB_PRESENCE_REFRESH`` for
+        ``HUB_PRESENCE_TTL``, plus the lapsed ones (score 0 or a past expiry) the sweep has not
+        emptied yet. No TTL; bounded by the live workers and the lapsed leases not yet swept."""
+        return f"{self.prefix}leases"
+
+    @property
+    def lease_seq(self) -> str:
+        """String: the counter (INCR) that numbers the shard's leases; one key per shard."""
+        return f"{self.prefix}lease:seq"
+
+    def lease_held(self, lease: int | str) -> str:
+        """Set: what the lease holds in its shard, one entry per membership, ``kind``, the id's
+        length, ``:``, the id, then the member (kinds ``c`` a stream's ``conns``, ``u`` a user's
+        ``conns``, ``a`` an address's ``conns``): the length makes every entry one membership
+        whatever the ids hold. No TTL; each entry goes with its membership (leave, release, end,
+        ban) or with its lease's sweep, and the set with the last; at most the lease's worker's
+        connections, twice (a stream and a user or address)."""
+        return f"{self.prefix}lease:{lease}:held"
+
     # -- per stream -----------------------------------------------------------
     def stream(self, stream_id: str) -> str:
         """Hash: the stream record and its live counters (money in integer cents)."""
         return f"{self.prefix}stream:{stream_id}"
 
     def conns(self, stream_id: str) -> str:
-        """Sorted set of connections watching, ``session|joined_ms|viewer``, scored by expiry (ms)."""
+        """Sorted set of connections watching, ``session|joined_ms|viewer``, scored by the number
+        of the lease that holds each (``leases``); deleted when the stream ends."""
         return f"{self.prefix}stream:{stream_id}:conns"
 
     def viewers(self, stream_id: str) -> str:
@@ -229,11 +264,15 @@ class Keys:
         return f"{self.prefix}rate:chatlog:{window}"
 
     def user_conns(self, user_id: str) -> str:
-        """Sorted set of the user's open connections (socket ids) scored by expiry (ms)."""
+        """Sorted set of the user's open connections (socket ids), scored by the number of the
+        lease that holds each. No TTL: each member goes with its release or its lease's sweep; at
+        most ``HUB_USER_MAX_CONNS`` members."""
         return f"{self.prefix}user:{user_id}:conns"
 
     def address_conns(self, address: str) -> str:
-        """Sorted set of the open connections (socket ids) from one client address, by expiry."""
+        """Sorted set of the open Engine.IO sessions from one client address, scored by the number
+        of the lease that holds each. No TTL: each member goes with its release or its lease's
+        sweep; at most ``HUB_ADDRESS_MAX_CONNS`` members."""
         return f"{self.prefix}addr:{address}:conns"
 
     def conn_rate(self, address: str) -> str:

@@ -23,9 +23,11 @@ FOLDER = resources.files("hub.storage") / "lua"
 # The State's scripts (hub.storage.state); recovery loads heal and healed itself.
 SCRIPTS = (
     "admit",
-    "touch",
+    "release",
+    "hold",
     "join",
     "leave",
+    "renew",
     "refresh",
     "reap",
     "chat_batch",

@@ -20,7 +20,12 @@ from hub.storage.scripts import checked, load_scripts
 
 CHAT_BATCH_MAX = 256
 MODLOG_SIZE = 200
-REAP_MOST_PER_STREAM = 1000
+# The sweep's bounds: entries of a lapsed lease's registry per call (a call under 2 ms), calls
+# per shard per HUB_REAP_INTERVAL: 5,000 entries (a connection has up to three: its stream, its
+# user, its address), so that one surviving worker sweeps a dead one's 10,000 connections
+# within 15 s of its lease lapsing, as viewers must leave within 30 s.
+REAP_CHUNK = 25
+REAP_CALLS = 200
 
 
 def _message_prefix(message_id: str) -> bytes:
@@ -121,12 +126,36 @@ class Joined(NamedTuple):
     recent: list[str]
 
 
+class Holding(NamedTuple):
+    """A connection counted in an address's or a user's set: kind ``a`` (the Engine.IO session
+    of an address) or ``u`` (the socket of a user), the address or user id, the session or socket."""
+
+    kind: str
+    id: str
+    member: str
+
+    def key(self, k: Keys) -> str:
+        return k.address_conns(self.id) if self.kind == "a" else k.user_conns(self.id)
+
+
+class Renewal(NamedTuple):
+    """``State.renew`` in one shard: whether the lease is new (what this worker holds there must
+    be re-asserted under it), and the watched streams found no longer LIVE."""
+
+    shard: int
+    fresh: bool
+    gone: list[str]
+
+
 class State:
     def __init__(self, client: AsyncRedis, settings: Settings) -> None:
         self.redis = client
         self.settings = settings
         # On a cluster a script may touch only the keys of one slot: one shard per call.
         self.keys = Keys.of_settings(settings)
+        # This worker's lease in each shard, and how many times one was taken (hub.domain.presence).
+        self.leases = [""] * len(self.keys.all)
+        self.lease_changes = 0
         self._scripts = load_scripts(client, settings)
         self._chat = Batcher(self._chat_batch, CHAT_BATCH_MAX)
         self._timers = {name: metrics.REDIS_SECONDS.labels(name).observe for name in self._scripts}
@@ -324,51 +353,50 @@ class State:
         return streamer, bool(moderator)
 
     # -- presence -----------------------------------------------------------------
+    # Under leases (hub.domain.presence): what this worker writes is held under its lease in the
+    # shard, ``leases[shard]`` ('' until ``renew`` takes one).
+
+    def _lease(self, name: str) -> tuple[Keys, str]:
+        """The keys of the shard of a stream, user or address, and this worker's lease there."""
+        shard = self.keys.shard_of(name)
+        return self.keys.all[shard], self.leases[shard]
+
     async def admit_transport(self, address: str, eio_sid: str) -> None:
         """A new Engine.IO session (at its handshake, before any namespace): within its client
         address's connection rate and the open sessions the address may hold."""
-        s, at = self.settings, self.keys.of(address)
+        s, (k, lease) = self.settings, self._lease(address)
         await self._run(
             "admit",
-            keys=[at.conn_rate(address), at.address_conns(address)],
-            args=[s.conn_rate, s.conn_period * 1000, eio_sid, self._ttl_ms, "1", s.address_max_conns],
+            keys=[k.address_conns(address), k.leases, k.lease_held(lease), k.conn_rate(address)],
+            args=[
+                *(k.prefix, "a", address, eio_sid, lease, s.address_max_conns, self._ttl_ms),
+                *("1", s.conn_rate, s.conn_period * 1000),
+            ],
         )
 
     async def admit_user(self, user_id: str, sid: str) -> None:
         """A signed-in connection to the namespace: within the open connections of its user."""
-        s, k = self.settings, self.keys.of(user_id)
+        s, (k, lease) = self.settings, self._lease(user_id)
         await self._run(
             "admit",
-            keys=[k.user_conns(user_id)],
-            args=[s.conn_rate, s.conn_period * 1000, sid, self._ttl_ms, "0", s.user_max_conns],
+            keys=[k.user_conns(user_id), k.leases, k.lease_held(lease)],
+            args=[k.prefix, "u", user_id, sid, lease, s.user_max_conns, self._ttl_ms, "0", 0, 0],
         )
 
-    def address_holder(self, address: str) -> str:
-        """The set that counts an address's open Engine.IO sessions."""
-        return self.keys.of(address).address_conns(address)
+    async def release(self, held: Holding) -> None:
+        """A connection closes: out of the set that counts it."""
+        k = self.keys.of(held.id)
+        await self._run("release", keys=[held.key(k)], args=[k.prefix, held.kind, held.id, held.member])
 
-    def user_holder(self, user_id: str) -> str:
-        """The set that counts a user's open connections."""
-        return self.keys.of(user_id).user_conns(user_id)
-
-    async def release(self, holder: str, member: str) -> None:
-        await self.redis.zrem(holder, member)
-
-    async def touch(self, pairs: list[tuple[str, str]]) -> None:
-        """Extend connections, as (holder key, socket id) pairs, in the sets that count them:
-        one call per shard (one in all with one shard)."""
-        shards: dict[str, list[tuple[str, str]]] = {}
-        for key, sid in pairs:  # by hash tag: '' for every key with one shard
-            shards.setdefault(key[key.find("{") : key.find("}") + 1], []).append((key, sid))
-        await asyncio.gather(
-            *(
-                self._run(
-                    "touch",
-                    keys=[key for key, _ in group],
-                    args=[self._ttl_ms, *(sid for _, sid in group)],
-                )
-                for group in shards.values()
-            )
+    async def hold(self, shard: int, holdings: list[Holding]) -> None:
+        """Re-assert these open connections, all of the shard, under this worker's lease there."""
+        if not holdings:
+            return
+        k, lease = self.keys.all[shard], self.leases[shard]
+        await self._run(
+            "hold",
+            keys=[k.leases, k.lease_held(lease), *(h.key(k) for h in holdings)],
+            args=[k.prefix, lease, *(x for h in holdings for x in (h.kind, h.id, h.member))],
         )
 
     async def join(
@@ -383,7 +411,7 @@ class State:
     ) -> Joined:
         """Start watching; returns the viewer count, the stream hash and the newest ``wanted``
         messages of the recent set (with ``after``, of those with a higher id), newest first."""
-        k, s = self.keys.of(stream_id), self.settings
+        (k, lease), s = self._lease(stream_id), self.settings
         here = self._here(viewer, stream_id)
         if not here:
             await self._limit(self.keys.of(viewer).join_rate(viewer), s.join_rate, s.join_period * 1000)
@@ -402,12 +430,14 @@ class State:
                 k.live,
                 k.outbox,
                 k.room(stream_id),
+                k.leases,
+                k.lease_held(lease),
             ],
             args=[
                 k.prefix,
                 stream_id,
                 member,
-                self._ttl_ms,
+                lease,
                 sid,
                 username,
                 s.join_rate,
@@ -435,9 +465,9 @@ class State:
         )
 
     async def refresh(self, stream_id: str, members: list[tuple[str, str, str]]) -> int:
-        """Extend these connections' expiry, as (member, socket id, username); returns how many
-        had to be re-asserted."""
-        k = self.keys.of(stream_id)
+        """Re-assert these connections under this worker's lease, as (member, socket id,
+        username); returns how many had been swept and watch again."""
+        k, lease = self._lease(stream_id)
         _, reasserted = await self._run(
             "refresh",
             keys=[
@@ -449,20 +479,59 @@ class State:
                 k.live,
                 k.outbox,
                 k.room(stream_id),
+                k.leases,
+                k.lease_held(lease),
             ],
-            args=[k.prefix, stream_id, self._ttl_ms, *(x for triple in members for x in triple)],
+            args=[k.prefix, stream_id, lease, *(x for triple in members for x in triple)],
         )
         return int(reasserted)
 
-    async def reap(self) -> int:
-        """Sweep every shard's live streams; returns how many connections were swept."""
-        replies = await asyncio.gather(
-            *(
-                self._run("reap", keys=[k.live, k.outbox], args=[k.prefix, REAP_MOST_PER_STREAM])
-                for k in self.keys.all
+    async def renew(self, watched: dict[int, list[str]]) -> list[Renewal]:
+        """Renew this worker's lease in every shard (one call each, all at once), or take a new
+        one where it lapsed or there is none yet; ``watched``: the streams watched here, by shard."""
+
+        async def one(shard: int) -> Renewal:
+            k, ids = self.keys.all[shard], watched.get(shard, [])
+            _, lease, renewed, gone = await self._run(
+                "renew",
+                keys=[k.leases, k.lease_seq, *(k.stream(sid) for sid in ids)],
+                args=[self.leases[shard], self._ttl_ms, *ids],
             )
-        )
-        return sum(int(swept) for _, swept in replies)
+            fresh = renewed != "1"
+            if fresh:
+                self.leases[shard] = str(lease)
+                self.lease_changes += 1
+            return Renewal(shard, fresh, list(gone))
+
+        return list(await asyncio.gather(*(one(shard) for shard in range(len(self.keys.all)))))
+
+    async def reap(self) -> int:
+        """Sweep the lapsed leases of every shard, a bounded chunk per call, calling again while
+        there is more, up to ``REAP_CALLS`` calls per shard; returns how many connections
+        stopped watching."""
+
+        async def shard(k: Keys) -> int:
+            swept = 0
+            for _ in range(REAP_CALLS):
+                _, n, more = await self._run(
+                    "reap", keys=[k.leases, k.live, k.outbox], args=[k.prefix, REAP_CHUNK, ""]
+                )
+                swept += int(n)
+                if more != "1":
+                    break
+            return swept
+
+        return sum(await asyncio.gather(*(shard(k) for k in self.keys.all)))
+
+    async def drop_leases(self) -> None:
+        """This worker stops: its leases go, and what they still hold, now (not after the sweep)."""
+        for shard, k in enumerate(self.keys.all):
+            lease, self.leases[shard] = self.leases[shard], ""
+            more = "1" if lease else "0"
+            while more == "1":
+                _, _, more = await self._run(
+                    "reap", keys=[k.leases, k.live, k.outbox], args=[k.prefix, REAP_CHUNK, lease]
+                )
 
     @property
     def _ttl_ms(self) -> int:

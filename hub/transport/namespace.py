@@ -133,9 +133,20 @@ class StreamingNamespace(socketio.AsyncNamespace):
             raise _refused(exc) from exc
         except (RedisError, OSError) as exc:
             raise _refused(HubError("unavailable")) from exc
+        if not self._transport_open(sid):
+            # Closed while the admission waited on Redis: python-socketio calls no disconnect
+            # handler for a socket still connecting, so its place is given back here.
+            with contextlib.suppress(HubError, RedisError, OSError):
+                await self.hub.disconnect(conn)
+            raise _refused(HubError("unavailable", "The connection closed while connecting."))
         self.presence.add(conn)
         self._turns[sid] = asyncio.Lock()
         self._arm_expiry(sid, identity)
+
+    def _transport_open(self, sid: str) -> bool:
+        eio_sid = self.server.manager.eio_sid_from_sid(sid, NAMESPACE)
+        eio_socket = self.server.eio.sockets.get(eio_sid) if eio_sid is not None else None
+        return eio_socket is not None and not (eio_socket.closing or eio_socket.closed)
 
     async def on_disconnect(self, sid: str) -> None:
         turn = self._turns.get(sid)

@@ -30,9 +30,9 @@ local function slice(t, first, last)
 end
 
 -- The shard-wide keys a stream's helpers touch, and the prefix that names the keys a script
--- builds itself (a live category's set).
-local function shard_keys(prefix, live, outbox_key)
-  return {prefix = prefix, live = live, outbox = outbox_key}
+-- builds itself (a live category's set, a lease's registry).
+local function shard_keys(prefix, live, outbox_key, leases)
+  return {prefix = prefix, live = live, outbox = outbox_key, leases = leases}
 end
 
 -- One stream's keys and channel, built from its id: for a script that learns the id itself (the
@@ -124,6 +124,44 @@ local function flush_viewer_event(stream, now)
   publish_events(stream.room, skip, {frame(kept[1], data)})
 end
 
+-- Presence under leases (hub.domain.presence): a stream's conns set and the user and address
+-- sets score each member by the number of the lease that holds it, and the lease's registry
+-- (key_lease_held) lists what it holds, one entry per membership: its kind (c a stream's
+-- conns, u a user's, a an address's), the id's length, ':', the id, then the member, so that
+-- no id can make another entry.
+local function lease_entry(kind, id, member)
+  return kind .. #id .. ':' .. id .. member
+end
+
+-- An entry's kind, id and member.
+local function read_entry(entry)
+  local kind, length, at = string.match(entry, '^(%a)(%d+):()')
+  local stop = at + tonumber(length)
+  return kind, string.sub(entry, at, stop - 1), string.sub(entry, stop)
+end
+
+-- `member` of set `key` held under `lease` ({n = number, held = its registry}), registered
+-- there; `old`, its score until now (or false), names the registry it leaves. The lease is put
+-- back in the shard's leases (score 0: lapsed) should the sweep have dropped it meanwhile, so
+-- that what it holds is swept again rather than left behind.
+local function hold(shard, lease, key, kind, id, member, old)
+  if old and tonumber(old) == tonumber(lease.n) then return end
+  redis.call('ZADD', key, lease.n, member)
+  local entry = lease_entry(kind, id, member)
+  if old then redis.call('SREM', key_lease_held(shard.prefix, old), entry) end
+  redis.call('SADD', lease.held, entry)
+  redis.call('ZADD', shard.leases, 'NX', 0, lease.n)
+end
+
+-- `member` out of set `key` and out of its lease's registry; whether it was there.
+local function unhold(prefix, key, kind, id, member)
+  local lease = redis.call('ZSCORE', key, member)
+  if not lease then return false end
+  redis.call('ZREM', key, member)
+  redis.call('SREM', key_lease_held(prefix, lease), lease_entry(kind, id, member))
+  return true
+end
+
 -- A connection stops watching (already out of the conns set): its viewing session goes to the
 -- outbox, and its viewer leaves when it was the viewer's last connection. Returns the viewers.
 local function stop_watching(shard, stream, member, now)
@@ -138,11 +176,11 @@ local function stop_watching(shard, stream, member, now)
   return count
 end
 
--- A connection starts watching: its viewer joins when it is the viewer's first connection.
--- Returns the viewers.
-local function start_watching(shard, stream, member, expiry, sid, username)
+-- A connection starts watching, held under `lease` (see hold): its viewer joins when it is the
+-- viewer's first connection. Returns the viewers.
+local function start_watching(shard, stream, member, lease, sid, username)
   local _, _, viewer = split_member(member)
-  redis.call('ZADD', stream.conns, expiry, member)
+  hold(shard, lease, stream.conns, 'c', stream.id, member, false)
   local n = redis.call('HINCRBY', stream.viewers, viewer, 1)
   local count = redis.call('HLEN', stream.viewers)
   if n > 1 then return count end

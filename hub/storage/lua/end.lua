@@ -2,7 +2,8 @@
 -- and emptied, live state left to expire.
 -- KEYS: stream hash, conns, viewers, unique set, recent set, moderators, sanctions, deleted
 --       set, moderation log, streamer live key, live set, outbox, stream channel
--- ARGV: prefix (names the category's live set), stream_id, retention s
+-- ARGV: prefix (names the category's live set and the leases' registries), stream_id,
+--       retention s
 local hash_key, conns_key, viewers_key, unique_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local recent_key, mods_key, sanctions_key, deleted_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local modlog_key, streamer_live_key, live_key, outbox_key = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
@@ -16,8 +17,11 @@ local started = tonumber(redis.call('HGET', hash_key, 'started_at') or now) or n
 local duration = math.max(0, math.floor((now - started) / 1000))
 redis.call('HSET', hash_key, 'status', 'ENDED', 'ended_at', now, 'duration_seconds', duration)
 bump(hash_key, now)
-for _, member in ipairs(redis.call('ZRANGE', conns_key, 0, -1)) do
+local held = redis.call('ZRANGE', conns_key, 0, -1, 'WITHSCORES')
+for i = 1, #held, 2 do
+  local member, lease = held[i], held[i + 1]
   session_record(outbox_key, stream_id, member, now)
+  redis.call('SREM', key_lease_held(prefix, lease), lease_entry('c', stream_id, member))
 end
 redis.call('DEL', conns_key, viewers_key)
 redis.call('ZREM', live_key, stream_id)

@@ -1,15 +1,15 @@
 -- A connection starts watching a stream (or watches it again): the viewer's join rate, the
 -- stream live, the user not banned; then the stream and its newest messages.
 -- KEYS: stream hash, conns, viewers, unique set, recent set, join rate key, sanctions, live
---       set, outbox, stream channel
--- ARGV: prefix (names the category's live set), stream_id, member, ttl ms, sid, username,
---       join limit, join period ms, recent messages wanted, count the join rate here ('1'/'0':
+--       set, outbox, stream channel, the shard's leases, this worker's lease's registry
+-- ARGV: prefix (names the category's live set and a lease's registry), stream_id, member,
+--       this worker's lease, sid, username, join limit, join period ms, recent messages wanted, count the join rate here ('1'/'0':
 --       the caller counted it in the viewer's shard), only messages after this id ('': any)
 -- Returns {'ok', viewer count, stream hash (flat), recent messages (newest first)}.
 local hash_key, conns_key, viewers_key, unique_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local recent_key, rate_key, sanctions_key = KEYS[5], KEYS[6], KEYS[7]
-local live_key, outbox_key, room = KEYS[8], KEYS[9], KEYS[10]
-local prefix, stream_id, member, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local live_key, outbox_key, room, leases_key, held_key = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local prefix, stream_id, member, lease_n = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local sid, username, rate_limit, period_ms = ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
 local wanted, count_rate, after = tonumber(ARGV[9]), ARGV[10] == '1', ARGV[11]
 local now = now_ms()
@@ -20,15 +20,17 @@ bad = live_check(hash_key)
 if bad then return bad end
 local _, _, viewer = split_member(member)
 if is_banned(sanctions_key, viewer_user(viewer)) then return fail('banned') end
-local expiry = now + ttl
+local shard = shard_keys(prefix, live_key, outbox_key, leases_key)
+local lease = {n = lease_n, held = held_key}
 local count
-if redis.call('ZSCORE', conns_key, member) then
-  redis.call('ZADD', conns_key, expiry, member)
+local old = redis.call('ZSCORE', conns_key, member)
+if old then
+  hold(shard, lease, conns_key, 'c', stream_id, member, old)
   count = redis.call('HLEN', viewers_key)
 else
   local stream = {id = stream_id, hash = hash_key, conns = conns_key, viewers = viewers_key,
                   unique = unique_key, room = room}
-  count = start_watching(shard_keys(prefix, live_key, outbox_key), stream, member, expiry, sid, username)
+  count = start_watching(shard, stream, member, lease, sid, username)
 end
 -- The newest `wanted` messages of the recent set, newest first, or with `after` the newest
 -- `wanted` of those with a higher id.

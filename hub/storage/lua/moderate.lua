@@ -123,7 +123,7 @@ if ban_order ~= '' then
   for _, member in ipairs(redis.call('ZRANGE', conns_key, 0, -1)) do
     local _, _, viewer = split_member(member)
     if viewer == 'u:' .. target then
-      redis.call('ZREM', conns_key, member)
+      unhold(prefix, conns_key, 'c', stream_id, member)
       stop_watching(shard, stream, member, now)
     end
   end
