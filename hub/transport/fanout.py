@@ -191,12 +191,37 @@ class Writer:
         self.deliveries = 0  # events handed to sockets
         self.writes = 0  # transport writes (one may carry several events)
         self._closing: set[asyncio.Task[None]] = set()
+        self._held: dict[Any, tuple[str, list[bytes]]] = {}  # transport -> (eio sid, frames)
 
     def send(self, eio_sid: str, text: bytes) -> None:
-        """One Engine.IO message (``4…``) to one socket."""
+        """One Engine.IO message (``4…``) to one socket. To a WebSocket it is held until the
+        event loop is done with what is ready now, with any other message to that socket
+        meanwhile (a join's ``joined_stream`` event and its ack; a room's events that come
+        in the same turn), then written in one write: a write costs the same whatever it
+        carries. Nothing is written out of order: a broadcast to a socket with held messages
+        is held behind them, and python-engineio's own packets (open, ping, close) are
+        written by a task that runs after the flush."""
         eio_socket = self.eio.sockets.get(eio_sid)
-        if eio_socket is not None:
-            self._deliver(eio_sid, eio_socket, [text], ws_frame(text))
+        if eio_socket is None:
+            return
+        transport = getattr(eio_socket, "hub_transport", None)
+        if transport is None or not eio_socket.upgraded or eio_socket.upgrading:
+            self._deliver(eio_sid, eio_socket, [text], b"")
+            return
+        held = self._held.get(transport)
+        if held is None:
+            if not self._held:
+                asyncio.get_running_loop().call_soon(self._flush)
+            self._held[transport] = (eio_sid, [ws_frame(text)])
+        else:
+            held[1].append(ws_frame(text))
+        self.deliveries += 1
+
+    def _flush(self) -> None:
+        """The held messages, one write per socket."""
+        held, self._held = self._held, {}
+        for transport, (eio_sid, frames) in held.items():
+            self._write(eio_sid, transport, b"".join(frames) if len(frames) > 1 else frames[0])
 
     def broadcast(self, members: Any, skip_sid: str | None, texts: list[bytes]) -> None:
         """Engine.IO messages to every socket of a room (``members``: sid -> eio sid), their
@@ -241,15 +266,22 @@ class Writer:
         if transport is None or not eio_socket.upgraded or eio_socket.upgrading:
             for text in texts:
                 self._queue(eio_sid, eio_socket, text)
-        elif transport.is_closing():
+        else:
+            held = self._held.get(transport) if self._held else None
+            if held is not None:  # behind the messages held for it (``send``)
+                held[1].append(frames)
+            else:
+                self._write(eio_sid, transport, frames)
+        self.deliveries += len(texts)
+
+    def _write(self, eio_sid: str, transport: Any, frames: bytes) -> None:
+        if transport.is_closing():
             return
-        elif transport.get_write_buffer_size() > self.buffer_limit:
+        if transport.get_write_buffer_size() > self.buffer_limit:
             self._abort(eio_sid, transport)
             return
-        else:
-            transport.write(frames)
-            self.writes += 1
-        self.deliveries += len(texts)
+        transport.write(frames)
+        self.writes += 1
 
     def _queue(self, eio_sid: str, eio_socket: Any, text: bytes) -> None:
         """Onto the Engine.IO socket's own queue, as its ``send`` does but without a wait, so a
