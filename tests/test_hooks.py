@@ -77,6 +77,8 @@ async def test_a_client_session_runs_every_override(
         assert ack["success"], ack
         await poller.connect(base, transport="polling")
         await sio.emit("noop", {}, to=unique("nobody"), namespace=NAMESPACE)  # to the other workers too
+        viewer_sid = viewer.sio.get_sid(NAMESPACE)
+        await sio.emit("noop", {}, to=viewer_sid, namespace=NAMESPACE)  # python-socketio's own emit
     finally:
         await viewer.close()
         await poller.close()
