@@ -173,6 +173,16 @@ HOOKS: tuple[Hook, ...] = (
         "e27f3eea06d1c6a6",
     ),
     Hook(
+        f"{BASE_MANAGER}.basic_disconnect",
+        (f"{ROOMBUS}.basic_disconnect",),
+        "A socket's rooms on the hub's namespace are known (None, its sid's, its indexed stream "
+        "rooms): a disconnect leaves them without scanning every room of the namespace, which "
+        "costs a dict copy and one lookup per connected socket; the callbacks and pending "
+        "lists are cleaned as upstream does.",
+        "(self, sid, namespace, **kwargs)",
+        "2933b50bc4b2ea7b",
+    ),
+    Hook(
         f"{BASE_MANAGER}.rooms",
         (f"{ROOMBUS}.members", f"{SERVER}.HubServer._write_runs", f"{SERVER}.HubServer._room_size"),
         "A room's local members (sid -> eio sid) are read where they are kept, once per "
