@@ -3,9 +3,11 @@ are still there as they were checked, and every override still runs in a real ap
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import inspect
+import time
 from collections import Counter
 from collections.abc import Iterator
 from importlib.metadata import version
@@ -16,6 +18,7 @@ import pytest
 
 from hub.settings import Settings
 from hub.storage.keys import NAMESPACE
+from hub.transport.fanout import _Deadline
 from hub.transport.hooks import CHECKED_WITH, HOOKS, Hook, problems, resolve
 from hub.worker import WORKER, create_app
 from tests.conftest import Api, Client, eventually, unique
@@ -77,6 +80,8 @@ async def test_a_client_session_runs_every_override(
         assert ack["success"], ack
         await poller.connect(base, transport="polling")
         await sio.emit("noop", {}, to=unique("nobody"), namespace=NAMESPACE)  # to the other workers too
+        viewer_sid = viewer.sio.get_sid(NAMESPACE)
+        await sio.emit("noop", {}, to=viewer_sid, namespace=NAMESPACE)  # python-socketio's own emit
     finally:
         await viewer.close()
         await poller.close()
@@ -87,3 +92,69 @@ async def test_a_client_session_runs_every_override(
     with contextlib.suppress(AssertionError):
         await eventually(all_ran, what="every override run")
     assert not [where for where in overrides() if not counted[where]], f"never ran; ran: {dict(counted)}"
+
+
+async def test_a_websocket_read_loop_wait_is_cut_after_the_time_allowed() -> None:
+    """DirectWebSocket._serve's one timer per connection (fanout._Deadline) stands for
+    upstream's wait_for per frame: a wait longer than allowed is cut; a loop that keeps
+    getting frames, or is busy with one, is not."""
+
+    async def reader(frames: asyncio.Queue[int | None], allowed: float) -> tuple[bool, int]:
+        deadline = _Deadline(allowed)
+        got = 0
+        try:
+            while True:
+                deadline.wait()
+                try:
+                    frame = await frames.get()
+                except asyncio.CancelledError:
+                    if deadline.cut:
+                        return True, got
+                    raise
+                deadline.done()
+                if frame is None:
+                    return False, got
+                got += 1
+                if frame < 0:  # a message whose handling takes longer than a wait may
+                    await asyncio.sleep(-frame)
+        finally:
+            deadline.cancel()
+
+    silent: asyncio.Queue[int | None] = asyncio.Queue()
+    started = time.monotonic()
+    assert await asyncio.wait_for(reader(silent, 0.2), 5) == (True, 0)
+    assert time.monotonic() - started >= 0.2
+
+    busy: asyncio.Queue[int | None] = asyncio.Queue()
+    task = asyncio.ensure_future(reader(busy, 0.3))
+    for _ in range(8):  # frames 0.1 s apart for longer than 0.3 s, then one handled for 0.5 s
+        busy.put_nowait(1)
+        await asyncio.sleep(0.1)
+    busy.put_nowait(-0.5)
+    await asyncio.sleep(0.6)
+    busy.put_nowait(None)
+    assert await asyncio.wait_for(task, 5) == (False, 9)
+
+
+async def test_a_joins_event_and_ack_leave_in_one_write(
+    aiohttp_server: Any, settings: Settings, token: Any
+) -> None:
+    """Writer.send holds a socket's packets until the loop turn ends: joined_stream and the
+    join's ack are one write to the socket."""
+    server = await aiohttp_server(create_app(settings))
+    base = str(server.make_url("")).rstrip("/")
+    sio = server.app[WORKER].server
+    streamer = unique("streamer")
+    async with aiohttp.ClientSession() as http:
+        stream = await Api(http, base).create_stream(token(streamer, "streamer", name="Streamer"))
+    viewer = Client()
+    try:
+        await viewer.connect(base, token(unique("viewer")))
+        writes, deliveries = sio.writer.writes, sio.writer.deliveries
+        ack = await viewer.call("join_stream", {"stream_id": stream["stream_id"]})
+        assert ack["success"], ack
+        await viewer.wait_for("joined_stream")
+        assert sio.writer.deliveries - deliveries == 2
+        assert sio.writer.writes - writes == 1
+    finally:
+        await viewer.close()

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from hub import frames
-from hub.codec import dumps, iso_ms, uuid7, uuid7_ms
+from hub.codec import dumps, iso_ms, uuid7
 from hub.domain import guards
 from hub.domain.auth import Identity
 from hub.domain.payloads import Alert, Chat
@@ -18,6 +18,20 @@ from hub.errors import HubError
 from hub.money import decimal_json
 from hub.settings import Settings
 from hub.storage.state import ChatItem, Stale, State
+
+
+def created_at(message_id: str) -> str:
+    """``codec.iso_ms(codec.uuid7_ms(message_id))`` for a canonical UUIDv7 (as ``uuid7``
+    makes them), without parsing the UUID, with the text up to the second made once per
+    second: every message of a busy second shares it."""
+    ms = int(message_id[:8] + message_id[9:13], 16)
+    second = ms // 1000
+    if _second[0] != second:
+        _second[0], _second[1] = second, str(iso_ms(second * 1000))[:-4]
+    return f"{_second[1]}{ms % 1000:03d}Z"
+
+
+_second: list[Any] = [None, ""]  # the last second made by created_at, and its text
 
 
 class ChatService:
@@ -62,7 +76,7 @@ class ChatService:
                 "message": text,
                 "message_type": message_type,
                 "tip_amount": None,
-                "created_at": iso_ms(uuid7_ms(message_id)),
+                "created_at": created_at(message_id),
             }
             if alert is not None:
                 message["alert"] = alert

@@ -60,11 +60,121 @@ class DirectWebSocket(EngineIOWebSocket):
         if eio_socket is not None:
             eio_socket.hub_transport = request.transport
         try:
-            await self.handler(self)
+            if eio_socket is not None and not eio_socket.connected:
+                await self._serve(eio_socket)  # a WebSocket from the start: the hub's loop
+            else:
+                await self.handler(self)  # an upgrade from long-polling: python-engineio's
         finally:
             if eio_socket is not None:
                 eio_socket.hub_transport = None
         return self._sock
+
+    async def _serve(self, eio_socket: Any) -> None:
+        """python-engineio's ``AsyncSocket._websocket_handler`` for a session that opened on
+        WebSocket, without its task and ``wait_for`` per frame read: the frames are read in
+        this task, and the wait for a frame is cut after ``ping_interval + ping_timeout`` (as
+        upstream) by one timer per connection, moved on only when it fires. Each message is
+        handled before the next frame is read (``run_async=False``; the namespace takes a
+        socket's events one at a time in any case): no task per message either."""
+        server = eio_socket.server
+        eio_socket.connected = True
+        eio_socket.upgraded = True
+        writer = asyncio.ensure_future(self._write_queued(eio_socket))
+        deadline = _Deadline(server.ping_interval + server.ping_timeout)
+        limit = server.max_http_buffer_size
+        try:
+            while True:
+                deadline.wait()
+                try:
+                    data = await self.wait()
+                except asyncio.CancelledError:
+                    if not deadline.cut:
+                        raise
+                    break
+                except Exception:
+                    break
+                deadline.done()
+                if data is None or (data and len(data) > limit):
+                    break
+                try:
+                    await self._take(eio_socket, engineio.packet.Packet(encoded_packet=data))
+                except engineio.exceptions.SocketIsClosedError:
+                    break
+        finally:
+            deadline.cancel()
+            await eio_socket.queue.put(None)  # the writer ends
+            await writer
+            await eio_socket.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+
+    @staticmethod
+    async def _take(eio_socket: Any, pkt: Any) -> None:
+        """One packet from the client, as ``AsyncSocket.receive`` takes it, but a message is
+        handled in this task (``_trigger_event`` with ``run_async=False``)."""
+        try:
+            if pkt.packet_type == engineio.packet.MESSAGE:
+                await eio_socket.server._trigger_event("message", eio_socket.sid, pkt.data, run_async=False)
+            else:
+                await eio_socket.receive(pkt)
+        except (engineio.exceptions.SocketIsClosedError, asyncio.CancelledError):
+            raise
+        except engineio.exceptions.UnknownPacketError:
+            pass
+        except Exception:
+            log.exception("%s: a packet could not be handled", eio_socket.sid)
+
+    async def _write_queued(self, eio_socket: Any) -> None:
+        """Packets put on the Engine.IO socket's queue (its open packet, pings, close), written
+        as upstream's writer does; the hub's own packets go straight to the transport."""
+        while True:
+            try:
+                packets = await eio_socket.poll()
+            except engineio.exceptions.QueueEmpty:
+                break
+            if not packets:
+                break
+            try:
+                for pkt in packets:
+                    await self.send(pkt.encode())
+            except Exception:
+                break
+        await self.close()
+
+
+class _Deadline:
+    """How long a WebSocket read loop waits for a client's next frame: a wait of more than
+    ``allowed`` seconds is cut (the reading task cancelled, ``cut`` set), as upstream's
+    ``wait_for`` per frame does, but with one timer per connection, moved on when it fires."""
+
+    def __init__(self, allowed: float) -> None:
+        self.allowed = allowed
+        self.cut = False
+        self._waiting = False
+        self._task = asyncio.current_task()
+        self._loop = asyncio.get_running_loop()
+        self._since = self._loop.time()
+        self._timer = self._loop.call_later(allowed, self._due)
+
+    def wait(self) -> None:
+        """A wait for a frame starts."""
+        self._waiting = True
+        self._since = self._loop.time()
+
+    def done(self) -> None:
+        """The frame came (or the wait ended otherwise)."""
+        self._waiting = False
+
+    def _due(self) -> None:
+        waited = self._loop.time() - self._since
+        if not self._waiting or waited < self.allowed:
+            self._timer = self._loop.call_later(
+                self.allowed - waited if self._waiting else self.allowed, self._due
+            )
+        elif self._task is not None:
+            self.cut = True
+            self._task.cancel()
+
+    def cancel(self) -> None:
+        self._timer.cancel()
 
 
 class Writer:
@@ -81,12 +191,37 @@ class Writer:
         self.deliveries = 0  # events handed to sockets
         self.writes = 0  # transport writes (one may carry several events)
         self._closing: set[asyncio.Task[None]] = set()
+        self._held: dict[Any, tuple[str, list[bytes]]] = {}  # transport -> (eio sid, frames)
 
     def send(self, eio_sid: str, text: bytes) -> None:
-        """One Engine.IO message (``4…``) to one socket."""
+        """One Engine.IO message (``4…``) to one socket. To a WebSocket it is held until the
+        event loop is done with what is ready now, with any other message to that socket
+        meanwhile (a join's ``joined_stream`` event and its ack; a room's events that come
+        in the same turn), then written in one write: a write costs the same whatever it
+        carries. Nothing is written out of order: a broadcast to a socket with held messages
+        is held behind them, and python-engineio's own packets (open, ping, close) are
+        written by a task that runs after the flush."""
         eio_socket = self.eio.sockets.get(eio_sid)
-        if eio_socket is not None:
-            self._deliver(eio_sid, eio_socket, [text], ws_frame(text))
+        if eio_socket is None:
+            return
+        transport = getattr(eio_socket, "hub_transport", None)
+        if transport is None or not eio_socket.upgraded or eio_socket.upgrading:
+            self._deliver(eio_sid, eio_socket, [text], b"")
+            return
+        held = self._held.get(transport)
+        if held is None:
+            if not self._held:
+                asyncio.get_running_loop().call_soon(self._flush)
+            self._held[transport] = (eio_sid, [ws_frame(text)])
+        else:
+            held[1].append(ws_frame(text))
+        self.deliveries += 1
+
+    def _flush(self) -> None:
+        """The held messages, one write per socket."""
+        held, self._held = self._held, {}
+        for transport, (eio_sid, frames) in held.items():
+            self._write(eio_sid, transport, b"".join(frames) if len(frames) > 1 else frames[0])
 
     def broadcast(self, members: Any, skip_sid: str | None, texts: list[bytes]) -> None:
         """Engine.IO messages to every socket of a room (``members``: sid -> eio sid), their
@@ -131,15 +266,22 @@ class Writer:
         if transport is None or not eio_socket.upgraded or eio_socket.upgrading:
             for text in texts:
                 self._queue(eio_sid, eio_socket, text)
-        elif transport.is_closing():
+        else:
+            held = self._held.get(transport) if self._held else None
+            if held is not None:  # behind the messages held for it (``send``)
+                held[1].append(frames)
+            else:
+                self._write(eio_sid, transport, frames)
+        self.deliveries += len(texts)
+
+    def _write(self, eio_sid: str, transport: Any, frames: bytes) -> None:
+        if transport.is_closing():
             return
-        elif transport.get_write_buffer_size() > self.buffer_limit:
+        if transport.get_write_buffer_size() > self.buffer_limit:
             self._abort(eio_sid, transport)
             return
-        else:
-            transport.write(frames)
-            self.writes += 1
-        self.deliveries += len(texts)
+        transport.write(frames)
+        self.writes += 1
 
     def _queue(self, eio_sid: str, eio_socket: Any, text: bytes) -> None:
         """Onto the Engine.IO socket's own queue, as its ``send`` does but without a wait, so a

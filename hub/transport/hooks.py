@@ -173,6 +173,16 @@ HOOKS: tuple[Hook, ...] = (
         "e27f3eea06d1c6a6",
     ),
     Hook(
+        f"{BASE_MANAGER}.basic_disconnect",
+        (f"{ROOMBUS}.basic_disconnect",),
+        "A socket's rooms on the hub's namespace are known (None, its sid's, its indexed stream "
+        "rooms): a disconnect leaves them without scanning every room of the namespace, which "
+        "costs a dict copy and one lookup per connected socket; the callbacks and pending "
+        "lists are cleaned as upstream does.",
+        "(self, sid, namespace, **kwargs)",
+        "2933b50bc4b2ea7b",
+    ),
+    Hook(
         f"{BASE_MANAGER}.rooms",
         (f"{ROOMBUS}.members", f"{SERVER}.HubServer._write_runs", f"{SERVER}.HubServer._room_size"),
         "A room's local members (sid -> eio sid) are read where they are kept, once per "
@@ -227,11 +237,44 @@ HOOKS: tuple[Hook, ...] = (
     ),
     Hook(
         f"{EIO_SOCKET}._websocket_handler",
-        (f"{FANOUT}.DirectWebSocket.__call__", f"{SERVER}.HubWebSocket.wait", f"{FANOUT}.Writer._deliver"),
+        (
+            f"{FANOUT}.DirectWebSocket.__call__",
+            f"{FANOUT}.DirectWebSocket._serve",
+            f"{FANOUT}.DirectWebSocket._write_queued",
+            f"{SERVER}.HubWebSocket.wait",
+            f"{FANOUT}.Writer._deliver",
+        ),
         "The WebSocket's handler is this bound method: its __self__ is the Engine.IO socket, "
-        "whose upgraded/upgrading state tells the writer when a socket takes direct writes.",
+        "whose upgraded/upgrading state tells the writer when a socket takes direct writes. "
+        "For a session that opens on WebSocket (not yet connected) DirectWebSocket._serve "
+        "takes its place, as its non-upgrade branch does (connected and upgraded set, a writer "
+        "task for the queue, the read loop, the close), without a task and wait_for per frame "
+        "read nor a task per message.",
         "(self, ws)",
         "27f120df4d717a24",
+    ),
+    Hook(
+        f"{EIO}._trigger_event",
+        (f"{FANOUT}.DirectWebSocket._take",),
+        "A WebSocket message is handed to the server's message handler in the read loop's "
+        "task (run_async=False), as AsyncSocket.receive does with run_async=True.",
+        "(self, event, *args, **kwargs)",
+        "4a09b6e47eb66532",
+    ),
+    Hook(
+        f"{EIO_SOCKET}.receive",
+        (f"{FANOUT}.DirectWebSocket._take",),
+        "Every packet but a message (pong, upgrade, close) is still taken by upstream's receive.",
+        "(self, pkt)",
+        "a91ae36ec2fb5340",
+    ),
+    Hook(
+        f"{EIO_SOCKET}.poll",
+        (f"{FANOUT}.DirectWebSocket._write_queued",),
+        "The writer task waits for the socket's queued packets as upstream's writer does: a "
+        "list, empty once the socket closes, QueueEmpty after ping_interval + ping_timeout.",
+        "(self)",
+        "826f58a9f3606db2",
     ),
     Hook(
         f"{EIO_SOCKET}.queue",

@@ -18,7 +18,7 @@ import orjson
 import socketio
 from redis.exceptions import RedisError
 
-from hub import logs, metrics
+from hub import frames, logs, metrics
 from hub.codec import iso_ms
 from hub.domain import payloads
 from hub.domain.auth import Identity, Verifier, bearer
@@ -212,7 +212,7 @@ class StreamingNamespace(socketio.AsyncNamespace):
     async def _refuse(self, sid: str, event: str, exc: HubError) -> Ack:
         metrics.error(exc.code, "socket")
         body = exc.body()
-        await self.emit("error", dict(body, event=event), to=sid, ignore_queue=True)
+        self.server.send_event(sid, frames.event("error", orjson.dumps(dict(body, event=event))))
         return {"success": False, "error": body}
 
     # -- actions: (conn, data) -> ack ----------------------------------------------
@@ -232,9 +232,9 @@ class StreamingNamespace(socketio.AsyncNamespace):
             raise
         await self._leave_rooms(conn.sid, but=payload.stream_id)  # one stream room at most
         metrics.JOINS.inc()
-        encoded = orjson.Fragment(orjson.dumps(joined))  # once, for the event and the ack
-        await self.emit("joined_stream", encoded, to=conn.sid, ignore_queue=True)
-        return encoded  # type: ignore[return-value]
+        encoded = orjson.dumps(joined)  # once, for the event and the ack
+        self.server.send_event(conn.sid, frames.event("joined_stream", encoded))
+        return orjson.Fragment(encoded)  # type: ignore[return-value]
 
     async def on_leave_stream(self, conn: Conn, _: Any) -> Ack:
         await self._leave_rooms(conn.sid)

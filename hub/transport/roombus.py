@@ -286,6 +286,25 @@ class HubRedisManager(AsyncPubSubManager):
             if not rooms:
                 del self._streams_of[sid]
 
+    def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
+        """python-socketio's, without its scan of every room of the namespace (one per socket)
+        for the socket's own: on ``/streaming`` a socket's rooms are the namespace's (None),
+        its sid's and its stream rooms (``_streams_of``). Other namespaces keep upstream's."""
+        rooms = self.rooms.get(namespace)
+        if namespace != NAMESPACE or rooms is None:
+            super().basic_disconnect(sid, namespace, **kwargs)
+            return
+        for room in (None, sid, *self._streams_of.get(sid, ())):
+            if room in rooms and sid in rooms[room]:
+                self.basic_leave_room(sid, namespace, room)
+        self.callbacks.pop(sid, None)
+        for pending in (self.pending_connect, self.pending_disconnect):
+            sids = pending.get(namespace)
+            if sids is not None and sid in sids:
+                sids.remove(sid)
+                if not sids:
+                    del pending[namespace]
+
     # -- the rooms ----------------------------------------------------------------------
     def stream_rooms(self, sid: str) -> set[str]:
         """The stream rooms of ``/streaming`` the socket is in, as Socket.IO's own rooms say

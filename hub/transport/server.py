@@ -234,6 +234,14 @@ class HubServer(socketio.AsyncServer):
         if eio_socket is not None and not eio_socket.closing:
             await eio_socket.close(wait=False, reason=self.eio.reason.TRANSPORT_ERROR)
 
+    def send_event(self, sid: str, text: bytes) -> None:
+        """An encoded event of the hub's namespace (``frames.event``) to one of its sockets,
+        written as ``_send_packet`` writes, without python-socketio's emit (which encodes
+        the packet again and makes a task per recipient)."""
+        eio_sid = self.manager.eio_sid_from_sid(sid, NAMESPACE)
+        if eio_sid is not None:
+            self.writer.send(eio_sid, text)
+
     def broadcast(self, room: str, skip_sid: str | None, texts: list[bytes]) -> None:
         """Encoded room events (Engine.IO texts) to this worker's sockets in ``room``."""
         self.pacer.events(room, skip_sid, texts)
