@@ -424,7 +424,9 @@ async def capacity(b: Bench) -> dict[str, Any]:
             for i in range(opened, total)
         ]
         t0 = time.monotonic()
-        replies = await b.open(specs)
+        # As many in flight as the joins workload: more only queue (and one worker's accept
+        # queue, 128 connections, overflows, which costs a connection seconds of retransmits).
+        replies = await b.open(specs, z.join_concurrency)
         open_s = time.monotonic() - t0
         opened += sum(r["opened"] for r in replies)
         await b.outbox_drained(120)
@@ -485,7 +487,7 @@ async def drain(b: Bench) -> dict[str, Any]:
         Spec(a.url, f"drain-viewer-{i}", ids[i % len(ids)], source=loopback_source(i))
         for i in range(z.drain_viewers)
     ]
-    replies = await b.open(specs)
+    replies = await b.open(specs, z.join_concurrency)
     n = sum(r["opened"] for r in replies)
     await b.outbox_drained(120)
     await b.fleet.ask_all(
