@@ -4,8 +4,10 @@ are still there as they were checked, and every override still runs in a real ap
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
+import json
 from collections import Counter
 from collections.abc import Iterator
 from importlib.metadata import version
@@ -87,3 +89,47 @@ async def test_a_client_session_runs_every_override(
     with contextlib.suppress(AssertionError):
         await eventually(all_ran, what="every override run")
     assert not [where for where in overrides() if not counted[where]], f"never ran; ran: {dict(counted)}"
+
+
+# -- the sweep that takes the place of python-engineio's service task ------------------------
+
+
+async def _quick_heartbeat_app(aiohttp_server: Any, settings: Settings) -> tuple[str, Any]:
+    """A worker pinging every second and waiting a second for the pong; sessions with no
+    namespace are left alone (HUB_NAMESPACE_TIMEOUT) so that only the heartbeat closes them."""
+    quick = dataclasses.replace(settings, ping_interval=1.0, ping_timeout=1.0, namespace_timeout=60.0)
+    server = await aiohttp_server(create_app(quick))
+    return str(server.make_url("")).rstrip("/"), server.app[WORKER].server
+
+
+async def test_a_long_polling_client_that_vanished_is_closed_when_its_pong_is_overdue(
+    aiohttp_server: Any, settings: Settings
+) -> None:
+    base, sio = await _quick_heartbeat_app(aiohttp_server, settings)
+    assert sio.eio.start_service_task is False  # python-engineio's own task never starts
+    async with aiohttp.ClientSession() as http, http.get(f"{base}/socket.io/?EIO=4&transport=polling") as r:
+        handshake = await r.text()
+    sid = json.loads(handshake[1:])["sid"]
+    assert sid in sio.eio.sockets
+    # The client never polls again: the ping it is sent is never answered.
+
+    async def gone() -> bool:
+        return sid not in sio.eio.sockets
+
+    await eventually(gone, what="the vanished long-polling session closed and forgotten")
+
+
+async def test_a_websocket_that_answers_its_pings_stays_open(aiohttp_server: Any, settings: Settings) -> None:
+    base, sio = await _quick_heartbeat_app(aiohttp_server, settings)
+    url = f"{base.replace('http', 'ws', 1)}/socket.io/?EIO=4&transport=websocket"
+    async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+        handshake = await ws.receive_str(timeout=10)
+        sid = json.loads(handshake[1:])["sid"]
+        assert json.loads(handshake[1:])["pingInterval"] == 1000
+        pings = 0
+        while pings < 4:  # four heartbeats: over the timeout and several sweeps
+            if await ws.receive_str(timeout=10) == "2":
+                pings += 1
+                await ws.send_str("3")
+        eio_socket = sio.eio.sockets.get(sid)
+        assert eio_socket is not None and not eio_socket.closed and not eio_socket.closing

@@ -244,6 +244,32 @@ HOOKS: tuple[Hook, ...] = (
         text="self.queue.put(pkt)",
     ),
     Hook(
+        f"{EIO}._service_task",
+        (f"{SERVER}.Sweeper._tick",),
+        "Not started (start_service_task is cleared before the first connection): the hub's "
+        "Sweeper does its work, closing sessions whose pong is overdue and forgetting closed "
+        "ones, without a task, a timer and a cancellation per session.",
+        "(self)",
+        "b6358bda51d0b34b",
+    ),
+    Hook(
+        f"{EIO}.start_service_task",
+        (f"{SERVER}.Sweeper.__init__",),
+        "Cleared by the Sweeper, so python-engineio's service task never starts.",
+        "(self, environ, transport, jsonp_index=None)",
+        "5bd7edc1d1ae115a",
+        code=f"{EIO}._handle_connect",
+        text="if self.start_service_task:",
+    ),
+    Hook(
+        f"{EIO_SOCKET}.check_ping_timeout",
+        (f"{SERVER}.Sweeper._tick",),
+        "Called by the Sweeper for a session whose pong is overdue (last_ping, set when a ping "
+        "is sent and cleared by its pong, older than ping_timeout), to close it as python-engineio does.",
+        "(self)",
+        "77616d5ca7809257",
+    ),
+    Hook(
         "engineio.payload.Payload.max_decode_packets",
         (f"{SERVER}.WholeBody.read",),
         "A long-polling body is checked against the packet count python-engineio will decode.",

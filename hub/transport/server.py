@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, Protocol
@@ -126,6 +128,48 @@ class WholeBody:
         await self._close()
 
 
+class Sweeper:
+    """python-engineio's service task without its cost per connection: that task visits each
+    Engine.IO session in turn, with a task, a timer and a cancellation per session, over every
+    ``ping_timeout`` (at 20,000 idle connections, a thousand of each per second); this visits
+    them in slices, one plain callback a second, as often. A session closed is forgotten; one
+    whose pong is overdue (``AsyncSocket.check_ping_timeout``'s test) is closed as that closes
+    it. (A WebSocket's own read loop ends a silent connection too; a long-polling client that
+    vanished has nothing else to close it.)"""
+
+    TICK = 1.0  # seconds between slices
+
+    def __init__(self, eio: Any) -> None:
+        self.eio = eio
+        eio.start_service_task = False  # python-engineio starts its own at the first connection
+        self._due: list[Any] = []  # the sessions of this round not visited yet
+        self._slice = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._closing: set[asyncio.Task[Any]] = set()
+
+    def start(self) -> None:
+        """Sweep from now on (idempotent): once the event loop runs, at the first connection."""
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.TICK, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(self.TICK, self._tick)
+        if not self._due:
+            self._due = list(self.eio.sockets.values())
+            self._slice = math.ceil(len(self._due) * self.TICK / max(self.eio.ping_timeout, self.TICK))
+        cut = max(0, len(self._due) - self._slice)
+        batch, self._due = self._due[cut:], self._due[:cut]
+        sockets, timeout, now = self.eio.sockets, self.eio.ping_timeout, time.time()
+        for s in batch:
+            if s.closed:
+                if sockets.get(s.sid) is s:
+                    del sockets[s.sid]
+            elif not s.closing and s.last_ping and now - s.last_ping > timeout:
+                task = asyncio.ensure_future(s.check_ping_timeout())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+
+
 class Streaming(Protocol):
     """The namespace the hub's clients connect to (``hub.transport.namespace``), as its server
     sees it: what admits and releases Engine.IO sessions, and which events a client may send."""
@@ -190,12 +234,14 @@ class HubServer(socketio.AsyncServer):
         self.refusals = logs.Repeats(log)
         self.namespace_timeout = namespace_timeout
         self._closing: set[asyncio.Task[None]] = set()
+        self.sweeper = Sweeper(self.eio)
         self.streaming = streaming
         self.register_namespace(streaming)
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
         """A new Engine.IO session: refused at the handshake (HTTP 401 with the error body) when
         its client address is over its connection rate or holds too many sessions."""
+        self.sweeper.start()
         refusal = await self.streaming.open_transport(eio_sid, environ)
         if refusal is not None:
             return refusal
