@@ -3,6 +3,7 @@ are still there as they were checked, and every override still runs in a real ap
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import functools
@@ -119,7 +120,9 @@ async def test_a_long_polling_client_that_vanished_is_closed_when_its_pong_is_ov
     await eventually(gone, what="the vanished long-polling session closed and forgotten")
 
 
-async def test_a_websocket_that_answers_its_pings_stays_open(aiohttp_server: Any, settings: Settings) -> None:
+async def test_a_websocket_that_answers_its_pings_stays_open_pinged_by_the_worker(
+    aiohttp_server: Any, settings: Settings
+) -> None:
     base, sio = await _quick_heartbeat_app(aiohttp_server, settings)
     url = f"{base.replace('http', 'ws', 1)}/socket.io/?EIO=4&transport=websocket"
     async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
@@ -133,3 +136,10 @@ async def test_a_websocket_that_answers_its_pings_stays_open(aiohttp_server: Any
                 await ws.send_str("3")
         eio_socket = sio.eio.sockets.get(sid)
         assert eio_socket is not None and not eio_socket.closed and not eio_socket.closing
+
+        async def pong_taken() -> bool:  # the next ping is scheduled
+            return eio_socket.last_ping is None
+
+        await eventually(pong_taken, what="the last pong taken")
+        # The pings come from the worker's Pinger: no task per session sleeps until its next one.
+        assert not [t for t in asyncio.all_tasks() if "_send_ping" in repr(t.get_coro())]
