@@ -82,6 +82,7 @@ class Sizes:
     capacity_steps: str = "2000,5000,10000,15000,19000"
     capacity_streams: int = 100
     capacity_seconds: float = 30.0  # the idle window per step: more than one ping interval (25 s)
+    capacity_ping_interval: float = 0.0  # the worker's HUB_PING_INTERVAL; 0: the hub's default (25 s)
     # drain: viewers of worker A reconnecting to worker B once A drains, as Socket.IO clients do.
     drain_viewers: int = 15000
     drain_streams: int = 100

@@ -407,12 +407,13 @@ async def capacity(b: Bench) -> dict[str, Any]:
     every viewer joined and the outbox is drained, a window of ``capacity_seconds`` in which
     nothing happens but time: the worker's RSS per connection (its growth since before the
     first viewer, over the viewers), its CPU in percent of one core, redis-server's, and the
-    Redis commands per second. The window should hold at least one ping interval (25 s), so
-    that every socket's ping falls in it."""
+    Redis commands per second. The window should hold at least one ping interval (25 s, or
+    ``capacity_ping_interval``), so that every socket's ping falls in it."""
     z = b.sizes
     assert b.fleet is not None
     steps = capacity_steps(z.capacity_steps)
-    [worker] = await b.fresh_workers(1)
+    ping = {"HUB_PING_INTERVAL": str(z.capacity_ping_interval)} if z.capacity_ping_interval else {}
+    [worker] = await b.fresh_workers(1, [ping])
     ids = await b.create_streams(z.capacity_streams, "capacity")
     await b.outbox_drained(60)
     rss0 = rss_kib(worker.pid)
@@ -460,6 +461,7 @@ async def capacity(b: Bench) -> dict[str, Any]:
     return {
         "workload": "capacity",
         "streams": z.capacity_streams,
+        "ping_interval_s": z.capacity_ping_interval or None,
         "worker_rss_kib_before": rss0,
         **last,
         # What the last step's idle CPU comes to at 100,000 connections, were it linear in them.
