@@ -185,6 +185,12 @@ class Settings:
     create_rate: int = 20
     moderation_rate: int = 60
     namespace_timeout: float = 5.0
+    # Engine.IO's heartbeat (python-engineio's and socket.io's defaults): the server pings every
+    # ping_interval seconds and closes a connection whose pong has not come ping_timeout later.
+    # Clients take both from the handshake; a longer interval costs an idle worker less (a
+    # ping and a pong per connection and interval) but finds a vanished client later.
+    ping_interval: float = 25.0
+    ping_timeout: float = 20.0
     moderation_period: int = 60
     create_period: int = 3600
     tip_idempotency_ttl: int = 7 * 24 * 3600
@@ -288,6 +294,8 @@ class Settings:
             create_period=_int(env, "HUB_CREATE_PERIOD", default.create_period, 1, 86_400),
             moderation_rate=_int(env, "HUB_MODERATION_RATE", default.moderation_rate, 1, 100_000),
             namespace_timeout=_float(env, "HUB_NAMESPACE_TIMEOUT", default.namespace_timeout, 0.5, 60.0),
+            ping_interval=_float(env, "HUB_PING_INTERVAL", default.ping_interval, 1.0, 600.0),
+            ping_timeout=_float(env, "HUB_PING_TIMEOUT", default.ping_timeout, 1.0, 600.0),
             moderation_period=_int(env, "HUB_MODERATION_PERIOD", default.moderation_period, 1, 86_400),
             flush_batch=_int(env, "HUB_FLUSH_BATCH", default.flush_batch, 1, 10_000),
             flush_claim_idle_ms=_int(

@@ -208,6 +208,8 @@ def _socketio_server(
         fanout_interval=settings.fanout_interval,
         fanout_pace_above=settings.fanout_pace_above,
         namespace_timeout=settings.namespace_timeout,
+        ping_interval=settings.ping_interval,
+        ping_timeout=settings.ping_timeout,
         async_mode="aiohttp",
         client_manager=manager,
         serializer=HubPacket,

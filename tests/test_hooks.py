@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import inspect
+import json
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -158,3 +160,56 @@ async def test_a_joins_event_and_ack_leave_in_one_write(
         assert sio.writer.writes - writes == 1
     finally:
         await viewer.close()
+
+
+# -- the sweep that takes the place of python-engineio's service task ------------------------
+
+
+async def _quick_heartbeat_app(aiohttp_server: Any, settings: Settings) -> tuple[str, Any]:
+    """A worker pinging every second and waiting a second for the pong; sessions with no
+    namespace are left alone (HUB_NAMESPACE_TIMEOUT) so that only the heartbeat closes them."""
+    quick = dataclasses.replace(settings, ping_interval=1.0, ping_timeout=1.0, namespace_timeout=60.0)
+    server = await aiohttp_server(create_app(quick))
+    return str(server.make_url("")).rstrip("/"), server.app[WORKER].server
+
+
+async def test_a_long_polling_client_that_vanished_is_closed_when_its_pong_is_overdue(
+    aiohttp_server: Any, settings: Settings
+) -> None:
+    base, sio = await _quick_heartbeat_app(aiohttp_server, settings)
+    assert sio.eio.start_service_task is False  # python-engineio's own task never starts
+    async with aiohttp.ClientSession() as http, http.get(f"{base}/socket.io/?EIO=4&transport=polling") as r:
+        handshake = await r.text()
+    sid = json.loads(handshake[1:])["sid"]
+    assert sid in sio.eio.sockets
+    # The client never polls again: the ping it is sent is never answered.
+
+    async def gone() -> bool:
+        return sid not in sio.eio.sockets
+
+    await eventually(gone, what="the vanished long-polling session closed and forgotten")
+
+
+async def test_a_websocket_that_answers_its_pings_stays_open_pinged_by_the_worker(
+    aiohttp_server: Any, settings: Settings
+) -> None:
+    base, sio = await _quick_heartbeat_app(aiohttp_server, settings)
+    url = f"{base.replace('http', 'ws', 1)}/socket.io/?EIO=4&transport=websocket"
+    async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+        handshake = await ws.receive_str(timeout=10)
+        sid = json.loads(handshake[1:])["sid"]
+        assert json.loads(handshake[1:])["pingInterval"] == 1000
+        pings = 0
+        while pings < 4:  # four heartbeats: over the timeout and several sweeps
+            if await ws.receive_str(timeout=10) == "2":
+                pings += 1
+                await ws.send_str("3")
+        eio_socket = sio.eio.sockets.get(sid)
+        assert eio_socket is not None and not eio_socket.closed and not eio_socket.closing
+
+        async def pong_taken() -> bool:  # the next ping is scheduled
+            return eio_socket.last_ping is None
+
+        await eventually(pong_taken, what="the last pong taken")
+        # The pings come from the worker's Pinger: no task per session sleeps until its next one.
+        assert not [t for t in asyncio.all_tasks() if "_send_ping" in repr(t.get_coro())]

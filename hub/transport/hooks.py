@@ -287,6 +287,58 @@ HOOKS: tuple[Hook, ...] = (
         text="self.queue.put(pkt)",
     ),
     Hook(
+        f"{EIO}._service_task",
+        (f"{SERVER}.Sweeper._tick",),
+        "Not started (start_service_task is cleared before the first connection): the hub's "
+        "Sweeper does its work, closing sessions whose pong is overdue and forgetting closed "
+        "ones, without a task, a timer and a cancellation per session.",
+        "(self)",
+        "b6358bda51d0b34b",
+    ),
+    Hook(
+        f"{EIO}.start_service_task",
+        (f"{SERVER}.Sweeper.__init__",),
+        "Cleared by the Sweeper, so python-engineio's service task never starts.",
+        "(self, environ, transport, jsonp_index=None)",
+        "5bd7edc1d1ae115a",
+        code=f"{EIO}._handle_connect",
+        text="if self.start_service_task:",
+    ),
+    Hook(
+        f"{EIO_SOCKET}.check_ping_timeout",
+        (f"{SERVER}.Sweeper._tick",),
+        "Called by the Sweeper for a session whose pong is overdue (last_ping, set when a ping "
+        "is sent and cleared by its pong, older than ping_timeout), to close it as python-engineio does.",
+        "(self)",
+        "77616d5ca7809257",
+    ),
+    Hook(
+        f"{EIO_SOCKET}.schedule_ping",
+        (f"{SERVER}.HubSocket.schedule_ping",),
+        "The next ping is the worker's Pinger's to send, in the second it is due, not a task's "
+        "asleep per session; the same test (last_ping set: the previous pong came) guards it.",
+        "(self)",
+        "fe316639159cd70d",
+    ),
+    Hook(
+        f"{EIO_SOCKET}._send_ping",
+        (f"{SERVER}.Pinger._ping",),
+        "Not run (HubSocket.schedule_ping starts no task): the Pinger does what it does, "
+        "last_ping set, then the ping on the session's queue (whose writer task ends when the "
+        "queue stays empty for ping_interval + ping_timeout).",
+        "(self)",
+        "67db82a704ea49d0",
+    ),
+    Hook(
+        f"{EIO}._handle_connect",
+        (f"{SERVER}.HubServer._handle_eio_connect",),
+        "A new session is made a HubSocket in the connect handler, which python-engineio runs "
+        "after registering the session and before scheduling its first ping.",
+        "(self, environ, transport, jsonp_index=None)",
+        "5bd7edc1d1ae115a",
+        text="s.schedule_ping()",
+    ),
+    Hook(
         "engineio.payload.Payload.max_decode_packets",
         (f"{SERVER}.WholeBody.read",),
         "A long-polling body is checked against the packet count python-engineio will decode.",

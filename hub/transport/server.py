@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, Protocol
@@ -13,6 +16,7 @@ import engineio
 import engineio.payload
 import socketio
 from engineio.async_drivers import aiohttp as engineio_aiohttp
+from engineio.async_socket import AsyncSocket
 
 from hub import logs, metrics
 from hub.codec import json_module
@@ -126,6 +130,100 @@ class WholeBody:
         await self._close()
 
 
+class Sweeper:
+    """python-engineio's service task without its cost per connection: that task visits each
+    Engine.IO session in turn, with a task, a timer and a cancellation per session, over every
+    ``ping_timeout`` (at 20,000 idle connections, a thousand of each per second); this visits
+    them in slices, one plain callback a second, as often. A session closed is forgotten; one
+    whose pong is overdue (``AsyncSocket.check_ping_timeout``'s test) is closed as that closes
+    it. (A WebSocket's own read loop ends a silent connection too; a long-polling client that
+    vanished has nothing else to close it.)"""
+
+    TICK = 1.0  # seconds between slices
+
+    def __init__(self, eio: Any) -> None:
+        self.eio = eio
+        eio.start_service_task = False  # python-engineio starts its own at the first connection
+        self._due: list[Any] = []  # the sessions of this round not visited yet
+        self._slice = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._closing: set[asyncio.Task[Any]] = set()
+
+    def start(self) -> None:
+        """Sweep from now on (idempotent): once the event loop runs, at the first connection."""
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.TICK, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(self.TICK, self._tick)
+        if not self._due:
+            self._due = list(self.eio.sockets.values())
+            self._slice = math.ceil(len(self._due) * self.TICK / max(self.eio.ping_timeout, self.TICK))
+        cut = max(0, len(self._due) - self._slice)
+        batch, self._due = self._due[cut:], self._due[:cut]
+        sockets, timeout, now = self.eio.sockets, self.eio.ping_timeout, time.time()
+        for s in batch:
+            if s.closed:
+                if sockets.get(s.sid) is s:
+                    del sockets[s.sid]
+            elif not s.closing and s.last_ping and now - s.last_ping > timeout:
+                task = asyncio.ensure_future(s.check_ping_timeout())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+
+
+class Pinger:
+    """Engine.IO's pings of every session, from one callback a second: python-engineio keeps a
+    task per session asleep for the ping interval (a task, its coroutine, a timer and a context
+    per session). Here a session whose pong came is put in the second its next ping is due
+    (``HubSocket.schedule_ping``), and the ping goes on its queue as python-engineio's
+    ``_send_ping`` puts it there; ``last_ping`` is set as it sets it, for the Sweeper."""
+
+    PACKET = engineio.packet.Packet(engineio.packet.PING)
+
+    def __init__(self, eio: Any) -> None:
+        self.eio = eio
+        self._wheel: defaultdict[int, list[Any]] = defaultdict(list)  # whole second -> sessions
+        self._timer: asyncio.TimerHandle | None = None
+
+    def schedule(self, eio_socket: Any) -> None:
+        loop = asyncio.get_running_loop()
+        # In the whole second it falls in: up to a second early, never late (python-engineio closes
+        # a WebSocket that has sent nothing for ping_interval + ping_timeout).
+        self._wheel[math.floor(loop.time() + self.eio.ping_interval)].append(eio_socket)
+        if self._timer is None:
+            self._timer = loop.call_at(math.ceil(loop.time()), self._tick)
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for second in [second for second in self._wheel if second <= now]:
+            for eio_socket in self._wheel.pop(second):
+                self._ping(eio_socket)
+        self._timer = loop.call_at(math.floor(now) + 1, self._tick) if self._wheel else None
+
+    def _ping(self, s: Any) -> None:
+        if s.closing or s.closed:
+            return
+        s.last_ping = time.time()
+        # As python-engineio's send() does, without its await. Through the queue even for a
+        # WebSocket: its writer task ends when its queue stays empty for a ping interval and a
+        # timeout, closing the connection.
+        s.queue.put_nowait(self.PACKET)
+
+
+class HubSocket(AsyncSocket):
+    """python-engineio's session, whose next ping the worker's Pinger sends. A session becomes
+    one when it opens (``HubServer._handle_eio_connect``), before its first ping is scheduled."""
+
+    def schedule_ping(self) -> None:
+        # python-engineio's test: only once the previous ping's pong came (or at the start)
+        session: Any = self
+        if session.last_ping:
+            session.last_ping = None
+            session.server.hub_pinger.schedule(session)
+
+
 class Streaming(Protocol):
     """The namespace the hub's clients connect to (``hub.transport.namespace``), as its server
     sees it: what admits and releases Engine.IO sessions, and which events a client may send."""
@@ -190,12 +288,18 @@ class HubServer(socketio.AsyncServer):
         self.refusals = logs.Repeats(log)
         self.namespace_timeout = namespace_timeout
         self._closing: set[asyncio.Task[None]] = set()
+        self.sweeper = Sweeper(self.eio)
+        self.eio.hub_pinger = Pinger(self.eio)
         self.streaming = streaming
         self.register_namespace(streaming)
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
         """A new Engine.IO session: refused at the handshake (HTTP 401 with the error body) when
         its client address is over its connection rate or holds too many sessions."""
+        self.sweeper.start()
+        eio_socket = self.eio.sockets.get(eio_sid)
+        if type(eio_socket) is AsyncSocket:
+            eio_socket.__class__ = HubSocket  # before python-engineio schedules its first ping
         refusal = await self.streaming.open_transport(eio_sid, environ)
         if refusal is not None:
             return refusal

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing as mp
+import random
 import signal
 import threading
 import time
 import traceback
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -59,6 +60,8 @@ class Child:
         self.socks: list[Sock] = []
         self.senders: list[Sock] = []
         self.tally = Tally()
+        self.origin: dict[Sock, tuple[Spec, str | None]] = {}  # what each socket was opened as
+        self.follow: Follow | None = None
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
@@ -119,7 +122,10 @@ class Child:
         t0 = time.monotonic_ns()
         socks = await asyncio.gather(*(one(s, t) for s, t in zip(specs, tokens, strict=True)))
         t1 = time.monotonic_ns()
-        self.socks.extend(s for s in socks if s is not None)
+        for sock, spec, token in zip(socks, specs, tokens, strict=True):
+            if sock is not None:
+                self.socks.append(sock)
+                self.origin[sock] = (spec, token)
         return {
             "opened": sum(s is not None for s in socks),
             "failed": sum(errors.values()),
@@ -128,6 +134,78 @@ class Child:
             "t1": t1,
             "connect": connected.sparse(),
             "join": joined.sparse(),
+        }
+
+    async def do_follow(self, url: str, delay: float, jitter: float, delay_max: float, attempts: int) -> None:
+        """From now on every socket the server (or the network) closes reconnects as a
+        Socket.IO client does (``reconnectionDelay``, ``randomizationFactor``,
+        ``reconnectionDelayMax``, ``reconnectionAttempts``): after ``delay`` s, ± ``jitter`` of
+        it, doubling after each failed attempt up to ``delay_max``, with its token and from its
+        source address, and joins its stream again. It reconnects to ``url``: where a load
+        balancer sends it once the closed worker's /readyz fails."""
+        self.follow = Follow(url, delay, jitter, delay_max, attempts)
+        for sock in self.socks:
+            if sock.closed:
+                continue
+            sock.on_lost = self._lost
+
+    def _lost(self, sock: Sock) -> None:
+        follow = self.follow
+        origin = self.origin.pop(sock, None)
+        if follow is None or origin is None:
+            return
+        follow.lost += 1
+        follow.first_lost = follow.first_lost or time.monotonic_ns()
+        task = asyncio.ensure_future(self._reconnect(follow, origin[0], origin[1], time.monotonic_ns()))
+        follow.tasks.add(task)
+        task.add_done_callback(follow.tasks.discard)
+
+    async def _reconnect(self, follow: Follow, spec: Spec, token: str | None, lost_ns: int) -> None:
+        delay = follow.delay
+        for _ in range(follow.attempts):
+            # The client's backoff: time passing is the point, nothing is waited for.
+            await asyncio.sleep(delay * (1 + follow.jitter * (2 * random.random() - 1)))
+            sock: Sock | None = None
+            try:
+                sock = await Sock.open(follow.url, token, self.tally, source=spec.source)
+                if spec.stream_id is not None:
+                    await sock.join(spec.stream_id)
+            except Exception as exc:
+                follow.errors[_error_key(exc)] += 1
+                if sock is not None:
+                    await sock.close()
+                delay = min(delay * 2, follow.delay_max)
+                continue
+            now = time.monotonic_ns()
+            follow.rejoined += 1
+            follow.last_rejoin = max(follow.last_rejoin, now)
+            follow.took.record_ns(now - lost_ns)
+            self.socks.append(sock)
+            self.origin[sock] = (Spec(follow.url, spec.user, spec.stream_id, spec.sender, spec.source), token)
+            if spec.sender:
+                self.senders.append(sock)
+            sock.on_lost = self._lost
+            return
+        follow.gave_up += 1
+
+    async def do_followed(self) -> dict[str, Any]:
+        """How the reconnecting went so far (no waiting); the sockets the server closed are
+        forgotten once every one of them is back or given up."""
+        follow = self.follow
+        if follow is None:
+            return {"lost": 0, "rejoined": 0, "gave_up": 0, "errors": {}}
+        if follow.lost == follow.rejoined + follow.gave_up:
+            self.socks = [s for s in self.socks if not s.closed]
+            self.senders = [s for s in self.senders if not s.closed]
+        return {
+            "lost": follow.lost,
+            "rejoined": follow.rejoined,
+            "gave_up": follow.gave_up,
+            "errors": dict(follow.errors.most_common(5)),
+            "first_lost": follow.first_lost,
+            "last_rejoin": follow.last_rejoin,
+            "took": follow.took.sparse(),
+            "open_sockets": sum(not s.closed for s in self.socks),
         }
 
     async def do_reset(self) -> None:
@@ -249,6 +327,11 @@ class Child:
         }
 
     async def do_close(self) -> None:
+        follow, self.follow = self.follow, None
+        if follow is not None:
+            for task in list(follow.tasks):
+                task.cancel()
+        self.origin = {}
         socks, self.socks, self.senders = self.socks, [], []
         gate = asyncio.Semaphore(200)
 
@@ -258,6 +341,25 @@ class Child:
 
         await asyncio.gather(*(close(s) for s in socks), return_exceptions=True)
         self.tally.reset()
+
+
+@dataclass
+class Follow:
+    """Where and how a client process's sockets reconnect, and how it went (``do_follow``)."""
+
+    url: str
+    delay: float
+    jitter: float
+    delay_max: float
+    attempts: int
+    lost: int = 0
+    rejoined: int = 0
+    gave_up: int = 0
+    first_lost: int = 0  # monotonic ns (system-wide: comparable across processes)
+    last_rejoin: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    took: Histogram = field(default_factory=Histogram)  # from the loss to the join's answer
+    tasks: set[asyncio.Future[None]] = field(default_factory=set)
 
 
 def child_main(conn: Connection, secret: str) -> None:

@@ -77,6 +77,21 @@ class Sizes:
     idle_streams: int = 40
     idle_per_address: int = 1  # viewers per loopback source address: real ones have their own
     idle_seconds: float = 60.0  # the measured window (--seconds sets it too)
+    # capacity: one worker, idle viewers added up to each of these totals (--capacity-steps);
+    # the worker's descriptor limit (RLIMIT_NOFILE, hard 20,000 here) bounds the last one.
+    capacity_steps: str = "2000,5000,10000,15000,19000"
+    capacity_streams: int = 100
+    capacity_seconds: float = 30.0  # the idle window per step: more than one ping interval (25 s)
+    capacity_ping_interval: float = 0.0  # the worker's HUB_PING_INTERVAL; 0: the hub's default (25 s)
+    # drain: viewers of worker A reconnecting to worker B once A drains, as Socket.IO clients do.
+    drain_viewers: int = 15000
+    drain_streams: int = 100
+    drain_seconds: float = 3.0  # A's HUB_DRAIN_SECONDS: the hub's default spread of the closes
+    drain_timeout: float = 120.0  # how long the reconnects may take before the run gives up
+    reconnect_delay: float = 1.0  # socket.io-client's reconnectionDelay (s)
+    reconnect_jitter: float = 0.5  # its randomizationFactor
+    reconnect_delay_max: float = 5.0  # its reconnectionDelayMax (s)
+    reconnect_attempts: int = 10
 
 
 SMOKE = Sizes(
@@ -103,6 +118,14 @@ SMOKE = Sizes(
     idle=40,
     idle_streams=4,
     idle_seconds=2.0,
+    capacity_steps="20,40",
+    capacity_streams=4,
+    capacity_seconds=1.0,
+    drain_viewers=40,
+    drain_streams=4,
+    drain_seconds=0.5,
+    drain_timeout=30.0,
+    reconnect_delay=0.2,
 )
 
 
@@ -396,12 +419,14 @@ class Bench:
         self.workers = []
         self._subscribed = set()
 
-    async def fresh_workers(self, n: int = 2) -> list[Worker]:
+    async def fresh_workers(self, n: int = 2, env: list[dict[str, str]] | None = None) -> list[Worker]:
         """Stop the previous workload's workers; start ``n`` new ones (hub web workers, or
-        Node.js peers while ``server`` is "node") and wait until ready."""
+        Node.js peers while ``server`` is "node") and wait until ready. ``env``: settings of
+        each worker's own, over the run's."""
         self.stop_workers()
         node = self.server == "node"
-        self.workers = [Worker(i, self.env.env(), self.logdir, node) for i in range(n)]
+        own = env or [{}] * n
+        self.workers = [Worker(i, {**self.env.env(), **own[i]}, self.logdir, node) for i in range(n)]
         assert self.http is not None
         await asyncio.gather(*(w.ready(self.http) for w in self.workers))
         return self.workers
@@ -423,11 +448,12 @@ class Bench:
 
     async def end_streams(self) -> None:
         gate = asyncio.Semaphore(20)
+        url = next(w.url for w in self.workers if w.alive())
 
         async def end(stream_id: str, token: str) -> None:
             async with gate:
                 with contextlib.suppress(Exception):
-                    await self._post(f"{self.workers[0].url}{API}/{stream_id}/end", token, None)
+                    await self._post(f"{url}{API}/{stream_id}/end", token, None)
 
         streamers, self.streamers = self.streamers, {}
         await asyncio.gather(*(end(s, t) for s, t in streamers.items()))
@@ -468,7 +494,7 @@ class Bench:
         """End the workload's streams (so the room empties at once rather than N leaves each
         telling N viewers), close the sockets, stop the workers, wait for the outbox to drain.
         Returns what the workers logged at WARNING and above."""
-        if self.workers and all(w.alive() for w in self.workers):
+        if any(w.alive() for w in self.workers):  # a drained worker has gone already
             await self.end_streams()
         if self.fleet is not None:
             await self.fleet.ask_all("close", timeout=120.0)

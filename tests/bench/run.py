@@ -1,5 +1,5 @@
-"""``python -m tests.bench.run [--workload NAME ...] [--seconds S] [--smoke] [--idle N] [--set name=value]
-[--cluster | --private-redis]``
+"""``python -m tests.bench.run [--workload NAME ...] [--seconds S] [--smoke] [--idle N]
+[--capacity-steps N,N,...] [--drain N] [--set name=value] [--cluster | --private-redis]``
 
 Starts two web workers and a flusher on a private Redis prefix and MySQL database, drives
 them from lean websocket clients on loopback, and prints one JSON line per workload, then a
@@ -43,7 +43,7 @@ from typing import Any
 from tests.bench.floor import measure as measure_floor
 from tests.bench.harness import SMOKE, Bench, Sizes
 from tests.bench.procs import node_peer_asked, node_peer_problem
-from tests.bench.workloads import WORKLOADS
+from tests.bench.workloads import WORKLOADS, capacity_steps
 
 # What the Node.js peer can do like the hub: join a room, broadcast and acknowledge.
 PEER_WORKLOADS = ("fanout", "joins", "ingress", "idle")
@@ -67,6 +67,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, help="measured seconds per workload (idle's window too)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, about a second each")
     parser.add_argument("--idle", type=int, metavar="N", help="connections the idle workload holds")
+    parser.add_argument(
+        "--capacity-steps",
+        metavar="N,N,...",
+        help="viewer totals the capacity workload measures at (default 2000,5000,10000,15000,19000)",
+    )
+    parser.add_argument("--drain", type=int, metavar="N", help="viewers the drain workload moves")
     parser.add_argument(
         "--set",
         action="append",
@@ -98,9 +104,14 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
             raise SystemExit(f"--set: no size named {name!r}; one of {', '.join(defaults)}")
         changes[name] = type(defaults[name])(value)
     if args.seconds is not None:
-        changes["seconds"] = changes["idle_seconds"] = args.seconds
+        changes["seconds"] = changes["idle_seconds"] = changes["capacity_seconds"] = args.seconds
     if args.idle is not None:
         changes["idle"] = args.idle
+    if args.capacity_steps is not None:
+        capacity_steps(args.capacity_steps)  # a bad list stops the run here
+        changes["capacity_steps"] = args.capacity_steps
+    if args.drain is not None:
+        changes["drain_viewers"] = args.drain
     return dataclasses.replace(sizes, **changes)
 
 
@@ -236,6 +247,39 @@ def _idle(r: dict[str, Any]) -> Row:
     )
 
 
+def _capacity(r: dict[str, Any]) -> Row:
+    """The last step: RSS per connection, idle CPU (and what it comes to at 100k if linear)."""
+    met = _le(r["worker_rss_kib_per_conn"], 20) and _le(r["worker_cpu_pct_at_100k"], 10)
+    return (
+        f"{r['connections']:,} conns, 1 worker",
+        "-",
+        "-",
+        "-",
+        "-",
+        _n(r["closed_sockets"]),
+        f"{_n(r['worker_rss_kib_per_conn'])} KiB/conn, worker idle {_n(r['worker_cpu_pct'], 2)}% "
+        f"(at 100k: {_n(r['worker_cpu_pct_at_100k'])}%), {_n(r['redis_cmds_per_s'])} Redis cmds/s",
+        "≤20KiB/conn, ≤10% core idle at 100k",
+        "yes" if met else "no",
+    )
+
+
+def _drain(r: dict[str, Any]) -> Row:
+    met = _le(r["seconds_to_all_rejoined"], 30) and r["failed_attempts"] == 0 and r["gave_up"] == 0
+    return (
+        f"{_n(r['rejoins_per_s'])} rejoins/s",
+        _n(r["away_p50_ms"]),
+        _n(r["away_p99_ms"]),
+        "-",
+        "-",
+        _n(r["gave_up"]),
+        f"{r['rejoined']:,} back in {_n(r['seconds_to_all_rejoined'], 2)}s, "
+        f"{_n(r['failed_attempts'])} failed attempts; ms: time away",
+        "all back ≤30s, no error",
+        "yes" if met else "no",
+    )
+
+
 ROWS: dict[str, Callable[[dict[str, Any]], Row]] = {
     "fanout": _fanout,
     "streams": _streams,
@@ -244,6 +288,8 @@ ROWS: dict[str, Callable[[dict[str, Any]], Row]] = {
     "ingress-spread": _ingress,
     "flush": _flush,
     "idle": _idle,
+    "capacity": _capacity,
+    "drain": _drain,
 }
 HEAD = (
     "workload",

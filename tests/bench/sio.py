@@ -24,6 +24,7 @@ import socket
 import struct
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -129,6 +130,10 @@ class Sock(asyncio.Protocol):
         self._waiter: asyncio.Future[str] | None = None  # the next text, during the handshake
         self._acks: dict[int, asyncio.Future[Any]] = {}
         self._next_id = 0
+        self._ours = False  # closed by this side (close()), not by the server or the network
+        # Called once when the server or the network ends the connection (a reconnecting
+        # client's cue, ``fleet.Child.do_follow``); never for a close of this side's.
+        self.on_lost: Callable[[Sock], None] | None = None
 
     @classmethod
     async def open(
@@ -201,6 +206,7 @@ class Sock(asyncio.Protocol):
         return reply
 
     async def close(self) -> None:
+        self._ours = True
         if self.transport is not None and not self.closed:
             self.transport.write(_client_frame("", 0x8))
         self.abort()
@@ -219,6 +225,9 @@ class Sock(asyncio.Protocol):
         if not self.closed:
             self.close_reason = "connection lost"
         self._closed()
+        on_lost, self.on_lost = self.on_lost, None
+        if on_lost is not None and not self._ours:
+            on_lost(self)
 
     def data_received(self, data: bytes) -> None:
         buf = self._buffer

@@ -58,7 +58,19 @@ EXPECTED = {
         "redis_calls_per_conn_s",
         "redis_calls_top_per_conn_s",
     },
+    "capacity": {
+        "connections",
+        "closed_sockets",
+        "worker_rss_kib_per_conn",
+        "worker_cpu_pct",
+        "worker_cpu_pct_at_100k",
+        "redis_cmds_per_s",
+        "steps",
+    },
+    "drain": {"viewers", "rejoined", "gave_up", "failed_attempts", "seconds_to_all_rejoined", "away_p99_ms"},
 }
+# Workloads whose figures are no per-operation CPU (curves, times).
+NO_CPU = {"capacity", "drain"}
 
 
 def _results(stdout: str) -> dict[str, dict[str, Any]]:
@@ -109,7 +121,8 @@ def test_bench_smoke_reports_every_workload_without_loss() -> None:
     results = _results(done.stdout)
     assert set(results) == set(EXPECTED), done.stdout
     for name, keys in EXPECTED.items():
-        assert keys | COMMON <= results[name].keys(), (name, sorted(keys | COMMON - results[name].keys()))
+        keys = keys if name in NO_CPU else keys | COMMON
+        assert keys <= results[name].keys(), (name, sorted(keys - results[name].keys()))
     for name in ("fanout", "streams", "ingress", "ingress-spread"):
         r = results[name]
         assert r["messages"] > 0, r
@@ -121,6 +134,13 @@ def test_bench_smoke_reports_every_workload_without_loss() -> None:
     idle = results["idle"]
     assert idle["connections"] == idle["source_addresses"] == 40 and idle["closed_sockets"] == 0, idle
     assert idle["interval_s"] >= 2 and idle["redis_calls_per_conn_s"] > 0, idle
+    capacity = results["capacity"]
+    assert [s["connections"] for s in capacity["steps"]] == [20, 40], capacity
+    assert all(s["closed_sockets"] == 0 and s["worker_rss_kib_per_conn"] > 0 for s in capacity["steps"])
+    assert all(s["interval_s"] >= 1 and s["redis_cmds_per_s"] > 0 for s in capacity["steps"]), capacity
+    drain = results["drain"]
+    assert drain["viewers"] == drain["rejoined"] == drain["open_sockets"] == 40, drain
+    assert drain["gave_up"] == drain["failed_attempts"] == 0 and drain["seconds_to_all_rejoined"] > 0, drain
     _assert_cleaned_up(_run_id(done.stdout))
 
 

@@ -4,8 +4,12 @@ and returns one flat-ish dict: the figures its target names, plus CPU per operat
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
+import signal
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +19,7 @@ import orjson
 from tests.bench.cluster import node_share
 from tests.bench.fleet import Spec
 from tests.bench.harness import Bench, Round, cpu_figures, redis_figures, total_calls
-from tests.bench.procs import eventually
+from tests.bench.procs import CLK_TCK, cpu_ticks, eventually, rss_kib
 from tests.bench.sio import merge, percentile_ms
 
 Workload = Callable[[Bench], Awaitable[dict[str, Any]]]
@@ -386,6 +390,165 @@ def _idle_redis(calls: dict[str, int], conn_seconds: float) -> dict[str, Any]:
     }
 
 
+# -- 7. capacity: one worker, many idle viewers ----------------------------------------
+
+
+def capacity_steps(text: str) -> list[int]:
+    """``--capacity-steps``: totals of viewers, comma-separated, in increasing order."""
+    steps = [int(part) for part in text.split(",") if part.strip()]
+    if not steps or any(b <= a for a, b in itertools.pairwise(steps)) or steps[0] <= 0:
+        raise ValueError(f"capacity steps must increase from above 0: {text!r}")
+    return steps
+
+
+async def capacity(b: Bench) -> dict[str, Any]:
+    """One web worker; signed-in viewers spread over ``capacity_streams`` streams, each from
+    its own loopback address, added up to each total of ``capacity_steps``. At each step, once
+    every viewer joined and the outbox is drained, a window of ``capacity_seconds`` in which
+    nothing happens but time: the worker's RSS per connection (its growth since before the
+    first viewer, over the viewers), its CPU in percent of one core, redis-server's, and the
+    Redis commands per second. The window should hold at least one ping interval (25 s, or
+    ``capacity_ping_interval``), so that every socket's ping falls in it."""
+    z = b.sizes
+    assert b.fleet is not None
+    steps = capacity_steps(z.capacity_steps)
+    ping = {"HUB_PING_INTERVAL": str(z.capacity_ping_interval)} if z.capacity_ping_interval else {}
+    [worker] = await b.fresh_workers(1, [ping])
+    ids = await b.create_streams(z.capacity_streams, "capacity")
+    await b.outbox_drained(60)
+    rss0 = rss_kib(worker.pid)
+    curve: list[dict[str, Any]] = []
+    opened = 0
+    for total in steps:
+        specs = [
+            Spec(worker.url, f"capacity-viewer-{i}", ids[i % len(ids)], source=loopback_source(i))
+            for i in range(opened, total)
+        ]
+        t0 = time.monotonic()
+        # As many in flight as the joins workload: more only queue (and one worker's accept
+        # queue, 128 connections, overflows, which costs a connection seconds of retransmits).
+        replies = await b.open(specs, z.join_concurrency)
+        open_s = time.monotonic() - t0
+        opened += sum(r["opened"] for r in replies)
+        await b.outbox_drained(120)
+        counts0, snap0 = b.command_counts(), b.meter.snap()
+        await asyncio.sleep(z.capacity_seconds)  # the measured window: the load is time passing
+        snap1, counts1 = b.meter.snap(), b.command_counts()
+        rss = rss_kib(worker.pid)
+        cpu = b.meter.delta(snap0, snap1)
+        calls, _ = b.calls_between(counts0, counts1)
+        wall = cpu["wall"]
+        counts = await b.fleet.ask_all("count")
+        top = sorted(calls.items(), key=lambda kv: -kv[1])[:4]
+        curve.append(
+            {
+                "connections": opened,
+                "closed_sockets": sum(c["closed_sockets"] for c in counts),
+                "open_s": round(open_s, 1),
+                "worker_rss_kib": rss,
+                "worker_rss_kib_per_conn": round((rss - rss0) / opened, 2),
+                "worker_cpu_pct": round(cpu.get("workers", 0.0) * 100 / wall, 2),
+                "redis_cpu_pct": round(cpu.get("redis", 0.0) * 100 / wall, 2),
+                "flusher_cpu_pct": round(cpu.get("flusher", 0.0) * 100 / wall, 2),
+                "redis_cmds_per_s": round(sum(calls.values()) / wall, 1),
+                "redis_cmds_top_per_s": {k: round(v / wall, 1) for k, v in top},
+                "interval_s": wall,
+            }
+        )
+        print(f"capacity: {json.dumps(curve[-1])}", flush=True)
+    b.mark_logs()
+    last = curve[-1]
+    return {
+        "workload": "capacity",
+        "streams": z.capacity_streams,
+        "ping_interval_s": z.capacity_ping_interval or None,
+        "worker_rss_kib_before": rss0,
+        **last,
+        # What the last step's idle CPU comes to at 100,000 connections, were it linear in them.
+        "worker_cpu_pct_at_100k": round(last["worker_cpu_pct"] * 100_000 / last["connections"], 1),
+        "steps": curve,
+    }
+
+
+# -- 8. drain: a worker's viewers move to another --------------------------------------
+
+
+async def drain(b: Bench) -> dict[str, Any]:
+    """Two workers; ``drain_viewers`` signed-in viewers, each from its own loopback address,
+    joined to ``drain_streams`` streams on worker A. Every client then reconnects as a
+    Socket.IO client does once its connection is lost (``Child.do_follow``), to worker B (where
+    a load balancer sends it once A's /readyz fails), and joins its stream again. A gets
+    SIGTERM: it drains (its connections closed over ``drain_seconds``, HUB_DRAIN_SECONDS) and
+    exits. Measured: from the SIGTERM until the last viewer's join on B was answered, failed
+    attempts, viewers that gave up, and how long each viewer was away."""
+    z = b.sizes
+    assert b.fleet is not None
+    a, b_worker = await b.fresh_workers(2, [{"HUB_DRAIN_SECONDS": str(z.drain_seconds)}, {}])
+    ids = await b.create_streams(z.drain_streams, "drain")
+    specs = [
+        Spec(a.url, f"drain-viewer-{i}", ids[i % len(ids)], source=loopback_source(i))
+        for i in range(z.drain_viewers)
+    ]
+    replies = await b.open(specs, z.join_concurrency)
+    n = sum(r["opened"] for r in replies)
+    await b.outbox_drained(120)
+    await b.fleet.ask_all(
+        "follow",
+        b_worker.url,
+        z.reconnect_delay,
+        z.reconnect_jitter,
+        z.reconnect_delay_max,
+        z.reconnect_attempts,
+    )
+    b_cpu0, b_rss0 = cpu_ticks(b_worker.pid), rss_kib(b_worker.pid)
+    t0_ns = time.monotonic_ns()
+    a.popen.send_signal(signal.SIGTERM)
+    states: list[dict[str, Any]] = []
+
+    async def back() -> bool:
+        nonlocal states
+        assert b.fleet is not None
+        states = await b.fleet.ask_all("followed")
+        return sum(s["rejoined"] + s["gave_up"] for s in states) >= n
+
+    await eventually(back, z.drain_timeout, f"{n} viewers back on worker B", every=0.1)
+    b_cpu1 = cpu_ticks(b_worker.pid)
+
+    async def exited() -> bool:
+        return not a.alive()
+
+    await eventually(exited, 30, "worker A exited")
+    b.mark_logs()
+    errors: Counter[str] = Counter()
+    for s in states:
+        errors.update(s["errors"])
+    rejoined = sum(s["rejoined"] for s in states)
+    last = max(s["last_rejoin"] for s in states)
+    took = merge([s["took"] for s in states])
+    seconds = (last - t0_ns) / 1e9
+    return {
+        "workload": "drain",
+        "viewers": n,
+        "streams": z.drain_streams,
+        "drain_seconds": z.drain_seconds,
+        "lost": sum(s["lost"] for s in states),
+        "rejoined": rejoined,
+        "gave_up": sum(s["gave_up"] for s in states),
+        "failed_attempts": sum(errors.values()),
+        "errors": dict(errors.most_common(5)),
+        "seconds_to_all_rejoined": round(seconds, 2),
+        "rejoins_per_s": round(rejoined / seconds, 1) if seconds > 0 else None,
+        "away_p50_ms": percentile_ms(took, 0.5),
+        "away_p99_ms": percentile_ms(took, 0.99),
+        "away_max_ms": percentile_ms(took, 1.0),
+        "worker_b_cpu_s": round((b_cpu1 - b_cpu0) / CLK_TCK, 2),
+        "worker_b_rss_kib_per_conn": round((rss_kib(b_worker.pid) - b_rss0) / rejoined, 2)
+        if rejoined
+        else None,
+        "open_sockets": sum(s["open_sockets"] for s in states),
+    }
+
+
 WORKLOADS: dict[str, Workload] = {
     "fanout": fanout,
     "streams": streams,
@@ -394,4 +557,6 @@ WORKLOADS: dict[str, Workload] = {
     "ingress-spread": ingress_spread,
     "flush": flush,
     "idle": idle,
+    "capacity": capacity,
+    "drain": drain,
 }
