@@ -136,6 +136,21 @@ class Keys:
         return f"{self.prefix}live:cat:{category}"
 
     @property
+    def live_idle(self) -> str:
+        """Sorted set of LIVE stream ids scored by when the hub ends each for idleness (ms,
+        ``HUB_LIVE_IDLE_END`` after its last activity; one per shard). A stream is out of it
+        while a socket of its streamer watches it, and leaves it when it ends: at most one
+        member per LIVE stream of the shard."""
+        return f"{self.prefix}live:idle"
+
+    @property
+    def viewer_events_due(self) -> str:
+        """Sorted set of the stream ids whose coalesced viewer event is kept back, scored by
+        when it is due (ms; one per shard). Left when the event is sent or the stream ends: at
+        most one member per LIVE stream of the shard."""
+        return f"{self.prefix}viewer_events:due"
+
+    @property
     def workers(self) -> str:
         """Sorted set of web worker ids scored by their last heartbeat (ms)."""
         return f"{self.prefix}workers"

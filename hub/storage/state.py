@@ -21,6 +21,11 @@ from hub.storage.scripts import checked, load_scripts
 CHAT_BATCH_MAX = 256
 MODLOG_SIZE = 200
 REAP_MOST_PER_STREAM = 1000
+# The sweep of what is due reads at most this many streams of each index per call (one call
+# stays well under 2 ms of Redis time), and claims an idle stream for this long while its worker
+# ends it: another worker takes it up after that only if it is still live.
+DUE_MOST = 100
+DUE_CLAIM_MS = 60_000
 
 
 def _message_prefix(message_id: str) -> bytes:
@@ -112,6 +117,14 @@ def _flag(value: bool) -> str:
     return "1" if value else "0"
 
 
+class Due(NamedTuple):
+    """What one call of ``due.lua`` did and found in a shard."""
+
+    viewer_events: int  # kept viewer events sent
+    idle: list[tuple[str, str]]  # (stream id, streamer id) of the idle streams claimed to end
+    more: bool  # an index had more due than one call reads: call again
+
+
 class Joined(NamedTuple):
     """What ``State.join`` finds: the viewers now, the stream hash and its newest messages
     (JSON texts, newest first)."""
@@ -173,6 +186,7 @@ class State:
                 k.create_rate(user),
                 k.live,
                 k.outbox,
+                k.live_idle,
             ],
             args=[
                 k.prefix,
@@ -200,6 +214,7 @@ class State:
                 k.streamer_scheduled(streamer_id),
                 k.live,
                 k.outbox,
+                k.live_idle,
             ],
             args=[k.prefix, stream_id],
         )
@@ -231,6 +246,8 @@ class State:
                 k.live,
                 k.outbox,
                 k.room(stream_id),
+                k.viewer_events_due,
+                k.live_idle,
             ],
             args=[k.prefix, stream_id, self.settings.ended_retention],
         )
@@ -402,6 +419,8 @@ class State:
                 k.live,
                 k.outbox,
                 k.room(stream_id),
+                k.viewer_events_due,
+                k.live_idle,
             ],
             args=[
                 k.prefix,
@@ -430,6 +449,8 @@ class State:
                 k.live,
                 k.outbox,
                 k.room(stream_id),
+                k.viewer_events_due,
+                k.live_idle,
             ],
             args=[k.prefix, stream_id, member],
         )
@@ -449,6 +470,8 @@ class State:
                 k.live,
                 k.outbox,
                 k.room(stream_id),
+                k.viewer_events_due,
+                k.live_idle,
             ],
             args=[k.prefix, stream_id, self._ttl_ms, *(x for triple in members for x in triple)],
         )
@@ -463,6 +486,16 @@ class State:
             )
         )
         return sum(int(swept) for _, swept in replies)
+
+    # -- the sweep of what has come due ---------------------------------------------
+    async def due(self, k: Keys) -> Due:
+        """One call of ``due.lua`` in one shard: the kept viewer events whose interval has
+        passed are sent, and the streams idle for ``HUB_LIVE_IDLE_END`` claimed for the caller
+        to end; at most ``DUE_MOST`` of each."""
+        _, sent, flat, more = await self._run(
+            "due", keys=[k.viewer_events_due, k.live_idle], args=[k.prefix, DUE_MOST, DUE_CLAIM_MS]
+        )
+        return Due(int(sent), list(zip(flat[::2], flat[1::2], strict=True)), bool(more))
 
     @property
     def _ttl_ms(self) -> int:
@@ -556,7 +589,7 @@ class State:
         streams: dict[str, int] = {}
         for item in items:
             streams.setdefault(item.stream_id, len(streams) + 1)
-        keys = [k.outbox]
+        keys = [k.outbox, k.live_idle]
         for sid in streams:
             keys += (
                 k.stream(sid),
@@ -575,6 +608,7 @@ class State:
             s.recent_size,
             len(streams),
             len(items),
+            *streams,
         ]
         for item in items:
             args += (
@@ -617,6 +651,7 @@ class State:
                     k.sanctions(tip.stream_id),
                     k.outbox,
                     k.room(tip.stream_id),
+                    k.live_idle,
                 ],
                 [
                     s.tip_rate,
@@ -633,6 +668,7 @@ class State:
                     tip.tip_json,
                     tip.message_json,
                     tip.room_message,
+                    tip.stream_id,
                 ],
             )
         )
@@ -668,6 +704,8 @@ class State:
                     k.moderation_rate(m.actor),
                     k.live,
                     k.outbox,
+                    k.viewer_events_due,
+                    k.live_idle,
                 ],
                 [
                     k.prefix,

@@ -1,14 +1,14 @@
 -- A connection starts watching a stream (or watches it again): the viewer's join rate, the
 -- stream live, the user not banned; then the stream and its newest messages.
 -- KEYS: stream hash, conns, viewers, unique set, recent set, join rate key, sanctions, live
---       set, outbox, stream channel
+--       set, outbox, stream channel, viewer events due, idle index
 -- ARGV: prefix (names the category's live set), stream_id, member, ttl ms, sid, username,
 --       join limit, join period ms, recent messages wanted, count the join rate here ('1'/'0':
 --       the caller counted it in the viewer's shard), only messages after this id ('': any)
 -- Returns {'ok', viewer count, stream hash (flat), recent messages (newest first)}.
 local hash_key, conns_key, viewers_key, unique_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local recent_key, rate_key, sanctions_key = KEYS[5], KEYS[6], KEYS[7]
-local live_key, outbox_key, room = KEYS[8], KEYS[9], KEYS[10]
+local live_key, outbox_key, room, due_key, idle_key = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local prefix, stream_id, member, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local sid, username, rate_limit, period_ms = ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])
 local wanted, count_rate, after = tonumber(ARGV[9]), ARGV[10] == '1', ARGV[11]
@@ -28,8 +28,10 @@ if redis.call('ZSCORE', conns_key, member) then
 else
   local stream = {id = stream_id, hash = hash_key, conns = conns_key, viewers = viewers_key,
                   unique = unique_key, room = room}
-  count = start_watching(shard_keys(prefix, live_key, outbox_key), stream, member, expiry, sid, username)
+  count = start_watching(shard_keys(prefix, live_key, outbox_key, due_key, idle_key), stream, member, expiry, sid,
+                         username)
 end
+idle_push(idle_key, stream_id, now)  -- a join is activity
 -- The newest `wanted` messages of the recent set, newest first, or with `after` the newest
 -- `wanted` of those with a higher id.
 local recent

@@ -1,15 +1,17 @@
 -- Extend this worker's connections in one stream; re-assert any that were swept while the
 -- worker could not refresh them (frozen, or Redis restarted), unless their user was banned.
--- KEYS: stream hash, conns, viewers, unique set, sanctions, live set, outbox, stream channel
+-- KEYS: stream hash, conns, viewers, unique set, sanctions, live set, outbox, stream channel,
+--       viewer events due, idle index
 -- ARGV: prefix (names the category's live set), stream_id, ttl ms, then (member, sid, username)
 --       triples
 -- Returns {'ok', connections re-asserted}.
 local hash_key, conns_key, viewers_key, unique_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local sanctions_key, live_key, outbox_key, room = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local due_key, idle_key = KEYS[9], KEYS[10]
 local prefix, stream_id, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local triples = slice(ARGV, 4)
 if redis.call('HGET', hash_key, 'status') ~= 'LIVE' then return fail('stream_not_live') end
-local shard = shard_keys(prefix, live_key, outbox_key)
+local shard = shard_keys(prefix, live_key, outbox_key, due_key, idle_key)
 local stream = {id = stream_id, hash = hash_key, conns = conns_key, viewers = viewers_key,
                 unique = unique_key, room = room}
 local now = now_ms()
