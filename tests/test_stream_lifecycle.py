@@ -89,7 +89,7 @@ async def test_listing_a_streamers_streams_reads_only_what_it_returns(workers, h
     assert [s["stream_id"] for s in body["streams"]] == made[::-1][:3]
 
 
-BOUNDED = ("epoch", "outbox", "outbox:dead", "workers", "live")  # each one key (per shard)
+BOUNDED = ("epoch", "outbox", "outbox:dead", "workers", "live", "live:idle", "viewer_events:due")  # per shard
 
 
 async def test_every_key_expires_or_is_bounded(workers, connect, http, env, token):
