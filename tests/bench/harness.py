@@ -77,6 +77,8 @@ class Sizes:
     idle_streams: int = 40
     idle_per_address: int = 1  # viewers per loopback source address: real ones have their own
     idle_seconds: float = 60.0  # the measured window (--seconds sets it too)
+    sweep_streams: int = 10_000  # LIVE streams, nothing due
+    sweep_calls: int = 20  # each script's calls measured
 
 
 SMOKE = Sizes(
@@ -103,6 +105,8 @@ SMOKE = Sizes(
     idle=40,
     idle_streams=4,
     idle_seconds=2.0,
+    sweep_streams=200,
+    sweep_calls=5,
 )
 
 

@@ -1,9 +1,10 @@
-"""The seven workloads of the benchmark. Each starts fresh web workers, measures, tears down,
+"""The eight workloads of the benchmark. Each starts fresh web workers, measures, tears down,
 and returns one flat-ish dict: the figures its target names, plus CPU per operation."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -11,11 +12,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import redis.asyncio as aioredis
 
+from hub.settings import Settings
+from hub.storage.scripts import checked, load_script, prelude
+from hub.storage.state import REAP_MOST_PER_STREAM, State
 from tests.bench.cluster import node_share
 from tests.bench.fleet import Spec
 from tests.bench.harness import Bench, Round, cpu_figures, redis_figures, total_calls
-from tests.bench.procs import eventually
+from tests.bench.procs import ROOT, commandstats, eventually
 from tests.bench.sio import merge, percentile_ms
 
 Workload = Callable[[Bench], Awaitable[dict[str, Any]]]
@@ -386,6 +391,174 @@ def _idle_redis(calls: dict[str, int], conn_seconds: float) -> dict[str, Any]:
     }
 
 
+# -- 7. the sweep ----------------------------------------------------------------------
+
+# The reap.lua every worker ran each HUB_REAP_INTERVAL before the sweep read indexes: it walked
+# every LIVE stream of its shard.
+OLD_REAP = "e8a4c66:hub/storage/lua/reap.lua"
+
+
+async def live_streams(client: aioredis.Redis, settings: Settings, n: int, chunk: int = 1000) -> list[str]:
+    """``n`` LIVE streams of as many streamers, made by the hub's create.lua in pipelines of
+    ``chunk`` calls, their fields as ``StreamService.create_stream`` writes them."""
+    state = State(client, settings)
+    create = load_script(client, settings, "create")
+    ids: list[str] = []
+    for first in range(0, n, chunk):
+        async with client.pipeline(transaction=False) as pipe:
+            for i in range(first, min(first + chunk, n)):
+                streamer = f"sweep-streamer-{i}"
+                sid = state.new_stream_id(streamer)
+                now = str(int(time.time() * 1000))
+                k = state.keys.of(sid)
+                fields = {
+                    **dict.fromkeys(("description", "thumbnail_url", "recording_url", "scheduled_at"), ""),
+                    **dict.fromkeys(("ended_at", "duration_seconds"), ""),
+                    **dict.fromkeys(
+                        ("peak_viewers", "message_count", "tip_count", "tips_cents", "fees_cents"), "0"
+                    ),
+                    "stream_id": sid,
+                    "streamer_id": streamer,
+                    "streamer_name": streamer,
+                    "title": f"sweep {i}",
+                    "status": "LIVE",
+                    "category": "bench",
+                    "is_recording": "0",
+                    "started_at": now,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                keys = [
+                    k.stream(sid),
+                    k.unique(sid),
+                    k.streamer_live(streamer),
+                    k.streamer_streams(streamer),
+                    k.streamer_scheduled(streamer),
+                    k.create_rate(streamer),
+                    k.live,
+                    k.outbox,
+                    k.live_idle,
+                ]
+                args = [k.prefix, sid, "LIVE", now, 1000, 3_600_000, 10, 0, 100, 3600]
+                await create(
+                    keys=keys, args=[*args, *(x for pair in fields.items() for x in pair)], client=pipe
+                )
+                ids.append(sid)
+            for reply in await pipe.execute():
+                checked(reply)
+    return ids
+
+
+async def sweep(b: Bench) -> dict[str, Any]:
+    """``sweep_streams`` LIVE streams, none with anything due (no viewer, no kept viewer event,
+    the idle end an hour away), then each shard's sweep called ``sweep_calls`` times as the
+    workers call it: due.lua and the reap.lua of the tree, and for comparison the reap.lua of
+    before (``OLD_REAP``, which walked every live stream). Each call's Redis time is read from
+    SLOWLOG (threshold 0 while measuring, so every command is logged; calls told apart by their
+    script's sha); the commands one due.lua call runs, from INFO commandstats. No worker runs
+    meanwhile, and the flusher is stopped: on --private-redis nothing else touches Redis."""
+    if b.cluster is not None:
+        raise RuntimeError("the sweep workload runs on one Redis (the local one or --private-redis)")
+    z = b.sizes
+    b.stop_workers()
+    settings = Settings.from_env(b.env.env())
+    ids = await live_streams(b.aredis, settings, z.sweep_streams)
+    await b.outbox_drained(300)
+    b.stop_flusher()
+    try:
+        state = State(b.aredis, settings)
+        old_reap = b.aredis.register_script(prelude(settings) + "\n" + _old_reap())
+        k = b.keys
+
+        async def due() -> None:
+            found = await state.due(k)
+            if found.idle or found.viewer_events:
+                raise RuntimeError(f"something was due: {found}")
+
+        async def reap() -> None:
+            await state.reap()
+
+        async def reap_before() -> None:
+            await old_reap(keys=[k.live, k.outbox], args=[k.prefix, REAP_MOST_PER_STREAM])
+
+        calls = {"due": due, "reap": reap, "reap_before": reap_before}
+        shas = {
+            "due": state._scripts["due"].sha,
+            "reap": state._scripts["reap"].sha,
+            "reap_before": old_reap.sha,
+        }
+        counts0 = commandstats(b.redis)
+        await due()
+        due_commands = b.calls_between({"redis": counts0}, {"redis": commandstats(b.redis)})[0]
+        times = {name: await _slowlog_us(b, call, shas[name], z.sweep_calls) for name, call in calls.items()}
+    finally:
+        b.start_flusher()
+    await _end_all(b.aredis, settings, ids)
+    sweep_us = [d + r for d, r in zip(times["due"], times["reap"], strict=True)]
+    return {
+        "workload": "sweep",
+        "live_streams": len(ids),
+        "shards": len(b.keys.all),
+        "calls": z.sweep_calls,
+        "sweep_us_p50": _median(sweep_us),
+        "sweep_us_max": max(sweep_us),
+        **{f"{name}_us_p50": _median(us) for name, us in times.items()},
+        **{f"{name}_us_max": max(us) for name, us in times.items()},
+        "due_commands": {name: n for name, n in due_commands.items() if name not in _OURS},
+    }
+
+
+def _old_reap() -> str:
+    """The text of ``OLD_REAP``, from git."""
+    done = subprocess.run(["git", "show", OLD_REAP], cwd=ROOT, capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+# The commands of the measurement itself, not of the script measured.
+_OURS = frozenset(
+    {"evalsha", "eval", "info", "script|load", "config|set", "config|get", "slowlog|get", "slowlog|reset"}
+)
+
+
+async def _slowlog_us(b: Bench, call: Callable[[], Awaitable[None]], sha: str, n: int) -> list[int]:
+    """The Redis time (µs) of each of ``n`` calls, from SLOWLOG: its EVALSHA entries of ``sha``."""
+    await call()  # loads the script: a first EVALSHA refused with NOSCRIPT is not measured
+    saved = b.redis.config_get("slowlog-*")
+    b.redis.config_set("slowlog-max-len", 4096)
+    b.redis.config_set("slowlog-log-slower-than", 0)
+    try:
+        b.redis.slowlog_reset()
+        for _ in range(n):
+            await call()
+        entries = b.redis.execute_command("SLOWLOG", "GET", 4096)  # [id, time, µs, args, …]
+    finally:
+        for name, value in saved.items():
+            b.redis.config_set(name, value)
+    us = [
+        int(e[2]) for e in entries if len(e[3]) > 1 and str(e[3][0]).lower() == "evalsha" and e[3][1] == sha
+    ]
+    if len(us) != n:
+        raise RuntimeError(f"SLOWLOG holds {len(us)} of the {n} calls of {sha}")
+    return us
+
+
+def _median(values: list[int]) -> float:
+    ordered = sorted(values)
+    return float(ordered[len(ordered) // 2])
+
+
+async def _end_all(client: aioredis.Redis, settings: Settings, ids: list[str]) -> None:
+    """The workload's streams ended, so that the next workload's sweeps do not see them."""
+    state = State(client, settings)
+    for first in range(0, len(ids), 50):  # 50 calls in flight at a time
+        await asyncio.gather(
+            *(
+                state.end_stream(sid, f"sweep-streamer-{i}")
+                for i, sid in enumerate(ids[first : first + 50], first)
+            )
+        )
+
+
 WORKLOADS: dict[str, Workload] = {
     "fanout": fanout,
     "streams": streams,
@@ -394,4 +567,5 @@ WORKLOADS: dict[str, Workload] = {
     "ingress-spread": ingress_spread,
     "flush": flush,
     "idle": idle,
+    "sweep": sweep,
 }
