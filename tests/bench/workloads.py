@@ -453,10 +453,10 @@ async def sweep(b: Bench) -> dict[str, Any]:
     """``sweep_streams`` LIVE streams, none with anything due (no viewer, no kept viewer event,
     the idle end an hour away), then each shard's sweep called ``sweep_calls`` times as the
     workers call it: due.lua and the reap.lua of the tree, and for comparison the reap.lua of
-    before (``OLD_REAP``, which walked every live stream). Each call's Redis time is read from
-    SLOWLOG (threshold 0 while measuring, so every command is logged; calls told apart by their
-    script's sha); the commands one due.lua call runs, from INFO commandstats. No worker runs
-    meanwhile, and the flusher is stopped: on --private-redis nothing else touches Redis."""
+    before (``OLD_REAP``, which walked every live stream). Each call's Redis time, and the
+    commands one due.lua call runs, are read from INFO commandstats. No worker runs meanwhile,
+    and the flusher is stopped: on --private-redis nothing else touches Redis (on the local one
+    a call during which another client ran a script is measured again). CPU per op: per call."""
     if b.cluster is not None:
         raise RuntimeError("the sweep workload runs on one Redis (the local one or --private-redis)")
     z = b.sizes
@@ -482,15 +482,12 @@ async def sweep(b: Bench) -> dict[str, Any]:
             await old_reap(keys=[k.live, k.outbox], args=[k.prefix, REAP_MOST_PER_STREAM])
 
         calls = {"due": due, "reap": reap, "reap_before": reap_before}
-        shas = {
-            "due": state._scripts["due"].sha,
-            "reap": state._scripts["reap"].sha,
-            "reap_before": old_reap.sha,
-        }
         counts0 = commandstats(b.redis)
         await due()
         due_commands = b.calls_between({"redis": counts0}, {"redis": commandstats(b.redis)})[0]
-        times = {name: await _slowlog_us(b, call, shas[name], z.sweep_calls) for name, call in calls.items()}
+        snap0 = b.meter.snap()
+        times = {name: await _redis_us(b, call, z.sweep_calls) for name, call in calls.items()}
+        cpu = b.meter.delta(snap0, b.meter.snap())
     finally:
         b.start_flusher()
     await _end_all(b.aredis, settings, ids)
@@ -505,6 +502,7 @@ async def sweep(b: Bench) -> dict[str, Any]:
         **{f"{name}_us_p50": _median(us) for name, us in times.items()},
         **{f"{name}_us_max": max(us) for name, us in times.items()},
         "due_commands": {name: n for name, n in due_commands.items() if name not in _OURS},
+        **cpu_figures(cpu, len(calls) * z.sweep_calls),
     }
 
 
@@ -515,31 +513,30 @@ def _old_reap() -> str:
 
 
 # The commands of the measurement itself, not of the script measured.
-_OURS = frozenset(
-    {"evalsha", "eval", "info", "script|load", "config|set", "config|get", "slowlog|get", "slowlog|reset"}
-)
+_OURS = frozenset({"evalsha", "eval", "info", "script|load"})
 
 
-async def _slowlog_us(b: Bench, call: Callable[[], Awaitable[None]], sha: str, n: int) -> list[int]:
-    """The Redis time (µs) of each of ``n`` calls, from SLOWLOG: its EVALSHA entries of ``sha``."""
+async def _redis_us(b: Bench, call: Callable[[], Awaitable[None]], n: int) -> list[int]:
+    """The Redis time (µs) of each of ``n`` calls: INFO commandstats' EVALSHA time before and
+    after each (a script's time includes the commands it runs). A call during which anything
+    else ran a script is taken again."""
     await call()  # loads the script: a first EVALSHA refused with NOSCRIPT is not measured
-    saved = b.redis.config_get("slowlog-*")
-    b.redis.config_set("slowlog-max-len", 4096)
-    b.redis.config_set("slowlog-log-slower-than", 0)
-    try:
-        b.redis.slowlog_reset()
-        for _ in range(n):
-            await call()
-        entries = b.redis.execute_command("SLOWLOG", "GET", 4096)  # [id, time, µs, args, …]
-    finally:
-        for name, value in saved.items():
-            b.redis.config_set(name, value)
-    us = [
-        int(e[2]) for e in entries if len(e[3]) > 1 and str(e[3][0]).lower() == "evalsha" and e[3][1] == sha
-    ]
-    if len(us) != n:
-        raise RuntimeError(f"SLOWLOG holds {len(us)} of the {n} calls of {sha}")
-    return us
+    us: list[int] = []
+    for _ in range(n * 5):
+        before = _evalsha(b)
+        await call()
+        after = _evalsha(b)
+        if after[0] - before[0] == 1:
+            us.append(after[1] - before[1])
+        if len(us) == n:
+            return us
+    raise RuntimeError(f"only {len(us)} of {n} calls measured alone: Redis is busy with other scripts")
+
+
+def _evalsha(b: Bench) -> tuple[int, int]:
+    """EVALSHA's calls and µs so far."""
+    stats = b.redis.info("commandstats").get("cmdstat_evalsha", {})
+    return int(stats.get("calls", 0)), int(stats.get("usec", 0))
 
 
 def _median(values: list[int]) -> float:
