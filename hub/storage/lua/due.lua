@@ -24,14 +24,14 @@ for _, stream_id in ipairs(idle) do
   local h = redis.call('HMGET', stream.hash, 'status', 'streamer_id')
   if h[1] ~= 'LIVE' then
     redis.call('ZREM', idle_key, stream_id)  -- ended or gone without end.lua: nothing to end
-  elseif redis.call('HEXISTS', stream.viewers, 'u:' .. h[2]) == 1 then
+  elseif h[2] and redis.call('HEXISTS', stream.viewers, 'u:' .. h[2]) == 1 then
     -- Its streamer watches (joined through a script not given the index): not idle; looked
     -- at again an idle period on.
     redis.call('ZADD', idle_key, now + LIVE_IDLE_MS, stream_id)
   else
     redis.call('ZADD', idle_key, now + claim_ms, stream_id)
     ending[#ending + 1] = stream_id
-    ending[#ending + 1] = h[2]
+    ending[#ending + 1] = h[2] or ''
   end
 end
 local more = (#due == most or #idle == most) and 1 or 0
