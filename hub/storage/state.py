@@ -21,10 +21,12 @@ from hub.storage.scripts import checked, load_scripts
 CHAT_BATCH_MAX = 256
 MODLOG_SIZE = 200
 REAP_MOST_PER_STREAM = 1000
-# The sweep of what is due reads at most this many streams of each index per call (one call
-# stays well under 2 ms of Redis time), and claims an idle stream for this long while its worker
-# ends it: another worker takes it up after that only if it is still live.
-DUE_MOST = 100
+# The sweep of what is due reads at most this many streams of each index per call: a call
+# with both full sends 25 viewer events and claims 25 streams in about 1 ms of Redis time on a
+# busy 2-core machine (bench workload ``sweep``), under the 2 ms a call may take. It claims an
+# idle stream for DUE_CLAIM_MS while its worker ends it: another worker takes it up after that
+# only if it is still live.
+DUE_MOST = 25
 DUE_CLAIM_MS = 60_000
 
 

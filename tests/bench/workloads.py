@@ -15,8 +15,9 @@ import orjson
 import redis.asyncio as aioredis
 
 from hub.settings import Settings
+from hub.storage.keys import Keys
 from hub.storage.scripts import checked, load_script, prelude
-from hub.storage.state import REAP_MOST_PER_STREAM, State
+from hub.storage.state import DUE_MOST, REAP_MOST_PER_STREAM, State
 from tests.bench.cluster import node_share
 from tests.bench.fleet import Spec
 from tests.bench.harness import Bench, Round, cpu_figures, redis_figures, total_calls
@@ -453,7 +454,8 @@ async def sweep(b: Bench) -> dict[str, Any]:
     """``sweep_streams`` LIVE streams, none with anything due (no viewer, no kept viewer event,
     the idle end an hour away), then each shard's sweep called ``sweep_calls`` times as the
     workers call it: due.lua and the reap.lua of the tree, and for comparison the reap.lua of
-    before (``OLD_REAP``, which walked every live stream). Each call's Redis time, and the
+    before (``OLD_REAP``, which walked every live stream). Then due.lua's heaviest call: as many
+    held viewer events and idle streams due as one call takes (``DUE_MOST`` each). Each call's Redis time, and the
     commands one due.lua call runs, are read from INFO commandstats. No worker runs meanwhile,
     and the flusher is stopped: on --private-redis nothing else touches Redis (on the local one
     a call during which another client ran a script is measured again). CPU per op: per call."""
@@ -481,7 +483,13 @@ async def sweep(b: Bench) -> dict[str, Any]:
         async def reap_before() -> None:
             await old_reap(keys=[k.live, k.outbox], args=[k.prefix, REAP_MOST_PER_STREAM])
 
-        calls = {"due": due, "reap": reap, "reap_before": reap_before}
+        async def due_full() -> None:
+            await _make_due(b.aredis, k, ids[:DUE_MOST])
+            found = await state.due(k)
+            if (found.viewer_events, len(found.idle)) != (DUE_MOST, DUE_MOST):
+                raise RuntimeError(f"not everything made due was found: {found}")
+
+        calls = {"due": due, "reap": reap, "reap_before": reap_before, "due_full": due_full}
         counts0 = commandstats(b.redis)
         await due()
         due_commands = b.calls_between({"redis": counts0}, {"redis": commandstats(b.redis)})[0]
@@ -502,8 +510,20 @@ async def sweep(b: Bench) -> dict[str, Any]:
         **{f"{name}_us_p50": _median(us) for name, us in times.items()},
         **{f"{name}_us_max": max(us) for name, us in times.items()},
         "due_commands": {name: n for name, n in due_commands.items() if name not in _OURS},
+        "due_full_streams": f"{DUE_MOST}+{DUE_MOST}",
         **cpu_figures(cpu, len(calls) * z.sweep_calls),
     }
+
+
+async def _make_due(client: aioredis.Redis, k: Keys, ids: list[str]) -> None:
+    """A held viewer event due now in each of these streams, and each stream's idle end come."""
+    held = orjson.dumps(["viewer_joined", "sweep-viewer", "Sweep viewer", None])
+    async with client.pipeline(transaction=False) as pipe:
+        for sid in ids:
+            pipe.hset(k.stream(sid), mapping={"viewer_event_kept": held, "viewer_event_ms": 0})
+            pipe.zadd(k.viewer_events_due, {sid: 0})
+            pipe.zadd(k.live_idle, {sid: 0})
+        await pipe.execute()
 
 
 def _old_reap() -> str:
