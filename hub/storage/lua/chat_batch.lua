@@ -56,11 +56,11 @@ window_logs(prefix, period, now, users, user_order)
 -- Each stream's state, and its moderators and sanctions only where it has any.
 for _, s in ipairs(streams) do
   local h = redis.call('HMGET', s.key, 'status', 'streamer_id', 'slow_mode', 'cleared_before',
-                       'mod_count', 'sanction_count', 'recent_floor')
+                       'mod_count', 'sanction_count', 'recent_floor', 'idle_pushed_ms')
   s.status, s.streamer, s.slow, s.cleared = h[1], h[2], tonumber(h[3] or '0') or 0, h[4]
   s.has_mods = tonumber(h[5] or '0') > 0
   s.has_sanctions = tonumber(h[6] or '0') > 0
-  s.floor = h[7]
+  s.floor, s.idle_pushed = h[7], h[8]
 end
 
 local replies, changed = {}, {}
@@ -119,7 +119,7 @@ for _, s in ipairs(streams) do
       trim_recent(s.key, s.recent_key, recent_size)
     end
     publish_events(s.channel, nil, s.frames)
-    idle_push(idle_key, s.id, now)  -- an accepted message is activity
+    idle_push_stepped(idle_key, s.key, s.id, s.idle_pushed, now)  -- an accepted message is activity
     for _, m in ipairs(s.messages) do records[#records + 1] = m end
   end
 end

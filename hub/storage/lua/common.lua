@@ -42,6 +42,17 @@ local function idle_push(idle_key, stream_id, now)
   if LIVE_IDLE_MS > 0 then redis.call('ZADD', idle_key, 'XX', 'GT', now + LIVE_IDLE_MS, stream_id) end
 end
 
+-- The same for chat, which comes often: pushed at most once per IDLE_STEP (a sixtieth of the
+-- idle time), the stream hash's `idle_pushed_ms` (`pushed`, read with the stream's state)
+-- saying when it last was, and the end set a step further, so that it still comes no earlier
+-- than the idle time after the last message, and at most a step later.
+local IDLE_STEP = math.floor(LIVE_IDLE_MS / 60)
+local function idle_push_stepped(idle_key, hash_key, stream_id, pushed, now)
+  if LIVE_IDLE_MS == 0 or now - (tonumber(pushed) or 0) < IDLE_STEP then return end
+  redis.call('ZADD', idle_key, 'XX', 'GT', now + LIVE_IDLE_MS + IDLE_STEP, stream_id)
+  redis.call('HSET', hash_key, 'idle_pushed_ms', now)
+end
+
 -- One stream's keys and channel, built from its id: for a script that learns the id itself (the
 -- sweep walks the live set). A script given the stream's keys makes the same table of them.
 local function stream_keys(prefix, stream_id)

@@ -28,8 +28,8 @@ if redis.call('ZSCORE', conns_key, member) then
 else
   local stream = {id = stream_id, hash = hash_key, conns = conns_key, viewers = viewers_key,
                   unique = unique_key, room = room}
-  count = start_watching(shard_keys(prefix, live_key, outbox_key, due_key, idle_key), stream, member, expiry, sid,
-                         username)
+  local shard = shard_keys(prefix, live_key, outbox_key, due_key, idle_key)
+  count = start_watching(shard, stream, member, expiry, sid, username)
 end
 idle_push(idle_key, stream_id, now)  -- a join is activity
 -- The newest `wanted` messages of the recent set, newest first, or with `after` the newest

@@ -8,4 +8,5 @@ local due_key, idle_key = KEYS[7], KEYS[8]
 local prefix, stream_id, member = ARGV[1], ARGV[2], ARGV[3]
 if redis.call('ZREM', conns_key, member) == 0 then return {'ok', 0} end
 local stream = {id = stream_id, hash = hash_key, conns = conns_key, viewers = viewers_key, room = room}
-return {'ok', stop_watching(shard_keys(prefix, live_key, outbox_key, due_key, idle_key), stream, member, now_ms())}
+local shard = shard_keys(prefix, live_key, outbox_key, due_key, idle_key)
+return {'ok', stop_watching(shard, stream, member, now_ms())}
