@@ -18,9 +18,9 @@ if TYPE_CHECKING:
 
 NAMESPACE = "/streaming"
 STREAMER_STREAMS_KEPT = 100
-# The keys a Lua script names itself, from what it learns inside (the sweep walks the live set;
-# a stream's category is in its hash; a chat rate window's number comes from Redis's clock):
-# ``Keys.lua_prelude`` writes their builders.
+# The keys a Lua script names itself, from what it learns inside (the sweeps read stream ids
+# from the live set and the due indexes; a stream's category is in its hash; a chat rate
+# window's number comes from Redis's clock): ``Keys.lua_prelude`` writes their builders.
 LUA_BUILT = ("stream", "conns", "viewers", "unique", "room", "live_category", "chat_rate_window")
 # Stand-ins for the prefix and the id, to read a builder's template off its Python method.
 _PREFIX_MARK, _ID_MARK = "\x00prefix\x00", "\x00id\x00"
