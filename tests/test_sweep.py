@@ -85,6 +85,21 @@ async def test_a_chat_message_pushes_the_idle_end_back(workers, http, token, con
     assert await redis_ms(rds) >= pushed - 50
 
 
+async def test_a_join_and_a_tip_push_the_idle_end_back(workers, http, token, connect, rds, env):
+    (w,) = await workers(1, HUB_LIVE_IDLE_END="60")
+    sid = (await Api(http, w.url).create_stream(token(unique("streamer"), "streamer")))["stream_id"]
+    k = Keys.of_settings(Settings.from_env(env)).of(sid)
+    started = await rds.zscore(k.live_idle, sid)
+    await until_redis_ms(rds, started - 60_000 + 20, "a moment after the start")
+    viewer = await connect(w.url, token(unique("viewer")))
+    assert (await viewer.call("join_stream", {"stream_id": sid}))["success"]
+    joined = await rds.zscore(k.live_idle, sid)
+    assert joined > started
+    await until_redis_ms(rds, joined - 60_000 + 20, "a moment after the join")
+    assert (await viewer.call("send_tip", {"stream_id": sid, "amount": 2}))["success"]
+    assert await rds.zscore(k.live_idle, sid) > joined
+
+
 async def test_a_watching_streamer_keeps_the_stream_live_however_long(
     workers, http, token, connect, rds, env
 ):
