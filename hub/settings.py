@@ -177,6 +177,10 @@ class Settings:
     presence_ttl: float = 15.0
     presence_refresh: float = 5.0
     reap_interval: float = 2.0
+    # A LIVE stream with no socket of its streamer watching it and no activity for this long
+    # (s) is ended by the hub; 0: never. An hour: far longer than a streamer's app takes to
+    # reconnect, short enough that an abandoned stream leaves the live lists the same hour.
+    live_idle_end: int = 3600
     recent_size: int = 200
     max_payload: int = 16 * 1024
     ended_retention: int = 24 * 3600
@@ -285,6 +289,7 @@ class Settings:
             presence_ttl=_float(env, "HUB_PRESENCE_TTL", default.presence_ttl, 1.0, 25.0),
             presence_refresh=_float(env, "HUB_PRESENCE_REFRESH", default.presence_refresh, 0.2, 10.0),
             reap_interval=_float(env, "HUB_REAP_INTERVAL", default.reap_interval, 0.2, 5.0),
+            live_idle_end=_int(env, "HUB_LIVE_IDLE_END", default.live_idle_end, 0, 7 * 86_400),
             recent_size=_int(env, "HUB_RECENT_SIZE", default.recent_size, 50, 10_000),
             max_payload=_int(env, "HUB_MAX_PAYLOAD", default.max_payload, 1024, 16 * 1024 * 1024),
             ended_retention=_int(env, "HUB_ENDED_RETENTION", default.ended_retention, 60, 30 * 86_400),

@@ -125,6 +125,7 @@ class Worker:
             ),
             asyncio.create_task(self.recovery.watch()),
             asyncio.create_task(self.presence.reap_loop(self.settings.reap_interval)),
+            asyncio.create_task(every(self.settings.reap_interval, self.sweep_due, "due sweep")),
             asyncio.create_task(every(refresh, self.bus.unwatch_idle, "room unsubscribe")),
         ]
 
@@ -151,6 +152,17 @@ class Worker:
         """This worker's leases renewed (what a lapsed one held re-asserted); the watchers of a
         stream found no longer live leave its room."""
         await self.presence.refresh_once(self.namespace.stream_gone)
+
+    async def sweep_due(self) -> None:
+        """What has come due in each shard, read from its indexes a bounded call at a time:
+        kept viewer events sent, idle streams ended."""
+        for k in self.keys.all:
+            more = True
+            while more:
+                due = await self.state.due(k)
+                for stream_id, streamer_id in due.idle:
+                    await self.hub.streams.end_idle(stream_id, streamer_id)
+                more = due.more
 
     async def beat(self) -> None:
         """What this worker tells ``python -m hub inspect``, every HUB_PRESENCE_REFRESH seconds."""

@@ -90,7 +90,17 @@ async def test_listing_a_streamers_streams_reads_only_what_it_returns(workers, h
     assert [s["stream_id"] for s in body["streams"]] == made[::-1][:3]
 
 
-BOUNDED = ("epoch", "outbox", "outbox:dead", "workers", "live", "leases", "lease:seq")  # one per shard
+BOUNDED = (  # one per shard
+    "epoch",
+    "outbox",
+    "outbox:dead",
+    "workers",
+    "live",
+    "leases",
+    "lease:seq",
+    "live:idle",
+    "viewer_events:due",
+)
 # Bounded by what holds them (README, Redis keys): a lease's registry, a user's or an address's
 # open connections; each member goes with its release or its lease's sweep.
 HELD = re.compile(r"lease:\d+:held|user:.*:conns|addr:.*:conns")

@@ -305,6 +305,8 @@ class Recovery:
                 k.outbox,
                 k.streamer_scheduled(row["streamer_id"]),
                 k.room(sid),
+                k.viewer_events_due,
+                k.live_idle,
             ],
             args=[
                 sid,

@@ -95,6 +95,22 @@ class StreamService:
         stats = await self.stats(stream_id)
         return dict(stream, **{k: v for k, v in stats.items() if k not in stream})
 
+    async def end_idle(self, stream_id: str, streamer_id: str) -> None:
+        """End a LIVE stream the sweep found idle (``HUB_LIVE_IDLE_END``: no socket of its
+        streamer watching, no activity) as its streamer's own end would: final figures to the
+        outbox, ``stream_ended`` to the room, the room closed."""
+        try:
+            duration = await self.state.end_stream(stream_id, streamer_id)
+        except HubError as exc:
+            if exc.code not in ("conflict", "not_found"):  # else ended meanwhile (its streamer, a heal)
+                log.warning("ending an idle stream failed: %s", exc.code, extra={"stream_id": stream_id})
+            return
+        log.info(
+            "idle stream ended after %ds live",
+            duration,
+            extra={"stream_id": stream_id, "user_id": streamer_id},
+        )
+
     async def get_stream(self, stream_id: str) -> dict[str, Any]:
         found = await self.state.stream(stream_id)
         if found is not None:

@@ -18,10 +18,10 @@ if TYPE_CHECKING:
 
 NAMESPACE = "/streaming"
 STREAMER_STREAMS_KEPT = 100
-# The keys a Lua script names itself, from what it learns inside (the sweep reads a lapsed
-# lease's registry; a member's score names the lease whose registry holds it; a stream's
-# category is in its hash; a chat rate window's number comes from Redis's clock):
-# ``Keys.lua_prelude`` writes their builders.
+# The keys a Lua script names itself, from what it learns inside (the sweeps read a lapsed
+# lease's registry and stream ids from the due indexes; a member's score names the lease whose
+# registry holds it; a stream's category is in its hash; a chat rate window's number comes from
+# Redis's clock): ``Keys.lua_prelude`` writes their builders.
 LUA_BUILT = (
     "stream",
     "conns",
@@ -146,6 +146,21 @@ class Keys:
 
     def live_category(self, category: str) -> str:
         return f"{self.prefix}live:cat:{category}"
+
+    @property
+    def live_idle(self) -> str:
+        """Sorted set of LIVE stream ids scored by when the hub ends each for idleness (ms,
+        ``HUB_LIVE_IDLE_END`` after its last activity; one per shard). A stream is out of it
+        while a socket of its streamer watches it, and leaves it when it ends: at most one
+        member per LIVE stream of the shard."""
+        return f"{self.prefix}live:idle"
+
+    @property
+    def viewer_events_due(self) -> str:
+        """Sorted set of the stream ids whose coalesced viewer event is kept back, scored by
+        when it is due (ms; one per shard). Left when the event is sent or the stream ends: at
+        most one member per LIVE stream of the shard."""
+        return f"{self.prefix}viewer_events:due"
 
     @property
     def workers(self) -> str:

@@ -1,7 +1,8 @@
 """The Lua scripts in ``hub/storage/lua``: what every script shares, prepended when it is loaded,
 and the one reader of their refusals.
 
-A script that uses the shared helpers is loaded after, in turn: the settings it reads, the wire
+A script that uses the shared helpers is loaded after, in turn: the settings it reads
+(``COALESCE_ABOVE``, ``COALESCE_MS``, ``LIVE_IDLE_MS``, ``PUBLISH``), the wire
 format's Lua (``hub.frames.lua_prelude``), the key builders (``Keys.lua_prelude``) and
 ``common.lua``. So the wire format and the key names are written in Python only.
 """
@@ -30,6 +31,7 @@ SCRIPTS = (
     "renew",
     "refresh",
     "reap",
+    "due",
     "chat_batch",
     "chat_rate",
     "limit",
@@ -55,6 +57,7 @@ def prelude(settings: Settings) -> str:
     return (
         f"local COALESCE_ABOVE = {settings.viewer_events_coalesce_above}\n"
         f"local COALESCE_MS = {int(settings.viewer_events_interval * 1000)}\n"
+        f"local LIVE_IDLE_MS = {settings.live_idle_end * 1000}\n"
         f"local PUBLISH = '{publish}'\n" + frames.lua_prelude() + Keys.lua_prelude() + source("common")
     )
 

@@ -92,6 +92,8 @@ class Sizes:
     reconnect_jitter: float = 0.5  # its randomizationFactor
     reconnect_delay_max: float = 5.0  # its reconnectionDelayMax (s)
     reconnect_attempts: int = 10
+    sweep_streams: int = 10_000  # LIVE streams, nothing due
+    sweep_calls: int = 20  # each script's calls measured
 
 
 SMOKE = Sizes(
@@ -126,6 +128,8 @@ SMOKE = Sizes(
     drain_seconds=0.5,
     drain_timeout=30.0,
     reconnect_delay=0.2,
+    sweep_streams=200,
+    sweep_calls=5,
 )
 
 

@@ -280,6 +280,27 @@ def _drain(r: dict[str, Any]) -> Row:
     )
 
 
+def _sweep(r: dict[str, Any]) -> Row:
+    """One sweep (due.lua and reap.lua of each shard) with nothing due: its Redis time."""
+    worst = max(r["due_us_max"], r["reap_us_max"], r["due_full_us_max"])
+    met = _le(r["sweep_us_p50"], 500) and _le(worst, 2000)
+    return (
+        f"{r['live_streams']:,} live streams",
+        _n(r["sweep_us_p50"] / 1000, 3),
+        _n(r["sweep_us_max"] / 1000, 3),
+        "-",
+        "-",
+        "-",
+        f"Redis µs per call p50/max: due {_n(r['due_us_p50'], 0)}/{_n(r['due_us_max'], 0)}, "
+        f"reap {_n(r['reap_us_p50'], 0)}/{_n(r['reap_us_max'], 0)}, reap before "
+        f"{_n(r['reap_before_us_p50'], 0)}/{_n(r['reap_before_us_max'], 0)}; due runs "
+        f"{sum(r['due_commands'].values())} cmds; due with {r['due_full_streams']} due "
+        f"{_n(r['due_full_us_p50'], 0)}/{_n(r['due_full_us_max'], 0)}",
+        "sweep ≤0.5 ms, no call >2 ms",
+        "yes" if met else "no",
+    )
+
+
 ROWS: dict[str, Callable[[dict[str, Any]], Row]] = {
     "fanout": _fanout,
     "streams": _streams,
@@ -290,6 +311,7 @@ ROWS: dict[str, Callable[[dict[str, Any]], Row]] = {
     "idle": _idle,
     "capacity": _capacity,
     "drain": _drain,
+    "sweep": _sweep,
 }
 HEAD = (
     "workload",

@@ -50,6 +50,14 @@ EXPECTED = {
     "ingress-spread": DELIVERY
     | {"accepted_msgs_per_s", "ack_p99_ms", "redis_evalsha_per_msg", "redis_calls_per_msg"},
     "flush": {"rows", "rows_stored", "rows_missing", "rows_per_s", "lag_p50_s", "lag_p99_s", "lag_missing"},
+    "sweep": {
+        "live_streams",
+        "sweep_us_p50",
+        "due_us_max",
+        "reap_us_max",
+        "reap_before_us_p50",
+        "due_commands",
+    },
     "idle": {
         "connections",
         "closed_sockets",

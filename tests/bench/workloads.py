@@ -1,4 +1,4 @@
-"""The seven workloads of the benchmark. Each starts fresh web workers, measures, tears down,
+"""The eight workloads of the benchmark. Each starts fresh web workers, measures, tears down,
 and returns one flat-ish dict: the figures its target names, plus CPU per operation."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import json
 import signal
+import subprocess
 import time
 import uuid
 from collections import Counter
@@ -15,11 +16,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import redis.asyncio as aioredis
 
+from hub.settings import Settings
+from hub.storage.keys import Keys
+from hub.storage.scripts import checked, load_script, prelude
+from hub.storage.state import DUE_MOST, State
 from tests.bench.cluster import node_share
 from tests.bench.fleet import Spec
 from tests.bench.harness import Bench, Round, cpu_figures, redis_figures, total_calls
-from tests.bench.procs import CLK_TCK, cpu_ticks, eventually, rss_kib
+from tests.bench.procs import CLK_TCK, ROOT, commandstats, cpu_ticks, eventually, rss_kib
 from tests.bench.sio import merge, percentile_ms
 
 Workload = Callable[[Bench], Awaitable[dict[str, Any]]]
@@ -549,6 +555,190 @@ async def drain(b: Bench) -> dict[str, Any]:
     }
 
 
+# -- 9. the sweep ----------------------------------------------------------------------
+
+# The reap.lua every worker ran each HUB_REAP_INTERVAL before the sweep read indexes: it walked
+# every LIVE stream of its shard.
+OLD_REAP = "e8a4c66:hub/storage/lua/reap.lua"
+
+
+async def live_streams(client: aioredis.Redis, settings: Settings, n: int, chunk: int = 1000) -> list[str]:
+    """``n`` LIVE streams of as many streamers, made by the hub's create.lua in pipelines of
+    ``chunk`` calls, their fields as ``StreamService.create_stream`` writes them."""
+    state = State(client, settings)
+    create = load_script(client, settings, "create")
+    ids: list[str] = []
+    for first in range(0, n, chunk):
+        async with client.pipeline(transaction=False) as pipe:
+            for i in range(first, min(first + chunk, n)):
+                streamer = f"sweep-streamer-{i}"
+                sid = state.new_stream_id(streamer)
+                now = str(int(time.time() * 1000))
+                k = state.keys.of(sid)
+                fields = {
+                    **dict.fromkeys(("description", "thumbnail_url", "recording_url", "scheduled_at"), ""),
+                    **dict.fromkeys(("ended_at", "duration_seconds"), ""),
+                    **dict.fromkeys(
+                        ("peak_viewers", "message_count", "tip_count", "tips_cents", "fees_cents"), "0"
+                    ),
+                    "stream_id": sid,
+                    "streamer_id": streamer,
+                    "streamer_name": streamer,
+                    "title": f"sweep {i}",
+                    "status": "LIVE",
+                    "category": "bench",
+                    "is_recording": "0",
+                    "started_at": now,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                keys = [
+                    k.stream(sid),
+                    k.unique(sid),
+                    k.streamer_live(streamer),
+                    k.streamer_streams(streamer),
+                    k.streamer_scheduled(streamer),
+                    k.create_rate(streamer),
+                    k.live,
+                    k.outbox,
+                    k.live_idle,
+                ]
+                args = [k.prefix, sid, "LIVE", now, 1000, 3_600_000, 10, 0, 100, 3600]
+                await create(
+                    keys=keys, args=[*args, *(x for pair in fields.items() for x in pair)], client=pipe
+                )
+                ids.append(sid)
+            for reply in await pipe.execute():
+                checked(reply)
+    return ids
+
+
+async def sweep(b: Bench) -> dict[str, Any]:
+    """``sweep_streams`` LIVE streams, none with anything due (no viewer, no kept viewer event,
+    the idle end an hour away), then each shard's sweep called ``sweep_calls`` times as the
+    workers call it: due.lua and the reap.lua of the tree, and for comparison the reap.lua of
+    before (``OLD_REAP``, which walked every live stream). Then due.lua's heaviest call: as many
+    held viewer events and idle streams due as one call takes (``DUE_MOST`` each). Each call's Redis time, and the
+    commands one due.lua call runs, are read from INFO commandstats. No worker runs meanwhile,
+    and the flusher is stopped: on --private-redis nothing else touches Redis (on the local one
+    a call during which another client ran a script is measured again). CPU per op: per call."""
+    if b.cluster is not None:
+        raise RuntimeError("the sweep workload runs on one Redis (the local one or --private-redis)")
+    z = b.sizes
+    b.stop_workers()
+    settings = Settings.from_env(b.env.env())
+    ids = await live_streams(b.aredis, settings, z.sweep_streams)
+    await b.outbox_drained(300)
+    b.stop_flusher()
+    try:
+        state = State(b.aredis, settings)
+        old_reap = b.aredis.register_script(prelude(settings) + "\n" + _old_reap())
+        k = b.keys
+
+        async def due() -> None:
+            found = await state.due(k)
+            if found.idle or found.viewer_events:
+                raise RuntimeError(f"something was due: {found}")
+
+        async def reap() -> None:
+            await state.reap()
+
+        async def reap_before() -> None:
+            await old_reap(keys=[k.live, k.outbox], args=[k.prefix, 1000])
+
+        async def due_full() -> None:
+            await _make_due(b.aredis, k, ids[:DUE_MOST])
+            found = await state.due(k)
+            if (found.viewer_events, len(found.idle)) != (DUE_MOST, DUE_MOST):
+                raise RuntimeError(f"not everything made due was found: {found}")
+
+        calls = {"due": due, "reap": reap, "reap_before": reap_before, "due_full": due_full}
+        counts0 = commandstats(b.redis)
+        await due()
+        due_commands = b.calls_between({"redis": counts0}, {"redis": commandstats(b.redis)})[0]
+        snap0 = b.meter.snap()
+        times = {name: await _redis_us(b, call, z.sweep_calls) for name, call in calls.items()}
+        cpu = b.meter.delta(snap0, b.meter.snap())
+    finally:
+        b.start_flusher()
+    await _end_all(b.aredis, settings, ids)
+    sweep_us = [d + r for d, r in zip(times["due"], times["reap"], strict=True)]
+    return {
+        "workload": "sweep",
+        "live_streams": len(ids),
+        "shards": len(b.keys.all),
+        "calls": z.sweep_calls,
+        "sweep_us_p50": _median(sweep_us),
+        "sweep_us_max": max(sweep_us),
+        **{f"{name}_us_p50": _median(us) for name, us in times.items()},
+        **{f"{name}_us_max": max(us) for name, us in times.items()},
+        "due_commands": {name: n for name, n in due_commands.items() if name not in _OURS},
+        "due_full_streams": f"{DUE_MOST}+{DUE_MOST}",
+        **cpu_figures(cpu, len(calls) * z.sweep_calls),
+    }
+
+
+async def _make_due(client: aioredis.Redis, k: Keys, ids: list[str]) -> None:
+    """A held viewer event due now in each of these streams, and each stream's idle end come."""
+    held = orjson.dumps(["viewer_joined", "sweep-viewer", "Sweep viewer", None])
+    async with client.pipeline(transaction=False) as pipe:
+        for sid in ids:
+            pipe.hset(k.stream(sid), mapping={"viewer_event_kept": held, "viewer_event_ms": 0})
+            pipe.zadd(k.viewer_events_due, {sid: 0})
+            pipe.zadd(k.live_idle, {sid: 0})
+        await pipe.execute()
+
+
+def _old_reap() -> str:
+    """The text of ``OLD_REAP``, from git."""
+    done = subprocess.run(["git", "show", OLD_REAP], cwd=ROOT, capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+# The commands of the measurement itself, not of the script measured.
+_OURS = frozenset({"evalsha", "eval", "info", "script|load"})
+
+
+async def _redis_us(b: Bench, call: Callable[[], Awaitable[None]], n: int) -> list[int]:
+    """The Redis time (µs) of each of ``n`` calls: INFO commandstats' EVALSHA time before and
+    after each (a script's time includes the commands it runs). A call during which anything
+    else ran a script is taken again."""
+    await call()  # loads the script: a first EVALSHA refused with NOSCRIPT is not measured
+    us: list[int] = []
+    for _ in range(n * 5):
+        before = _evalsha(b)
+        await call()
+        after = _evalsha(b)
+        if after[0] - before[0] == 1:
+            us.append(after[1] - before[1])
+        if len(us) == n:
+            return us
+    raise RuntimeError(f"only {len(us)} of {n} calls measured alone: Redis is busy with other scripts")
+
+
+def _evalsha(b: Bench) -> tuple[int, int]:
+    """EVALSHA's calls and µs so far."""
+    stats = b.redis.info("commandstats").get("cmdstat_evalsha", {})
+    return int(stats.get("calls", 0)), int(stats.get("usec", 0))
+
+
+def _median(values: list[int]) -> float:
+    ordered = sorted(values)
+    return float(ordered[len(ordered) // 2])
+
+
+async def _end_all(client: aioredis.Redis, settings: Settings, ids: list[str]) -> None:
+    """The workload's streams ended, so that the next workload's sweeps do not see them."""
+    state = State(client, settings)
+    for first in range(0, len(ids), 50):  # 50 calls in flight at a time
+        await asyncio.gather(
+            *(
+                state.end_stream(sid, f"sweep-streamer-{i}")
+                for i, sid in enumerate(ids[first : first + 50], first)
+            )
+        )
+
+
 WORKLOADS: dict[str, Workload] = {
     "fanout": fanout,
     "streams": streams,
@@ -559,4 +749,5 @@ WORKLOADS: dict[str, Workload] = {
     "idle": idle,
     "capacity": capacity,
     "drain": drain,
+    "sweep": sweep,
 }

@@ -6,17 +6,17 @@
 -- rate state is the shard's (window_logs in common.lua, its hashes named from the prefix); a
 -- message whose sender's rate lives in another shard comes with its rate already checked
 -- (chat_rate.lua) and is not counted here.
--- KEYS: outbox, then for each stream of the batch STREAM_KEYS keys: its hash, moderators,
---       sanctions, recent set, unflushed set, room channel; then for each message its sender's
---       slow-mode key in its stream
+-- KEYS: outbox, idle index, then for each stream of the batch STREAM_KEYS keys: its hash,
+--       moderators, sanctions, recent set, unflushed set, room channel; then for each message
+--       its sender's slow-mode key in its stream
 -- ARGV: prefix (names the chat rate's window hashes), rate limit, privileged rate limit,
---       period ms, recent size, streams, messages, then for each message MESSAGE_ARGS values:
---       its stream (1, 2, …: its keys' place), user id, admin ('1'/'0'), alert ('1'/'0'),
---       message id, message json, frame (the Engine.IO text of its chat_message event), rate
---       counted here ('1'/'0')
+--       period ms, recent size, streams, messages, then each stream's id (in its keys' order),
+--       then for each message MESSAGE_ARGS values: its stream (1, 2, …: its keys' place), user
+--       id, admin ('1'/'0'), alert ('1'/'0'), message id, message json, frame (the Engine.IO
+--       text of its chat_message event), rate counted here ('1'/'0')
 -- Returns one reply per message: {'ok'}, {'err', code, retry ms}, or {'stale', cleared_before}.
-local HEADER_KEYS, STREAM_KEYS, HEADER_ARGS, MESSAGE_ARGS = 1, 6, 7, 8
-local outbox_key = KEYS[1]
+local HEADER_KEYS, STREAM_KEYS, HEADER_ARGS, MESSAGE_ARGS = 2, 6, 7, 8
+local outbox_key, idle_key = KEYS[1], KEYS[2]
 local prefix, limit, privileged = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local period, recent_size = tonumber(ARGV[4]), tonumber(ARGV[5])
 local stream_count, n = tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -25,14 +25,14 @@ local streams = {}
 for j = 1, stream_count do
   local at = HEADER_KEYS + (j - 1) * STREAM_KEYS
   streams[j] = {
-    key = KEYS[at + 1], mods_key = KEYS[at + 2], sanctions_key = KEYS[at + 3],
-    recent_key = KEYS[at + 4], unflushed_key = KEYS[at + 5], channel = KEYS[at + 6],
+    id = ARGV[HEADER_ARGS + j], key = KEYS[at + 1], mods_key = KEYS[at + 2],
+    sanctions_key = KEYS[at + 3], recent_key = KEYS[at + 4], unflushed_key = KEYS[at + 5], channel = KEYS[at + 6],
     messages = {}, frames = {},
   }
 end
 local messages = {}
 for i = 1, n do
-  local at = HEADER_ARGS + (i - 1) * MESSAGE_ARGS
+  local at = HEADER_ARGS + stream_count + (i - 1) * MESSAGE_ARGS
   messages[i] = {
     stream = streams[tonumber(ARGV[at + 1])], user = ARGV[at + 2], admin = ARGV[at + 3],
     alert = ARGV[at + 4] == '1', id = ARGV[at + 5], json = ARGV[at + 6], frame = ARGV[at + 7],
@@ -56,11 +56,11 @@ window_logs(prefix, period, now, users, user_order)
 -- Each stream's state, and its moderators and sanctions only where it has any.
 for _, s in ipairs(streams) do
   local h = redis.call('HMGET', s.key, 'status', 'streamer_id', 'slow_mode', 'cleared_before',
-                       'mod_count', 'sanction_count', 'recent_floor')
+                       'mod_count', 'sanction_count', 'recent_floor', 'idle_pushed_ms')
   s.status, s.streamer, s.slow, s.cleared = h[1], h[2], tonumber(h[3] or '0') or 0, h[4]
   s.has_mods = tonumber(h[5] or '0') > 0
   s.has_sanctions = tonumber(h[6] or '0') > 0
-  s.floor = h[7]
+  s.floor, s.idle_pushed = h[7], h[8]
 end
 
 local replies, changed = {}, {}
@@ -119,6 +119,7 @@ for _, s in ipairs(streams) do
       trim_recent(s.key, s.recent_key, recent_size)
     end
     publish_events(s.channel, nil, s.frames)
+    idle_push_stepped(idle_key, s.key, s.id, s.idle_pushed, now)  -- an accepted message is activity
     for _, m in ipairs(s.messages) do records[#records + 1] = m end
   end
 end

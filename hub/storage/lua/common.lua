@@ -1,6 +1,6 @@
--- Shared by the scripts, loaded after the settings (COALESCE_ABOVE, COALESCE_MS, PUBLISH), the
--- wire format's functions (hub.frames: frame, publish_events, publish_order, ORDER_CLOSE) and
--- the key builders (hub.storage.keys: key_stream(prefix, id), key_conns, …), see
+-- Shared by the scripts, loaded after the settings (COALESCE_ABOVE, COALESCE_MS, LIVE_IDLE_MS,
+-- PUBLISH), the wire format's functions (hub.frames: frame, publish_events, publish_order,
+-- ORDER_CLOSE) and the key builders (hub.storage.keys: key_stream(prefix, id), key_conns, …), see
 -- hub.storage.scripts.
 -- Conventions: a script returns {'ok', ...} or a refusal, fail(...).
 
@@ -30,9 +30,28 @@ local function slice(t, first, last)
 end
 
 -- The shard-wide keys a stream's helpers touch, and the prefix that names the keys a script
--- builds itself (a live category's set, a lease's registry).
-local function shard_keys(prefix, live, outbox_key, leases)
-  return {prefix = prefix, live = live, outbox = outbox_key, leases = leases}
+-- builds itself (a live category's set, a lease's registry). `leases` is the one hold puts a
+-- lease back in; `due` (viewer events kept back) and `idle` (when idle streams end) are those of
+-- start_watching and stop_watching.
+local function shard_keys(prefix, live, outbox_key, leases, due, idle)
+  return {prefix = prefix, live = live, outbox = outbox_key, leases = leases, due = due, idle = idle}
+end
+
+-- Activity pushes a LIVE stream's idle end forward (HUB_LIVE_IDLE_END): only if it is in the
+-- index (not while its streamer watches, not once ended), never back.
+local function idle_push(idle_key, stream_id, now)
+  if LIVE_IDLE_MS > 0 then redis.call('ZADD', idle_key, 'XX', 'GT', now + LIVE_IDLE_MS, stream_id) end
+end
+
+-- The same for chat, which comes often: pushed at most once per IDLE_STEP (a sixtieth of the
+-- idle time), the stream hash's `idle_pushed_ms` (`pushed`, read with the stream's state)
+-- saying when it last was, and the end set a step further, so that it still comes no earlier
+-- than the idle time after the last message, and at most a step later.
+local IDLE_STEP = math.floor(LIVE_IDLE_MS / 60)
+local function idle_push_stepped(idle_key, hash_key, stream_id, pushed, now)
+  if LIVE_IDLE_MS == 0 or now - (tonumber(pushed) or 0) < IDLE_STEP then return end
+  redis.call('ZADD', idle_key, 'XX', 'GT', now + LIVE_IDLE_MS + IDLE_STEP, stream_id)
+  redis.call('HSET', hash_key, 'idle_pushed_ms', now)
 end
 
 -- One stream's keys and channel, built from its id: for a script that learns the id itself (the
@@ -90,9 +109,10 @@ local function session_record(outbox_key, stream_id, member, left)
 end
 
 -- A viewer event to the room. In a stream of more than COALESCE_ABOVE viewers, at most one per
--- COALESCE_MS: an event inside that interval is not sent but kept, and the sweep (reap.lua)
--- sends the last one kept with the count of that moment.
-local function viewer_event(stream, event, count, user, username, skip)
+-- COALESCE_MS: an event inside that interval is not sent but kept, the stream indexed in the
+-- shard's due set by when the interval ends, and the sweep (due.lua) sends the last one kept
+-- with the count of that moment. An entry left after a later event went out is dropped there.
+local function viewer_event(shard, stream, event, count, user, username, skip)
   local data = {stream_id = stream.id, viewer_count = count, user_id = user or cjson.null}
   if event == 'viewer_joined' then data.username = username or cjson.null end
   if count > COALESCE_ABOVE then
@@ -101,6 +121,7 @@ local function viewer_event(stream, event, count, user, username, skip)
     if now - last < COALESCE_MS then
       redis.call('HSET', stream.hash, 'viewer_event_kept',
         cjson.encode({event, user or cjson.null, username or cjson.null, skip or cjson.null}))
+      if shard.due then redis.call('ZADD', shard.due, last + COALESCE_MS, stream.id) end
       return
     end
     redis.call('HSET', stream.hash, 'viewer_event_ms', now)
@@ -109,10 +130,16 @@ local function viewer_event(stream, event, count, user, username, skip)
   publish_events(stream.room, skip, {frame(event, data)})
 end
 
--- The kept viewer event of a large stream, once its interval has passed (see viewer_event).
-local function flush_viewer_event(stream, now)
+-- The kept viewer event of a large stream, once its interval has passed (see viewer_event);
+-- the stream leaves the due set `due_key` (if given) once nothing is kept. Whether it sent one.
+local function flush_viewer_event(stream, now, due_key)
   local h = redis.call('HMGET', stream.hash, 'viewer_event_kept', 'viewer_event_ms')
-  if not h[1] or now - tonumber(h[2] or '0') < COALESCE_MS then return end
+  if not h[1] then
+    if due_key then redis.call('ZREM', due_key, stream.id) end
+    return false
+  end
+  if now - tonumber(h[2] or '0') < COALESCE_MS then return false end
+  if due_key then redis.call('ZREM', due_key, stream.id) end
   local kept = cjson.decode(h[1])
   local data = {stream_id = stream.id, viewer_count = redis.call('HLEN', stream.viewers),
                 user_id = kept[2]}
@@ -122,6 +149,14 @@ local function flush_viewer_event(stream, now)
   local skip = kept[4]
   if skip == cjson.null then skip = nil end
   publish_events(stream.room, skip, {frame(kept[1], data)})
+  return true
+end
+
+-- Whether `viewer` is the stream's streamer, while its LIVE stream is idle-indexed in `shard`.
+local function is_streamer(shard, stream, viewer)
+  if not shard.idle or string.sub(viewer, 1, 2) ~= 'u:' then return false end
+  local h = redis.call('HMGET', stream.hash, 'status', 'streamer_id')
+  return h[1] == 'LIVE' and h[2] == string.sub(viewer, 3)
 end
 
 -- Presence under leases (hub.domain.presence): a stream's conns set and the user and address
@@ -172,7 +207,11 @@ local function stop_watching(shard, stream, member, now)
   redis.call('HDEL', stream.viewers, viewer)
   local count = redis.call('HLEN', stream.viewers)
   set_live_score(shard, stream, count)
-  viewer_event(stream, 'viewer_left', count, viewer_user(viewer))
+  -- The streamer's last socket stopped watching: the idle clock runs again.
+  if LIVE_IDLE_MS > 0 and is_streamer(shard, stream, viewer) then
+    redis.call('ZADD', shard.idle, now + LIVE_IDLE_MS, stream.id)
+  end
+  viewer_event(shard, stream, 'viewer_left', count, viewer_user(viewer))
   return count
 end
 
@@ -188,8 +227,10 @@ local function start_watching(shard, stream, member, lease, sid, username)
   local peak = tonumber(redis.call('HGET', stream.hash, 'peak_viewers') or '0')
   if count > peak then redis.call('HSET', stream.hash, 'peak_viewers', count) end
   set_live_score(shard, stream, count)
+  -- A socket of the streamer watches: the stream is not idle while it does.
+  if LIVE_IDLE_MS > 0 and is_streamer(shard, stream, viewer) then redis.call('ZREM', shard.idle, stream.id) end
   local user = viewer_user(viewer)
-  viewer_event(stream, 'viewer_joined', count, user, (user and username ~= '') and username or nil, sid)
+  viewer_event(shard, stream, 'viewer_joined', count, user, (user and username ~= '') and username or nil, sid)
   return count
 end
 

@@ -5,11 +5,13 @@
 -- time plus the grace period gets its hash back as create.lua wrote it (no record: MySQL has
 -- it), so that it can still be started. Nothing happens when the hash exists: another worker
 -- healed the stream first, or it was never lost.
--- KEYS: stream hash, unique set, outbox, streamer scheduled, stream channel
+-- KEYS: stream hash, unique set, outbox, streamer scheduled, stream channel, viewer events due,
+--       idle index
 -- ARGV: stream_id, retention s, status in MySQL (LIVE or SCHEDULED), unstarted expiry ms
 --       (SCHEDULED), n, then n unique viewers, then the hash's field/value pairs
 -- Returns {'ok', healed (1 or 0), status, duration_seconds ('' unless ended)}.
 local hash_key, unique_key, outbox_key, scheduled_key, room = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local due_key, idle_key = KEYS[6], KEYS[7]
 local stream_id, retention, status = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local expires, n = tonumber(ARGV[4]), tonumber(ARGV[5])
 local viewers = slice(ARGV, 6, 5 + n)
@@ -34,6 +36,8 @@ end
 local started = tonumber(redis.call('HGET', hash_key, 'started_at')) or now
 local duration = math.max(0, math.floor((now - started) / 1000))
 redis.call('HSET', hash_key, 'status', 'ENDED', 'ended_at', now, 'duration_seconds', duration, 'updated_at', now)
+redis.call('ZREM', due_key, stream_id)
+redis.call('ZREM', idle_key, stream_id)
 outbox(outbox_key, 'stream', stream_record(hash_key, unique_key))
 publish_events(room, nil, {frame('stream_ended', {stream_id = stream_id, duration = duration})})
 publish_order(room, ORDER_CLOSE)

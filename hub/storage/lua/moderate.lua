@@ -2,7 +2,8 @@
 -- stream's moderation log) and the broadcasts, together. The action comes as its rules from
 -- hub.domain.payloads.MODERATION: the change to make, who may make it, whether on oneself.
 -- KEYS: stream hash, moderators, sanctions, recent set, unflushed set, deleted set, conns,
---       viewers, room channel, moderation log, the actor's moderation rate, live set, outbox
+--       viewers, room channel, moderation log, the actor's moderation rate, live set, outbox,
+--       viewer events due, idle index
 -- ARGV: prefix (names the category's live set), stream id, change (delete | timeout | ban |
 --       lift | clear | slow | add_moderator | remove_moderator), owner only ('1'/'0'), on self
 --       ('1'/'0'), actor, admin ('1'/'0'), target user, message id, value (a timeout's end
@@ -16,6 +17,7 @@
 local stream_key, mods_key, sanctions_key, recent_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local unflushed_key, deleted_key, conns_key, viewers_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local channel, log_key, rate_key, live_key, outbox_key = KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13]
+local due_key, idle_key = KEYS[14], KEYS[15]
 local prefix, stream_id = ARGV[1], ARGV[2]
 local change, owner_only, on_self = ARGV[3], ARGV[4] == '1', ARGV[5] == '1'
 local actor, admin, target, message_id, value = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
@@ -118,7 +120,7 @@ if ban_order ~= '' then
   -- subscribed) take the user's sockets out of it, before the viewer_left below goes out.
   publish_order(channel, ban_order)
   -- The user's connections stop watching now.
-  local shard = shard_keys(prefix, live_key, outbox_key)
+  local shard = shard_keys(prefix, live_key, outbox_key, nil, due_key, idle_key)
   local stream = {id = stream_id, hash = stream_key, conns = conns_key, viewers = viewers_key, room = channel}
   for _, member in ipairs(redis.call('ZRANGE', conns_key, 0, -1)) do
     local _, _, viewer = split_member(member)

@@ -4,12 +4,12 @@
 -- stops watching that way leaves the stream as any (session record, viewer_left). Once the
 -- registry is empty, the lease goes. What is held is learned from the registry, so its keys are
 -- built here (key_* from hub.storage.keys).
--- KEYS: the shard's leases, live set, outbox
+-- KEYS: the shard's leases, live set, outbox, viewer events due, idle index
 -- ARGV: prefix, most entries per call, the lease to sweep ('' for the lapsed one with the
 --       lowest expiry, if any)
 -- Returns {'ok', connections that stopped watching, '1' when more is left to sweep | '0'} (of
 -- the lease given, or of any lapsed one).
-local leases_key, live_key, outbox_key = KEYS[1], KEYS[2], KEYS[3]
+local leases_key, live_key, outbox_key, due_key, idle_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local prefix, most, given = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local now = now_ms()
 local lease_n = given
@@ -17,7 +17,7 @@ if lease_n == '' then
   lease_n = redis.call('ZRANGEBYSCORE', leases_key, '-inf', now, 'LIMIT', 0, 1)[1]
   if not lease_n then return {'ok', 0, '0'} end
 end
-local shard = shard_keys(prefix, live_key, outbox_key, leases_key)
+local shard = shard_keys(prefix, live_key, outbox_key, leases_key, due_key, idle_key)
 local held_key = key_lease_held(prefix, lease_n)
 local function key_of(kind, id)
   if kind == 'c' then return key_conns(prefix, id) end

@@ -3,17 +3,17 @@
 -- old lease's sweep leaves it; one swept meanwhile starts watching again, unless its user was
 -- banned.
 -- KEYS: stream hash, conns, viewers, unique set, sanctions, live set, outbox, stream channel,
---       the shard's leases, this worker's lease's registry
+--       the shard's leases, this worker's lease's registry, viewer events due, idle index
 -- ARGV: prefix (names the category's live set and a lease's registry), stream_id, this
 --       worker's lease, then (member, sid, username) triples
 -- Returns {'ok', connections that started watching again}.
 local hash_key, conns_key, viewers_key, unique_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local sanctions_key, live_key, outbox_key, room = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local leases_key, held_key = KEYS[9], KEYS[10]
+local leases_key, held_key, due_key, idle_key = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local prefix, stream_id, lease_n = ARGV[1], ARGV[2], ARGV[3]
 local triples = slice(ARGV, 4)
 if redis.call('HGET', hash_key, 'status') ~= 'LIVE' then return fail('stream_not_live') end
-local shard = shard_keys(prefix, live_key, outbox_key, leases_key)
+local shard = shard_keys(prefix, live_key, outbox_key, leases_key, due_key, idle_key)
 local stream = {id = stream_id, hash = hash_key, conns = conns_key, viewers = viewers_key,
                 unique = unique_key, room = room}
 local lease = {n = lease_n, held = held_key}

@@ -1,21 +1,22 @@
 -- One accepted tip: idempotency, checks, money counters (cents), the TIP chat message,
 -- outbox records and both broadcasts together.
 -- KEYS: stream hash, tip rate, idempotency key, recent set, unflushed set, sanctions, outbox,
---       room channel
+--       room channel, idle index
 -- ARGV: rate limit, rate period ms, recent size, idempotency ttl s, user id, TIP message id,
 --       amount cents, fee cents, has idempotency key ('1'/'0'), count the tip rate here
 --       ('1'/'0': else the caller counted it in the user's shard), ack json, tip json,
---       message json, room message (tip_received and chat_message)
+--       message json, room message (tip_received and chat_message), stream id
 -- Returns {'ok'}, {'dup', first ack}, an error, or {'stale', cleared_before} when the TIP
 -- message's id is older than the last chat clear (the caller retries with a newer id).
 local stream_key, rate_key, idempotency_key = KEYS[1], KEYS[2], KEYS[3]
 local recent_key, unflushed_key, sanctions_key = KEYS[4], KEYS[5], KEYS[6]
-local outbox_key, channel = KEYS[7], KEYS[8]
+local outbox_key, channel, idle_key = KEYS[7], KEYS[8], KEYS[9]
 local rate_limit, rate_period, recent_size = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local idempotency_ttl, user, message_id = tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local amount_cents, fee_cents = tonumber(ARGV[7]), tonumber(ARGV[8])
 local idempotent, count_rate = ARGV[9] == '1', ARGV[10] == '1'
 local ack_json, tip_json, message_json, room_message = ARGV[11], ARGV[12], ARGV[13], ARGV[14]
+local stream_id = ARGV[15]
 
 local bad = live_check(stream_key)
 if bad then return bad end
@@ -47,4 +48,5 @@ trim_recent(stream_key, recent_key, recent_size)
 redis.call('XADD', outbox_key, '*', 't', 'tip', 'd', tip_json)
 redis.call('XADD', outbox_key, '*', 't', 'message', 'd', message_json)
 redis.call(PUBLISH, channel, room_message)
+idle_push(idle_key, stream_id, now)  -- a tip is activity
 return {'ok'}
