@@ -141,11 +141,11 @@ async def test_the_client_events_are_exactly_those_the_live_namespace_handles(se
 # (``frames.event``/``frames.around``), the Lua scripts' ``frame`` and their viewer events.
 PY_EMITS = re.compile(r"(?:\.emit|frames\.event|frames\.around)\(\s*([^,)]+)")
 LUA_FRAMES = re.compile(r"\bframe\(\s*([^,)]+)")
-LUA_VIEWER_EVENTS = re.compile(r"\bviewer_event\(\s*[^,]+,\s*'(\w+)'")
+LUA_VIEWER_EVENTS = re.compile(r"\bviewer_event\((?:\s*[^,']+,)+\s*'(\w+)'")
 # Call sites whose event name is not written there: where it comes from instead.
 DYNAMIC = {
     "kind.event": {action.event for action in payloads.MODERATION.values()},  # hub/domain/moderation.py
-    "event": set(),  # common.lua's viewer_event(stream, event, ...): its callers are scanned
+    "event": set(),  # common.lua's viewer_event(shard, stream, event, ...): its callers are scanned
     "kept[1]": set(),  # common.lua's flush of a kept viewer event: one of viewer_event's
 }
 
