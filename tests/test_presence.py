@@ -81,7 +81,7 @@ async def test_a_member_reasserted_under_a_new_lease_outlives_the_sweep_of_the_o
     state = private_state
     shard = state.keys.shard_of(stream_id)
     k = state.keys.all[shard]
-    await state.renew({})
+    await state.renew()
     old = state.leases[shard]
     await live_stream(rds, k, stream_id)
     kept, lost = member("u:kept"), member("u:lost")
@@ -94,7 +94,7 @@ async def test_a_member_reasserted_under_a_new_lease_outlives_the_sweep_of_the_o
     # The worker froze past its ttl: its lease lapsed (no sleep: the expiry is set to 0).
     for s in {shard, user_shard}:
         await rds.zadd(state.keys.all[s].leases, {state.leases[s]: 0}, xx=True)
-    renewals = await state.renew({shard: [stream_id]})
+    renewals = await state.renew()
     assert all(r.fresh for r in renewals if r.shard in {shard, user_shard})
     new = state.leases[shard]
     assert new != old
@@ -115,13 +115,40 @@ async def test_a_member_reasserted_under_a_new_lease_outlives_the_sweep_of_the_o
     assert "u4:keptsid-kept" in await rds.smembers(uk.lease_held(state.leases[user_shard]))
 
 
+async def test_a_renewal_tells_the_streams_ended_since_the_one_before_and_reads_no_other_stream(
+    private_state: State, rds: aioredis.Redis
+) -> None:
+    """The backstop for a missed close order costs per end, not per stream watched: a renewal
+    reads the shard's ends since the renewal before, and nothing of the LIVE streams."""
+    state = private_state
+    ids = [unique("ended"), unique("live")]
+    for stream_id in ids:
+        await live_stream(rds, state.keys.of(stream_id), stream_id)
+    await state.renew()
+    assert [r.ended for r in await state.renew()] == [[] for _ in state.keys.all]
+    await state.end_stream(ids[0], "s")
+    ended = [sid for r in await state.renew() for sid in r.ended]
+    assert ended == [ids[0]]
+    # Told again only while Redis's clock is still in the millisecond of that renewal.
+
+    async def told_no_more() -> bool:
+        told = [sid for r in await state.renew() for sid in r.ended]
+        assert told in ([], [ids[0]])
+        return not told
+
+    await eventually(told_no_more, what="the end read by one renewal only")
+    # A worker's first renewal reads no past ends.
+    fresh = State(rds, state.settings)
+    assert [sid for r in await fresh.renew() for sid in r.ended] == []
+
+
 async def test_a_lease_the_sweep_dropped_comes_back_with_what_is_added_under_it(
     private_state: State, rds: aioredis.Redis
 ) -> None:
     """A worker that adds a member under a lease already swept away (it had not renewed yet)
     puts the lease back, lapsed, so that the member is swept too rather than held forever."""
     state = private_state
-    await state.renew({})
+    await state.renew()
     k = state.keys.of("late")
     lease = state.leases[state.keys.shard_of("late")]
     await rds.zrem(k.leases, lease)  # lapsed and swept
@@ -140,7 +167,7 @@ async def test_a_new_lease_number_is_not_one_still_in_the_set(
     state = private_state
     k = state.keys.all[0]
     await rds.zadd(k.leases, {"1": 0, "2": 0})
-    await state.renew({})
+    await state.renew()
     assert state.leases[0] == "3"
 
 
@@ -160,7 +187,7 @@ async def test_the_sweep_is_bounded_per_call(env: dict[str, str], quiet_redis: P
     try:
         state = State(rds, settings)
         k = state.keys
-        await state.renew({})
+        await state.renew()
         await live_stream(rds, k, "big")
         for i in range(250):
             await state.join("big", member(f"u:v{i}"), f"sid{i}", "", f"u:v{i}", 1)

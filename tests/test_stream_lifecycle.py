@@ -100,6 +100,7 @@ BOUNDED = (  # one per shard
     "lease:seq",
     "live:idle",
     "viewer_events:due",
+    "ended:recent",
 )
 # Bounded by what holds them (README, Redis keys): a lease's registry, a user's or an address's
 # open connections; each member goes with its release or its lease's sweep.

@@ -207,7 +207,7 @@ async def test_a_kept_viewer_event_is_sent_from_the_due_index(private):
     client, settings = private
     settings = dataclasses.replace(settings, viewer_events_coalesce_above=1, viewer_events_interval=2.0)
     state = State(client, settings)
-    await state.renew({})  # its leases, as a worker takes them before it accepts connections
+    await state.renew()  # its leases, as a worker takes them before it accepts connections
     (sid,) = await live_streams(client, settings, 1)
     k = state.keys
     pubsub = client.pubsub()

@@ -99,7 +99,7 @@ class Presence:
 
     async def take_leases(self) -> None:
         """A lease in every shard, before the worker accepts connections."""
-        await self.state.renew({})
+        await self.state.renew()
 
     def holdings(self, shard: int) -> list[Holding]:
         """The open connections this worker counts in the shard's address and user sets."""
@@ -123,17 +123,15 @@ class Presence:
     async def refresh_once(self, stream_gone: Callable[[str, list[Conn]], Awaitable[None]]) -> int:
         """Renew this worker's leases; where one lapsed, re-assert under the new one what the
         worker holds in that shard. Returns how many connections watch again after a sweep.
-        A watched stream found no longer live is forgotten, and ``stream_gone`` told of its
-        watchers."""
+        A watched stream that ended since (its room's close order missed) is forgotten, and
+        ``stream_gone`` told of its watchers."""
         if self.withdrawn:
             return 0
-        watched: dict[int, list[str]] = defaultdict(list)
-        for stream_id in list(self.rooms):
-            watched[self.state.keys.shard_of(stream_id)].append(stream_id)
         reasserted = 0
-        for renewal in await self.state.renew(watched):
-            for stream_id in renewal.gone:
-                await stream_gone(stream_id, self.forget_stream(stream_id))
+        for renewal in await self.state.renew():
+            for stream_id in renewal.ended:
+                if stream_id in self.rooms:
+                    await stream_gone(stream_id, self.forget_stream(stream_id))
             if renewal.fresh:
                 reasserted += await self.reassert(renewal.shard, stream_gone)
         return reasserted

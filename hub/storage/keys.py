@@ -156,6 +156,13 @@ class Keys:
         return f"{self.prefix}live:idle"
 
     @property
+    def ended(self) -> str:
+        """Sorted set of the stream ids ended in the last 10 minutes, scored by their end (ms;
+        one per shard; trimmed at each end): a worker's lease renewal reads the ends since its
+        last one, so that a worker that missed a room's close order forgets the stream anyway."""
+        return f"{self.prefix}ended:recent"
+
+    @property
     def viewer_events_due(self) -> str:
         """Sorted set of the stream ids whose coalesced viewer event is kept back, scored by
         when it is due (ms; one per shard). Left when the event is sent or the stream ends: at

@@ -32,6 +32,10 @@ REAP_CALLS = 200
 # idle stream for DUE_CLAIM_MS while its worker ends it: another worker takes it up after that
 # only if it is still live.
 DUE_MOST = 25
+# How long the shard's recently ended streams keep an end for the lease renewals to read: far
+# longer than a lease lasts, so that a worker whose lease holds has read every end since its
+# last renewal (a worker whose lease lapsed re-asserts stream by stream instead).
+ENDED_KEPT_MS = 600_000
 DUE_CLAIM_MS = 60_000
 
 
@@ -155,11 +159,11 @@ class Holding(NamedTuple):
 
 class Renewal(NamedTuple):
     """``State.renew`` in one shard: whether the lease is new (what this worker holds there must
-    be re-asserted under it), and the watched streams found no longer LIVE."""
+    be re-asserted under it), and the shard's streams that ended since the renewal before."""
 
     shard: int
     fresh: bool
-    gone: list[str]
+    ended: list[str]
 
 
 def _reap_keys(k: Keys) -> list[str]:
@@ -176,6 +180,7 @@ class State:
         self.keys = Keys.of_settings(settings)
         # This worker's lease in each shard, and how many times one was taken (hub.domain.presence).
         self.leases = [""] * len(self.keys.all)
+        self.renewed_ms = [""] * len(self.keys.all)  # Redis's time at each shard's last renewal
         self.lease_changes = 0
         self._scripts = load_scripts(client, settings)
         self._chat = Batcher(self._chat_batch, CHAT_BATCH_MAX)
@@ -285,8 +290,9 @@ class State:
                 k.room(stream_id),
                 k.viewer_events_due,
                 k.live_idle,
+                k.ended,
             ],
-            args=[k.prefix, stream_id, self.settings.ended_retention],
+            args=[k.prefix, stream_id, self.settings.ended_retention, ENDED_KEPT_MS],
         )
         return int(duration)
 
@@ -517,22 +523,24 @@ class State:
         )
         return int(reasserted)
 
-    async def renew(self, watched: dict[int, list[str]]) -> list[Renewal]:
+    async def renew(self) -> list[Renewal]:
         """Renew this worker's lease in every shard (one call each, all at once), or take a new
-        one where it lapsed or there is none yet; ``watched``: the streams watched here, by shard."""
+        one where it lapsed or there is none yet; with the streams of each shard that ended
+        since the last renewal there."""
 
         async def one(shard: int) -> Renewal:
-            k, ids = self.keys.all[shard], watched.get(shard, [])
-            _, lease, renewed, gone = await self._run(
+            k = self.keys.all[shard]
+            _, lease, renewed, ended, now = await self._run(
                 "renew",
-                keys=[k.leases, k.lease_seq, *(k.stream(sid) for sid in ids)],
-                args=[self.leases[shard], self._ttl_ms, *ids],
+                keys=[k.leases, k.lease_seq, k.ended],
+                args=[self.leases[shard], self._ttl_ms, self.renewed_ms[shard]],
             )
+            self.renewed_ms[shard] = str(now)
             fresh = renewed != "1"
             if fresh:
                 self.leases[shard] = str(lease)
                 self.lease_changes += 1
-            return Renewal(shard, fresh, list(gone))
+            return Renewal(shard, fresh, list(ended))
 
         return list(await asyncio.gather(*(one(shard) for shard in range(len(self.keys.all)))))
 

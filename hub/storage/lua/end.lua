@@ -2,14 +2,14 @@
 -- and emptied, live state left to expire.
 -- KEYS: stream hash, conns, viewers, unique set, recent set, moderators, sanctions, deleted
 --       set, moderation log, streamer live key, live set, outbox, stream channel, viewer events
---       due, idle index
+--       due, idle index, the shard's recently ended streams
 -- ARGV: prefix (names the category's live set and the leases' registries), stream_id,
---       retention s
+--       retention s, how long the recently ended streams keep an end (ms)
 local hash_key, conns_key, viewers_key, unique_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local recent_key, mods_key, sanctions_key, deleted_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local modlog_key, streamer_live_key, live_key, outbox_key = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
-local room, due_key, idle_key = KEYS[13], KEYS[14], KEYS[15]
-local prefix, stream_id, retention = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local room, due_key, idle_key, ended_key = KEYS[13], KEYS[14], KEYS[15], KEYS[16]
+local prefix, stream_id, retention, ended_kept = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local status = redis.call('HGET', hash_key, 'status')
 if not status then return fail('not_found') end
 if status ~= 'LIVE' then return fail('conflict') end
@@ -28,6 +28,9 @@ redis.call('DEL', conns_key, viewers_key)
 redis.call('ZREM', live_key, stream_id)
 redis.call('ZREM', due_key, stream_id)
 redis.call('ZREM', idle_key, stream_id)
+-- Told to the workers' lease renewals (renew.lua), in case one missed the room's close order.
+redis.call('ZADD', ended_key, now, stream_id)
+redis.call('ZREMRANGEBYSCORE', ended_key, '-inf', now - ended_kept)
 local category = redis.call('HGET', hash_key, 'category')
 if category and category ~= '' then redis.call('ZREM', key_live_category(prefix, category), stream_id) end
 if redis.call('GET', streamer_live_key) == stream_id then redis.call('DEL', streamer_live_key) end
