@@ -27,11 +27,11 @@ MODLOG_SIZE = 200
 REAP_CHUNK = 25
 REAP_CALLS = 200
 # The sweep of what is due reads at most this many streams of each index per call: a call
-# with both full sends 25 viewer events and claims 25 streams in about 1 ms of Redis time on a
-# busy 2-core machine (bench workload ``sweep``), under the 2 ms a call may take. It claims an
-# idle stream for DUE_CLAIM_MS while its worker ends it: another worker takes it up after that
-# only if it is still live.
-DUE_MOST = 25
+# with both full sends 10 viewer events and claims 10 streams in about 0.5 ms of Redis time on a
+# busy 2-core machine (bench workload ``sweep``: 25 of each took 1.3 ms at the median and up to
+# 4.7 ms), under the 2 ms a call may take. It claims an idle stream for DUE_CLAIM_MS while its
+# worker ends it: another worker takes it up after that only if it is still live.
+DUE_MOST = 10
 # How long the shard's recently ended streams keep an end for the lease renewals to read: far
 # longer than a lease lasts, so that a worker whose lease holds has read every end since its
 # last renewal (a worker whose lease lapsed re-asserts stream by stream instead).
