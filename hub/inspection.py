@@ -2,7 +2,7 @@
 
 Without a stream id: the live streams (by viewers), the web workers' heartbeats and the outbox's
 lag. With one: that stream's figures, its viewers on each worker, its moderation state and its
-recent chat. Everything comes from the keys the README lists, read-only, so it works while the
+recent chat. Everything comes from the keys docs/redis-keys.md lists, read-only, so it works while the
 hub runs and shows what ``redis-cli`` would.
 """
 

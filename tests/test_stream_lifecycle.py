@@ -102,7 +102,7 @@ BOUNDED = (  # one per shard
     "viewer_events:due",
     "ended:recent",
 )
-# Bounded by what holds them (README, Redis keys): a lease's registry, a user's or an address's
+# Bounded by what holds them (docs/redis-keys.md): a lease's registry, a user's or an address's
 # open connections; each member goes with its release or its lease's sweep.
 HELD = re.compile(r"lease:\d+:held|user:.*:conns|addr:.*:conns")
 
@@ -110,7 +110,7 @@ HELD = re.compile(r"lease:\d+:held|user:.*:conns|addr:.*:conns")
 async def test_every_key_expires_or_is_bounded(workers, connect, http, env, token):
     """Create, schedule, cancel, watch, chat, tip, moderate, end and abandon streams under a
     prefix of their own, flush, then read every key: each has a TTL, or is one of the bounded
-    ones (README, Redis keys), or belongs to a stream still LIVE."""
+    ones (docs/redis-keys.md), or belongs to a stream still LIVE."""
     prefix = f"{env['HUB_REDIS_PREFIX']}audit-{unique('k')}:"
     (w,) = await workers(1, HUB_REDIS_PREFIX=prefix)
     api = Api(http, w.url)

@@ -1,6 +1,6 @@
 """Every Redis key and channel name the hub uses, built in one place.
 
-The README's key list is written from this module; ``redis-cli`` users read it there.
+docs/redis-keys.md, the key list, is written from this module; ``redis-cli`` users read it there.
 """
 
 from __future__ import annotations
