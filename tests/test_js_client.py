@@ -4,35 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import unique
-
-JS = Path(__file__).resolve().parent / "js"
+from tests.conftest import socket_io_client, unique
 
 
 @pytest.fixture(scope="module")
 def node_client() -> Path:
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("node and npm are not installed on this machine")
-    if not (JS / "node_modules" / "socket.io-client").is_dir():
-        try:
-            done = subprocess.run(
-                ["npm", "install", "--no-audit", "--no-fund", "--silent"],
-                cwd=JS,
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-        except subprocess.TimeoutExpired:
-            pytest.skip("npm install of socket.io-client timed out (registry unreachable?)")
-        if done.returncode != 0:
-            pytest.skip(f"npm install of socket.io-client failed: {done.stderr.strip()[-300:]}")
-    return JS / "cross_worker.mjs"
+    return socket_io_client() / "cross_worker.mjs"
 
 
 async def test_js_client_joins_chats_and_tips_across_two_workers(node_client, workers, api, token):

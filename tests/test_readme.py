@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
-import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -15,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, SECRET
+from tests.conftest import ROOT, SECRET, socket_io_client
 
 README = ROOT / "README.md"
 JS = ROOT / "tests" / "js"
@@ -97,25 +95,10 @@ async def test_try_it_by_hand_shell_and_python(server: Any, base_url: str, shell
     assert '"message_count":2,"tip_count":1,"tips_total":10' in end
 
 
-@pytest.fixture(scope="module")
-def socket_io_client() -> Path:
+@pytest.fixture(scope="module", name="socket_io_client")
+def socket_io_client_fixture() -> Path:
     """tests/js with socket.io-client installed; skipped where tests/test_js_client.py skips."""
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("node and npm are not installed on this machine")
-    if not (JS / "node_modules" / "socket.io-client").is_dir():
-        try:
-            done = subprocess.run(
-                ["npm", "install", "--no-audit", "--no-fund", "--silent"],
-                cwd=JS,
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-        except subprocess.TimeoutExpired:
-            pytest.skip("npm install of socket.io-client timed out (registry unreachable?)")
-        if done.returncode != 0:
-            pytest.skip(f"npm install of socket.io-client failed: {done.stderr.strip()[-300:]}")
-    return JS
+    return socket_io_client()
 
 
 async def test_try_it_by_hand_javascript(
