@@ -115,6 +115,10 @@ class Worker:
         say(f"✅ Socket.IO streaming initialized on {NAMESPACE}")
         say(f"✅ Streaming routes loaded at {rest.PREFIX}")
         await self.beat()
+        if self.settings.live_idle_end:
+            given = await self.state.idle_backfill()
+            if given:
+                log.info("%d live stream(s) without an idle end given one", given)
         refresh = self.settings.presence_refresh
         self.tasks = [
             asyncio.create_task(every(refresh, self.beat, "heartbeat")),

@@ -161,7 +161,10 @@ async def test_two_workers_end_an_idle_stream_once(workers, http, token, rds, fl
         assert sql("SELECT status FROM streams WHERE stream_id=%s", sid) == [{"status": "ENDED"}]
         # Both workers' sweeps ran meanwhile (every 0.5 s); one claimed and ended the stream.
         logs = w1.log_path.read_text() + w2.log_path.read_text()
-        assert logs.count("idle stream ended") == 1, logs
+        # This stream's end only: a worker's start also gives an end to streams other tests left
+        # LIVE without one (HUB_LIVE_IDLE_END=0), which these workers may end too.
+        ends = [line for line in logs.splitlines() if "idle stream ended" in line and sid in line]
+        assert len(ends) == 1, logs
         assert [len(c.events["stream_ended"]) for c in (a, b)] == [1, 1]
     finally:
         await a.close()
@@ -238,3 +241,27 @@ def _viewer_counts(room_message: str) -> list[int]:
     after the skip line)."""
     events = [json.loads(text[text.index("[") :]) for text in room_message.split("\n")[1:]]
     return [data["viewer_count"] for name, data in events if name == "viewer_joined"]
+
+
+async def test_a_live_stream_without_an_idle_end_is_given_one_when_a_worker_starts(private):
+    """Streams live before the index existed (or before HUB_LIVE_IDLE_END was on) get their end
+    from the backfill a starting worker runs; a stream whose streamer watches, and one that has
+    its end already, are left as they are."""
+    client, settings = private
+    state = State(client, settings)
+    k = state.keys
+    ids = await live_streams(client, settings, 450)  # more than two chunks
+    watched, kept = ids[0], ids[1]
+    kept_at = await client.zscore(k.live_idle, kept)
+    await client.zrem(k.live_idle, *[i for i in ids if i != kept])
+    streamer = await client.hget(k.stream(watched), "streamer_id")
+    await client.hset(k.viewers(watched), f"u:{streamer}", 1)  # as start_watching leaves it
+
+    before = await redis_ms(client)
+    assert await state.idle_backfill() == 448
+    ends = dict(await client.zrange(k.live_idle, 0, -1, withscores=True))
+    assert watched not in ends and ends[kept] == kept_at
+    assert len(ends) == 449
+    idle_ms = settings.live_idle_end * 1000
+    assert all(before + idle_ms <= at <= before + idle_ms + 60_000 for sid, at in ends.items() if sid != kept)
+    assert await state.idle_backfill() == 0  # once given, nothing more

@@ -32,6 +32,7 @@ SCRIPTS = (
     "refresh",
     "reap",
     "due",
+    "idle_backfill",
     "chat_batch",
     "chat_rate",
     "limit",

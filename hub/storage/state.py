@@ -37,6 +37,8 @@ DUE_MOST = 10
 # last renewal (a worker whose lease lapsed re-asserts stream by stream instead).
 ENDED_KEPT_MS = 600_000
 DUE_CLAIM_MS = 60_000
+# Live streams read per call when a starting worker gives the ones without an idle end theirs.
+IDLE_BACKFILL_CHUNK = 200
 
 
 def _message_prefix(message_id: str) -> bytes:
@@ -577,6 +579,23 @@ class State:
             "due", keys=[k.viewer_events_due, k.live_idle], args=[k.prefix, DUE_MOST, DUE_CLAIM_MS]
         )
         return Due(int(sent), list(zip(flat[::2], flat[1::2], strict=True)), bool(more))
+
+    async def idle_backfill(self) -> int:
+        """Give every LIVE stream without an idle end its end (``idle_backfill.lua``, a chunk of
+        each shard's live set a call); returns how many were given one. Once per worker start,
+        while HUB_LIVE_IDLE_END is on."""
+        added = 0
+        for k in self.keys.all:
+            first, more = 0, "1"
+            while more == "1":
+                _, n, more = await self._run(
+                    "idle_backfill",
+                    keys=[k.live, k.live_idle],
+                    args=[k.prefix, first, IDLE_BACKFILL_CHUNK],
+                )
+                added += int(n)
+                first += IDLE_BACKFILL_CHUNK
+        return added
 
     @property
     def _ttl_ms(self) -> int:
