@@ -103,6 +103,18 @@ def jwks_settings(provider: Provider, interval: float = 60.0, **fields: Any) -> 
     )
 
 
+def public_pem(provider: Provider) -> bytes:
+    """The PEM of the provider's first key's public half."""
+    return (
+        provider.keys["k1"]
+        .public_key()
+        .public_bytes(
+            encoding=serialization.Encoding.PEM,
+            format=serialization.PublicFormat.SubjectPublicKeyInfo,
+        )
+    )
+
+
 async def refused(verifier: Verifier, token: str) -> bool:
     try:
         await verifier.authenticate(token)
@@ -207,21 +219,14 @@ async def test_hmac_keys_from_the_set_and_algorithm_tricks_are_refused(provider)
     claims = {"sub": "mallory", "exp": now + 60}
     assert await refused(verifier, jwt.encode(claims, secret, "HS256", headers={"kid": "h"}))
     # The provider's public key as an HMAC secret, under the kid of that key.
-    public_pem = (
-        provider.keys["k1"]
-        .public_key()
-        .public_bytes(
-            encoding=serialization.Encoding.PEM,
-            format=serialization.PublicFormat.SubjectPublicKeyInfo,
-        )
-    )
+    pem = public_pem(provider)
     unsigned = jwt.utils.base64url_encode(b'{"alg":"none","typ":"JWT","kid":"k1"}')
     body = jwt.utils.base64url_encode(b'{"sub":"mallory","exp":%d}' % (now + 60))
     forged = (unsigned + b"." + body + b".").decode()
     assert await refused(verifier, forged)
     header = jwt.utils.base64url_encode(b'{"alg":"HS256","typ":"JWT","kid":"k1"}')
     payload = jwt.utils.base64url_encode(b'{"sub":"mallory","exp":%d}' % (now + 60))
-    signature = hmac.new(public_pem, header + b"." + payload, hashlib.sha256).digest()
+    signature = hmac.new(pem, header + b"." + payload, hashlib.sha256).digest()
     assert await refused(
         verifier, (header + b"." + payload + b"." + jwt.utils.base64url_encode(signature)).decode()
     )
@@ -255,14 +260,7 @@ def test_the_jwks_settings(provider):
     ):
         with pytest.raises(SettingsError, match=name):
             Settings.from_env(env)
-    pem = (
-        provider.keys["k1"]
-        .public_key()
-        .public_bytes(
-            encoding=serialization.Encoding.PEM,
-            format=serialization.PublicFormat.SubjectPublicKeyInfo,
-        )
-    )
+    pem = public_pem(provider)
     with pytest.raises(SettingsError, match="HUB_JWT_JWKS_URL"):
         Settings.from_env({"HUB_JWT_JWKS_URL": provider.url, "HUB_JWT_PUBLIC_KEY": pem.decode()})
 
