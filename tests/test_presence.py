@@ -21,7 +21,7 @@ import socketio
 from hub.settings import Settings
 from hub.storage import scripts
 from hub.storage.keys import Keys
-from hub.storage.state import REAP_CHUNK, Holding, State
+from hub.storage.state import REAP_CHUNK, Holding, State, reap_keys
 from tests.conftest import Api, Client, RawSocket, eventually, unique
 from tests.faults import PrivateRedis
 
@@ -198,7 +198,7 @@ async def test_the_sweep_is_bounded_per_call(env: dict[str, str], quiet_redis: P
         # and the logging would slow the script down).
         await rds.config_set("slowlog-log-slower-than", 100)
         await rds.slowlog_reset()
-        first = await state._run("reap", keys=[k.leases, k.live, k.outbox], args=[k.prefix, REAP_CHUNK, ""])
+        first = await state._run("reap", keys=reap_keys(k), args=[k.prefix, REAP_CHUNK, ""])
         assert first == ["ok", REAP_CHUNK, "1"]
         assert await rds.scard(k.lease_held(lapsed)) == 250 - REAP_CHUNK
         assert await state.reap() == 250 - REAP_CHUNK

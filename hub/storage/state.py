@@ -168,7 +168,7 @@ class Renewal(NamedTuple):
     ended: list[str]
 
 
-def _reap_keys(k: Keys) -> list[str]:
+def reap_keys(k: Keys) -> list[str]:
     """reap.lua's keys in shard ``k``: its leases, and what a connection that stops watching
     touches (the live set, the outbox, the viewer events due, the idle index)."""
     return [k.leases, k.live, k.outbox, k.viewer_events_due, k.live_idle]
@@ -554,7 +554,7 @@ class State:
         async def shard(k: Keys) -> int:
             swept = 0
             for _ in range(REAP_CALLS):
-                _, n, more = await self._run("reap", keys=_reap_keys(k), args=[k.prefix, REAP_CHUNK, ""])
+                _, n, more = await self._run("reap", keys=reap_keys(k), args=[k.prefix, REAP_CHUNK, ""])
                 swept += int(n)
                 if more != "1":
                     break
@@ -568,7 +568,7 @@ class State:
             lease, self.leases[shard] = self.leases[shard], ""
             more = "1" if lease else "0"
             while more == "1":
-                _, _, more = await self._run("reap", keys=_reap_keys(k), args=[k.prefix, REAP_CHUNK, lease])
+                _, _, more = await self._run("reap", keys=reap_keys(k), args=[k.prefix, REAP_CHUNK, lease])
 
     # -- the sweep of what has come due ---------------------------------------------
     async def due(self, k: Keys) -> Due:

@@ -121,7 +121,7 @@ local function viewer_event(shard, stream, event, count, user, username, skip)
     if now - last < COALESCE_MS then
       redis.call('HSET', stream.hash, 'viewer_event_kept',
         cjson.encode({event, user or cjson.null, username or cjson.null, skip or cjson.null}))
-      if shard.due then redis.call('ZADD', shard.due, last + COALESCE_MS, stream.id) end
+      redis.call('ZADD', shard.due, last + COALESCE_MS, stream.id)
       return
     end
     redis.call('HSET', stream.hash, 'viewer_event_ms', now)
@@ -130,16 +130,11 @@ local function viewer_event(shard, stream, event, count, user, username, skip)
   publish_events(stream.room, skip, {frame(event, data)})
 end
 
--- The kept viewer event of a large stream, once its interval has passed (see viewer_event);
--- the stream leaves the due set `due_key` (if given) once nothing is kept. Whether it sent one.
-local function flush_viewer_event(stream, now, due_key)
+-- The kept viewer event of a large stream, once its interval has passed (see viewer_event;
+-- due.lua takes the stream out of the due set). Whether it sent one.
+local function flush_viewer_event(stream, now)
   local h = redis.call('HMGET', stream.hash, 'viewer_event_kept', 'viewer_event_ms')
-  if not h[1] then
-    if due_key then redis.call('ZREM', due_key, stream.id) end
-    return false
-  end
-  if now - tonumber(h[2] or '0') < COALESCE_MS then return false end
-  if due_key then redis.call('ZREM', due_key, stream.id) end
+  if not h[1] or now - tonumber(h[2] or '0') < COALESCE_MS then return false end
   local kept = cjson.decode(h[1])
   local data = {stream_id = stream.id, viewer_count = redis.call('HLEN', stream.viewers),
                 user_id = kept[2]}
@@ -152,9 +147,9 @@ local function flush_viewer_event(stream, now, due_key)
   return true
 end
 
--- Whether `viewer` is the stream's streamer, while its LIVE stream is idle-indexed in `shard`.
-local function is_streamer(shard, stream, viewer)
-  if not shard.idle or string.sub(viewer, 1, 2) ~= 'u:' then return false end
+-- Whether `viewer` is the LIVE stream's streamer.
+local function is_streamer(stream, viewer)
+  if string.sub(viewer, 1, 2) ~= 'u:' then return false end
   local h = redis.call('HMGET', stream.hash, 'status', 'streamer_id')
   return h[1] == 'LIVE' and h[2] == string.sub(viewer, 3)
 end
@@ -208,7 +203,7 @@ local function stop_watching(shard, stream, member, now)
   local count = redis.call('HLEN', stream.viewers)
   set_live_score(shard, stream, count)
   -- The streamer's last socket stopped watching: the idle clock runs again.
-  if LIVE_IDLE_MS > 0 and is_streamer(shard, stream, viewer) then
+  if LIVE_IDLE_MS > 0 and is_streamer(stream, viewer) then
     redis.call('ZADD', shard.idle, now + LIVE_IDLE_MS, stream.id)
   end
   viewer_event(shard, stream, 'viewer_left', count, viewer_user(viewer))
@@ -228,7 +223,7 @@ local function start_watching(shard, stream, member, lease, sid, username)
   if count > peak then redis.call('HSET', stream.hash, 'peak_viewers', count) end
   set_live_score(shard, stream, count)
   -- A socket of the streamer watches: the stream is not idle while it does.
-  if LIVE_IDLE_MS > 0 and is_streamer(shard, stream, viewer) then redis.call('ZREM', shard.idle, stream.id) end
+  if LIVE_IDLE_MS > 0 and is_streamer(stream, viewer) then redis.call('ZREM', shard.idle, stream.id) end
   local user = viewer_user(viewer)
   viewer_event(shard, stream, 'viewer_joined', count, user, (user and username ~= '') and username or nil, sid)
   return count
