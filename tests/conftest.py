@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -33,6 +32,7 @@ from hub.domain.auth import mint
 from hub.settings import Settings
 from hub.storage.keys import NAMESPACE
 from hub.storage.mysql import Writer, create_pool, migrate
+from tests.bench.procs import npm_installed
 from workers.flusher import Flusher
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -551,19 +551,7 @@ JS = Path(__file__).resolve().parent / "js"
 def socket_io_client() -> Path:
     """tests/js with socket.io-client installed (npm install on first use); the test is skipped
     where node or npm is missing or the install fails."""
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("node and npm are not installed on this machine")
-    if not (JS / "node_modules" / "socket.io-client").is_dir():
-        try:
-            done = subprocess.run(
-                ["npm", "install", "--no-audit", "--no-fund", "--silent"],
-                cwd=JS,
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-        except subprocess.TimeoutExpired:
-            pytest.skip("npm install of socket.io-client timed out (registry unreachable?)")
-        if done.returncode != 0:
-            pytest.skip(f"npm install of socket.io-client failed: {done.stderr.strip()[-300:]}")
+    problem = npm_installed(JS, ("socket.io-client",))
+    if problem:
+        pytest.skip(problem)
     return JS

@@ -295,22 +295,28 @@ def node_peer_problem() -> str | None:
     installed with npm the first time."""
     if shutil.which("node") is None:
         return "node is not on PATH"
-    if all((NODE_PEER / "node_modules" / name).is_dir() for name in NODE_PACKAGES):
+    return npm_installed(NODE_PEER, NODE_PACKAGES)
+
+
+def npm_installed(folder: Path, packages: tuple[str, ...]) -> str | None:
+    """Why ``packages`` cannot be had in ``folder``'s node_modules, or None once they are there
+    (``npm install`` in the folder the first time)."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        return "node and npm are not installed on this machine"
+    if all((folder / "node_modules" / name).is_dir() for name in packages):
         return None
-    if shutil.which("npm") is None:
-        return "tests/bench/node has no node_modules and npm is not on PATH"
     try:
         done = subprocess.run(
             ["npm", "install", "--no-audit", "--no-fund", "--silent"],
-            cwd=NODE_PEER,
+            cwd=folder,
             capture_output=True,
             text=True,
             timeout=300,
         )
     except subprocess.TimeoutExpired:
-        return "npm install in tests/bench/node took over 300 s"
+        return f"npm install in {folder.name} took over 300 s (registry unreachable?)"
     if done.returncode != 0:
-        return f"npm install in tests/bench/node failed: {(done.stderr or done.stdout).strip()[-300:]}"
+        return f"npm install in {folder.name} failed: {(done.stderr or done.stdout).strip()[-300:]}"
     return None
 
 
